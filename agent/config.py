@@ -1,0 +1,218 @@
+"""The run configuration: one TOML file, validated at start, overridable from the command line.
+
+Every key that has a unit carries it in its name (``pixel_size_nm``, ``interval_s``). The
+defaults below are the only place where defaults live; ``deploy/revwatch.example.toml`` shows
+them all with comments. A bad file is refused at start with a :class:`ConfigError` that names
+the key, the value and what was expected.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from processing.errors import RevwatchError
+from processing.phases import Phases
+
+__all__ = ["Config", "ConfigError", "load_config", "apply_overrides"]
+
+
+class ConfigError(RevwatchError, ValueError):
+    """The configuration is invalid; the message names the key, the value and what was expected."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class AcquisitionConfig(_Section):
+    """Where the microscope writes, and how to tell that a slice is complete."""
+
+    folder: Path | None = Field(None, description="folder the microscope writes slices into (watched recursively)")
+    polling: bool = Field(False, description="poll the folder instead of waiting for file-system events (network shares)")
+    poll_interval_s: float = Field(1.0, gt=0, description="polling period")
+    settle_s: float = Field(0.5, ge=0, description="a file's size must stay the same this long before it is read")
+    incomplete_timeout_s: float = Field(600.0, gt=0, description="a file that never becomes readable is reported after this")
+    gap_timeout_s: float = Field(300.0, gt=0, description="how long to wait for a missing slice index before skipping it")
+    pixel_size_nm: float | None = Field(None, gt=0, description="pixel size; None = from the slice metadata")
+    slice_spacing_nm: float | None = Field(None, gt=0, description="slice thickness; None = from the project or file names")
+
+
+class VolumeConfig(_Section):
+    """The OME-Zarr volume written by the run."""
+
+    path: Path | None = Field(None, description="volume path; None = '<folder>.revwatch.ome.zarr' beside the folder")
+
+
+class PhasesConfig(_Section):
+    """Phase names from dark to bright (label i+1) and the role each plays in Table 1."""
+
+    names: list[str] = Field(default_factory=lambda: ["pore", "electrolyte", "active"])
+    roles: dict[str, str] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _check(self):
+        try:
+            Phases(tuple(self.names), dict(self.roles))
+        except ValueError as exc:
+            raise ValueError(str(exc)) from None
+        return self
+
+    def to_phases(self) -> Phases:
+        return Phases(tuple(self.names), dict(self.roles))
+
+
+class ProcessingConfig(_Section):
+    """Per-slice corrections, alignment and segmentation."""
+
+    calibration_slices: int = Field(8, ge=1, le=200, description="slices used to fit the phase model, then fixed")
+    brightness_normalisation: bool = True
+    curtaining_removal: bool = True
+    background_flattening: bool = False
+    roi: list[int] | None = Field(None, description="alignment region [y0, y1, x0, x1] in pixels; None = whole slice")
+
+    @field_validator("roi")
+    @classmethod
+    def _roi(cls, v):
+        if v is not None and (len(v) != 4 or v[0] >= v[1] or v[2] >= v[3] or min(v) < 0):
+            raise ValueError("expected [y0, y1, x0, x1] with y0 < y1, x0 < x1, all >= 0")
+        return v
+
+
+class AnalysisConfig(_Section):
+    """Metrics and REV computed with Dask over the volume."""
+
+    transport_axis: Literal["y", "x", "z"] = Field("y", description="current collector to separator direction")
+    scheduler: str | None = Field(None, description="dask.distributed address (tcp://host:port); None = in-process threads")
+    every_slices: int = Field(4, ge=1, description="refresh the metrics after this many new slices")
+    expensive_every_slices: int = Field(32, ge=1, description="refresh tortuosity and local thickness after this many")
+
+
+class RevConfig(_Section):
+    """The REV criteria and the stop rule."""
+
+    tolerance: float = Field(0.05, gt=0, lt=1, description="relative tolerance of every tracked metric")
+    tracked: list[str] | None = Field(None, description="tracked metrics; None = the default set")
+    exit_when_representative: bool = False
+    on_stop_command: str | None = Field(None, description="shell command run once when the stop is latched")
+
+
+class PublishConfig(_Section):
+    """The ZeroMQ status stream."""
+
+    endpoint: str = Field("tcp://127.0.0.1:5556", description="PUB socket endpoint")
+    snapshot_endpoint: str | None = Field(None, description="snapshot socket; None = the PUB port + 1")
+    heartbeat_interval_s: float = Field(2.0, gt=0)
+    keys_dir: Path | None = Field(None, description="CURVE keys made by `revwatch keys`; required off loopback")
+    insecure: bool = Field(False, description="allow a non-loopback bind without CURVE keys")
+
+    @field_validator("endpoint")
+    @classmethod
+    def _endpoint(cls, v):
+        if not v.startswith(("tcp://", "ipc://", "inproc://")):
+            raise ValueError("expected a ZeroMQ endpoint such as tcp://127.0.0.1:5556")
+        return v
+
+
+class Config(_Section):
+    """The whole run configuration (see ``deploy/revwatch.example.toml``)."""
+
+    acquisition: AcquisitionConfig = Field(default_factory=AcquisitionConfig)
+    volume: VolumeConfig = Field(default_factory=VolumeConfig)
+    phases: PhasesConfig = Field(default_factory=PhasesConfig)
+    processing: ProcessingConfig = Field(default_factory=ProcessingConfig)
+    analysis: AnalysisConfig = Field(default_factory=AnalysisConfig)
+    rev: RevConfig = Field(default_factory=RevConfig)
+    publish: PublishConfig = Field(default_factory=PublishConfig)
+
+
+def _config_error(exc: ValidationError, source: str) -> ConfigError:
+    lines = []
+    for err in exc.errors():
+        key = ".".join(str(p) for p in err["loc"])
+        value = err.get("input")
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key (check its spelling and its [section])"
+        lines.append(f"  {key} = {value!r}: {msg}")
+    return ConfigError(f"invalid configuration in {source}:\n" + "\n".join(lines))
+
+
+def _parse_value(text: str) -> Any:
+    """A command-line value as TOML would read it, falling back to a plain string."""
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    """Apply ``section.key=value`` overrides (values parsed as TOML) to raw config data.
+
+    Parameters
+    ----------
+    data : dict
+        Raw configuration, as read from TOML.
+    overrides : list of str
+        Items like ``"rev.tolerance=0.03"`` or ``'acquisition.folder="D:/ASV"'``.
+
+    Returns
+    -------
+    dict
+        A new dict with the overrides applied.
+    """
+    out = {k: dict(v) if isinstance(v, dict) else v for k, v in data.items()}
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        parts = key.strip().split(".")
+        if not sep or len(parts) != 2 or not all(parts):
+            raise ConfigError(f"override {item!r}: expected section.key=value, e.g. rev.tolerance=0.03")
+        section, name = parts
+        out.setdefault(section, {})
+        if not isinstance(out[section], dict):
+            raise ConfigError(f"override {item!r}: {section!r} is not a section")
+        out[section][name] = _parse_value(text.strip())
+    return out
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Read, override and validate the configuration.
+
+    Parameters
+    ----------
+    path : str or Path, optional
+        A TOML file; None uses the built-in defaults.
+    overrides : list of str, optional
+        ``section.key=value`` items applied after the file (the command line wins).
+
+    Returns
+    -------
+    Config
+
+    Raises
+    ------
+    ConfigError
+        The file cannot be read or parsed, or a key or value is invalid; the message names them.
+    """
+    data: dict = {}
+    source = "the built-in defaults"
+    if path is not None:
+        source = str(path)
+        try:
+            data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError(f"configuration file {source} does not exist") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"cannot read configuration file {source}: {exc}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"configuration file {source} is not valid TOML: {exc}") from None
+    data = apply_overrides(data, list(overrides))
+    if overrides:
+        source += " with command-line overrides"
+    try:
+        return Config.model_validate(data)
+    except ValidationError as exc:
+        raise _config_error(exc, source) from None
