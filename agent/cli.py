@@ -1,0 +1,254 @@
+"""The ``revwatch`` command line.
+
+Each sub-command is a thin wrapper: it parses arguments, installs logging, and calls the
+module that does the work. Heavy imports happen inside the commands so that ``--help`` is fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from processing.errors import RevwatchError
+
+__all__ = ["main", "build_parser"]
+
+log = logging.getLogger(__name__)
+
+_EPILOG = """\
+examples:
+  revwatch demo                                   everything at once on generated data
+  revwatch run "D:/ASV/cathode-01" --exit-when-representative
+  revwatch monitor tcp://127.0.0.1:5556           live dashboard of a running agent
+  revwatch replay stack.tif --to incoming/ --interval-s 2
+  revwatch metrics cathode-01.revwatch.ome.zarr   Table 1 + REV report of a volume
+"""
+
+
+def _add_config_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", type=Path, help="TOML configuration file (see deploy/revwatch.example.toml)")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="override one configuration key, e.g. --set rev.tolerance=0.03 (repeatable)",
+    )
+
+
+def _run_overrides(args: argparse.Namespace) -> list[str]:
+    """Translate the dedicated `run` flags into configuration overrides (the command line wins)."""
+    out = []
+    if args.folder is not None:
+        out.append(f"acquisition.folder={_toml_str(args.folder)}")
+    if args.volume is not None:
+        out.append(f"volume.path={_toml_str(args.volume)}")
+    if args.polling:
+        out.append("acquisition.polling=true")
+    if args.endpoint is not None:
+        out.append(f"publish.endpoint={_toml_str(args.endpoint)}")
+    if args.scheduler is not None:
+        out.append(f"analysis.scheduler={_toml_str(args.scheduler)}")
+    if args.exit_when_representative:
+        out.append("rev.exit_when_representative=true")
+    if args.insecure:
+        out.append("publish.insecure=true")
+    if args.keys_dir is not None:
+        out.append(f"publish.keys_dir={_toml_str(args.keys_dir)}")
+    return out + args.overrides
+
+
+def _toml_str(value) -> str:
+    return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from agent.config import load_config
+    from agent.pipeline import Agent
+
+    config = load_config(args.config, _run_overrides(args))
+    if config.acquisition.folder is None:
+        raise RevwatchError("no acquisition folder: give it as `revwatch run FOLDER` or acquisition.folder in the config")
+    summary = Agent(config).run(idle_exit_s=args.idle_exit_s)
+    print(summary.describe())
+    return 0
+
+
+def cmd_monitor(args: argparse.Namespace) -> int:
+    from agent.monitor import run_monitor
+
+    return run_monitor(args.endpoint, once=args.once, timeout_s=args.timeout_s, keys_dir=args.keys_dir) or 0
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    from agent.replay import replay
+
+    def progress(count, path):
+        print(f"slice {count}: {path}", flush=True)
+
+    n = replay(
+        args.source,
+        args.to,
+        interval_s=args.interval_s,
+        pixel_size_um=args.pixel_size_nm / 1000.0,
+        limit=args.limit,
+        on_slice=None if args.quiet else progress,
+    )
+    print(f"replayed {n} slices into {args.to}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from agent.demo import run_demo
+
+    return run_demo(
+        slices=args.slices,
+        size_px=args.size_px,
+        interval_s=args.interval_s,
+        workdir=args.workdir,
+        seed=args.seed,
+        endpoint=args.endpoint,
+    )
+
+
+def cmd_metrics(args: argparse.Namespace) -> int:
+    from agent.report import metrics_report
+
+    return metrics_report(
+        args.volume,
+        json_output=args.json,
+        spacing_um=args.spacing_um,
+        phase_map=args.phase,
+        transport_axis=args.transport_axis,
+        plot=args.plot,
+        rev=not args.no_rev,
+        tolerance=args.tolerance,
+    )
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from agent.bench import main as bench_main
+
+    return bench_main(quick=args.quick, slices=args.slices) or 0
+
+
+def cmd_keys(args: argparse.Namespace) -> int:
+    from agent.keys import create_keys
+
+    paths = create_keys(args.folder)
+    for p in paths:
+        print(p)
+    return 0
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from agent.config import load_config
+    from agent.doctor import run_doctor
+
+    return run_doctor(load_config(args.config, args.overrides))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="revwatch",
+        description="Align, segment and measure FIB-SEM slices as they arrive; say when the volume is representative.",
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("run", help="watch an acquisition folder and process slices as they arrive")
+    p.add_argument("folder", nargs="?", type=Path, help="folder the microscope writes into (or acquisition.folder)")
+    p.add_argument("--volume", type=Path, help="OME-Zarr volume to write or resume (default: beside the folder)")
+    p.add_argument("--polling", action="store_true", help="poll the folder (network shares without file events)")
+    p.add_argument("--endpoint", help="ZeroMQ PUB endpoint (default tcp://127.0.0.1:5556)")
+    p.add_argument("--scheduler", help="run the metrics on a dask.distributed cluster at tcp://HOST:PORT")
+    p.add_argument("--exit-when-representative", action="store_true", help="publish `stop` and exit 0 once representative")
+    p.add_argument("--insecure", action="store_true", help="allow a non-loopback endpoint without CURVE keys")
+    p.add_argument("--keys-dir", type=Path, help="CURVE keys made by `revwatch keys` (needed off loopback)")
+    p.add_argument("--idle-exit-s", type=float, default=None, help="exit after this long without a new slice")
+    _add_config_options(p)
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("monitor", help="live terminal dashboard of a running agent")
+    p.add_argument("endpoint", nargs="?", default="tcp://127.0.0.1:5556", help="the agent's PUB endpoint")
+    p.add_argument("--once", action="store_true", help="print one snapshot and exit")
+    p.add_argument("--timeout-s", type=float, default=10.0, help="with --once: how long to wait for the agent")
+    p.add_argument("--keys-dir", type=Path, help="CURVE keys when the agent is not on loopback")
+    p.set_defaults(func=cmd_monitor)
+
+    p = sub.add_parser("replay", help="copy an existing stack into a folder at a cadence (simulates an acquisition)")
+    p.add_argument("source", type=Path, help="a folder of slice TIFFs or a multi-page TIFF")
+    p.add_argument("--to", type=Path, required=True, help="destination folder (the one the agent watches)")
+    p.add_argument("--interval-s", type=float, default=1.0, help="seconds between slices (default 1)")
+    p.add_argument("--pixel-size-nm", type=float, default=10.0, help="pixel size written for a multi-page TIFF source")
+    p.add_argument("--limit", type=int, help="replay at most this many slices")
+    p.add_argument("--quiet", action="store_true", help="do not print each slice")
+    p.set_defaults(func=cmd_replay)
+
+    p = sub.add_parser("demo", help="generate an acquisition, replay it, run the agent and show it live")
+    p.add_argument("--slices", type=int, default=120, help="slices to generate (default 120)")
+    p.add_argument("--size-px", type=int, default=256, help="slice edge in pixels (default 256)")
+    p.add_argument("--interval-s", type=float, default=0.05, help="seconds between slices (default 0.05)")
+    p.add_argument("--workdir", type=Path, help="keep the acquisition and volume here (default: a new temp folder)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the generated microstructure")
+    p.add_argument("--endpoint", help="also publish on this ZeroMQ endpoint (default: a free loopback port)")
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("metrics", help="Table 1 metrics and REV report of a finished volume or a label TIFF")
+    p.add_argument("volume", type=Path, help="a revwatch OME-Zarr volume, or a multi-page TIFF of labels")
+    p.add_argument("--json", action="store_true", help="print the `metrics` document as JSON")
+    p.add_argument("--spacing-um", type=float, nargs=3, metavar=("DZ", "DY", "DX"), help="voxel size of a label TIFF")
+    p.add_argument(
+        "--phase",
+        action="append",
+        default=[],
+        metavar="LABEL=NAME",
+        help="label-to-phase mapping of a label TIFF, e.g. --phase 0=pore --phase 1=active --phase 2=electrolyte",
+    )
+    p.add_argument("--transport-axis", choices=("z", "y", "x"), default="y", help="transport direction (default y)")
+    p.add_argument("--plot", type=Path, help="write the REV curves as a PNG here")
+    p.add_argument("--no-rev", action="store_true", help="skip the REV report")
+    p.add_argument("--tolerance", type=float, default=0.05, help="REV tolerance (default 0.05)")
+    p.set_defaults(func=cmd_metrics)
+
+    p = sub.add_parser("bench", help="per-stage throughput on this machine")
+    p.add_argument("--quick", action="store_true", help="a short run (fewer, smaller slices)")
+    p.add_argument("--slices", type=int, default=None, help="slices per size")
+    p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("keys", help="create CURVE key pairs for a non-loopback agent")
+    p.add_argument("folder", type=Path, help="where to write the keys")
+    p.set_defaults(func=cmd_keys)
+
+    p = sub.add_parser("doctor", help="check a configuration and this machine, and say what to fix")
+    _add_config_options(p)
+    p.set_defaults(func=cmd_doctor)
+    return parser
+
+
+def _setup_logging(verbosity: int) -> None:
+    level = logging.WARNING if verbosity == 0 else logging.INFO if verbosity == 1 else logging.DEBUG
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``revwatch`` console script."""
+    args = build_parser().parse_args(argv)
+    _setup_logging(args.verbose)
+    try:
+        return args.func(args)
+    except RevwatchError as exc:
+        print(f"revwatch {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"revwatch {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
