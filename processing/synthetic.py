@@ -1,0 +1,591 @@
+"""Synthetic FIB-SEM acquisitions with known answers.
+
+Three steps, each usable alone:
+
+1. :func:`generate_microstructure` builds a labelled 3-phase composite (active
+   particles, electrolyte matrix, pores) whose phase fractions are exact by
+   construction (thresholds are quantiles of continuous fields).
+2. :func:`render_acquisition` turns the labels into raw SEM slices the way a
+   microscope records them (blur, stage drift with jumps, curtaining,
+   brightness drift, noise) and keeps the truth: labels on the canvas of the
+   first slice and the drift of every slice.
+3. :func:`write_acquisition` writes the slices the way Thermo Fisher Auto
+   Slice & View or Zeiss Atlas 3D does, metadata included.
+
+Voxels are anisotropic: sizes are given in micrometres and converted with
+``spacing_um = (dz, dy, dx)``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from scipy import ndimage
+
+from processing.phases import DEFAULT_PHASE_NAMES
+
+__all__ = [
+    "DEFAULT_FRACTIONS",
+    "SyntheticAcquisition",
+    "generate_microstructure",
+    "simulate_drift",
+    "render_acquisition",
+    "write_acquisition",
+]
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_FRACTIONS = {"pore": 0.20, "electrolyte": 0.35, "active": 0.45}
+# A sphere is stamped into the distance field up to this multiple of its
+# radius, so the final threshold may grow particles by up to this factor.
+_REACH = 1.3
+# Padding (px) around a slice crop so that blur and spline interpolation see
+# real neighbours instead of the crop border.
+_RENDER_PAD = 8
+
+
+def _as_triple(value, name):
+    arr = np.broadcast_to(np.asarray(value, dtype=float), (3,))
+    if not np.all(np.isfinite(arr)) or np.any(arr <= 0):
+        raise ValueError(f"{name} must be positive and finite (dz, dy, dx), got {value!r}")
+    return tuple(float(v) for v in arr)
+
+
+def _check_fractions(fractions):
+    names = DEFAULT_PHASE_NAMES
+    if set(fractions) != set(names):
+        raise ValueError(f"fractions must have exactly the keys {names}, got {sorted(fractions)!r}")
+    values = np.array([float(fractions[n]) for n in names])
+    if np.any(values < 0) or abs(values.sum() - 1.0) > 1e-6:
+        raise ValueError(f"fractions must be >= 0 and sum to 1, got {dict(fractions)!r}")
+    return dict(zip(names, values))
+
+
+def _stamp_spheres(field, centres, radii, spacing, *, inside_check):
+    """Lower `field` to min(|x - c|^2 / r^2) around each sphere, in place.
+
+    With `inside_check`, a sphere whose centre already lies inside a stamped
+    particle (field < 1) is skipped: this keeps particles from piling up into
+    clusters much bigger than the requested size. Returns the number stamped.
+    """
+    shape = field.shape
+    stamped = 0
+    for centre, radius in zip(centres, radii):
+        idx = np.floor(centre / spacing).astype(int)
+        if inside_check and np.all((idx >= 0) & (idx < shape)) and field[tuple(idx)] < 1.0:
+            continue
+        reach = _REACH * radius
+        lo = np.maximum(np.floor((centre - reach) / spacing).astype(int), 0)
+        hi = np.minimum(np.ceil((centre + reach) / spacing).astype(int) + 1, shape)
+        if np.any(hi <= lo):
+            continue
+        axes = [
+            (((np.arange(lo[a], hi[a]) + 0.5) * spacing[a] - centre[a]) / radius) ** 2
+            for a in range(3)
+        ]
+        d2 = (axes[0][:, None, None] + axes[1][None, :, None] + axes[2][None, None, :]).astype(np.float32)
+        box = field[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]]
+        np.minimum(box, d2, out=box)
+        stamped += 1
+    return stamped
+
+
+def _draw_radii(n, mean, cv, rng):
+    """Log-normal radii with the given mean and coefficient of variation."""
+    if cv == 0:
+        return np.full(n, mean)
+    s2 = math.log1p(cv * cv)
+    r = rng.lognormal(math.log(mean) - s2 / 2, math.sqrt(s2), n)
+    # Keep the tails physical: no dust, no boulders.
+    return np.clip(r, 0.25 * mean, 4.0 * mean)
+
+
+def generate_microstructure(
+    shape,
+    *,
+    spacing_um=(0.05, 0.02, 0.02),
+    fractions=DEFAULT_FRACTIONS,
+    particle_radius_um=0.6,
+    polydispersity=0.3,
+    pore_size_um=None,
+    gradient=0.0,
+    rng=None,
+):
+    """Generate a labelled 3-phase composite electrode (active, electrolyte, pore).
+
+    Active material is a set of polydisperse, possibly overlapping spheres
+    (ellipsoids in voxels when the spacing is anisotropic); pores are a
+    smooth random field thresholded inside the non-active space; electrolyte
+    fills the rest. The phase fractions are exact up to one voxel per
+    threshold (they are quantiles of continuous fields), whatever the
+    particle size.
+
+    Parameters
+    ----------
+    shape : tuple of 3 int
+        ``(Z, Y, X)`` size of the volume in voxels.
+    spacing_um : float or tuple of 3 float, optional
+        Voxel size ``(dz, dy, dx)`` in micrometres.
+    fractions : dict, optional
+        Volume fractions of ``"pore"``, ``"electrolyte"`` and ``"active"``,
+        summing to 1. With a `gradient` these are the means over the volume.
+    particle_radius_um : float, optional
+        Mean radius of the active particles in micrometres.
+    polydispersity : float, optional
+        Coefficient of variation of the (log-normal) particle radius, >= 0.
+    pore_size_um : float, optional
+        Correlation length of the pore field in micrometres (roughly the pore
+        radius). Default: half the particle radius.
+    gradient : float, optional
+        Relative change of the active fraction along z: it goes linearly from
+        ``active * (1 - gradient / 2)`` at the first slice to
+        ``active * (1 + gradient / 2)`` at the last (negative values reverse
+        the trend). 0 gives a statistically homogeneous volume.
+    rng : None, int or numpy.random.Generator, optional
+        Seed or generator.
+
+    Returns
+    -------
+    labels : (Z, Y, X) ndarray of uint8
+        1 = pore, 2 = electrolyte, 3 = active (order of
+        ``processing.phases.DEFAULT_PHASE_NAMES``).
+
+    Examples
+    --------
+    >>> labels = generate_microstructure((16, 64, 64), rng=0)
+    >>> round(float((labels == 3).mean()), 2)
+    0.45
+    """
+    shape = tuple(int(s) for s in np.atleast_1d(shape))
+    if len(shape) != 3 or min(shape) < 1:
+        raise ValueError(f"shape must be 3 positive ints (Z, Y, X), got {shape!r}")
+    spacing = np.array(_as_triple(spacing_um, "spacing_um"))
+    fr = _check_fractions(fractions)
+    if not (np.isfinite(particle_radius_um) and particle_radius_um > 0):
+        raise ValueError(f"particle_radius_um must be > 0, got {particle_radius_um!r}")
+    if not (np.isfinite(polydispersity) and polydispersity >= 0):
+        raise ValueError(f"polydispersity must be >= 0, got {polydispersity!r}")
+    if pore_size_um is None:
+        pore_size_um = particle_radius_um / 2
+    if not (np.isfinite(pore_size_um) and pore_size_um > 0):
+        raise ValueError(f"pore_size_um must be > 0, got {pore_size_um!r}")
+    phi = fr["active"]
+    phi_lo, phi_hi = sorted((phi * (1 - gradient / 2), phi * (1 + gradient / 2)))
+    if not (np.isfinite(gradient) and phi_lo >= 0 and phi_hi <= 0.95):
+        raise ValueError(
+            f"gradient={gradient!r} with active={phi:.3f} gives active fractions "
+            f"{phi_lo:.3f}..{phi_hi:.3f} along z; they must stay within [0, 0.95]"
+        )
+    rng = np.random.default_rng(rng)
+    nz = shape[0]
+    if nz > 1:
+        phi_z = phi * (1 + gradient * (np.arange(nz) / (nz - 1) - 0.5))
+    else:
+        phi_z = np.full(1, phi)
+
+    field = _active_distance_field(shape, spacing, phi_z, particle_radius_um, polydispersity, rng)
+    active = _threshold_active(field, phi_z, particle_radius_um / spacing[0], graded=gradient != 0)
+    del field
+
+    labels = np.full(shape, 2, dtype=np.uint8)
+    labels[active] = 3
+    n_pore = int(round(fr["pore"] * active.size))
+    if n_pore > 0:
+        noise = _smooth_noise(shape, spacing, pore_size_um, rng)
+        free = ~active
+        values = noise[free]
+        n_pore = min(n_pore, values.size)
+        cut = np.partition(values, values.size - n_pore)[values.size - n_pore]
+        labels[free & (noise >= cut)] = 1
+    logger.debug(
+        "microstructure %s: fractions pore %.3f electrolyte %.3f active %.3f",
+        shape, *(float((labels == k).mean()) for k in (1, 2, 3)),
+    )
+    return labels
+
+
+def _active_distance_field(shape, spacing, phi_z, radius, cv, rng):
+    """Normalised squared distance to the nearest particle centre, (Z, Y, X) float32.
+
+    Candidate spheres are added in batches (a Boolean-model estimate of how
+    many are missing) until the unthresholded particles cover the target
+    fraction, so that the final threshold only trims them slightly.
+    """
+    field = np.full(shape, np.inf, dtype=np.float32)
+    extent = np.array(shape) * spacing
+    margin = _REACH * radius * (1 + 3 * cv)
+    lo, hi = -margin, extent + margin
+    ext_volume = float(np.prod(hi - lo))
+    mean_volume = 4 / 3 * math.pi * radius**3 * (1 + cv * cv) ** 3  # E[r^3] for log-normal
+    # Candidate density along z follows -ln(1 - phi(z)) (Boolean model), so a
+    # gradient in the target becomes a gradient in particle numbers.
+    weight_z = -np.log1p(-np.clip(phi_z, 0, 0.999))
+    weight_max = weight_z.max()
+    target = float(np.mean(phi_z))
+    covered = 0.0
+    for _ in range(50):
+        deficit = math.log((1 - covered) / (1 - target)) if covered < target else 0.0
+        if deficit <= 0:
+            break
+        n = max(8, int(math.ceil(1.2 * deficit / mean_volume * ext_volume)))
+        centres = rng.uniform(lo, hi, size=(n, 3))
+        if weight_max > 0:
+            zi = np.clip((centres[:, 0] / spacing[0]).astype(int), 0, shape[0] - 1)
+            keep = rng.uniform(0, weight_max, n) < weight_z[zi]
+            centres = centres[keep]
+        radii = _draw_radii(len(centres), radius, cv, rng)
+        _stamp_spheres(field, centres, radii, spacing, inside_check=True)
+        covered = float(np.count_nonzero(field <= 1.0)) / field.size
+    return field
+
+
+def _threshold_active(field, phi_z, radius_slices, *, graded):
+    """Active mask with exactly the target fraction (per slice when graded)."""
+    if not graded:
+        n_active = int(round(float(np.mean(phi_z)) * field.size))
+        flat = field.ravel()
+        if n_active == 0:
+            return np.zeros(field.shape, dtype=bool)
+        cut = np.partition(flat, n_active - 1)[n_active - 1]
+        return field <= cut
+    # Per-slice quantiles give the exact profile; smoothing the thresholds
+    # along z keeps particles round instead of slice-wise rescaled.
+    cuts = np.full(field.shape[0], -1.0)
+    for z, (plane, p) in enumerate(zip(field.reshape(field.shape[0], -1), phi_z)):
+        n = int(round(p * plane.size))
+        if n > 0:
+            cut = np.partition(plane, n - 1)[n - 1]
+            cuts[z] = cut if np.isfinite(cut) else plane[np.isfinite(plane)].max(initial=-1.0)
+    cuts = ndimage.gaussian_filter1d(cuts, max(radius_slices, 1.0), mode="nearest")
+    return field <= cuts[:, None, None]
+
+
+def _smooth_noise(shape, spacing, length_um, rng):
+    """Gaussian random field of correlation length `length_um`, (Z, Y, X) float32.
+
+    Drawn on a coarse grid (cell = length / 2) and interpolated, which costs
+    far less than filtering full-resolution noise with a wide kernel.
+    """
+    cell = length_um / 2
+    factor = np.maximum(cell / spacing, 1.0)
+    coarse_shape = tuple(int(math.ceil(n / f)) + 4 for n, f in zip(shape, factor))
+    coarse = ndimage.gaussian_filter(rng.standard_normal(coarse_shape).astype(np.float32), 1.0, mode="wrap")
+    coords = [(np.arange(n) + 0.5) / f + 1.5 for n, f in zip(shape, factor)]
+    # Separable linear interpolation, one axis at a time (cheap and exact for
+    # a tensor grid).
+    out = coarse
+    for axis, c in enumerate(coords):
+        i0 = np.floor(c).astype(int)
+        w = (c - i0).astype(np.float32)
+        a = np.take(out, i0, axis=axis)
+        b = np.take(out, i0 + 1, axis=axis)
+        bshape = [1, 1, 1]
+        bshape[axis] = -1
+        out = a + (b - a) * w.reshape(bshape)
+    return out
+
+
+@dataclass(frozen=True, eq=False)
+class SyntheticAcquisition:
+    """Raw slices of a synthetic acquisition and their truth.
+
+    Attributes
+    ----------
+    slices : (Z, H, W) ndarray of uint8 or uint16
+        Raw SEM slices as the microscope writes them (drift included).
+    drift_px : (Z, 2) ndarray of float
+        True ``(dy, dx)`` of each slice relative to slice 0, in pixels, in
+        the ``scipy.ndimage.shift`` convention: ``ndimage.shift(slices[k],
+        drift_px[k])`` maps slice k onto the frame of slice 0
+        (``aligned[y] = raw[y - dy]``). ``drift_px[0]`` is ``(0, 0)``.
+    labels : (Z, H, W) ndarray of uint8
+        Truth labels on the canvas (the frame of slice 0).
+    levels : tuple of float
+        Mean grey level of each phase (label 1, 2, ...) in output units,
+        before brightness drift and noise.
+    gain : (Z,) ndarray of float
+        Brightness gain of each slice (truth of the brightness drift).
+    offset : (Z,) ndarray of float
+        Brightness offset of each slice, in output grey units.
+    """
+
+    slices: np.ndarray
+    drift_px: np.ndarray
+    labels: np.ndarray
+    levels: tuple
+    gain: np.ndarray
+    offset: np.ndarray
+
+
+def simulate_drift(n_slices, *, drift_px_per_slice=1.2, jump_probability=0.01, jump_px=15.0, rng=None):
+    """Stage drift: a 2-D random walk with occasional jumps.
+
+    Parameters
+    ----------
+    n_slices : int
+        Number of slices.
+    drift_px_per_slice : float, optional
+        Standard deviation (px) of each step of the walk, per axis.
+    jump_probability : float, optional
+        Probability, per slice, of an extra jump.
+    jump_px : float, optional
+        Length (px) of a jump, in a random direction.
+    rng : None, int or numpy.random.Generator, optional
+
+    Returns
+    -------
+    drift_px : (n_slices, 2) ndarray of float
+        ``(dy, dx)`` of each slice relative to slice 0 (first row zero), in
+        the convention of :class:`SyntheticAcquisition`.
+    """
+    n_slices = int(n_slices)
+    if n_slices < 1:
+        raise ValueError(f"n_slices must be >= 1, got {n_slices!r}")
+    if not drift_px_per_slice >= 0:
+        raise ValueError(f"drift_px_per_slice must be >= 0, got {drift_px_per_slice!r}")
+    if not 0 <= jump_probability <= 1:
+        raise ValueError(f"jump_probability must be in [0, 1], got {jump_probability!r}")
+    if not jump_px >= 0:
+        raise ValueError(f"jump_px must be >= 0, got {jump_px!r}")
+    rng = np.random.default_rng(rng)
+    steps = rng.normal(0.0, drift_px_per_slice, size=(n_slices, 2)) if drift_px_per_slice > 0 else np.zeros((n_slices, 2))
+    jumps = rng.uniform(size=n_slices) < jump_probability
+    angles = rng.uniform(0, 2 * np.pi, size=n_slices)
+    steps += jumps[:, None] * jump_px * np.stack([np.sin(angles), np.cos(angles)], axis=1)
+    steps[0] = 0.0
+    return np.cumsum(steps, axis=0)
+
+
+def _ar1_walk(n, step, rng, *, memory=0.98):
+    """Random walk with weak mean reversion (AR(1)), starting at 0."""
+    out = np.zeros(n)
+    if step > 0:
+        eps = rng.normal(0.0, step, size=n)
+        for k in range(1, n):
+            out[k] = memory * out[k - 1] + eps[k]
+    return out
+
+
+def _curtain_profiles(n_slices, width, rng, *, correlation_px=2.0, persistence=0.9):
+    """Unit-variance column profiles, (Z, W), evolving slowly from slice to slice."""
+    def draw():
+        p = ndimage.gaussian_filter1d(rng.standard_normal(width), correlation_px, mode="wrap")
+        return p / max(p.std(), 1e-12)
+
+    out = np.empty((n_slices, width))
+    out[0] = draw()
+    keep = math.sqrt(1 - persistence**2)
+    for k in range(1, n_slices):
+        out[k] = persistence * out[k - 1] + keep * draw()
+    return out
+
+
+def render_acquisition(
+    labels,
+    *,
+    levels=(45, 115, 195),
+    blur_px=1.0,
+    noise_sigma=16.0,
+    curtaining=0.1,
+    brightness_drift=0.02,
+    drift_px_per_slice=1.2,
+    jump_probability=0.01,
+    jump_px=15.0,
+    drift_px=None,
+    dtype=np.uint8,
+    field_shape=None,
+    rng=None,
+):
+    """Render labels as raw FIB-SEM slices, with the truth kept aside.
+
+    Slice ``k`` images ``labels[k]`` through a field of view of `field_shape`
+    that the stage drift moves across the (larger) labels; the canvas is the
+    field of view of slice 0, centred in the labels. Per slice: grey levels,
+    Gaussian blur, subpixel drift (cubic spline), curtaining, brightness
+    gain/offset, Gaussian noise, rounding and clipping to `dtype`.
+
+    Parameters
+    ----------
+    labels : (Z, Y, X) ndarray of int
+        Phase labels 1..len(levels), e.g. from :func:`generate_microstructure`.
+        Y and X must exceed the field of view by the drift margin.
+    levels : sequence of float, optional
+        Grey level of each phase (label 1, 2, ...) on the 8-bit scale; scaled
+        by 257 for 16-bit output.
+    blur_px : float, optional
+        Standard deviation (px) of the Gaussian point spread function.
+    noise_sigma : float, optional
+        Standard deviation of the additive Gaussian noise, 8-bit scale.
+    curtaining : float, optional
+        Strength of the vertical stripes: their standard deviation is
+        ``curtaining * (max(levels) - min(levels)) / 2``. Stripes vary along x
+        (correlation ~2 px), fade in slowly from top to bottom, are stronger
+        below bright (active) material, and evolve from slice to slice.
+    brightness_drift : float, optional
+        Step of the per-slice gain random walk (relative); the offset walks
+        with half that step times the level span. Weak mean reversion keeps
+        long runs within the detector range.
+    drift_px_per_slice, jump_probability, jump_px : float, optional
+        Stage drift, see :func:`simulate_drift`. Ignored when `drift_px` is given.
+    drift_px : (Z, 2) array of float, optional
+        Explicit drift (first row must be zero) instead of a simulated one.
+    dtype : {numpy.uint8, numpy.uint16}, optional
+        Output pixel type.
+    field_shape : tuple of 2 int, optional
+        ``(H, W)`` of the slices. Default: the labels' ``(Y, X)`` minus twice
+        the margin the drift needs.
+    rng : None, int or numpy.random.Generator, optional
+
+    Returns
+    -------
+    SyntheticAcquisition
+
+    Raises
+    ------
+    ValueError
+        Bad parameter, or labels too small for the field of view plus the
+        drift (the message names the margin needed).
+    """
+    labels = np.asarray(labels)
+    if labels.ndim != 3 or not np.issubdtype(labels.dtype, np.integer):
+        raise ValueError(f"labels must be a (Z, Y, X) integer array, got {labels.dtype} {labels.shape}")
+    levels8 = np.asarray(levels, dtype=float)
+    if levels8.ndim != 1 or levels8.size < 1:
+        raise ValueError(f"levels must be a sequence of grey levels, got {levels!r}")
+    lo_label, hi_label = int(labels.min()), int(labels.max())
+    if lo_label < 1 or hi_label > levels8.size:
+        raise ValueError(f"labels must be in 1..{levels8.size} (one per level), got {lo_label}..{hi_label}")
+    dtype = np.dtype(dtype)
+    if dtype not in (np.dtype(np.uint8), np.dtype(np.uint16)):
+        raise ValueError(f"dtype must be uint8 or uint16, got {dtype}")
+    for name, value in (("blur_px", blur_px), ("noise_sigma", noise_sigma), ("curtaining", curtaining),
+                        ("brightness_drift", brightness_drift)):
+        if not (np.isfinite(value) and value >= 0):
+            raise ValueError(f"{name} must be >= 0, got {value!r}")
+    rng = np.random.default_rng(rng)
+    n_slices = labels.shape[0]
+    if drift_px is None:
+        drift = simulate_drift(n_slices, drift_px_per_slice=drift_px_per_slice,
+                               jump_probability=jump_probability, jump_px=jump_px, rng=rng)
+    else:
+        drift = np.array(drift_px, dtype=float)
+        if drift.shape != (n_slices, 2) or not np.all(np.isfinite(drift)) or np.any(drift[0] != 0):
+            raise ValueError(f"drift_px must be a finite ({n_slices}, 2) array with a zero first row, got shape {drift.shape}")
+
+    big = np.array(labels.shape[1:])
+    need = np.ceil(np.abs(drift).max(axis=0)).astype(int) + _RENDER_PAD
+    if field_shape is None:
+        field = big - 2 * need
+        if np.any(field < 16):
+            raise ValueError(
+                f"labels of {tuple(big)} px leave no field of view for a drift of up to "
+                f"{tuple(need - _RENDER_PAD)} px: give labels larger than {tuple(2 * need + 16)} px "
+                f"(Y, X) or less drift"
+            )
+    else:
+        field = np.array(field_shape, dtype=int)
+        if field.shape != (2,) or np.any(field < 1):
+            raise ValueError(f"field_shape must be (H, W) positive ints, got {field_shape!r}")
+        margin = (big - field) // 2
+        if np.any(margin < need):
+            raise ValueError(
+                f"labels of {tuple(big)} px are too small for field_shape {tuple(field)} with this drift: "
+                f"needs a margin of {tuple(need)} px on each side, i.e. labels of at least "
+                f"{tuple(field + 2 * need)} px (Y, X)"
+            )
+    field = tuple(int(v) for v in field)
+    margin = (big - np.array(field)) // 2
+
+    scale = 257.0 if dtype == np.uint16 else 1.0
+    lut = np.concatenate([[0.0], levels8]) * scale
+    span = float(levels8.max() - levels8.min()) * scale
+    gain = 1.0 + _ar1_walk(n_slices, brightness_drift, rng)
+    offset = _ar1_walk(n_slices, brightness_drift / 2, rng) * span
+    curtains = _curtain_profiles(n_slices, field[1], rng) * (curtaining * span / 2)
+    top_fade = np.linspace(0.5, 1.0, field[0])[:, None]
+    active_label = hi_label if levels8.size >= 3 else None
+    maxval = float(np.iinfo(dtype).max)
+
+    truth = labels[:, margin[0]:margin[0] + field[0], margin[1]:margin[1] + field[1]].copy()
+    slices = np.empty((n_slices,) + field, dtype=dtype)
+    pad = _RENDER_PAD
+    for k in range(n_slices):
+        # raw_k[y] = canvas[y + dy] = labels[margin + y + dy]
+        origin = margin + drift[k]
+        start = np.floor(origin).astype(int)
+        frac = origin - start
+        crop = labels[k, start[0] - pad:start[0] + field[0] + pad, start[1] - pad:start[1] + field[1] + pad]
+        grey = lut[crop].astype(np.float32)
+        if blur_px > 0:
+            grey = ndimage.gaussian_filter(grey, blur_px, mode="nearest")
+        if np.any(frac != 0):
+            grey = ndimage.shift(grey, -frac, order=3, mode="nearest")
+        grey = grey[pad:pad + field[0], pad:pad + field[1]]
+        if curtaining > 0:
+            strength = top_fade
+            if active_label is not None:
+                # Dense particles shadow the milling: stripes strengthen below them.
+                seen = np.cumsum(crop[pad:pad + field[0], pad:pad + field[1]] == active_label, axis=0)
+                strength = top_fade * (1.0 + seen / field[0])
+            grey = grey + strength * curtains[k][None, :]
+        grey = gain[k] * grey + offset[k]
+        if noise_sigma > 0:
+            grey = grey + rng.normal(0.0, noise_sigma * scale, size=grey.shape)
+        slices[k] = np.clip(np.rint(grey), 0, maxval).astype(dtype)
+    return SyntheticAcquisition(
+        slices=slices,
+        drift_px=drift,
+        labels=truth,
+        levels=tuple(float(v) for v in levels8 * scale),
+        gain=gain,
+        offset=offset,
+    )
+
+
+def write_acquisition(acq, folder, *, layout="fei", pixel_size_um=0.02, slice_spacing_um=0.05, detector="SESI"):
+    """Write the slices of `acq` the way the microscope software does.
+
+    Parameters
+    ----------
+    acq : SyntheticAcquisition
+    folder : str or os.PathLike
+        Project (FEI) or destination (Zeiss) folder; created if missing.
+    layout : {"fei", "zeiss"}, optional
+        ``"fei"``: ``<folder>/Images/SEM Image/SEM Image - SliceImage - 001.tif``
+        plus ``<folder>/EMProject.emxml`` holding the slice spacing.
+        ``"zeiss"``: ``<folder>/<detector>/slice_00001_z=0.0000um.tif``.
+    pixel_size_um : float or (float, float), optional
+        Pixel size ``(dy, dx)`` written into the TIFF metadata.
+    slice_spacing_um : float, optional
+        Distance between slices (FEI project file; Zeiss file names).
+    detector : str, optional
+        Detector folder name for the Zeiss layout.
+
+    Returns
+    -------
+    list of pathlib.Path
+        The slice files, in slice order (indices start at 1).
+    """
+    from processing.io import write_fei_project, write_slice
+
+    if layout not in ("fei", "zeiss"):
+        raise ValueError(f"layout must be 'fei' or 'zeiss', got {layout!r}")
+    if not (np.isfinite(slice_spacing_um) and slice_spacing_um > 0):
+        raise ValueError(f"slice_spacing_um must be > 0, got {slice_spacing_um!r}")
+    root = Path(folder)
+    if layout == "fei":
+        target = root / "Images" / "SEM Image"
+        target.mkdir(parents=True, exist_ok=True)
+        write_fei_project(root, slice_spacing_um=slice_spacing_um)
+    else:
+        target = root / detector
+        target.mkdir(parents=True, exist_ok=True)
+    return [
+        write_slice(target, k + 1, pixels, layout=layout, pixel_size_um=pixel_size_um,
+                    z_um=k * slice_spacing_um if layout == "zeiss" else None)
+        for k, pixels in enumerate(acq.slices)
+    ]
