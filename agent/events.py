@@ -15,6 +15,7 @@ acquisition processing.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -27,13 +28,14 @@ from typing import Any, Callable
 
 import numpy as np
 
-__all__ = ["PROTOCOL", "TOPICS", "EventStream", "JsonLinesSink", "jsonable"]
+__all__ = ["PROTOCOL", "TOPICS", "EventStream", "JsonLinesSink", "jsonable", "validate_document"]
 
 logger = logging.getLogger(__name__)
 
 PROTOCOL = "revwatch/1"
 TOPICS = ("status", "metrics", "rev", "stop", "error", "heartbeat")
 _FAILURE_LOG_EVERY_S = 60.0
+SCHEMA_DIR = Path(__file__).with_name("schemas")
 
 Subscriber = Callable[[str, dict], Any]
 
@@ -63,6 +65,43 @@ def jsonable(value):
     if isinstance(value, Path):
         return str(value)
     raise TypeError(f"cannot put {type(value).__name__} value {value!r} in a document")
+
+
+@functools.cache
+def _validators() -> dict:
+    # jsonschema is imported lazily: only tests and `revwatch doctor` validate.
+    import jsonschema
+    from referencing import Registry, Resource
+
+    schemas = {p.stem: json.loads(p.read_text()) for p in SCHEMA_DIR.glob("*.json")}
+    registry = Registry().with_resources(
+        (s["$id"], Resource.from_contents(s)) for s in schemas.values())
+    return {name: jsonschema.Draft202012Validator(s, registry=registry)
+            for name, s in schemas.items()}
+
+
+def validate_document(doc: dict, *, topic: str | None = None) -> None:
+    """Check a document against the JSON Schema of its topic (agent/schemas/TOPIC.json).
+
+    Parameters
+    ----------
+    doc : dict
+        A document, or a snapshot reply with ``topic="snapshot"``.
+    topic : str, optional
+        Default ``doc["topic"]``.
+
+    Raises
+    ------
+    jsonschema.ValidationError
+        Naming the offending field.
+    KeyError
+        No schema for the topic.
+    """
+    topic = topic or doc.get("topic")
+    validators = _validators()
+    if topic not in validators or topic == "common":
+        raise KeyError(f"no schema for topic {topic!r}; known: {sorted(set(validators) - {'common'})}")
+    validators[topic].validate(doc)
 
 
 @dataclass

@@ -317,7 +317,7 @@ class Publisher:
 
     def _answer(self, request: list[bytes]) -> dict:
         try:
-            req = json.loads(request[0]) if request else {}
+            req = json.loads(request[0]) if request and request[0] else {}
             if not isinstance(req, dict) or req.get("request", "snapshot") != "snapshot":
                 raise ValueError(f"unknown request {req!r}")
         except ValueError as exc:
