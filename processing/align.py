@@ -1,0 +1,435 @@
+"""Slice-to-slice drift correction: subpixel phase correlation against a running reference.
+
+Conventions
+-----------
+Shifts are ``(dy, dx)`` in pixels, in the :func:`scipy.ndimage.shift` sign convention: the
+aligned slice is ``aligned[y, x] = raw[y - dy, x - dx]``. A :class:`DriftTracker` reports the
+*cumulative* shift of each slice relative to the first one, i.e. the shift that puts the slice
+onto the canvas of the first slice.
+
+Canvas and border policy
+------------------------
+The canvas of a run is the shape of its first slice; it never changes. Canvas pixels that the
+shifted slice does not cover (and pixels whose interpolation taps fall outside the slice) are set
+to ``fill`` and marked ``False`` in the valid mask returned by :func:`apply_shift`; downstream,
+segmentation labels them 0 (unassigned).
+
+How the tracker avoids build-up of error
+----------------------------------------
+Registering each slice only to the previous one adds the errors of every step (a random walk).
+The tracker instead registers the raw slice directly to a *reference on the canvas*: an
+exponential running mean of the last aligned slices (weight ``reference_weight``, i.e. about
+``2 / reference_weight - 1`` slices). The estimate is therefore a cumulative shift, not a step,
+and the random walk of the error is damped by about ``1 / reference_weight``. The running mean
+also follows the slow change of the microstructure along z, which a fixed keyframe cannot.
+
+Robustness
+----------
+- brightness drift: each window is normalised (zero mean, unit variance) and the cross-power
+  spectrum is whitened (phase correlation is insensitive to gain and offset);
+- curtaining (vertical stripes, constant along y): the per-column mean of each window is removed
+  before correlation, which deletes the ``ky = 0`` line of the spectrum where stripes live;
+- noise: the slice is binned for the coarse search and the cross-power spectrum is weighted by a
+  Gaussian low-pass;
+- jumps: the search covers the whole overlap window (up to half its size around the prediction);
+- low confidence (peak-to-second-peak ratio below ``min_confidence``, e.g. a blank slice): the
+  estimate is flagged ``reliable=False``, the predicted shift (the previous one) is applied instead
+  and the reference is not updated.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.fft
+from scipy import ndimage
+
+from processing.errors import SliceShapeError
+
+__all__ = ["DriftEstimate", "DriftTracker", "apply_shift", "phase_correlate"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class DriftEstimate:
+    """Drift of one slice.
+
+    Attributes
+    ----------
+    shift_px : tuple of float
+        ``(dy, dx)`` in pixels to apply to the raw slice (``scipy.ndimage.shift`` convention)
+        to put it on the canvas of the first slice. When ``reliable`` is False this is the
+        predicted shift, not the (rejected) measurement.
+    step_px : tuple of float
+        ``(dy, dx)`` change of ``shift_px`` since the previous slice.
+    confidence : float
+        0..1; 1 - (second correlation peak / main peak). Near 0 for a blank or unrelated slice.
+    reliable : bool
+        False when ``confidence < min_confidence`` (the shift is then a prediction).
+    measured_px : tuple of float or None
+        The raw measurement, even when rejected (None for the first slice).
+    """
+
+    shift_px: tuple[float, float]
+    step_px: tuple[float, float]
+    confidence: float
+    reliable: bool
+    measured_px: tuple[float, float] | None = None
+
+
+def _as_pair(value, name):
+    arr = np.asarray(value, dtype=float).reshape(-1)
+    if arr.size != 2 or not np.all(np.isfinite(arr)):
+        raise ValueError(f"{name}: expected two finite numbers (dy, dx), got {value!r}")
+    return float(arr[0]), float(arr[1])
+
+
+def apply_shift(pixels, shift_px, *, fill=0, order=1):
+    """Shift a slice onto the canvas (same shape), with a mask of the pixels it covers.
+
+    Parameters
+    ----------
+    pixels : (Y, X) ndarray
+        The raw slice (any real dtype).
+    shift_px : (dy, dx) float
+        Shift in pixels, ``aligned[y, x] = pixels[y - dy, x - dx]``.
+    fill : scalar, optional
+        Value of the canvas pixels the shifted slice does not cover.
+    order : {0, 1}, optional
+        0 = nearest pixel (grey levels unchanged), 1 = bilinear (default).
+
+    Returns
+    -------
+    aligned : (Y, X) ndarray, same dtype as `pixels`
+        The slice on the canvas (rounded when the dtype is integer).
+    valid : (Y, X) bool ndarray
+        True where every interpolation tap fell inside the slice; False pixels hold `fill`.
+    """
+    pixels = np.asarray(pixels)
+    if pixels.ndim != 2:
+        raise ValueError(f"pixels: expected a 2-D slice, got shape {pixels.shape}")
+    if order not in (0, 1):
+        raise ValueError(f"order: expected 0 or 1, got {order!r}")
+    dy, dx = _as_pair(shift_px, "shift_px")
+    if order == 0:
+        dy, dx = float(np.round(dy)), float(np.round(dx))
+    h, w = pixels.shape
+    iy, ix = int(np.floor(dy)), int(np.floor(dx))
+    fy, fx = dy - iy, dx - ix
+    # taps: aligned[y] = (1-fy) raw[y-iy] + fy raw[y-iy-1]; the second tap only matters if fy > 0
+    ty = 2 if fy > 1e-6 else 1
+    tx = 2 if fx > 1e-6 else 1
+    # canvas rows whose taps y-iy-(0..ty-1) are all inside [0, h)
+    y0, y1 = max(iy + ty - 1, 0), min(h + iy, h)
+    x0, x1 = max(ix + tx - 1, 0), min(w + ix, w)
+    valid = np.zeros((h, w), dtype=bool)
+    out_dtype = pixels.dtype
+    aligned = np.full((h, w), fill, dtype=out_dtype)
+    if y1 <= y0 or x1 <= x0:
+        return aligned, valid
+    valid[y0:y1, x0:x1] = True
+
+    def tap(ky, kx):
+        return pixels[y0 - iy - ky:y1 - iy - ky, x0 - ix - kx:x1 - ix - kx]
+
+    if ty == 1 and tx == 1:
+        aligned[y0:y1, x0:x1] = tap(0, 0)
+        return aligned, valid
+    acc = np.zeros((y1 - y0, x1 - x0), dtype=np.float32)
+    for ky in range(ty):
+        wy = (1.0 - fy) if ky == 0 else fy
+        for kx in range(tx):
+            wx = (1.0 - fx) if kx == 0 else fx
+            acc += np.float32(wy * wx) * tap(ky, kx)
+    if np.issubdtype(out_dtype, np.integer):
+        info = np.iinfo(out_dtype)
+        np.rint(acc, out=acc)
+        np.clip(acc, info.min, info.max, out=acc)
+    aligned[y0:y1, x0:x1] = acc.astype(out_dtype, copy=False)
+    return aligned, valid
+
+
+def _bin(image, factor):
+    """Mean of ``factor x factor`` blocks (float32); trailing rows/columns are dropped."""
+    image = np.asarray(image, dtype=np.float32)
+    if factor == 1:
+        return image
+    h, w = (image.shape[0] // factor) * factor, (image.shape[1] // factor) * factor
+    return image[:h, :w].reshape(h // factor, factor, w // factor, factor).mean(axis=(1, 3))
+
+
+def _prepare(window, taper, destripe):
+    """Normalise, remove column means (curtaining) and taper one correlation window."""
+    win = window - window.mean()
+    if destripe:
+        win = win - win.mean(axis=0, keepdims=True)
+    std = win.std()
+    if not np.isfinite(std) or std < 1e-6:
+        return None
+    return (win / std) * taper
+
+
+def _tukey(n, alpha=0.25):
+    if n < 3:
+        return np.ones(n, dtype=np.float32)
+    x = np.linspace(0.0, 1.0, n)
+    w = np.ones(n)
+    edge = alpha / 2
+    lo, hi = x < edge, x > 1 - edge
+    w[lo] = 0.5 * (1 + np.cos(np.pi * (2 * x[lo] / alpha - 1)))
+    w[hi] = 0.5 * (1 + np.cos(np.pi * (2 * x[hi] / alpha - 2 / alpha + 1)))
+    return w.astype(np.float32)
+
+
+def _upsampled_correlation(cross, upsample, centre):
+    """Cross-correlation sampled at ``1/upsample`` px on a 3x3 px patch around `centre`.
+
+    A matrix-multiply DFT (Guizar-Sicairos et al., 2008): only the patch is computed.
+    """
+    n = int(np.ceil(3 * upsample))
+    out = []
+    for axis, c in enumerate(centre):
+        size = cross.shape[axis]
+        freqs = scipy.fft.fftfreq(size)
+        offs = c + (np.arange(n) - n // 2) / upsample
+        out.append(np.exp(2j * np.pi * np.outer(offs, freqs)))
+    ky, kx = out
+    return (ky @ cross @ kx.T).real, n
+
+
+def phase_correlate(reference, moving, *, upsample=20, lowpass=0.25, destripe=True, workers=None):
+    """Subpixel shift that registers `moving` onto `reference` (same-shape windows).
+
+    Parameters
+    ----------
+    reference, moving : (Y, X) ndarray
+        Windows of equal shape.
+    upsample : int, optional
+        Subpixel precision is ``1 / upsample`` px.
+    lowpass : float, optional
+        Sigma of the Gaussian weight on the cross-power spectrum, in cycles per pixel.
+    destripe : bool, optional
+        Remove per-column means before correlating (curtaining-insensitive).
+    workers : int, optional
+        Threads for the FFTs.
+
+    Returns
+    -------
+    shift : (dy, dx) float
+        ``scipy.ndimage.shift(moving, shift)`` ~ `reference`.
+    confidence : float
+        0..1, ``1 - second peak / main peak`` of the correlation surface; 0 when a window is flat.
+    """
+    reference = np.asarray(reference, dtype=np.float32)
+    moving = np.asarray(moving, dtype=np.float32)
+    if reference.shape != moving.shape or reference.ndim != 2:
+        raise ValueError(f"reference/moving: expected equal 2-D shapes, got {reference.shape} and {moving.shape}")
+    taper = np.outer(_tukey(reference.shape[0]), _tukey(reference.shape[1]))
+    a = _prepare(reference, taper, destripe)
+    b = _prepare(moving, taper, destripe)
+    if a is None or b is None:
+        return (0.0, 0.0), 0.0
+    fa = scipy.fft.fft2(a, workers=workers)
+    fb = scipy.fft.fft2(b, workers=workers)
+    cross = fa * np.conj(fb)
+    cross /= np.abs(cross) + 1e-6 * np.abs(cross).max()
+    ky = scipy.fft.fftfreq(a.shape[0]).astype(np.float32)
+    kx = scipy.fft.fftfreq(a.shape[1]).astype(np.float32)
+    weight = np.exp(-(ky[:, None] ** 2 + kx[None, :] ** 2) / (2 * lowpass**2))
+    if destripe:
+        weight[0, :] = 0.0  # the ky = 0 line is where vertical stripes live
+    cross *= weight
+    corr = scipy.fft.ifft2(cross, workers=workers).real
+    peak = np.unravel_index(int(np.argmax(corr)), corr.shape)
+    top = float(corr[peak])
+    # second peak: maximum outside a small neighbourhood of the main one (periodic)
+    masked = np.roll(corr, (-peak[0] + 2, -peak[1] + 2), axis=(0, 1))
+    masked[:5, :5] = -np.inf
+    second = float(masked.max())
+    confidence = 0.0 if top <= 0 else float(np.clip(1.0 - max(second, 0.0) / top, 0.0, 1.0))
+    coarse = np.array([p if p <= s // 2 else p - s for p, s in zip(peak, corr.shape)], dtype=float)
+    if upsample > 1:
+        patch, n = _upsampled_correlation(cross, upsample, coarse)
+        sub = np.array(np.unravel_index(int(np.argmax(patch)), patch.shape), dtype=float)
+        coarse = coarse + (sub - n // 2) / upsample
+    return (float(coarse[0]), float(coarse[1])), confidence
+
+
+class DriftTracker:
+    """Cumulative drift of each slice against a running reference on the canvas.
+
+    Parameters
+    ----------
+    roi : (y0, y1, x0, x1) int, optional
+        Region of the canvas (first slice's frame) used for registration, in pixels. Default:
+        the whole canvas. Choose a region with structure and without charging or labels.
+    upsample : int, optional
+        Subpixel precision of the search at the binned resolution (``bin / upsample`` px).
+    bin : int, optional
+        Binning factor of the search. Default: chosen so that the binned window's short side is
+        at least 256 px (1 up to 511 px, 2 up to 1023 px, 4 at 2048 px).
+    reference_weight : float, optional
+        Weight of each newly aligned slice in the running-mean reference (0 < w <= 1; 1 = align
+        to the previous slice only).
+    min_confidence : float, optional
+        Estimates with a lower confidence are rejected (``reliable=False``).
+    max_step_px : float, optional
+        Steps larger than this (pixels) are treated as jumps: accepted only with confidence at
+        least ``2 * min_confidence``. Default: unlimited within the search window.
+    lowpass : float, optional
+        Gaussian weight of the cross-power spectrum, in cycles per binned pixel.
+    destripe : bool, optional
+        Make the correlation insensitive to vertical stripes (curtaining).
+    workers : int, optional
+        Threads for the FFTs (default 2).
+    """
+
+    def __init__(self, *, roi=None, upsample=20, bin=None, reference_weight=0.25, min_confidence=0.25,
+                 max_step_px=None, lowpass=0.25, destripe=True, workers=2):
+        if roi is not None:
+            roi = tuple(int(v) for v in roi)
+            if len(roi) != 4 or roi[1] <= roi[0] or roi[3] <= roi[2] or min(roi) < 0:
+                raise ValueError(f"roi: expected (y0, y1, x0, x1) with y0 < y1 and x0 < x1, got {roi!r}")
+        if not (isinstance(upsample, (int, np.integer)) and upsample >= 1):
+            raise ValueError(f"upsample: expected an integer >= 1, got {upsample!r}")
+        if bin is not None and not (isinstance(bin, (int, np.integer)) and bin >= 1):
+            raise ValueError(f"bin: expected an integer >= 1, got {bin!r}")
+        if not 0 < reference_weight <= 1:
+            raise ValueError(f"reference_weight: expected 0 < w <= 1, got {reference_weight!r}")
+        if not 0 <= min_confidence < 1:
+            raise ValueError(f"min_confidence: expected 0 <= c < 1, got {min_confidence!r}")
+        if max_step_px is not None and not max_step_px > 0:
+            raise ValueError(f"max_step_px: expected a positive number, got {max_step_px!r}")
+        if not 0 < lowpass <= 1:
+            raise ValueError(f"lowpass: expected 0 < f <= 1 cycles/px, got {lowpass!r}")
+        self.roi = roi
+        self.upsample = int(upsample)
+        self.bin = bin
+        self.reference_weight = float(reference_weight)
+        self.min_confidence = float(min_confidence)
+        self.max_step_px = max_step_px
+        self.lowpass = float(lowpass)
+        self.destripe = bool(destripe)
+        self.workers = workers
+        self._shape = None
+        self._dtype = None
+        self._reference = None
+        self._shift = (0.0, 0.0)
+        self.n_slices = 0
+
+    @property
+    def canvas_shape(self):
+        """Shape of the canvas (the first slice's shape), or None before the first slice."""
+        return self._shape
+
+    @property
+    def shift_px(self):
+        """Cumulative shift applied to the last slice."""
+        return self._shift
+
+    def _window(self, binned_shape, offset):
+        """Overlapping canvas window and raw window (binned px) for an integer offset."""
+        b = self._bin
+        h, w = binned_shape
+        if self.roi is None:
+            y0, y1, x0, x1 = 0, h, 0, w
+        else:
+            y0, y1 = self.roi[0] // b, min(-(-self.roi[1] // b), h)
+            x0, x1 = self.roi[2] // b, min(-(-self.roi[3] // b), w)
+        oy, ox = offset
+        # canvas row y shows raw row y - oy: keep rows where both exist
+        cy0, cy1 = max(y0, oy), min(y1, h + oy)
+        cx0, cx1 = max(x0, ox), min(x1, w + ox)
+        if cy1 - cy0 < 16 or cx1 - cx0 < 16:
+            return None
+        return (slice(cy0, cy1), slice(cx0, cx1)), (slice(cy0 - oy, cy1 - oy), slice(cx0 - ox, cx1 - ox))
+
+    def update(self, pixels):
+        """Measure the drift of the next slice.
+
+        Parameters
+        ----------
+        pixels : (Y, X) ndarray
+            The raw (or corrected, not yet shifted) slice; the same shape as the first slice.
+
+        Returns
+        -------
+        DriftEstimate
+
+        Raises
+        ------
+        SliceShapeError
+            When the slice's shape differs from the first slice's.
+        """
+        pixels = np.asarray(pixels)
+        if pixels.ndim != 2:
+            raise SliceShapeError(f"pixels: expected a 2-D slice, got shape {pixels.shape}")
+        if self._shape is None:
+            self._start(pixels)
+            return DriftEstimate((0.0, 0.0), (0.0, 0.0), 1.0, True, None)
+        if pixels.shape != self._shape:
+            raise SliceShapeError(
+                f"slice shape {pixels.shape} differs from the run's canvas {self._shape} (first slice)")
+        b = self._bin
+        binned = _bin(pixels, b)
+        prev = self._shift
+        predicted = (prev[0] / b, prev[1] / b)
+        offset = (int(round(predicted[0])), int(round(predicted[1])))
+        measured, confidence = None, 0.0
+        windows = self._window(binned.shape, offset)
+        if windows is not None:
+            canvas_win, raw_win = windows
+            (ry, rx), confidence = phase_correlate(
+                self._reference[canvas_win], binned[raw_win], upsample=self.upsample,
+                lowpass=self.lowpass, destripe=self.destripe, workers=self.workers)
+            measured = ((offset[0] + ry) * b, (offset[1] + rx) * b)
+        reliable = measured is not None and confidence >= self.min_confidence
+        if reliable and self.max_step_px is not None:
+            step = np.hypot(measured[0] - prev[0], measured[1] - prev[1])
+            reliable = step <= self.max_step_px or confidence >= min(2 * self.min_confidence, 0.9)
+        shift = measured if reliable else prev
+        if reliable:
+            self._update_reference(binned, shift)
+        else:
+            logger.warning("slice %d: drift estimate rejected (confidence %.2f), keeping shift %s",
+                           self.n_slices, confidence, prev)
+        self._shift = (float(shift[0]), float(shift[1]))
+        self.n_slices += 1
+        return DriftEstimate(
+            shift_px=self._shift,
+            step_px=(self._shift[0] - prev[0], self._shift[1] - prev[1]),
+            confidence=float(confidence),
+            reliable=bool(reliable),
+            measured_px=None if measured is None else (float(measured[0]), float(measured[1])),
+        )
+
+    def _start(self, pixels):
+        self._shape = pixels.shape
+        if self.bin is None:
+            short = min(pixels.shape)
+            self._bin = 1 if short < 512 else 2 if short < 1024 else 4
+        else:
+            self._bin = self.bin
+        if min(pixels.shape) // self._bin < 32:
+            raise SliceShapeError(f"slice shape {pixels.shape} too small for bin {self._bin} (need 32 px binned)")
+        self._reference = _bin(pixels, self._bin).copy()
+        self._shift = (0.0, 0.0)
+        self.n_slices = 1
+
+    def _update_reference(self, binned, shift):
+        b = self._bin
+        aligned, valid = apply_shift(binned, (shift[0] / b, shift[1] / b), order=1)
+        # match the new slice's grey levels to the reference's before blending (brightness drift)
+        ref = self._reference
+        if valid.sum() < 64:
+            return
+        a_vals, r_vals = aligned[valid], ref[valid]
+        a_std = a_vals.std()
+        if a_std < 1e-6:
+            return
+        aligned = (aligned - a_vals.mean()) * (r_vals.std() / a_std) + r_vals.mean()
+        w = np.float32(self.reference_weight)
+        ref[valid] = (1 - w) * ref[valid] + w * aligned[valid]
