@@ -22,6 +22,7 @@ import logging
 import math
 import os
 import re
+import struct
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from datetime import datetime
@@ -441,7 +442,7 @@ def read_slice(path, *, index=None) -> SliceImage:
         raise
     except PermissionError as exc:
         raise SliceReadError(path, f"permission denied: {exc.strerror or exc}") from None
-    except (tifffile.TiffFileError, ValueError, KeyError, IndexError, EOFError, OSError, RuntimeError) as exc:
+    except (tifffile.TiffFileError, ValueError, KeyError, IndexError, EOFError, OSError, RuntimeError, struct.error) as exc:
         # tifffile raises many types on a partial or corrupt file; to the user
         # they all mean the same thing.
         raise SliceReadError(path, f"corrupt or truncated TIFF ({type(exc).__name__}: {exc})") from None

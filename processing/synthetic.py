@@ -360,6 +360,11 @@ def simulate_drift(n_slices, *, drift_px_per_slice=1.2, jump_probability=0.01, j
     return np.cumsum(steps, axis=0)
 
 
+def _px(values):
+    """Tuple of plain ints, for shapes in messages and slicing."""
+    return tuple(int(v) for v in values)
+
+
 def _ar1_walk(n, step, rng, *, memory=0.98):
     """Random walk with weak mean reversion (AR(1)), starting at 0."""
     out = np.zeros(n)
@@ -482,23 +487,22 @@ def render_acquisition(
         field = big - 2 * need
         if np.any(field < 16):
             raise ValueError(
-                f"labels of {tuple(big)} px leave no field of view for a drift of up to "
-                f"{tuple(need - _RENDER_PAD)} px: give labels larger than {tuple(2 * need + 16)} px "
-                f"(Y, X) or less drift"
+                f"labels of {_px(big)} px leave no field of view for a drift of up to "
+                f"{_px(need - _RENDER_PAD)} px: give labels larger than {_px(2 * need + 16)} px (Y, X) "
+                f"or less drift"
             )
     else:
         field = np.array(field_shape, dtype=int)
         if field.shape != (2,) or np.any(field < 1):
             raise ValueError(f"field_shape must be (H, W) positive ints, got {field_shape!r}")
-        margin = (big - field) // 2
-        if np.any(margin < need):
+        if np.any((big - field) // 2 < need):
             raise ValueError(
-                f"labels of {tuple(big)} px are too small for field_shape {tuple(field)} with this drift: "
-                f"needs a margin of {tuple(need)} px on each side, i.e. labels of at least "
-                f"{tuple(field + 2 * need)} px (Y, X)"
+                f"labels of {_px(big)} px are too small for field_shape {_px(field)} with this drift: "
+                f"needs a margin of {_px(need)} px on each side, i.e. labels of at least "
+                f"{_px(field + 2 * need)} px (Y, X)"
             )
-    field = tuple(int(v) for v in field)
-    margin = (big - np.array(field)) // 2
+    margin = (big - field) // 2
+    field = _px(field)
 
     scale = 257.0 if dtype == np.uint16 else 1.0
     lut = np.concatenate([[0.0], levels8]) * scale
