@@ -46,6 +46,8 @@ _REACH = 1.3
 # Padding (px) around a slice crop so that blur and spline interpolation see
 # real neighbours instead of the crop border.
 _RENDER_PAD = 8
+# Slices behind a pore that shine through it (weights exp(-j / 2) beyond that are < 3 %).
+_PORE_BACK_DEPTH = 6
 
 
 def _as_triple(value, name):
@@ -365,6 +367,16 @@ def _px(values):
     return tuple(int(v) for v in values)
 
 
+def _background_fields(n_slices, rng, *, cells=4, persistence=0.95):
+    """Coarse (Z, cells, cells) unit-variance fields evolving slowly along z."""
+    out = np.empty((n_slices, cells, cells))
+    out[0] = rng.standard_normal((cells, cells))
+    keep = math.sqrt(1 - persistence**2)
+    for k in range(1, n_slices):
+        out[k] = persistence * out[k - 1] + keep * rng.standard_normal((cells, cells))
+    return out
+
+
 def _ar1_walk(n, step, rng, *, memory=0.98):
     """Random walk with weak mean reversion (AR(1)), starting at 0."""
     out = np.zeros(n)
@@ -401,6 +413,9 @@ def render_acquisition(
     jump_probability=0.01,
     jump_px=15.0,
     drift_px=None,
+    charging=0.0,
+    pore_back=0.0,
+    counts_at_max=None,
     dtype=np.uint8,
     field_shape=None,
     rng=None,
@@ -411,7 +426,8 @@ def render_acquisition(
     that the stage drift moves across the (larger) labels; the canvas is the
     field of view of slice 0, centred in the labels. Per slice: grey levels,
     Gaussian blur, subpixel drift (cubic spline), curtaining, brightness
-    gain/offset, Gaussian noise, rounding and clipping to `dtype`.
+    gain/offset, optional charging background, shot and Gaussian noise,
+    rounding and clipping to `dtype`.
 
     Parameters
     ----------
@@ -438,6 +454,17 @@ def render_acquisition(
         Stage drift, see :func:`simulate_drift`. Ignored when `drift_px` is given.
     drift_px : (Z, 2) array of float, optional
         Explicit drift (first row must be zero) instead of a simulated one.
+    charging : float, optional
+        Amplitude of a smooth background (charging, uneven detector
+        response): a random field of a few features across the slice, with
+        standard deviation ``charging * span``, evolving slowly along z.
+    pore_back : float, optional
+        Shine-through of pores (label 1), 0..1: a pore pixel shows this share
+        of the material behind it, averaged over the next slices with weights
+        ``exp(-j / 2)`` (j = 1, 2, ... slices deeper).
+    counts_at_max : float, optional
+        Detected electrons per pixel at the brightest level; when given,
+        Poisson (shot) noise at that dose is applied before the Gaussian noise.
     dtype : {numpy.uint8, numpy.uint16}, optional
         Output pixel type.
     field_shape : tuple of 2 int, optional
@@ -468,9 +495,13 @@ def render_acquisition(
     if dtype not in (np.dtype(np.uint8), np.dtype(np.uint16)):
         raise ValueError(f"dtype must be uint8 or uint16, got {dtype}")
     for name, value in (("blur_px", blur_px), ("noise_sigma", noise_sigma), ("curtaining", curtaining),
-                        ("brightness_drift", brightness_drift)):
+                        ("brightness_drift", brightness_drift), ("charging", charging)):
         if not (np.isfinite(value) and value >= 0):
             raise ValueError(f"{name} must be >= 0, got {value!r}")
+    if not 0 <= pore_back <= 1:
+        raise ValueError(f"pore_back must be in [0, 1], got {pore_back!r}")
+    if counts_at_max is not None and not (np.isfinite(counts_at_max) and counts_at_max > 0):
+        raise ValueError(f"counts_at_max must be > 0 or None, got {counts_at_max!r}")
     rng = np.random.default_rng(rng)
     n_slices = labels.shape[0]
     if drift_px is None:
@@ -513,6 +544,8 @@ def render_acquisition(
     top_fade = np.linspace(0.5, 1.0, field[0])[:, None]
     active_label = hi_label if levels8.size >= 3 else None
     maxval = float(np.iinfo(dtype).max)
+    background = _background_fields(n_slices, rng) * (charging * span) if charging > 0 else None
+    depth_weights = np.exp(-np.arange(1, _PORE_BACK_DEPTH + 1) / 2.0)
 
     truth = labels[:, margin[0]:margin[0] + field[0], margin[1]:margin[1] + field[1]].copy()
     slices = np.empty((n_slices,) + field, dtype=dtype)
@@ -524,6 +557,12 @@ def render_acquisition(
         frac = origin - start
         crop = labels[k, start[0] - pad:start[0] + field[0] + pad, start[1] - pad:start[1] + field[1] + pad]
         grey = lut[crop].astype(np.float32)
+        if pore_back > 0 and k + 1 < n_slices:
+            behind = labels[k + 1:k + 1 + _PORE_BACK_DEPTH, start[0] - pad:start[0] + field[0] + pad,
+                            start[1] - pad:start[1] + field[1] + pad]
+            w = depth_weights[:len(behind)]
+            shine = np.tensordot(w / w.sum(), lut[behind], axes=1)
+            grey = np.where(crop == 1, (1 - pore_back) * grey + pore_back * shine, grey).astype(np.float32)
         if blur_px > 0:
             grey = ndimage.gaussian_filter(grey, blur_px, mode="nearest")
         if np.any(frac != 0):
@@ -537,6 +576,11 @@ def render_acquisition(
                 strength = top_fade * (1.0 + seen / field[0])
             grey = grey + strength * curtains[k][None, :]
         grey = gain[k] * grey + offset[k]
+        if background is not None:
+            grey = grey + ndimage.zoom(background[k], np.array(field) / background.shape[1:], order=3, grid_mode=True, mode="nearest")
+        if counts_at_max is not None:
+            per_count = lut.max() / counts_at_max
+            grey = rng.poisson(np.clip(grey, 0, None) / per_count) * per_count
         if noise_sigma > 0:
             grey = grey + rng.normal(0.0, noise_sigma * scale, size=grey.shape)
         slices[k] = np.clip(np.rint(grey), 0, maxval).astype(dtype)
@@ -550,7 +594,8 @@ def render_acquisition(
     )
 
 
-def write_acquisition(acq, folder, *, layout="fei", pixel_size_um=0.02, slice_spacing_um=0.05, detector="SESI"):
+def write_acquisition(acq, folder, *, layout="fei", pixel_size_um=0.02, slice_spacing_um=0.05,
+                      z_jitter_um=0.0, detector="SESI", rng=None):
     """Write the slices of `acq` the way the microscope software does.
 
     Parameters
@@ -565,9 +610,15 @@ def write_acquisition(acq, folder, *, layout="fei", pixel_size_um=0.02, slice_sp
     pixel_size_um : float or (float, float), optional
         Pixel size ``(dy, dx)`` written into the TIFF metadata.
     slice_spacing_um : float, optional
-        Distance between slices (FEI project file; Zeiss file names).
+        Nominal distance between slices (FEI project file; Zeiss file names).
+    z_jitter_um : float, optional
+        Zeiss only: standard deviation of the measured z around the nominal
+        ``k * slice_spacing_um`` (Atlas records the measured position, so the
+        spacing is not uniform); must stay below half the spacing.
     detector : str, optional
         Detector folder name for the Zeiss layout.
+    rng : None, int or numpy.random.Generator, optional
+        For the z jitter.
 
     Returns
     -------
@@ -580,16 +631,21 @@ def write_acquisition(acq, folder, *, layout="fei", pixel_size_um=0.02, slice_sp
         raise ValueError(f"layout must be 'fei' or 'zeiss', got {layout!r}")
     if not (np.isfinite(slice_spacing_um) and slice_spacing_um > 0):
         raise ValueError(f"slice_spacing_um must be > 0, got {slice_spacing_um!r}")
+    if not 0 <= z_jitter_um < slice_spacing_um / 2:
+        raise ValueError(f"z_jitter_um must be in [0, slice_spacing_um / 2), got {z_jitter_um!r}")
+    n_slices = len(acq.slices)
+    z_um = np.arange(n_slices) * slice_spacing_um
+    if z_jitter_um > 0:
+        z_um[1:] += np.random.default_rng(rng).normal(0.0, z_jitter_um, n_slices - 1).clip(
+            -0.49 * slice_spacing_um, 0.49 * slice_spacing_um)
     root = Path(folder)
     if layout == "fei":
         target = root / "Images" / "SEM Image"
-        target.mkdir(parents=True, exist_ok=True)
         write_fei_project(root, slice_spacing_um=slice_spacing_um)
     else:
         target = root / detector
-        target.mkdir(parents=True, exist_ok=True)
     return [
         write_slice(target, k + 1, pixels, layout=layout, pixel_size_um=pixel_size_um,
-                    z_um=k * slice_spacing_um if layout == "zeiss" else None)
+                    z_um=float(z_um[k]) if layout == "zeiss" else None)
         for k, pixels in enumerate(acq.slices)
     ]

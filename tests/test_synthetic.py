@@ -138,6 +138,36 @@ def test_noise_brightness_and_curtaining_are_there():
     assert np.ptp(acq.gain) > 0.01 and acq.gain[0] == 1.0
 
 
+def test_pore_back_brightens_pores_with_material_behind():
+    labels = np.full((3, 60, 60), 2, np.uint8)
+    labels[0, :, :30] = 1          # pore in the first slice, left half
+    labels[1:, :, :] = 3           # bright active material behind it
+    quiet = dict(noise_sigma=0, curtaining=0, brightness_drift=0, blur_px=0, drift_px=np.zeros((3, 2)),
+                 field_shape=(40, 40), rng=0)
+    plain = render_acquisition(labels, **quiet).slices[0].astype(float)
+    shine = render_acquisition(labels, pore_back=0.5, **quiet).slices[0].astype(float)
+    pore = render_acquisition(labels, **quiet).labels[0] == 1
+    assert_allclose(plain[pore], 45)
+    assert_allclose(shine[pore], 0.5 * 45 + 0.5 * 195, atol=1)
+    assert np.array_equal(shine[~pore], plain[~pore])
+
+
+def test_charging_is_smooth_and_shot_noise_grows_with_level():
+    labels = np.full((2, 80, 80), 2, np.uint8)
+    labels[:, :, 40:] = 3
+    quiet = dict(noise_sigma=0, curtaining=0, brightness_drift=0, blur_px=0, drift_px=np.zeros((2, 2)),
+                 field_shape=(64, 64), rng=1)
+    charged = render_acquisition(labels, charging=0.2, **quiet).slices[0].astype(float)
+    left = charged[:, :20]  # all electrolyte: only the background varies
+    assert left.std() > 3
+    assert np.abs(np.diff(left, axis=1)).mean() < 1.5  # smooth, not noise
+    shot = render_acquisition(labels, counts_at_max=100, **quiet).slices[0].astype(float)
+    dark, bright = shot[:, 4:28], shot[:, 36:60]
+    # Poisson: variance proportional to the level (level * 195 / counts).
+    assert_allclose(bright.var(), 195 * 195 / 100, rtol=0.25)
+    assert_allclose(dark.var(), 115 * 195 / 100, rtol=0.25)
+
+
 def test_drift_truth_matches_phase_correlation():
     labels = _column_labels(10, size=200)
     acq = render_acquisition(labels, noise_sigma=0, curtaining=0, brightness_drift=0,
@@ -209,6 +239,16 @@ def test_write_acquisition_round_trip(tmp_path, layout):
         assert_allclose(s.pixel_size_um, (0.02, 0.02))
         if layout == "zeiss":
             assert_allclose(s.z_um, 0.05 * k)
+
+
+def test_zeiss_z_jitter_in_names(tmp_path):
+    acq = render_acquisition(_column_labels(6, size=60), drift_px_per_slice=0, jump_probability=0, rng=0)
+    paths = write_acquisition(acq, tmp_path, layout="zeiss", slice_spacing_um=0.05, z_jitter_um=0.01, rng=1)
+    z = np.array([read_slice(p).z_um for p in paths])
+    assert z[0] == 0 and np.all(np.diff(z) > 0)
+    assert np.abs(z - 0.05 * np.arange(6)).max() > 1e-3  # non-uniform, as Atlas measures it
+    with pytest.raises(ValueError, match="z_jitter_um"):
+        write_acquisition(acq, tmp_path, layout="zeiss", slice_spacing_um=0.05, z_jitter_um=0.03)
 
 
 @pytest.mark.slow
