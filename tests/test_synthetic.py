@@ -256,3 +256,12 @@ def test_large_volume_fractions():
     labels = generate_microstructure((300, 512, 512), particle_radius_um=0.8, polydispersity=0.4, rng=0)
     for label, target in zip((1, 2, 3), (0.2, 0.35, 0.45)):
         assert abs((labels == label).mean() - target) < 0.005
+
+
+def test_shared_fixtures_are_consistent(small_acquisition, small_fei_project, make_acquisition):
+    files = sorted((small_fei_project / "Images" / "SEM Image").glob("*.tif"))
+    assert len(files) == len(small_acquisition.slices) == 16
+    assert np.array_equal(read_slice(files[-1]).pixels, small_acquisition.slices[-1])
+    assert small_acquisition.slices.shape == small_acquisition.labels.shape == (16, 128, 128)
+    acq = make_acquisition((4, 100, 100), dtype=np.uint16, drift_px_per_slice=0.5, jump_probability=0)
+    assert acq.slices.dtype == np.uint16 and acq.slices.shape[0] == 4
