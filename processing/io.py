@@ -11,8 +11,10 @@ Supported metadata (pixel size; z position where the instrument records it):
 - TESCAN: INI text (``[MAIN] PixelSizeX``, metres) in tag 50431 or in a
   sidecar ``<name>-tif.hdr`` (or ``<name>.hdr``).
 
-Multi-channel slices are reduced to one channel by a fixed rule (see
-:func:`read_slice`).
+- Zeiss Atlas FibicsXML (tag 51023): ``<Scan><Ux>``/``<Vy>`` in um per pixel.
+
+Multi-channel slices are reduced to one channel by a fixed rule, and the
+information bar below FEI images is dropped (see :func:`read_slice`).
 """
 
 from __future__ import annotations
@@ -319,6 +321,33 @@ def _tescan_pixel_size_um(text, what):
     return (dy if dy is not None else dx, dx)
 
 
+def _fibics_pixel_size_um(value):
+    """Pixel size from Atlas FibicsXML ``<Scan><Ux>..</Ux>..<Vy>..</Vy>`` (um per pixel)."""
+    text = value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+    try:
+        scan = ET.fromstring(text.strip().strip("\x00")).find(".//Scan")
+        u = [float(scan.findtext(k)) for k in ("Ux", "Uy")]
+        v = [float(scan.findtext(k)) for k in ("Vx", "Vy")]
+    except (ET.ParseError, AttributeError, TypeError, ValueError) as exc:
+        logger.warning("ignoring unreadable FibicsXML (tag 51023): %s", exc)
+        return None
+    dx = _checked_size_um(math.hypot(*u) * 1e-6, "FibicsXML Ux/Uy")
+    dy = _checked_size_um(math.hypot(*v) * 1e-6, "FibicsXML Vx/Vy")
+    return (dy, dx) if dx is not None and dy is not None else None
+
+
+def _fei_scan_rows(tif):
+    """Scanned rows ([Image] ResolutionY) of an FEI image, or None.
+
+    Thermo Fisher images may carry an information bar (the "databar") below
+    the scanned rows; it is not part of the sample.
+    """
+    if not tif.pages.first.is_fei:
+        return None
+    rows = ((tif.fei_metadata or {}).get("Image") or {}).get("ResolutionY")
+    return rows if isinstance(rows, int) and rows > 0 else None
+
+
 def _pixel_size_from(tif, path):
     page = tif.pages.first
     if page.is_fei and tif.fei_metadata:
@@ -327,6 +356,11 @@ def _pixel_size_from(tif, path):
             return size
     if page.is_sem and tif.sem_metadata:
         size = _zeiss_pixel_size_um(tif.sem_metadata)
+        if size:
+            return size
+    fibics = page.tags.get(51023)
+    if fibics is not None:
+        size = _fibics_pixel_size_um(fibics.value)
         if size:
             return size
     tescan = page.tags.get(50431)
@@ -353,11 +387,12 @@ def _one_channel(pixels, axes, path):
         channels = np.moveaxis(pixels, axes.index("S"), -1)
         axes = axes.replace("S", "") + "S"
         colour = channels[..., :3]
-        if colour.shape[-1] == 1 or all(np.array_equal(colour[..., 0], colour[..., c]) for c in range(1, colour.shape[-1])):
+        # Fewer than 3 samples is grey (+ alpha); grey saved as RGB has equal channels.
+        if colour.shape[-1] < 3 or (np.array_equal(colour[..., 0], colour[..., 1])
+                                    and np.array_equal(colour[..., 0], colour[..., 2])):
             pixels = channels[..., 0]
         else:
-            luma = colour.astype(np.float64) @ _LUMA[: colour.shape[-1]] / _LUMA[: colour.shape[-1]].sum()
-            pixels = np.rint(luma).astype(channels.dtype)
+            pixels = np.rint(colour.astype(np.float64) @ _LUMA).astype(channels.dtype)
         axes = axes[:-1]
     pixels = np.squeeze(pixels)
     if pixels.ndim != 2:
@@ -381,7 +416,9 @@ def read_slice(path, *, index=None) -> SliceImage:
     Colour slices: when all colour channels are equal (grey saved as RGB)
     the first channel is taken; otherwise the Rec. 601 luminance
     ``0.299 R + 0.587 G + 0.114 B``, rounded to the input dtype. Alpha is
-    dropped. Reduced-resolution pages (thumbnails) are ignored.
+    dropped; two samples are grey + alpha (first taken). Reduced-resolution
+    pages (thumbnails) are ignored. FEI images taller than their scan
+    (``[Image] ResolutionY``) lose the information bar below it.
 
     Parameters
     ----------
@@ -437,6 +474,7 @@ def read_slice(path, *, index=None) -> SliceImage:
                     )
                 pixels = page.asarray()
                 pixel_size = _pixel_size_from(tif, path)
+                scan_rows = _fei_scan_rows(tif)
                 axes = page.axes
     except SliceReadError:
         raise
@@ -445,8 +483,15 @@ def read_slice(path, *, index=None) -> SliceImage:
     except (tifffile.TiffFileError, ValueError, KeyError, IndexError, EOFError, OSError, RuntimeError, struct.error) as exc:
         # tifffile raises many types on a partial or corrupt file; to the user
         # they all mean the same thing.
+        if "imagecodecs" in str(exc):
+            raise SliceReadError(
+                path, f"compressed in a way that needs the 'imagecodecs' package (pip install imagecodecs): {exc}"
+            ) from None
         raise SliceReadError(path, f"corrupt or truncated TIFF ({type(exc).__name__}: {exc})") from None
     pixels = _as_grey_dtype(_one_channel(pixels, axes, path), path)
+    if scan_rows is not None and pixels.shape[0] > scan_rows:
+        logger.debug("%s: dropping the %d-row information bar below the scan", path.name, pixels.shape[0] - scan_rows)
+        pixels = pixels[:scan_rows]
     return SliceImage(
         pixels=pixels,
         index=int(index),

@@ -1,5 +1,7 @@
 """processing.io: names, metadata round trips, and refusing incomplete files."""
 
+from datetime import datetime
+
 import numpy as np
 import pytest
 import tifffile
@@ -258,3 +260,63 @@ def test_write_slice_refuses_bad_input(tmp_path):
         write_slice(tmp_path, 1, np.zeros((2, 4, 4), np.uint8), pixel_size_um=0.02)
     with pytest.raises(ValueError, match="pixel_size_um"):
         write_slice(tmp_path, 1, np.zeros((4, 4), np.uint8), pixel_size_um=-1)
+
+
+def test_fibics_xml_pixel_size(tmp_path):
+    xml = ('<?xml version="1.0"?><Fibics version="1.0"><Scan><FOV_X units="um">10.0</FOV_X>'
+           "<Ux>0.005</Ux><Uy>0</Uy><Vx>0</Vx><Vy>-0.006</Vy></Scan></Fibics>")
+    path = tmp_path / "slice_00001_z=0.0000um.tif"
+    tifffile.imwrite(path, _pixels(np.uint8), extratags=[(51023, "s", 0, xml, True)], metadata=None)
+    assert_allclose(read_slice(path).pixel_size_um, (0.006, 0.005))
+
+
+def test_fei_information_bar_dropped(tmp_path):
+    from processing.io import _fei_helios_text
+
+    scan = _pixels(np.uint8, (40, 50))
+    with_bar = np.concatenate([scan, np.full((12, 50), 255, np.uint8)])
+    text = _fei_helios_text(scan.shape, 2e-8, 2e-8, datetime.now())
+    path = tmp_path / "SEM Image - SliceImage - 001.tif"
+    tifffile.imwrite(path, with_bar, extratags=[(34682, "s", 0, text, True)], metadata=None)
+    assert np.array_equal(read_slice(path).pixels, scan)
+
+
+def test_grey_alpha_takes_grey(tmp_path):
+    grey = _pixels(np.uint8, (20, 30))
+    la = np.stack([grey, np.full_like(grey, 255)], axis=-1)
+    path = tmp_path / "la_0001.tif"
+    tifffile.imwrite(path, la, photometric="minisblack", extrasamples=["unassalpha"], planarconfig="contig")
+    assert np.array_equal(read_slice(path).pixels, grey)
+
+
+@pytest.mark.parametrize("options", [{"bigtiff": True}, {"byteorder": ">"}, {"compression": "zlib"}, {"tile": (32, 32)}])
+def test_other_tiff_flavours(tmp_path, options):
+    pixels = _pixels(np.uint16, (64, 96))
+    path = tmp_path / "slice_0009.tif"
+    tifffile.imwrite(path, pixels, **options)
+    s = read_slice(path)
+    assert s.index == 9 and np.array_equal(s.pixels, pixels)
+    data = path.read_bytes()
+    (tmp_path / "slice_0010.tif").write_bytes(data[: len(data) - 64])
+    with pytest.raises(SliceReadError):
+        read_slice(tmp_path / "slice_0010.tif")
+
+
+def test_missing_codec_named(tmp_path):
+    pytest.importorskip("zlib")
+    try:
+        import imagecodecs  # noqa: F401
+        pytest.skip("imagecodecs is installed: every codec is available")
+    except ImportError:
+        pass
+    path = tmp_path / "slice_0001.tif"
+    tifffile.imwrite(path, _pixels(np.uint8, (32, 32)), compression="zlib")
+    data = bytearray(path.read_bytes())
+    # Relabel the Compression tag (259, SHORT, 1) from Adobe deflate (8) to LZW (5).
+    entry = (259).to_bytes(2, "little") + (3).to_bytes(2, "little") + (1).to_bytes(4, "little")
+    at = data.index(entry) + len(entry)
+    assert data[at] == 8
+    data[at] = 5
+    path.write_bytes(bytes(data))
+    with pytest.raises(SliceReadError, match="imagecodecs"):
+        read_slice(path)
