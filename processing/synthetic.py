@@ -46,6 +46,8 @@ _REACH = 1.3
 # Padding (px) around a slice crop so that blur and spline interpolation see
 # real neighbours instead of the crop border.
 _RENDER_PAD = 8
+# Particles are stamped one by one (~30 us each): beyond this the generator is too slow to be useful.
+_MAX_PARTICLES = 1_000_000
 # Slices behind a pore that shine through it (weights exp(-j / 2) beyond that are < 3 %).
 _PORE_BACK_DEPTH = 6
 
@@ -167,8 +169,16 @@ def generate_microstructure(
         raise ValueError(f"shape must be 3 positive ints (Z, Y, X), got {shape!r}")
     spacing = np.array(_as_triple(spacing_um, "spacing_um"))
     fr = _check_fractions(fractions)
-    if not (np.isfinite(particle_radius_um) and particle_radius_um > 0):
-        raise ValueError(f"particle_radius_um must be > 0, got {particle_radius_um!r}")
+    if not (np.isfinite(particle_radius_um) and particle_radius_um >= spacing.min()):
+        raise ValueError(
+            f"particle_radius_um must be at least one voxel ({spacing.min()} um), got {particle_radius_um!r}"
+        )
+    n_expected = fr["active"] * np.prod(np.array(shape) * spacing) / (4 / 3 * math.pi * particle_radius_um**3)
+    if n_expected > _MAX_PARTICLES:
+        raise ValueError(
+            f"particle_radius_um={particle_radius_um!r} needs about {n_expected:.0f} particles in this volume "
+            f"(at most {_MAX_PARTICLES}): use larger particles or a smaller volume"
+        )
     if not (np.isfinite(polydispersity) and polydispersity >= 0):
         raise ValueError(f"polydispersity must be >= 0, got {polydispersity!r}")
     if pore_size_um is None:

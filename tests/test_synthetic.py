@@ -90,6 +90,8 @@ def test_gradient_makes_active_fraction_trend_with_z():
         ({"fractions": {"pore": 0.5, "active": 0.5}}, "fractions"),
         ({"fractions": {"pore": 0.5, "electrolyte": 0.5, "active": 0.5}}, "fractions"),
         ({"particle_radius_um": 0}, "particle_radius_um"),
+        ({"particle_radius_um": 0.01}, "one voxel"),
+        ({"shape": (2000, 2000, 2000), "particle_radius_um": 0.03}, "particles"),
         ({"spacing_um": (0.05, -1, 0.02)}, "spacing_um"),
         ({"gradient": 3.0}, "gradient"),
     ],
