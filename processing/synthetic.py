@@ -69,18 +69,17 @@ def _check_fractions(fractions):
     return dict(zip(names, values))
 
 
-def _stamp_spheres(field, centres, radii, spacing, *, inside_check):
+def _stamp_spheres(field, centres, radii, spacing):
     """Lower `field` to min(|x - c|^2 / r^2) around each sphere, in place.
 
-    With `inside_check`, a sphere whose centre already lies inside a stamped
-    particle (field < 1) is skipped: this keeps particles from piling up into
-    clusters much bigger than the requested size. Returns the number stamped.
+    A sphere whose centre already lies inside a stamped particle (field < 1)
+    is skipped: this keeps particles from piling up into clusters much bigger
+    than the requested size.
     """
     shape = field.shape
-    stamped = 0
     for centre, radius in zip(centres, radii):
         idx = np.floor(centre / spacing).astype(int)
-        if inside_check and np.all((idx >= 0) & (idx < shape)) and field[tuple(idx)] < 1.0:
+        if np.all((idx >= 0) & (idx < shape)) and field[tuple(idx)] < 1.0:
             continue
         reach = _REACH * radius
         lo = np.maximum(np.floor((centre - reach) / spacing).astype(int), 0)
@@ -94,8 +93,6 @@ def _stamp_spheres(field, centres, radii, spacing, *, inside_check):
         d2 = (axes[0][:, None, None] + axes[1][None, :, None] + axes[2][None, None, :]).astype(np.float32)
         box = field[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]]
         np.minimum(box, d2, out=box)
-        stamped += 1
-    return stamped
 
 
 def _draw_radii(n, mean, cv, rng):
@@ -250,7 +247,7 @@ def _active_distance_field(shape, spacing, phi_z, radius, cv, rng):
             keep = rng.uniform(0, weight_max, n) < weight_z[zi]
             centres = centres[keep]
         radii = _draw_radii(len(centres), radius, cv, rng)
-        _stamp_spheres(field, centres, radii, spacing, inside_check=True)
+        _stamp_spheres(field, centres, radii, spacing)
         covered = float(np.count_nonzero(field <= 1.0)) / field.size
     return field
 
@@ -285,6 +282,7 @@ def _smooth_noise(shape, spacing, length_um, rng):
     cell = length_um / 2
     factor = np.maximum(cell / spacing, 1.0)
     coarse_shape = tuple(int(math.ceil(n / f)) + 4 for n, f in zip(shape, factor))
+    # Periodic filtering keeps the field statistically the same up to the faces.
     coarse = ndimage.gaussian_filter(rng.standard_normal(coarse_shape).astype(np.float32), 1.0, mode="wrap")
     coords = [(np.arange(n) + 0.5) / f + 1.5 for n, f in zip(shape, factor)]
     # Separable linear interpolation, one axis at a time (cheap and exact for
