@@ -455,6 +455,8 @@ def read_slice(path, *, index=None) -> SliceImage:
             head = fh.read(4)
             if len(head) < 4:
                 raise SliceReadError(path, f"file too short to be a TIFF ({size} bytes): probably still being written")
+            if head == bytes(4):
+                raise SliceReadError(path, "file starts with zero bytes: space reserved, content still being written")
             if head[:2] not in (b"II", b"MM"):
                 raise SliceReadError(path, f"not a TIFF file (starts with {head!r})")
             fh.seek(0)

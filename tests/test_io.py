@@ -204,6 +204,10 @@ def test_unreadable_files_raise_with_reason(tmp_path):
     text.write_text("this is a log file, not an image\n")
     with pytest.raises(SliceReadError, match="not a TIFF"):
         read_slice(text)
+    reserved = tmp_path / "slice_0005.tif"
+    reserved.write_bytes(bytes(5000))  # preallocated on a share, not yet filled
+    with pytest.raises(SliceReadError, match="still being written"):
+        read_slice(reserved)
     png = tmp_path / "slice_0004.tif"
     png.write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(100))
     with pytest.raises(SliceReadError, match="not a TIFF"):
