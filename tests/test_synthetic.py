@@ -254,10 +254,17 @@ def test_zeiss_z_jitter_in_names(tmp_path):
 
 
 @pytest.mark.slow
-def test_large_volume_fractions():
+def test_large_acquisition_with_default_artefacts():
+    # The size issue 3 measures on: 300 slices, default drift with jumps.
     labels = generate_microstructure((300, 512, 512), particle_radius_um=0.8, polydispersity=0.4, rng=0)
     for label, target in zip((1, 2, 3), (0.2, 0.35, 0.45)):
         assert abs((labels == label).mean() - target) < 0.005
+    acq = render_acquisition(labels, rng=0)
+    h, w = acq.slices.shape[1:]
+    assert acq.slices.shape[0] == 300 and min(h, w) >= 16
+    assert np.all(np.abs(acq.drift_px) <= (np.array([512, 512]) - [h, w]) / 2)
+    for label, target in zip((1, 2, 3), (0.2, 0.35, 0.45)):
+        assert abs((acq.labels == label).mean() - target) < 0.03
 
 
 def test_shared_fixtures_are_consistent(small_acquisition, small_fei_project, make_acquisition):
