@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
+from processing.io import write_fei_project, write_slice
 from processing.phases import DEFAULT_PHASE_NAMES
 
 __all__ = [
@@ -633,8 +634,6 @@ def write_acquisition(acq, folder, *, layout="fei", pixel_size_um=0.02, slice_sp
     list of pathlib.Path
         The slice files, in slice order (indices start at 1).
     """
-    from processing.io import write_fei_project, write_slice
-
     if layout not in ("fei", "zeiss"):
         raise ValueError(f"layout must be 'fei' or 'zeiss', got {layout!r}")
     if not (np.isfinite(slice_spacing_um) and slice_spacing_um > 0):
