@@ -55,7 +55,13 @@ def _copy_in_pieces(src: Path, dst: Path) -> None:
 
 
 def _folder_jobs(source: Path, dest: Path) -> Iterator[Callable[[], Path]]:
-    for src in slice_files(source):
+    files = slice_files(source)
+    # The Auto Slice & View project file holds the slice spacing: it exists before the first slice.
+    for project in source.rglob("*.emxml"):
+        target = dest / project.relative_to(source)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(project, target)
+    for src in files:
         dst = dest / src.relative_to(source)
         # TESCAN writes a .hdr sidecar with the pixel size: it must arrive first.
         sidecar = src.with_suffix(".hdr")
