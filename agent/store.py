@@ -127,7 +127,8 @@ class VolumeStore:
 
     Create with :meth:`create`, resume with :meth:`open`. Not meant for several writers; one
     writer and any number of readers (threads or processes) are fine: readers should use
-    :attr:`depth`, not the arrays' shape, which may be one slice longer during an append.
+    :attr:`depth`, not the arrays' shape, which is one slice longer during an append (and
+    after a writer was killed mid-append, until the volume is next opened for writing).
 
     Attributes
     ----------
@@ -152,6 +153,7 @@ class VolumeStore:
         self._skipped = list(attrs.pop("skipped", []))
         attrs.pop("provenance_log", None)
         self._run = attrs
+        self._indices = {r["index"] for r in self._slices}
         self._since_compact = 0
         self._uncompacted = False
 
@@ -287,6 +289,7 @@ class VolumeStore:
         if self._log_path.is_file():
             slices, skipped = self._read_log()
             self._slices, self._skipped = slices, skipped
+            self._indices = {r["index"] for r in slices}
             self._uncompacted = True
         elif not self._read_only:
             # Resumed from the attributes: start a log holding them.
@@ -301,13 +304,8 @@ class VolumeStore:
                     self.path,
                     f"array {array.path!r} has {array.shape[0]} slices but {depth} are committed: the volume is corrupt",
                 )
-            if array.shape[0] > depth and not self._read_only:
-                logger.warning(
-                    "volume %s: trimming %s from %d to %d slices (an append was interrupted)",
-                    self.path, array.path, array.shape[0], depth,
-                )
-                array.resize((depth, *array.shape[1:]))
         if not self._read_only:
+            self._trim_arrays(depth)
             for partial in self.path.rglob("*.partial"):
                 if _PARTIAL.search(partial.name):
                     partial.unlink(missing_ok=True)
@@ -352,7 +350,17 @@ class VolumeStore:
     @property
     def indices(self) -> set[int]:
         """Slice indices stored in the volume."""
-        return {r["index"] for r in self._slices}
+        return set(self._indices)
+
+    @property
+    def done(self) -> dict[int, str | None]:
+        """Indices handled so far, for resuming a watcher (``SliceWatcher(done=store.done)``).
+
+        Stored slices map to their ``source`` file; skipped indices map to None.
+        """
+        done = {r["index"]: None for r in self._skipped if "index" in r}
+        done.update({r["index"]: r.get("source") for r in self._slices})
+        return done
 
     @property
     def slices(self) -> list[dict]:
@@ -430,7 +438,7 @@ class VolumeStore:
         if record.get("index", index) != index:
             raise ValueError(f"provenance index {record['index']!r} differs from index {index}")
         with self._lock:
-            if index in self.indices:
+            if index in self._indices:
                 raise ValueError(f"slice index {index} is already in the volume {self.path}")
             z = len(self._slices)
             record.update(index=index, z=z)
@@ -440,9 +448,15 @@ class VolumeStore:
                         array.resize((z + 1, *canvas))
                     array[z] = data
             except OSError as exc:
+                self._trim_arrays(z)
                 raise StoreError(self.path, f"cannot write slice {index} at z={z}: {exc}") from exc
-            self._commit("slice", record)
+            try:
+                self._commit("slice", record)
+            except StoreError:
+                self._trim_arrays(z)
+                raise
             self._slices.append(record)
+            self._indices.add(index)
             self._count_append()
         return z
 
@@ -511,6 +525,16 @@ class VolumeStore:
     def _check_writable(self):
         if self._read_only:
             raise StoreError(self.path, "opened read-only (or closed)")
+
+    def _trim_arrays(self, depth):
+        """Cut the arrays to the committed `depth` (after an interrupted or failed append)."""
+        for array in (self.grey, self.labels):
+            if array.shape[0] > depth:
+                logger.warning("volume %s: trimming %s from %d to %d committed slices", self.path, array.path, array.shape[0], depth)
+                try:
+                    array.resize((depth, *array.shape[1:]))
+                except OSError as exc:
+                    logger.warning("volume %s: cannot trim %s now (%s); it is trimmed when the volume is next opened", self.path, array.path, exc)
 
     def _commit(self, kind, record):
         """Append one line to the log: the step that makes the slice part of the volume."""

@@ -151,8 +151,10 @@ class IndexOrderer:
                 first = self._released[index]
                 if first == path:
                     logger.debug("slice %d (%s) is already processed", index, path)
+                elif first is None:
+                    self._report(path, f"slice index {index} was already processed or skipped in a previous run")
                 else:
-                    self._report(path, f"duplicate slice index {index}: already taken from {first or 'a previous run'}")
+                    self._report(path, f"duplicate slice index {index}: already taken from {first}")
             elif index in self._skipped:
                 self._report(path, f"slice index {index} arrived late: it was already skipped as missing")
             elif index in self._ready:
