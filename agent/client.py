@@ -4,7 +4,8 @@ For acquisition scripts and dashboards::
 
     from agent.client import wait_until_representative
     stop = wait_until_representative("tcp://127.0.0.1:5556", timeout_s=3600)
-    print(stop["reason"], stop["depth_slices"])
+    if stop["rev"] and stop["rev"]["representative"]:
+        print("representative at", stop["depth_slices"], "slices:", stop["reason"])
 
 or, to follow everything::
 
@@ -240,9 +241,9 @@ def wait_until_representative(endpoint: str = DEFAULT_ENDPOINT, *, timeout_s: fl
     """Block until the agent latches ``stop``; return that document.
 
     Returns at once when the agent has already stopped (the snapshot holds the
-    latched ``stop``). Check ``doc["reason"]``: ``"representative"`` is the
-    normal end; other reasons (``"error"``, ``"end_of_acquisition"``) mean the
-    agent stopped without a verdict.
+    latched ``stop``). ``doc["rev"]["representative"]`` is the verdict (true:
+    you can stop); ``doc["reason"]`` says why in words. An agent that stopped
+    for another reason (an error) has no representative ``rev``.
 
     Raises
     ------

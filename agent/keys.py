@@ -67,8 +67,8 @@ def create_keys(folder, *, clients=("client",), overwrite: bool = False) -> Path
 
     Returns
     -------
-    Path
-        ``folder``.
+    list of Path
+        The files written: server public and secret key, then each client's.
     """
     if not zmq.has("curve"):
         raise CurveKeyError("this libzmq was built without CURVE support; install pyzmq wheels")
@@ -83,12 +83,14 @@ def create_keys(folder, *, clients=("client",), overwrite: bool = False) -> Path
         raise CurveKeyError(f"keys already exist ({', '.join(map(str, existing))}); "
                         "pass overwrite=True (--force) to replace them")
     (folder / CLIENTS_DIR).mkdir(parents=True, exist_ok=True)
-    zmq.auth.create_certificates(folder, SERVER)
+    written = [*zmq.auth.create_certificates(folder, SERVER)]
     for name in names:
-        zmq.auth.create_certificates(folder / CLIENTS_DIR, name)
-    for secret in [folder / f"{SERVER}.key_secret", *(folder / CLIENTS_DIR).glob("*.key_secret")]:
-        secret.chmod(0o600)
-    return folder
+        written += zmq.auth.create_certificates(folder / CLIENTS_DIR, name)
+    written = [Path(p) for p in written]
+    for path in written:
+        if path.suffix == ".key_secret":
+            path.chmod(0o600)
+    return written
 
 
 def _load(path: Path, *, secret: bool) -> tuple[bytes, bytes | None]:

@@ -181,8 +181,13 @@ def test_port_in_use_names_the_endpoint():
 
 
 def test_curve_right_key_receives_wrong_key_and_plain_receive_nothing(tmp_path, ctx):
-    keys = create_keys(tmp_path / "keys")
-    stranger = load_client_keys(create_keys(tmp_path / "other"))
+    keys = tmp_path / "keys"
+    written = create_keys(keys)
+    assert sorted(p.name for p in written) == ["client.key", "client.key_secret", "server.key",
+                                                "server.key_secret"]
+    assert all(p.stat().st_mode & 0o077 == 0 for p in written if p.suffix == ".key_secret")
+    create_keys(tmp_path / "other")
+    stranger = load_client_keys(tmp_path / "other")
     right = load_client_keys(keys)
     wrong = CurveClientKeys(stranger.public, stranger.secret, right.server_public)
     stream = EventStream()
