@@ -122,6 +122,11 @@ class IndexOrderer:
         with self._lock:
             return len(self._ready)
 
+    def is_released(self, path, index) -> bool:
+        """True when this very file was already released for `index` (now or in `done`)."""
+        with self._lock:
+            return self._released.get(index, False) == os.path.abspath(path)
+
     def announce(self, index):
         """A file with `index` exists but is not complete yet (lets the orderer wait for it)."""
         with self._lock:
@@ -334,7 +339,7 @@ class SliceWatcher:
 
     @property
     def seen_count(self) -> int:
-        """Distinct slice files seen so far (complete or not)."""
+        """Distinct slice files seen so far, complete or not (on resume, not those already in the volume)."""
         return self._seen
 
     @property
@@ -428,6 +433,8 @@ class SliceWatcher:
                 logger.warning("rejected %s: no slice index in the file name", path)
                 IndexOrderer._call(self._on_rejected, Path(path), "no slice index in the file name")
             return
+        if self.orderer.is_released(path, index):
+            return  # resume: already in the volume, no need to read it again
         self._seen += 1
         self._tracked[path] = tracked = _Tracked(index=index)
         self.orderer.announce(index)

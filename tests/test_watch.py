@@ -98,9 +98,13 @@ def test_junk_and_temporary_files_are_ignored_and_unindexed_tiff_reported(tmp_pa
     with watcher(tmp_path, rec):
         (tmp_path / "overview.tif").write_bytes(tiff_bytes(9))
         write_tiff(tmp_path, 1)
-        rec.wait_for(lambda r: r.ready and r.rejected)
+        # Written under a temporary name, then renamed: used under its final name only.
+        temporary = write_tiff(tmp_path, 2, name=fei_name(2) + ".tmp")
+        time.sleep(0.3)
+        temporary.rename(tmp_path / fei_name(2))
+        rec.wait_for(lambda r: len(r.ready) == 2 and r.rejected)
         time.sleep(0.3)  # give ignored files every chance to show up
-    assert rec.indices == [1]
+    assert [(p.name, i) for p, i, _ in rec.ready] == [(fei_name(1), 1), (fei_name(2), 2)]
     assert [(p.name, reason) for p, reason in rec.rejected] == [("overview.tif", "no slice index in the file name")]
 
 
