@@ -142,7 +142,7 @@ class IndexOrderer:
         """An announced file will never be complete: report it and stop waiting for `index`."""
         with self._lock:
             self._unannounce(index)
-            if index not in self._released and index not in self._ready:
+            if index not in self._released and index not in self._ready and (self._next is None or index >= self._next):
                 self._rejected.add(index)
             self._report(path, reason)
             self._drain()
@@ -165,7 +165,7 @@ class IndexOrderer:
             elif index in self._ready:
                 self._report(path, f"duplicate slice index {index}: {self._ready[index][0]} has it too")
             elif self._next is not None and index < self._next:
-                self._report(path, f"slice index {index} is before the first expected index {self._next}")
+                self._report(path, f"slice index {index} arrived late: the run is already at index {self._next}")
             else:
                 self._rejected.discard(index)
                 self._ready[index] = (path, self._clock())
@@ -211,7 +211,7 @@ class IndexOrderer:
     def _expected(self):
         if self._next is not None:
             return self._next
-        known = self._announced.keys() | self._ready.keys()
+        known = self._announced.keys() | self._ready.keys() | self._rejected
         return min(known) if known else None
 
     def _drain(self):

@@ -252,6 +252,17 @@ def test_orderer_rejected_file_does_not_block_and_is_not_a_gap():
     assert rec.gaps == [] and [reason for _, reason in rec.rejected] == ["truncated"]
 
 
+def test_orderer_first_slice_rejected_does_not_delay_the_start():
+    rec, clock = Recorded(), Clock()
+    o = orderer(rec, clock, gap_timeout_s=100)
+    o.announce(1)
+    o.offer("/a/s_2.tif", 2)
+    o.reject("/a/s_1.tif", 1, "truncated")
+    assert rec.indices == [2] and rec.gaps == []
+    o.offer("/a/s_1b.tif", 1)
+    assert "arrived late" in rec.rejected[-1][1]
+
+
 def test_orderer_unknown_start_above_one_waits_for_lower_indices():
     rec, clock = Recorded(), Clock()
     o = orderer(rec, clock, gap_timeout_s=5)
