@@ -1,0 +1,600 @@
+"""``revwatch doctor``: check a configuration and this machine before a run, and say what to fix.
+
+Each check is a small function returning a :class:`Check` (name, status, detail, fix), so it can
+be called and tested on its own; :func:`doctor_checks` runs them all for a :class:`Config` and
+:func:`run_doctor` prints them as a table. Checks only look: the one file they write (to prove
+the volume's folder is writable) is deleted at once, and the sockets they bind are closed.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.metadata
+import logging
+import os
+import platform
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path, PureWindowsPath
+
+import numpy as np
+import zmq
+from rich.console import Console
+from rich.table import Table
+
+from agent.config import Config
+from processing.errors import RevwatchError
+from processing.io import (
+    is_slice_file,
+    read_fei_project_spacing_um,
+    read_slice,
+    slice_index_from_name,
+    z_um_from_name,
+)
+
+__all__ = [
+    "Check",
+    "OK",
+    "WARN",
+    "FAIL",
+    "check_folder",
+    "find_slices",
+    "check_slices",
+    "check_spacing",
+    "check_volume_writable",
+    "check_volume_resume",
+    "expected_volume_bytes",
+    "check_disk",
+    "check_publish_security",
+    "check_port",
+    "check_scheduler",
+    "check_packages",
+    "check_machine",
+    "doctor_checks",
+    "render",
+    "run_doctor",
+]
+
+log = logging.getLogger(__name__)
+
+OK, WARN, FAIL = "OK", "WARN", "FAIL"
+_STYLE = {OK: "green", WARN: "yellow", FAIL: "bold red"}
+# Distributions whose presence and version matter to a run (import name, distribution name).
+PACKAGES = (
+    ("numpy", "numpy"),
+    ("zarr", "zarr"),
+    ("dask", "dask"),
+    ("distributed", "distributed"),
+    ("zmq", "pyzmq"),
+    ("watchdog", "watchdog"),
+    ("skimage", "scikit-image"),
+    ("tifffile", "tifffile"),
+    ("imagecodecs", "imagecodecs"),
+)
+# Below this much available memory a run on full-size slices is likely to swap.
+_LOW_MEMORY_BYTES = 2 << 30
+# Free space asked for beyond the estimate: compressed chunks are smaller, but the
+# provenance log, temporary chunk files and the OS need room too.
+_DISK_MARGIN = 1.2
+# A directory walk on a slow share stops after this many entries (the check stays quick).
+_MAX_ENTRIES = 200_000
+
+
+@dataclass(frozen=True)
+class Check:
+    """The outcome of one check.
+
+    Attributes
+    ----------
+    name : str
+        What was checked ("acquisition folder", "publish port", ...).
+    status : str
+        :data:`OK`, :data:`WARN` (works, but look at it) or :data:`FAIL` (must be fixed).
+    detail : str
+        What was found.
+    fix : str
+        What to do; empty when nothing is needed.
+    """
+
+    name: str
+    status: str
+    detail: str
+    fix: str = ""
+
+    def __post_init__(self):
+        if self.status not in _STYLE:
+            raise ValueError(f"status must be one of {tuple(_STYLE)}, got {self.status!r}")
+
+
+def _gib(n_bytes: float) -> str:
+    return f"{n_bytes / (1 << 30):.1f} GiB"
+
+
+def _existing_ancestor(path: Path) -> Path:
+    """`path` itself or its nearest existing parent (what will hold it once created)."""
+    path = Path(path).absolute()
+    for candidate in (path, *path.parents):
+        if candidate.exists():
+            return candidate
+    return Path(path.anchor)
+
+
+# -- acquisition ---------------------------------------------------------------------------
+
+
+def check_folder(folder) -> Check:
+    """The acquisition folder is set, exists, is a directory and can be listed."""
+    name = "acquisition folder"
+    if folder is None:
+        return Check(name, FAIL, "not set",
+                     'set acquisition.folder in the config or give it: `revwatch run "D:/ASV/project"`')
+    folder = Path(folder)
+    if not folder.exists():
+        fix = "check the path and that the share is mounted (mapped) for the user running revwatch"
+        if os.name != "nt" and PureWindowsPath(str(folder)).drive:
+            fix = "this is a Windows path: on this machine give the folder where the share is mounted"
+        return Check(name, FAIL, f"{folder} does not exist (nearest existing: {_existing_ancestor(folder)})", fix)
+    if not folder.is_dir():
+        return Check(name, FAIL, f"{folder} is a file, not a folder", "point acquisition.folder at the folder holding the slices")
+    try:
+        with os.scandir(folder) as entries:
+            count = sum(1 for _ in entries)
+    except PermissionError as exc:
+        return Check(name, FAIL, f"{folder} cannot be listed: {exc.strerror}",
+                     "give the user running revwatch read and list permission on the folder and its subfolders")
+    except OSError as exc:
+        return Check(name, FAIL, f"{folder} cannot be listed: {exc.strerror or exc}", "check the share or disk")
+    if not os.access(folder, os.R_OK | os.X_OK):
+        return Check(name, FAIL, f"{folder} is not readable by this user",
+                     "give the user running revwatch read permission")
+    return Check(name, OK, f"{folder} ({count} entries at the top level)")
+
+
+def find_slices(folder, *, max_entries: int = _MAX_ENTRIES) -> dict[Path, list[Path]]:
+    """Slice files under `folder`, grouped by the directory that holds them.
+
+    Parameters
+    ----------
+    folder : str or os.PathLike
+    max_entries : int
+        Stop walking after this many directory entries (slow shares).
+
+    Returns
+    -------
+    dict of Path to list of Path
+        Directory -> its slice files (as :func:`processing.io.is_slice_file` and
+        :func:`processing.io.slice_index_from_name` accept them), sorted by slice index.
+        Unreadable subfolders are skipped.
+    """
+    groups: dict[Path, list[Path]] = {}
+    seen = 0
+    for root, dirs, files in os.walk(folder):
+        dirs[:] = [d for d in dirs if not d.endswith(".ome.zarr")]
+        seen += len(dirs) + len(files)
+        found = [Path(root, f) for f in files if is_slice_file(f) and slice_index_from_name(f) is not None]
+        if found:
+            groups[Path(root)] = sorted(found, key=lambda p: slice_index_from_name(p.name))
+        if seen >= max_entries:
+            log.warning("stopped listing %s after %d entries", folder, seen)
+            break
+    return groups
+
+
+def check_slices(groups: dict[Path, list[Path]], *, pixel_size_nm: float | None = None):
+    """Slices found, the first one readable, its pixel size known.
+
+    Parameters
+    ----------
+    groups : dict of Path to list of Path
+        From :func:`find_slices`.
+    pixel_size_nm : float, optional
+        ``acquisition.pixel_size_nm``; None means the metadata must carry it.
+
+    Returns
+    -------
+    check : Check
+    first : SliceImage or None
+        The first slice read (for the volume size estimate), None when none could be read.
+    """
+    name = "slices"
+    if not groups:
+        fix = "" if pixel_size_nm else "none needed now; if the slices carry no pixel size, set acquisition.pixel_size_nm"
+        return Check(name, WARN, "no slice files yet (fine before the acquisition starts): nothing to check the "
+                     "pixel size and volume size against", fix), None
+    total = sum(len(v) for v in groups.values())
+    folders = ", ".join(f"{d.name or d} ({len(v)})" for d, v in groups.items())
+    path = next(iter(groups.values()))[0]
+    try:
+        first = read_slice(path)
+    except RevwatchError as exc:
+        return Check(name, WARN, f"{total} slice files in {folders}; the first, {path.name}, cannot be read: {exc}",
+                     "check that the instrument writes uncompressed or LZW TIFFs, and the file permissions"), None
+    y, x = first.pixels.shape
+    detail = f"{total} slice files in {folders}; {path.name}: {y} x {x} px {first.pixels.dtype}"
+    if pixel_size_nm is not None:
+        detail += f", pixel {pixel_size_nm:g} nm (configured)"
+    elif first.pixel_size_um is not None:
+        detail += f", pixel {first.pixel_size_um[1] * 1000:.4g} nm (metadata)"
+    else:
+        return Check(name, FAIL, detail + ", no pixel size in the metadata",
+                     "set acquisition.pixel_size_nm"), first
+    if len(groups) > 1:
+        return Check(name, WARN, detail + ": slices in several folders (several detectors?) would mix in one volume",
+                     "point acquisition.folder at one detector's folder, e.g. '<project>/Images/SEM Image'"), first
+    return Check(name, OK, detail), first
+
+
+def check_spacing(folder, groups: dict[Path, list[Path]], *, slice_spacing_nm: float | None = None) -> Check:
+    """The slice spacing is known: configured, Auto Slice & View ``EMProject.emxml``, or Atlas z in names."""
+    name = "slice spacing"
+    if slice_spacing_nm is not None:
+        return Check(name, OK, f"{slice_spacing_nm:g} nm (configured)")
+    if folder is not None and Path(folder).is_dir():
+        spacing_um = read_fei_project_spacing_um(folder)
+        if spacing_um is not None:
+            return Check(name, OK, f"{spacing_um * 1000:.4g} nm (EMProject.emxml, Auto Slice & View)")
+    names = [p.name for files in groups.values() for p in files[:2]]
+    if names and all(z_um_from_name(n) is not None for n in names):
+        return Check(name, OK, "measured z in the file names (Atlas 3D)")
+    fix = "set acquisition.slice_spacing_nm (or point acquisition.folder inside the Auto Slice & View project)"
+    if not names:
+        return Check(name, WARN, "no EMProject.emxml and no slices yet to read z from", fix)
+    return Check(name, FAIL, "no EMProject.emxml near the folder and no z in the file names", fix)
+
+
+# -- volume ----------------------------------------------------------------------------------
+
+
+def check_volume_writable(path) -> Check:
+    """A file can be created (and deleted) where the volume goes."""
+    name = "volume location"
+    path = Path(path)
+    where = path if path.is_dir() else _existing_ancestor(path.parent)
+    if not where.is_dir():
+        return Check(name, FAIL, f"{where} is not a folder", "set volume.path to a path inside a folder")
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".revwatch-doctor-", dir=where)
+        os.close(fd)
+        os.unlink(tmp)
+    except OSError as exc:
+        return Check(name, FAIL, f"cannot create a file in {where}: {exc.strerror or exc}",
+                     "give the user running revwatch write permission there, or set volume.path elsewhere")
+    made = "" if where == path or where == path.parent else f" ({path.parent} will be created)"
+    return Check(name, OK, f"{where} is writable{made}")
+
+
+def check_volume_resume(path, *, phase_names=None):
+    """An existing volume at `path` opens for resume; a missing one will be created.
+
+    Returns
+    -------
+    check : Check
+    store : VolumeStore or None
+        The volume opened read-only (the caller closes nothing: read-only stores hold no handle),
+        None when absent or unreadable.
+    """
+    from agent.store import StoreError, VolumeStore
+
+    name = "volume resume"
+    path = Path(path)
+    if not path.exists():
+        return Check(name, OK, f"{path} does not exist yet: a new volume will be created"), None
+    try:
+        store = VolumeStore.open(path, read_only=True)
+    except StoreError as exc:
+        return Check(name, FAIL, f"{path} exists but cannot be resumed: {exc}",
+                     "move it away, or set volume.path to a new path"), None
+    y, x = store.canvas_shape
+    detail = (f"resumes {path.name}: {store.depth} slices of {y} x {x} {store.grey.dtype}, "
+              f"{len(store.skipped)} skipped")
+    if phase_names is not None and tuple(store.phases.names) != tuple(phase_names):
+        return Check(name, FAIL, detail + f"; its phases {list(store.phases.names)} differ from the config's "
+                     f"{list(phase_names)}", "use the same phases.names as the volume, or a new volume.path"), store
+    return Check(name, OK, detail), store
+
+
+def expected_volume_bytes(slice_shape, dtype, slices: int) -> int:
+    """Uncompressed size of a volume: grey (`dtype`) plus uint8 labels for `slices` slices.
+
+    Parameters
+    ----------
+    slice_shape : (int, int)
+        ``(Y, X)`` of one slice, in pixels.
+    dtype : numpy dtype or str
+        Grey-level type of the slices (uint8 or uint16).
+    slices : int
+        Number of slices (>= 0).
+
+    Returns
+    -------
+    int
+        Bytes. Compressed chunks take less; this is the bound to plan the disk for.
+
+    Examples
+    --------
+    >>> expected_volume_bytes((1024, 1536), "uint16", 2000)
+    9437184000
+    """
+    if len(slice_shape) != 2 or min(int(n) for n in slice_shape) < 1:
+        raise ValueError(f"slice_shape must be (Y, X) with Y, X >= 1, got {slice_shape!r}")
+    if int(slices) < 0:
+        raise ValueError(f"slices must be >= 0, got {slices!r}")
+    per_pixel = np.dtype(dtype).itemsize + np.dtype(np.uint8).itemsize
+    return int(slice_shape[0]) * int(slice_shape[1]) * per_pixel * int(slices)
+
+
+def check_disk(path, *, slice_shape=None, dtype=None, expected_slices: int = 2000, done_slices: int = 0) -> Check:
+    """Free space on the volume's drive against the size of the slices still to come.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The volume path (need not exist).
+    slice_shape : (int, int), optional
+        ``(Y, X)`` of a slice (or the volume's canvas); None when no slice is known yet.
+    dtype : numpy dtype, optional
+    expected_slices : int
+        Slices the acquisition is expected to reach.
+    done_slices : int
+        Slices already in the volume (resume).
+    """
+    name = "free disk"
+    where = _existing_ancestor(Path(path))
+    try:
+        free = shutil.disk_usage(where).free
+    except OSError as exc:
+        return Check(name, FAIL, f"cannot read the free space of {where}: {exc.strerror or exc}", "check the drive")
+    if slice_shape is None:
+        return Check(name, WARN, f"{_gib(free)} free on {where}; no slice yet to size the volume from",
+                     "run doctor again once the first slice is written")
+    remaining = max(int(expected_slices) - int(done_slices), 0)
+    need = expected_volume_bytes(slice_shape, dtype, remaining) * _DISK_MARGIN
+    detail = (f"{_gib(free)} free on {where}; {remaining} more slices of {slice_shape[0]} x {slice_shape[1]} "
+              f"{np.dtype(dtype)} need up to {_gib(need)} (uncompressed, +{_DISK_MARGIN - 1:.0%})")
+    if free < need:
+        slices_fit = int(free / (need / remaining)) if remaining else 0
+        return Check(name, FAIL, detail + f": room for about {slices_fit} slices",
+                     "free space, or set volume.path on a larger drive")
+    return Check(name, OK, detail)
+
+
+# -- publishing ------------------------------------------------------------------------------
+
+
+def _snapshot_endpoint(publish) -> str:
+    from agent.publish import default_snapshot_endpoint
+
+    return publish.snapshot_endpoint or default_snapshot_endpoint(publish.endpoint)
+
+
+def check_publish_security(publish) -> Check:
+    """The endpoints are valid, and either loopback, or CURVE keys are present, or `insecure` is chosen."""
+    from agent.keys import load_server_keys
+    from agent.publish import PublishError, is_loopback
+
+    name = "publish security"
+    try:
+        endpoints = [publish.endpoint, _snapshot_endpoint(publish)]
+        exposed = [e for e in endpoints if not is_loopback(e)]
+    except PublishError as exc:
+        return Check(name, FAIL, str(exc), "use publish.endpoint = \"tcp://HOST:PORT\"")
+    if publish.keys_dir is not None:
+        try:
+            keys = load_server_keys(publish.keys_dir)
+        except (RevwatchError, OSError, ValueError) as exc:
+            return Check(name, FAIL, f"keys in {publish.keys_dir} cannot be used: {exc}",
+                         f"create them with `revwatch keys {publish.keys_dir}`")
+        clients = sum(1 for _ in keys.clients_dir.glob("*.key"))
+        return Check(name, OK, f"{', '.join(endpoints)}: CURVE, {clients} client key(s) in {keys.clients_dir}")
+    if not exposed:
+        return Check(name, OK, f"{', '.join(endpoints)}: loopback only (clients on this PC)")
+    if publish.insecure:
+        return Check(name, WARN, f"{', '.join(exposed)} is reachable from the network WITHOUT encryption (insecure = true)",
+                     "on an untrusted network create keys with `revwatch keys DIR` and set publish.keys_dir")
+    return Check(name, FAIL, f"{', '.join(exposed)} is not loopback and no CURVE keys are configured: the agent "
+                 "will refuse to start", "create keys with `revwatch keys DIR` and set publish.keys_dir, bind "
+                 "tcp://127.0.0.1, or set publish.insecure = true on a trusted network")
+
+
+def check_port(endpoint: str, *, name: str = "publish port") -> Check:
+    """`endpoint` can be bound now (bound with a ZeroMQ socket, then released)."""
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.PUB)
+    sock.setsockopt(zmq.LINGER, 0)
+    try:
+        sock.bind(endpoint)
+        sock.unbind(sock.getsockopt_string(zmq.LAST_ENDPOINT))
+    except zmq.ZMQError as exc:
+        if exc.errno == zmq.EADDRINUSE:
+            return Check(name, FAIL, f"{endpoint} is already in use",
+                         "stop the other program (another revwatch agent?) or choose another port in publish.endpoint")
+        return Check(name, FAIL, f"cannot bind {endpoint}: {exc.strerror}",
+                     "use an address of this machine, e.g. tcp://127.0.0.1:5556 or tcp://*:5556")
+    finally:
+        sock.close(linger=0)
+        ctx.term()
+    return Check(name, OK, f"{endpoint} is free")
+
+
+# -- compute ---------------------------------------------------------------------------------
+
+
+def check_scheduler(address: str | None, *, timeout_s: float = 5.0) -> Check:
+    """The Dask scheduler is reachable, has workers, and they have revwatch and matching versions."""
+    name = "dask scheduler"
+    if address is None:
+        return Check(name, OK, f"in-process threads ({os.cpu_count()} logical CPUs)")
+    from distributed import Client
+
+    try:
+        client = Client(address, timeout=timeout_s, set_as_default=False)
+    except (OSError, TimeoutError) as exc:
+        return Check(name, FAIL, f"{address} not reachable within {timeout_s:g} s: {exc}",
+                     "start the scheduler (`dask scheduler`), check the address, the firewall (port 8786) "
+                     "or set analysis.scheduler to nothing for in-process threads")
+    try:
+        workers = client.scheduler_info(n_workers=-1)["workers"]
+        if not workers:
+            return Check(name, WARN, f"{address} reachable but has no workers: the metrics would wait",
+                         "start workers: `dask worker " + address + "`")
+        threads = sum(w.get("nthreads", 0) for w in workers.values())
+        revwatch = client.run(importlib.metadata.version, "revwatch", on_error="return")
+        missing = sorted(w for w, v in revwatch.items() if not isinstance(v, str))
+        if missing:
+            return Check(name, FAIL, f"{address}: revwatch is not installed on {len(missing)} worker(s): {missing[0]}",
+                         "install the same revwatch on every worker (see deploy/Containerfile)")
+        mismatch = _version_mismatches(client)
+        mine = importlib.metadata.version("revwatch")
+        others = sorted(set(revwatch.values()) - {mine})
+        if others:
+            mismatch.append(f"revwatch {mine} here, {', '.join(others)} on workers")
+        detail = f"{address}: {len(workers)} worker(s), {threads} threads"
+        if mismatch:
+            return Check(name, WARN, detail + "; version mismatch: " + "; ".join(mismatch),
+                         "install the same versions on the agent PC and the workers")
+        return Check(name, OK, detail + ", versions match")
+    finally:
+        client.close()
+
+
+def _version_mismatches(client) -> list[str]:
+    versions = client.get_versions(check=False)
+    here = versions["client"]["packages"]
+    out = []
+    for package in ("python", "dask", "distributed", "numpy", "zarr"):
+        theirs = {v["packages"].get(package) for v in [versions["scheduler"], *versions["workers"].values()]}
+        theirs.discard(None)
+        if theirs - {here.get(package)}:
+            out.append(f"{package} {here.get(package)} here, {', '.join(sorted(theirs))} there")
+    return out
+
+
+def check_packages() -> Check:
+    """The packages a run needs import, with their versions."""
+    name = "python packages"
+    found, missing = [], []
+    for module, dist in PACKAGES:
+        try:
+            importlib.import_module(module)
+            found.append(f"{dist} {importlib.metadata.version(dist)}")
+        except (ImportError, importlib.metadata.PackageNotFoundError) as exc:
+            missing.append(f"{dist} ({exc})")
+    detail = f"python {platform.python_version()}, libzmq {zmq.zmq_version()}; " + ", ".join(found)
+    if missing:
+        return Check(name, FAIL, detail + "; missing: " + ", ".join(missing),
+                     "reinstall revwatch into its environment: pip install revwatch (or pip install . from the source)")
+    return Check(name, OK, detail)
+
+
+def check_machine() -> Check:
+    """CPU count and memory."""
+    import psutil
+
+    memory = psutil.virtual_memory()
+    physical = psutil.cpu_count(logical=False)
+    detail = (f"{os.cpu_count()} logical CPUs ({physical or '?'} cores), "
+              f"{_gib(memory.available)} of {_gib(memory.total)} memory available")
+    if memory.available < _LOW_MEMORY_BYTES:
+        return Check("machine", WARN, detail, "close other programs or use analysis.scheduler to run the metrics elsewhere")
+    return Check("machine", OK, detail)
+
+
+# -- all together ----------------------------------------------------------------------------
+
+
+def _volume_path(config: Config) -> Path | None:
+    if config.volume.path is not None:
+        return Path(config.volume.path)
+    if config.acquisition.folder is None:
+        return None
+    # Same rule as agent.pipeline.default_volume_path, which imports the whole pipeline.
+    folder = Path(config.acquisition.folder).absolute()
+    return folder.parent / f"{folder.name}.revwatch.ome.zarr"
+
+
+def doctor_checks(config: Config, *, expected_slices: int = 2000, scheduler_timeout_s: float = 5.0) -> list[Check]:
+    """Run every check for `config`.
+
+    Parameters
+    ----------
+    config : Config
+    expected_slices : int
+        Slices the acquisition is expected to reach (sizes the free-disk check).
+    scheduler_timeout_s : float
+        How long to try to reach ``analysis.scheduler``.
+
+    Returns
+    -------
+    list of Check
+    """
+    if expected_slices < 1:
+        raise ValueError(f"expected_slices must be >= 1, got {expected_slices!r}")
+    acq = config.acquisition
+    checks = [check_folder(acq.folder)]
+    first = None
+    if checks[0].status != FAIL:
+        groups = find_slices(acq.folder)
+        slices_check, first = check_slices(groups, pixel_size_nm=acq.pixel_size_nm)
+        checks += [slices_check, check_spacing(acq.folder, groups, slice_spacing_nm=acq.slice_spacing_nm)]
+    volume = _volume_path(config)
+    if volume is None:
+        checks.append(Check("volume location", FAIL, "no volume.path and no acquisition folder to put it beside",
+                            "set acquisition.folder or volume.path"))
+    else:
+        checks.append(check_volume_writable(volume))
+        resume, store = check_volume_resume(volume, phase_names=config.phases.names)
+        checks.append(resume)
+        if store is not None:
+            shape, dtype, done = store.canvas_shape, store.grey.dtype, store.depth
+        elif first is not None:
+            shape, dtype, done = first.pixels.shape, first.pixels.dtype, 0
+        else:
+            shape, dtype, done = None, None, 0
+        checks.append(check_disk(volume, slice_shape=shape, dtype=dtype, expected_slices=expected_slices,
+                                 done_slices=done))
+    checks.append(check_publish_security(config.publish))
+    try:
+        snapshot = _snapshot_endpoint(config.publish)
+    except RevwatchError:
+        snapshot = None  # an invalid endpoint: already reported by the security check
+    if snapshot is not None:
+        checks += [check_port(config.publish.endpoint), check_port(snapshot, name="snapshot port")]
+    checks += [
+        check_scheduler(config.analysis.scheduler, timeout_s=scheduler_timeout_s),
+        check_packages(),
+        check_machine(),
+    ]
+    return checks
+
+
+def render(checks: list[Check]) -> Table:
+    """The checks as a table: check / status / detail / what to do."""
+    table = Table(title="revwatch doctor", show_lines=True, expand=True)
+    table.add_column("check", no_wrap=True)
+    table.add_column("status", no_wrap=True)
+    table.add_column("detail", ratio=3)
+    table.add_column("what to do", ratio=2)
+    for c in checks:
+        table.add_row(c.name, f"[{_STYLE[c.status]}]{c.status}[/]", c.detail, c.fix)
+    return table
+
+
+def run_doctor(config: Config, *, console: Console | None = None, expected_slices: int = 2000) -> int:
+    """Check `config` and this machine, print the table, and return the exit code.
+
+    Returns
+    -------
+    int
+        0 when nothing must be fixed (warnings allowed), 1 when a check failed.
+    """
+    console = console or Console()
+    checks = doctor_checks(config, expected_slices=expected_slices)
+    console.print(render(checks))
+    failed = [c.name for c in checks if c.status == FAIL]
+    warned = [c.name for c in checks if c.status == WARN]
+    if failed:
+        console.print(f"[bold red]{len(failed)} to fix:[/] {', '.join(failed)}")
+        return 1
+    console.print("[green]ready[/]" + (f" ({len(warned)} warning(s): {', '.join(warned)})" if warned else ""))
+    return 0
