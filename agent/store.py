@@ -44,8 +44,10 @@ import logging
 import math
 import os
 import re
+import shutil
 import threading
 import time
+import uuid
 from pathlib import Path
 
 import numpy as np
@@ -219,8 +221,11 @@ class VolumeStore:
             }
         )
         chunks = (_slices_per_chunk(canvas_shape, dtype), *canvas_shape)
+        # Built beside the target and renamed into place: a kill during creation leaves no
+        # half-made volume at `path` (only a hidden staging folder).
+        staging = path.with_name(f".{path.name}.{uuid.uuid4().hex}.creating")
         try:
-            root = zarr.open_group(path, mode="w-", zarr_format=2)
+            root = zarr.open_group(staging, mode="w-", zarr_format=2)
             label_group = root.create_group("labels").create_group(LABEL_NAME)
             for group, array_dtype, compressor in ((root, dtype, _GREY_COMPRESSOR), (label_group, np.uint8, _LABEL_COMPRESSOR)):
                 group.create_array(
@@ -249,16 +254,20 @@ class VolumeStore:
                     },
                 }
             )
-            store = cls(path, root, read_only=False, compact_every=compact_every)
-            store._run = run
-            store._write_attrs()
-            store._log_path.touch()
-        except StoreError:
-            raise
-        except OSError as exc:
+            staged = cls(staging, root, read_only=False, compact_every=compact_every)
+            staged._run = run
+            staged._write_attrs()
+            staged._log_path.touch()
+            if path.is_dir():
+                path.rmdir()  # empty, checked above
+            os.rename(staging, path)
+        except (OSError, StoreError) as exc:
+            shutil.rmtree(staging, ignore_errors=True)
+            if isinstance(exc, StoreError):
+                raise
             raise StoreError(path, f"cannot create the volume: {exc}") from exc
         logger.info("created volume %s: canvas %s %s, chunks %s, spacing %s um", path, canvas_shape, dtype, chunks, spacing_um)
-        return store
+        return cls.open(path, compact_every=compact_every)
 
     @classmethod
     def open(cls, path, *, read_only=False, compact_every=64):

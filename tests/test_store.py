@@ -147,7 +147,9 @@ def test_wrong_slice_refused_and_nothing_written(tmp_path):
 
 def test_create_refuses_existing_volume(tmp_path):
     path = tmp_path / "v.ome.zarr"
+    path.mkdir()  # an empty folder is fine
     new_store(path).close()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["v.ome.zarr"]  # no staging left
     with pytest.raises(StoreError, match="already exists"):
         new_store(path)
     with pytest.raises(StoreError, match="not a Zarr"):
