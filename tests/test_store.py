@@ -135,6 +135,19 @@ def test_opens_with_ome_zarr_reader_with_scale_and_labels(tmp_path):
     np.testing.assert_array_equal(np.asarray(label.data[0][2]), slice_data(3)[1])
 
 
+def test_validates_against_ngff_04_models(tmp_path):
+    models = pytest.importorskip("ome_zarr_models.v04", reason="ome-zarr-models (NGFF schema models) not installed")
+    path = tmp_path / "run.ome.zarr"
+    with new_store(path) as store:
+        fill(store, [1])
+    root = zarr.open_group(path, mode="r", zarr_format=2)
+    image = models.Image.from_zarr(root)
+    assert [a.name for a in image.attributes.multiscales[0].axes] == ["z", "y", "x"]
+    label = models.ImageLabel.from_zarr(root["labels"]["phases"])
+    assert [p.name for p in label.attributes.image_label.properties] == ["pore", "electrolyte", "active"]
+    assert models.Labels.from_zarr(root["labels"]).attributes.labels == ["phases"]
+
+
 def test_wrong_slice_refused_and_nothing_written(tmp_path):
     with new_store(tmp_path / "v.ome.zarr") as store:
         grey, labels = slice_data(1)
