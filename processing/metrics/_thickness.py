@@ -1,0 +1,259 @@
+"""Local thickness (Hildebrand & Ruegsegger 1997), anisotropic and fast.
+
+The local thickness of a voxel is the diameter of the largest ball that contains it and
+fits inside the phase. Algorithm:
+
+1. ``D`` = anisotropic Euclidean distance of every phase voxel to the nearest
+   non-phase voxel centre (``edt``, in um): the ball of radius ``D(c)`` around ``c`` holds
+   phase voxel centres only.
+2. Keep the centres of maximal balls: ``c`` is dropped when a 26-neighbour ``n`` has
+   ``D(n) >= D(c) + |n - c| - 0.3 voxel`` (its ball contains the ball of ``c``, up to the
+   quantisation of distances between voxel centres).
+3. Paint the kept balls from the largest down, row by row (exact anisotropic sphere, no
+   radius binning); a union-find "next unpainted voxel" pointer per row skips painted runs,
+   so every voxel is written once and the cost follows the number of ball rows, not the
+   sum of ball volumes.
+
+Diameter convention: ``D`` is measured between voxel *centres*, so the ball reaches half
+a voxel into the neighbouring phase; the reported diameter is ``2 D - s`` with ``s`` the
+voxel size (the geometric mean of the spacing when anisotropic), which makes a slab an
+odd number of voxels wide measure exactly its width. ``voxel_correction=False`` returns
+``2 D``, the convention of porespy (``2 * radius``) and BoneJ.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+import edt
+import numba
+import numpy as np
+
+from ._common import check_mask, check_spacing
+
+__all__ = ["local_thickness", "thickness_statistics", "local_thickness_summary"]
+
+# A ball is dropped when a neighbour's ball contains it up to this fraction of a voxel.
+# Distances between voxel centres are quantised, so exact containment is rare (half of
+# the voxels would stay); 0.3 voxel keeps ~18 % of them and lowers the mean local
+# thickness by < 0.1 % against painting every ball (measured on a 256^3 random field).
+_CENTRE_TOLERANCE = 0.3
+
+
+@numba.njit(cache=True, nogil=True)
+def _is_maximal(dist, z, y, x, steps, tol):
+    nz, ny, nx = dist.shape
+    r = dist[z, y, x]
+    for oz in range(-1, 2):
+        zz = z + oz
+        if zz < 0 or zz >= nz:
+            continue
+        for oy in range(-1, 2):
+            yy = y + oy
+            if yy < 0 or yy >= ny:
+                continue
+            for ox in range(-1, 2):
+                xx = x + ox
+                if xx < 0 or xx >= nx or (oz == 0 and oy == 0 and ox == 0):
+                    continue
+                if dist[zz, yy, xx] >= r + steps[oz + 1, oy + 1, ox + 1] - tol:
+                    return False
+    return True
+
+
+@numba.njit(cache=True, nogil=True)
+def _maximal_ball_centres(dist, sz, sy, sx, tol):
+    """Centres whose ball is inside no neighbour's ball (up to `tol` um)."""
+    steps = np.empty((3, 3, 3))
+    for oz in range(3):
+        for oy in range(3):
+            for ox in range(3):
+                steps[oz, oy, ox] = math.sqrt(((oz - 1) * sz) ** 2 + ((oy - 1) * sy) ** 2 + ((ox - 1) * sx) ** 2)
+    nz, ny, nx = dist.shape
+    keep = np.zeros(dist.shape, np.bool_)
+    for z in range(nz):
+        for y in range(ny):
+            for x in range(nx):
+                if dist[z, y, x] > 0:
+                    keep[z, y, x] = _is_maximal(dist, z, y, x, steps, tol)
+    return keep
+
+
+@numba.njit(cache=True, nogil=True)
+def _next_free(nxt, z, y, x):
+    # Path-halving union-find along a row: first unpainted x' >= x (X = row end).
+    while nxt[z, y, x] != x:
+        parent = nxt[z, y, x]
+        nxt[z, y, x] = nxt[z, y, parent]
+        x = nxt[z, y, x]
+    return x
+
+
+@numba.njit(cache=True, nogil=True)
+def _paint_balls(shape, step, cz, cy, cx, radii, sz, sy, sx):
+    """Paint balls in the given order (largest first) on the rows z, y multiple of `step`.
+
+    Each voxel is written once: a union-find pointer per row jumps over painted runs.
+    """
+    nz, ny, nx = shape
+    mz, my = (nz + step - 1) // step, (ny + step - 1) // step
+    out = np.zeros((mz, my, nx), np.float32)
+    nxt = np.empty((mz, my, nx + 1), np.int32)
+    for z in range(mz):
+        for y in range(my):
+            for x in range(nx + 1):
+                nxt[z, y, x] = x
+    for i in range(radii.shape[0]):
+        r = radii[i]
+        r2 = r * r
+        z0, y0, x0 = cz[i], cy[i], cx[i]
+        kz = int(r / sz)
+        zs = max(z0 - kz, 0)
+        zs += (-zs) % step
+        for z in range(zs, min(z0 + kz, nz - 1) + 1, step):
+            rem_z = r2 - ((z - z0) * sz) ** 2
+            if rem_z <= 0:
+                continue
+            ky = int(math.sqrt(rem_z) / sy)
+            ys = max(y0 - ky, 0)
+            ys += (-ys) % step
+            for y in range(ys, min(y0 + ky, ny - 1) + 1, step):
+                rem = rem_z - ((y - y0) * sy) ** 2
+                if rem <= 0:
+                    continue
+                kx = int(math.sqrt(rem) / sx)
+                # strictly inside: a voxel exactly at distance r is a non-phase centre
+                if (kx * sx) ** 2 >= rem:
+                    kx -= 1
+                hi = min(x0 + kx, nx - 1)
+                zi, yi = z // step, y // step
+                x = _next_free(nxt, zi, yi, max(x0 - kx, 0))
+                while x <= hi:
+                    out[zi, yi, x] = r
+                    nxt[zi, yi, x] = x + 1
+                    x = _next_free(nxt, zi, yi, x + 1)
+    return out
+
+
+def local_thickness(mask, *, spacing_um, voxel_correction=True, step=1, threads=None):
+    """Local thickness map of a phase (Hildebrand-Ruegsegger diameter).
+
+    Parameters
+    ----------
+    mask : (Z, Y, X) ndarray of bool
+        The phase.
+    spacing_um : sequence of 3 float
+        Voxel size (dz, dy, dx) in um.
+    voxel_correction : bool
+        Subtract one voxel size from ``2 D`` (see the module notes); False gives porespy's
+        ``2 * radius`` convention.
+    step : int
+        Compute the rows ``mask[::step, ::step, :]`` only (every ball still counts): the
+        cost drops about ``step**2`` times and the values on those rows are exact, which
+        is all that statistics need.
+    threads : int, optional
+        Threads of the distance transform (default: CPU count).
+
+    Returns
+    -------
+    (ceil(Z/step), ceil(Y/step), X) ndarray of float32
+        Diameter in um on the phase voxels of the computed rows, 0 elsewhere. The volume
+        border is not a wall: the phase is assumed to continue outside.
+    """
+    mask = check_mask(mask)
+    spacing = check_spacing(spacing_um)
+    if isinstance(step, bool) or not isinstance(step, (int, np.integer)) or step < 1:
+        raise ValueError(f"step must be a positive integer, got {step!r}")
+    rows = mask[::step, ::step]
+    if not rows.any():
+        return np.zeros(rows.shape, np.float32)
+    dist = edt.edt(mask, anisotropy=spacing, black_border=False, parallel=threads or os.cpu_count() or 1)
+    dist = np.ascontiguousarray(dist, dtype=np.float32)
+    keep = _maximal_ball_centres(dist, *spacing, _CENTRE_TOLERANCE * min(spacing))
+    cz, cy, cx = np.nonzero(keep)
+    radii = dist[cz, cy, cx].astype(np.float64)
+    del keep, dist
+    order = np.argsort(-radii, kind="stable")
+    radius = _paint_balls(mask.shape, int(step), cz[order], cy[order], cx[order], radii[order], *spacing)
+    diameter = 2 * radius
+    if voxel_correction:
+        diameter -= float(np.prod(spacing)) ** (1 / 3)
+    diameter[~rows] = 0
+    return diameter
+
+
+def thickness_statistics(thickness_um, mask, *, bins=32, range_um=None):
+    """Mean, standard deviation and histogram of a local-thickness map over a phase.
+
+    Parameters
+    ----------
+    thickness_um : ndarray of float
+        From :func:`local_thickness`.
+    mask : ndarray of bool
+        Same shape: the phase voxels to describe.
+    bins : int
+        Histogram bins.
+    range_um : (float, float), optional
+        Histogram range; default ``(0, max)``.
+
+    Returns
+    -------
+    dict
+        ``{"mean": um, "std": um, "voxels": n, "histogram": {"edges_um": [...], "share":
+        [...]}}``, shares summing to 1 (volume-weighted, as the paper's distribution); None
+        values for an empty phase.
+    """
+    values = np.asarray(thickness_um)[np.asarray(mask, dtype=bool)]
+    if values.size == 0:
+        return {"mean": None, "std": None, "voxels": 0, "histogram": None}
+    if range_um is None:
+        range_um = (0.0, float(values.max()) or 1.0)
+    counts, edges = np.histogram(values, bins=bins, range=range_um)
+    return {
+        "mean": float(values.mean(dtype=np.float64)),
+        "std": float(values.std(dtype=np.float64)),
+        "voxels": int(values.size),
+        "histogram": {"edges_um": edges.tolist(), "share": (counts / values.size).tolist()},
+    }
+
+
+def local_thickness_summary(mask, *, spacing_um, voxel_correction=True, max_samples=500_000, bins=32,
+                            range_um=None, threads=None):
+    """Local thickness statistics of a phase, computed on a row lattice of bounded size.
+
+    The row step is the smallest integer keeping at most about `max_samples` phase voxels
+    on the rows ``[::step, ::step, :]``; a systematic sample of a microstructure, so the
+    mean and standard deviation agree with the full map to well under 1 % once a few
+    hundred thousand voxels are sampled.
+
+    Parameters
+    ----------
+    mask : (Z, Y, X) ndarray of bool
+        The phase.
+    spacing_um : sequence of 3 float
+        Voxel size (dz, dy, dx) in um.
+    voxel_correction : bool
+        See :func:`local_thickness`.
+    max_samples : int
+        Target number of sampled phase voxels.
+    bins, range_um
+        Histogram, see :func:`thickness_statistics`.
+    threads : int, optional
+        Threads of the distance transform.
+
+    Returns
+    -------
+    dict
+        As :func:`thickness_statistics`, plus ``"step"``.
+    """
+    mask = check_mask(mask)
+    if max_samples < 1:
+        raise ValueError(f"max_samples must be >= 1, got {max_samples!r}")
+    n = int(np.count_nonzero(mask))
+    step = max(1, math.ceil(math.sqrt(n / max_samples)))
+    thickness = local_thickness(mask, spacing_um=spacing_um, voxel_correction=voxel_correction, step=step,
+                                threads=threads)
+    stats = thickness_statistics(thickness, mask[::step, ::step], bins=bins, range_um=range_um)
+    stats["step"] = step
+    return stats
