@@ -108,6 +108,8 @@ class Check:
 
 
 def _gib(n_bytes: float) -> str:
+    if n_bytes < 1 << 30:
+        return f"{n_bytes / (1 << 20):.1f} MiB"
     return f"{n_bytes / (1 << 30):.1f} GiB"
 
 
