@@ -71,12 +71,16 @@ class TortuosityResult:
     excluded_share_forward, excluded_share_backward : float or None
         Share of the phase voxels of the start face that do not reach the other face
         (excluded from the mean). None when the face holds no phase.
+    paths_forward, paths_backward : int
+        Number of start voxels averaged (to pool results of several subvolumes).
     """
 
     forward: float | None
     backward: float | None
     excluded_share_forward: float | None
     excluded_share_backward: float | None
+    paths_forward: int = 0
+    paths_backward: int = 0
 
 
 def _path_lengths_to_face(through, spacing, axis, target_index):
@@ -132,22 +136,26 @@ def geometric_tortuosity(mask, *, spacing_um, axis=1):
         face_phase = _face(mask, axis, start)
         n_face = int(np.count_nonzero(face_phase))
         if n_face == 0:
-            results.append((None, None))
+            results.append((None, None, 0))
             continue
         face_through = _face(through, axis, start)
         n_through = int(np.count_nonzero(face_through))
         excluded = 1.0 - n_through / n_face
         if n_through == 0:
-            results.append((None, excluded))
+            results.append((None, excluded, 0))
             continue
         dist, unreached = _path_lengths_to_face(through, spacing, axis, target)
-        start_dist = _face(dist, axis, start)[face_through]
-        # Every percolating voxel is reachable; skfmm masks none of them.
-        assert not _face(unreached, axis, start)[face_through].any()
+        # Percolating voxels are all reachable; the mask guards against skfmm leaving one.
+        reached = ~_face(unreached, axis, start)[face_through]
+        start_dist = _face(dist, axis, start)[face_through][reached]
+        n_through = int(start_dist.size)
+        if n_through == 0:
+            results.append((None, excluded, 0))
+            continue
         mean_path = float(start_dist.mean()) + 0.5 * spacing[axis]
-        results.append((mean_path / thickness, excluded))
-    (fwd, ex_f), (bwd, ex_b) = results
-    return TortuosityResult(fwd, bwd, ex_f, ex_b)
+        results.append((mean_path / thickness, excluded, n_through))
+    (fwd, ex_f, n_f), (bwd, ex_b, n_b) = results
+    return TortuosityResult(fwd, bwd, ex_f, ex_b, n_f, n_b)
 
 
 def connected_share(mask, *, axis=1, face=0):
