@@ -405,6 +405,8 @@ class Trend:
     relative_drift : float
         Slope times the depth analysed, relative to the mean: how far the
         metric moves across the volume.
+    relative_drift_stderr : float
+        Standard error of `relative_drift`.
     block_um : float
         Thickness of the blocks whose means were regressed.
     n_blocks : int
@@ -419,6 +421,7 @@ class Trend:
     stderr_per_um: float
     p_value: float
     relative_drift: float
+    relative_drift_stderr: float
     block_um: float
     n_blocks: int
     not_stationary: bool
@@ -486,7 +489,7 @@ def detect_trend(
         raise ValueError(f"block_um must be > 0, got {block_um!r}")
     tolerance = _check_tolerance(tolerance)
     if y.size < max(int(min_blocks), 3):
-        return Trend(math.nan, math.nan, math.nan, math.nan, float(block_um), 0, False,
+        return Trend(math.nan, math.nan, math.nan, math.nan, math.nan, float(block_um), 0, False,
                      f"{name}: {y.size} blocks, too few to test for a trend along z")
     while True:
         x = (np.arange(y.size) + 0.5) * block_um
@@ -509,6 +512,7 @@ def detect_trend(
     else:
         p = float(2 * stats.t.sf(abs(slope) / se, n - 2))
     rel_drift = slope * depth_um / abs(mean) if mean != 0 else math.inf * np.sign(slope)
+    rel_se = se * depth_um / abs(mean) if mean != 0 else math.inf
     flagged = p < significance and abs(rel_drift) >= min_drift * tolerance
     per_um = slope / abs(mean) if mean != 0 else math.nan
     if flagged:
@@ -516,7 +520,7 @@ def detect_trend(
                   f"({rel_drift:+.1%} over {depth_um:.3g} um, p = {p:.1g}): not stationary")
     else:
         reason = f"{name}: no trend along z ({rel_drift:+.1%} over {depth_um:.3g} um, p = {p:.2g})"
-    return Trend(float(slope), float(se), p, float(rel_drift), float(block_um), n, bool(flagged), reason)
+    return Trend(float(slope), float(se), p, float(rel_drift), float(rel_se), float(block_um), n, bool(flagged), reason)
 
 
 # --------------------------------------------------------------------------- streaming
@@ -578,8 +582,7 @@ class RevTracker:
     confidence : float, optional
         Two-sided confidence of the relative error: ``z`` is the Student
         quantile with the degrees of freedom of the coarsest blocks fitted
-        (about 2, Kanit's value, at 0.95 with many blocks). A premature stop
-        loses a sample, so the default is 0.99.
+        (about 2, Kanit's value, at 0.95 with many blocks).
     hold_updates : int, optional
         Consecutive updates over which every criterion must hold.
     hold_fraction : float, optional
@@ -593,7 +596,14 @@ class RevTracker:
     alpha_bounds : (float, float), optional
         Sanity bounds of the Kanit exponent used in predictions.
     trend_significance, trend_min_drift : float, optional
-        See :func:`detect_trend`.
+        See :func:`detect_trend`: a significant trend of practical size marks
+        the metric ``not_stationary``.
+    max_drift, drift_sigmas : float, optional
+        Absence of evidence is not evidence of absence: a metric converges
+        only when ``|drift| + drift_sigmas * stderr`` of its relative drift
+        across the depth analysed is at most ``max_drift * tolerance``, so
+        that a trend too weak to be significant yet cannot carry the value
+        away when the acquisition continues.
     subvolume_samples : int, optional
         Cubes per edge of the subvolume curve (for ``rev_edge_um``), redrawn
         each time the depth has grown by a quarter.
@@ -617,7 +627,7 @@ class RevTracker:
         metrics: Sequence[RevMetric] | None = None,
         tolerance: float = 0.05,
         tolerances: Mapping[str, float] | None = None,
-        confidence: float = 0.99,
+        confidence: float = 0.95,
         hold_updates: int = 3,
         hold_fraction: float = 0.1,
         min_blocks: int = 8,
@@ -625,6 +635,8 @@ class RevTracker:
         alpha_bounds=(0.2, 1.0),
         trend_significance: float = 0.01,
         trend_min_drift: float = 0.5,
+        max_drift: float = 1.0,
+        drift_sigmas: float = 1.0,
         subvolume_samples: int = 16,
         rng=None,
     ):
@@ -659,6 +671,10 @@ class RevTracker:
         self.alpha_bounds = tuple(alpha_bounds)
         self.trend_significance = float(trend_significance)
         self.trend_min_drift = float(trend_min_drift)
+        if not (max_drift > 0 and drift_sigmas >= 0):
+            raise ValueError(f"max_drift must be > 0 and drift_sigmas >= 0, got {max_drift!r} and {drift_sigmas!r}")
+        self.max_drift = float(max_drift)
+        self.drift_sigmas = float(drift_sigmas)
         self.subvolume_samples = int(subvolume_samples)
         self._rng = np.random.default_rng(rng)
         dz = self.spacing[0]
@@ -796,6 +812,9 @@ class RevTracker:
             failure = trend.reason
         elif trend.not_stationary:
             failure = trend.reason
+        elif not abs(trend.relative_drift) + self.drift_sigmas * trend.relative_drift_stderr <= self.max_drift * tol:
+            failure = (f"{name}: a drift up to {abs(trend.relative_drift) + self.drift_sigmas * trend.relative_drift_stderr:.1%}"
+                       f" across the depth cannot be excluded yet (allowed {self.max_drift * tol:.1%})")
         elif not rel_err <= tol:
             more = f", about {entry['slices_needed']} more slices" if entry["slices_needed"] is not None else ""
             failure = (f"{name}: relative error {rel_err:.1%} > {tol:.0%}{more}" if math.isfinite(rel_err)
