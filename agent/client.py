@@ -159,16 +159,15 @@ class Subscription:
         Returns an empty list on timeout; several documents when a snapshot filled
         a gap.
         """
-        if self._pending:
-            out, self._pending = self._pending, []
-            return out
-        if not self._sub.poll(None if timeout_s is None else int(timeout_s * 1000)):
-            return []
-        while True:
-            frames = self._sub.recv_multipart()
-            self._accept(frames)
-            if not self._sub.poll(0):
-                break
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        while not self._pending:
+            wait = None if deadline is None else max(0, deadline - time.monotonic())
+            if not self._sub.poll(None if wait is None else int(wait * 1000)):
+                return []
+            while True:  # take everything already there (repeats are skipped)
+                self._accept(self._sub.recv_multipart())
+                if not self._sub.poll(0):
+                    break
         out, self._pending = self._pending, []
         return out
 

@@ -170,7 +170,7 @@ class Publisher:
             raise PublishError(
                 f"refusing to publish on {', '.join(exposed)}: it is not a loopback address, so "
                 "anyone who can reach this machine could read the run. Create keys with "
-                "`revwatch keys KEYS_DIR` and pass --curve-keys KEYS_DIR (clients need "
+                "`revwatch keys KEYS_DIR` and pass --keys-dir KEYS_DIR (clients need "
                 "KEYS_DIR/server.key and their clients/NAME.key_secret), or pass --insecure "
                 "on a trusted network.")
         if exposed and keys is None:
@@ -220,7 +220,7 @@ class Publisher:
         if curve_keys is None or isinstance(curve_keys, CurveServerKeys):
             return curve_keys
         if not zmq.has("curve"):
-            raise PublishError("this libzmq has no CURVE support; cannot use --curve-keys")
+            raise PublishError("this libzmq has no CURVE support; cannot use --keys-dir")
         try:
             return load_server_keys(Path(curve_keys))
         except RevwatchError as exc:

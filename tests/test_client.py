@@ -1,5 +1,6 @@
 """agent.client against a real Publisher on free ports."""
 
+import sys
 import threading
 
 import pytest
@@ -25,21 +26,23 @@ REV = {"representative": True, "tolerance": 0.05, "metrics": {
 
 def test_subscribe_yields_snapshot_then_live_each_once_in_order():
     stream = EventStream()
-    with publisher(stream) as pub:  # one heartbeat at start (seq 1), then quiet
+    with publisher(stream, heartbeat_s=0.05) as pub:
         for i in range(5):
             stream.emit("status", {"slices_seen": i})
-        docs = subscribe(pub.endpoint, snapshot_endpoint=pub.snapshot_endpoint, timeout_s=10)
-        snapshot = [next(docs) for _ in range(2)]
-        assert [(t, d["seq"]) for t, d in snapshot] == [("heartbeat", 1), ("status", 6)]
-        assert snapshot[1][1]["slices_seen"] == 4
+        docs = subscribe(pub.endpoint, snapshot_endpoint=pub.snapshot_endpoint, topics=["status"],
+                         timeout_s=10)
+        first = next(docs)[1]  # from the snapshot: the latest status, at once
+        assert first["slices_seen"] == 4
         for i in range(5, 10):
             stream.emit("status", {"slices_seen": i})
         live = []
         while not live or live[-1]["slices_seen"] < 9:
             live.append(next(docs)[1])
         docs.close()
-    seqs = [d["seq"] for _, d in snapshot] + [d["seq"] for d in live]
-    assert seqs == sorted(set(seqs)) and seqs[-1] == 11  # increasing, each once
+    seqs = [d["seq"] for d in [first, *live]]
+    assert seqs == sorted(set(seqs))  # increasing, each once
+    # documents lost to the slow join are replaced by the snapshot's latest status
+    assert live[-1]["seq"] == stream.latest("status")["seq"]
 
 
 def test_wait_until_representative_returns_the_stop_document():
@@ -119,3 +122,38 @@ def test_slow_subscriber_recovers_the_state_after_drops():
     assert len(got) < n  # documents were dropped on the way...
     assert any(d == metrics for _, d in got)  # ...but the state (latest metrics) is complete
     assert any(d["topic"] == "status" and d["slices_seen"] == n - 1 for _, d in got)
+
+
+def test_acquisition_loop_example_stops_on_the_agents_word(tmp_path):
+    """deploy/acquisition_loop_example.py: fake microscope, real sockets, a stand-in agent."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).parents[1] / "deploy" / "acquisition_loop_example.py"
+    spec = importlib.util.spec_from_file_location("acquisition_loop_example", path)
+    example = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = example  # dataclasses look their module up
+    spec.loader.exec_module(example)
+
+    stream = EventStream()
+    with publisher(stream, heartbeat_s=0.05) as pub:
+        watcher = example.StopWatcher(pub.endpoint, snapshot_endpoint=pub.snapshot_endpoint)
+        microscope = example.FakeMicroscope(slices=30, field_px=48, seed=3)
+        mill, image, save = example.fake_hooks(tmp_path)
+        verdict_at = 12
+
+        def save_and_judge(img, index):
+            save(img, index)
+            if index == verdict_at:  # the stand-in agent decides after this slice
+                stream.emit("stop", {"reason": "test", "depth_slices": index, "rev": REV})
+                for _ in range(600):
+                    if watcher.representative:
+                        break
+                    threading.Event().wait(0.05)
+
+        done = example.slice_and_view(microscope, mill=mill, image=image, save=save_and_judge,
+                                      watcher=watcher, max_slices=30)
+    files = sorted((tmp_path / "Images" / "SEM Image").glob("*.tif"))
+    assert done == verdict_at == microscope.face == len(files)
+    assert files[-1].name == "SEM Image - SliceImage - 012.tif"
+    assert watcher.stop["depth_slices"] == verdict_at
