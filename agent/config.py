@@ -85,7 +85,8 @@ class ProcessingConfig(_Section):
 class AnalysisConfig(_Section):
     """Metrics and REV computed with Dask over the volume."""
 
-    transport_axis: Literal["y", "x", "z"] = Field("y", description="current collector to separator direction")
+    # z cannot be the transport axis: the volume grows along z while it is measured.
+    transport_axis: Literal["y", "x"] = Field("y", description="current collector to separator direction (in-slice)")
     scheduler: str | None = Field(None, description="dask.distributed address (tcp://host:port); None = in-process threads")
     every_slices: int = Field(4, ge=1, description="refresh the metrics after this many new slices")
     expensive_every_slices: int = Field(32, ge=1, description="refresh tortuosity and local thickness after this many")
