@@ -200,45 +200,21 @@ def _upsampled_correlation(cross, upsample, centre):
     return (ky @ cross @ kx.T).real, n
 
 
-def phase_correlate(reference, moving, *, upsample=20, lowpass=0.25, destripe=True, workers=None):
-    """Subpixel shift that registers `moving` onto `reference` (same-shape windows).
+def _spectrum(window, taper, destripe, workers):
+    """FFT of one normalised, destriped, tapered window; None when the window is flat."""
+    prepared = _prepare(window, taper, destripe)
+    return None if prepared is None else scipy.fft.fft2(prepared, workers=workers)
 
-    Parameters
-    ----------
-    reference, moving : (Y, X) ndarray
-        Windows of equal shape.
-    upsample : int, optional
-        Subpixel precision is ``1 / upsample`` px.
-    lowpass : float, optional
-        Sigma of the Gaussian weight on the cross-power spectrum, in cycles per pixel.
-    destripe : bool, optional
-        Remove per-column means before correlating (curtaining-insensitive).
-    workers : int, optional
-        Threads for the FFTs.
 
-    Returns
-    -------
-    shift : (dy, dx) float
-        ``scipy.ndimage.shift(moving, shift)`` ~ `reference`.
-    confidence : float
-        0..1, ``1 - second peak / main peak`` of the correlation surface; 0 when a window is flat.
-    """
-    reference = np.asarray(reference, dtype=np.float32)
-    moving = np.asarray(moving, dtype=np.float32)
-    if reference.shape != moving.shape or reference.ndim != 2:
-        raise ValueError(f"reference/moving: expected equal 2-D shapes, got {reference.shape} and {moving.shape}")
-    taper = np.outer(_tukey(reference.shape[0]), _tukey(reference.shape[1]))
-    a = _prepare(reference, taper, destripe)
-    b = _prepare(moving, taper, destripe)
-    if a is None or b is None:
-        return (0.0, 0.0), 0.0
-    fa = scipy.fft.fft2(a, workers=workers)
-    fb = scipy.fft.fft2(b, workers=workers)
+def _correlate(fa, fb, *, upsample, lowpass, whiten, destripe, workers):
+    """Shift and confidence from two window spectra (see :func:`phase_correlate`)."""
     cross = fa * np.conj(fb)
-    cross /= np.abs(cross) + 1e-6 * np.abs(cross).max()
-    ky = scipy.fft.fftfreq(a.shape[0]).astype(np.float32)
-    kx = scipy.fft.fftfreq(a.shape[1]).astype(np.float32)
-    weight = np.exp(-(ky[:, None] ** 2 + kx[None, :] ** 2) / (2 * lowpass**2))
+    if whiten > 0:
+        mag = np.abs(cross)
+        cross /= (mag + 1e-6 * mag.max()) ** whiten
+    ky = scipy.fft.fftfreq(cross.shape[0]).astype(np.float32)
+    kx = scipy.fft.fftfreq(cross.shape[1]).astype(np.float32)
+    weight = np.exp(-(ky[:, None] ** 2 + kx[None, :] ** 2) / np.float32(2 * lowpass**2))
     if destripe:
         weight[0, :] = 0.0  # the ky = 0 line is where vertical stripes live
     cross *= weight
@@ -258,8 +234,51 @@ def phase_correlate(reference, moving, *, upsample=20, lowpass=0.25, destripe=Tr
     return (float(coarse[0]), float(coarse[1])), confidence
 
 
+def phase_correlate(reference, moving, *, upsample=20, lowpass=0.25, whiten=1.0, destripe=True, workers=None):
+    """Subpixel shift that registers `moving` onto `reference` (same-shape windows).
+
+    Parameters
+    ----------
+    reference, moving : (Y, X) ndarray
+        Windows of equal shape.
+    upsample : int, optional
+        Subpixel precision is ``1 / upsample`` px.
+    lowpass : float, optional
+        Sigma of the Gaussian weight on the cross-power spectrum, in cycles per pixel.
+    whiten : float, optional
+        Exponent of the spectral whitening: 1 = phase correlation, 0 = plain cross-correlation.
+    destripe : bool, optional
+        Remove per-column means before correlating (curtaining-insensitive).
+    workers : int, optional
+        Threads for the FFTs.
+
+    Returns
+    -------
+    shift : (dy, dx) float
+        ``scipy.ndimage.shift(moving, shift)`` ~ `reference`.
+    confidence : float
+        0..1, ``1 - second peak / main peak`` of the correlation surface; 0 when a window is flat.
+    """
+    reference = np.asarray(reference, dtype=np.float32)
+    moving = np.asarray(moving, dtype=np.float32)
+    if reference.shape != moving.shape or reference.ndim != 2:
+        raise ValueError(f"reference/moving: expected equal 2-D shapes, got {reference.shape} and {moving.shape}")
+    taper = np.outer(_tukey(reference.shape[0]), _tukey(reference.shape[1]))
+    fa = _spectrum(reference, taper, destripe, workers)
+    fb = _spectrum(moving, taper, destripe, workers)
+    if fa is None or fb is None:
+        return (0.0, 0.0), 0.0
+    return _correlate(fa, fb, upsample=upsample, lowpass=lowpass, whiten=whiten, destripe=destripe,
+                      workers=workers)
+
+
 class DriftTracker:
-    """Cumulative drift of each slice against a running reference on the canvas.
+    """Cumulative drift of each slice, registered on the canvas against two references.
+
+    Each raw slice is registered (binned) against the previous reliable slice placed on the
+    canvas and against a running mean of the aligned slices; the two estimates are combined
+    weighted by their confidence (the better one alone when they disagree by more than one
+    binned pixel). Both are cumulative, so a slice is never placed by adding steps alone.
 
     Parameters
     ----------
@@ -270,25 +289,26 @@ class DriftTracker:
         Subpixel precision of the search at the binned resolution (``bin / upsample`` px).
     bin : int, optional
         Binning factor of the search. Default: chosen so that the binned window's short side is
-        at least 256 px (1 up to 511 px, 2 up to 1023 px, 4 at 2048 px).
+        at least 256 px (1 up to 511 px, 2 up to 1023 px, 4 from 1024 px... see ``auto_bin``).
     reference_weight : float, optional
-        Weight of each newly aligned slice in the running-mean reference (0 < w <= 1; 1 = align
-        to the previous slice only).
+        Weight of each newly aligned slice in the running-mean reference (0 < w <= 1).
     min_confidence : float, optional
         Estimates with a lower confidence are rejected (``reliable=False``).
-    max_step_px : float, optional
-        Steps larger than this (pixels) are treated as jumps: accepted only with confidence at
-        least ``2 * min_confidence``. Default: unlimited within the search window.
+    max_rejected : int, optional
+        After this many consecutive rejections the tracker re-anchors on the current slice at the
+        predicted shift (so a change of scene cannot freeze it for the rest of the run).
     lowpass : float, optional
         Gaussian weight of the cross-power spectrum, in cycles per binned pixel.
+    whiten : float, optional
+        Spectral whitening exponent (1 = phase correlation, 0 = cross-correlation).
     destripe : bool, optional
         Make the correlation insensitive to vertical stripes (curtaining).
     workers : int, optional
         Threads for the FFTs (default 2).
     """
 
-    def __init__(self, *, roi=None, upsample=20, bin=None, reference_weight=0.25, min_confidence=0.25,
-                 max_step_px=None, lowpass=0.25, destripe=True, workers=2):
+    def __init__(self, *, roi=None, upsample=20, bin=None, reference_weight=0.5, min_confidence=0.15,
+                 max_rejected=3, lowpass=0.1, whiten=1.0, destripe=True, workers=2):
         if roi is not None:
             roi = tuple(int(v) for v in roi)
             if len(roi) != 4 or roi[1] <= roi[0] or roi[3] <= roi[2] or min(roi) < 0:
@@ -301,24 +321,35 @@ class DriftTracker:
             raise ValueError(f"reference_weight: expected 0 < w <= 1, got {reference_weight!r}")
         if not 0 <= min_confidence < 1:
             raise ValueError(f"min_confidence: expected 0 <= c < 1, got {min_confidence!r}")
-        if max_step_px is not None and not max_step_px > 0:
-            raise ValueError(f"max_step_px: expected a positive number, got {max_step_px!r}")
+        if not (isinstance(max_rejected, (int, np.integer)) and max_rejected >= 1):
+            raise ValueError(f"max_rejected: expected an integer >= 1, got {max_rejected!r}")
         if not 0 < lowpass <= 1:
             raise ValueError(f"lowpass: expected 0 < f <= 1 cycles/px, got {lowpass!r}")
+        if not 0 <= whiten <= 1:
+            raise ValueError(f"whiten: expected 0 <= p <= 1, got {whiten!r}")
         self.roi = roi
         self.upsample = int(upsample)
         self.bin = bin
         self.reference_weight = float(reference_weight)
         self.min_confidence = float(min_confidence)
-        self.max_step_px = max_step_px
+        self.max_rejected = int(max_rejected)
         self.lowpass = float(lowpass)
+        self.whiten = float(whiten)
         self.destripe = bool(destripe)
         self.workers = workers
         self._shape = None
-        self._dtype = None
-        self._reference = None
+        self._bin = None
+        self._previous = None  # last reliable slice on the canvas (binned)
+        self._mean = None  # running mean of aligned slices on the canvas (binned)
         self._shift = (0.0, 0.0)
+        self._rejected = 0
         self.n_slices = 0
+
+    @staticmethod
+    def auto_bin(shape):
+        """Default binning for a slice shape: the binned short side stays >= 256 px."""
+        short = min(shape)
+        return max(1, 2 ** int(np.floor(np.log2(max(short, 1) / 256)))) if short >= 512 else 1
 
     @property
     def canvas_shape(self):
@@ -330,7 +361,7 @@ class DriftTracker:
         """Cumulative shift applied to the last slice."""
         return self._shift
 
-    def _window(self, binned_shape, offset):
+    def _windows(self, binned_shape, offset):
         """Overlapping canvas window and raw window (binned px) for an integer offset."""
         b = self._bin
         h, w = binned_shape
@@ -376,26 +407,24 @@ class DriftTracker:
         b = self._bin
         binned = _bin(pixels, b)
         prev = self._shift
-        predicted = (prev[0] / b, prev[1] / b)
-        offset = (int(round(predicted[0])), int(round(predicted[1])))
-        measured, confidence = None, 0.0
-        windows = self._window(binned.shape, offset)
-        if windows is not None:
-            canvas_win, raw_win = windows
-            (ry, rx), confidence = phase_correlate(
-                self._reference[canvas_win], binned[raw_win], upsample=self.upsample,
-                lowpass=self.lowpass, destripe=self.destripe, workers=self.workers)
-            measured = ((offset[0] + ry) * b, (offset[1] + rx) * b)
+        offset = (int(round(prev[0] / b)), int(round(prev[1] / b)))
+        measured, confidence = self._measure(binned, offset)
         reliable = measured is not None and confidence >= self.min_confidence
-        if reliable and self.max_step_px is not None:
-            step = np.hypot(measured[0] - prev[0], measured[1] - prev[1])
-            reliable = step <= self.max_step_px or confidence >= min(2 * self.min_confidence, 0.9)
-        shift = measured if reliable else prev
         if reliable:
-            self._update_reference(binned, shift)
+            shift = measured
+            self._rejected = 0
+            self._update_references(binned, shift)
         else:
-            logger.warning("slice %d: drift estimate rejected (confidence %.2f), keeping shift %s",
-                           self.n_slices, confidence, prev)
+            shift = prev
+            self._rejected += 1
+            logger.warning("slice %d: drift estimate rejected (confidence %.2f), keeping shift (%.2f, %.2f)",
+                           self.n_slices, confidence, *prev)
+            if self._rejected >= self.max_rejected and binned.std() > 1e-6:
+                logger.warning("slice %d: %d rejections in a row, re-anchoring the references on this slice",
+                               self.n_slices, self._rejected)
+                self._previous = self._mean = None
+                self._update_references(binned, shift)
+                self._rejected = 0
         self._shift = (float(shift[0]), float(shift[1]))
         self.n_slices += 1
         return DriftEstimate(
@@ -406,30 +435,63 @@ class DriftTracker:
             measured_px=None if measured is None else (float(measured[0]), float(measured[1])),
         )
 
+    def _measure(self, binned, offset):
+        """Combined cumulative shift (px) and confidence, or (None, 0) when nothing overlaps."""
+        windows = self._windows(binned.shape, offset)
+        if windows is None:
+            return None, 0.0
+        canvas_win, raw_win = windows
+        taper = np.outer(_tukey(binned[raw_win].shape[0]), _tukey(binned[raw_win].shape[1]))
+        fb = _spectrum(binned[raw_win], taper, self.destripe, self.workers)
+        if fb is None:
+            return None, 0.0
+        results = []
+        for reference in (self._previous, self._mean):
+            fa = _spectrum(reference[canvas_win], taper, self.destripe, self.workers)
+            if fa is None:
+                continue
+            r, c = _correlate(fa, fb, upsample=self.upsample, lowpass=self.lowpass, whiten=self.whiten,
+                              destripe=self.destripe, workers=self.workers)
+            results.append((np.array(r), c))
+        if not results:
+            return None, 0.0
+        results.sort(key=lambda rc: -rc[1])
+        best, conf = results[0]
+        if len(results) == 2 and np.hypot(*(results[1][0] - best)) < 1.0 and results[1][1] > 0:
+            w = np.array([conf, results[1][1]]) ** 2
+            best = (w[0] * best + w[1] * results[1][0]) / w.sum()
+        b = self._bin
+        return ((offset[0] + best[0]) * b, (offset[1] + best[1]) * b), conf
+
     def _start(self, pixels):
         self._shape = pixels.shape
-        if self.bin is None:
-            short = min(pixels.shape)
-            self._bin = 1 if short < 512 else 2 if short < 1024 else 4
-        else:
-            self._bin = self.bin
+        self._bin = self.auto_bin(pixels.shape) if self.bin is None else self.bin
         if min(pixels.shape) // self._bin < 32:
             raise SliceShapeError(f"slice shape {pixels.shape} too small for bin {self._bin} (need 32 px binned)")
-        self._reference = _bin(pixels, self._bin).copy()
+        self._update_references(_bin(pixels, self._bin), (0.0, 0.0))
         self._shift = (0.0, 0.0)
         self.n_slices = 1
 
-    def _update_reference(self, binned, shift):
+    def _update_references(self, binned, shift):
+        """Place the slice on the canvas; refresh the previous-slice and running-mean references.
+
+        Canvas pixels the slice does not cover keep their older content, so both references
+        always cover the whole canvas.
+        """
         b = self._bin
         aligned, valid = apply_shift(binned, (shift[0] / b, shift[1] / b), order=1)
-        # match the new slice's grey levels to the reference's before blending (brightness drift)
-        ref = self._reference
+        if self._previous is None:
+            self._previous = np.where(valid, aligned, aligned[valid].mean() if valid.any() else 0.0)
+            self._mean = self._previous.copy()
+            return
         if valid.sum() < 64:
             return
-        a_vals, r_vals = aligned[valid], ref[valid]
+        # match the slice's grey levels to the references' (brightness drift) before blending
+        a_vals = aligned[valid]
         a_std = a_vals.std()
         if a_std < 1e-6:
             return
-        aligned = (aligned - a_vals.mean()) * (r_vals.std() / a_std) + r_vals.mean()
-        w = np.float32(self.reference_weight)
-        ref[valid] = (1 - w) * ref[valid] + w * aligned[valid]
+        for ref, w in ((self._previous, 1.0), (self._mean, self.reference_weight)):
+            r_vals = ref[valid]
+            matched = (a_vals - a_vals.mean()) * (r_vals.std() / a_std) + r_vals.mean()
+            ref[valid] = (1 - w) * r_vals + w * matched
