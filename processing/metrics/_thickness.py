@@ -173,9 +173,13 @@ def local_thickness(mask, *, spacing_um, voxel_correction=True, step=1, threads=
     keep = _maximal_ball_centres(dist, *spacing, _CENTRE_TOLERANCE * min(spacing))
     cz, cy, cx = np.nonzero(keep)
     radii = dist[cz, cy, cx].astype(np.float64)
+    own = dist[::step, ::step]
     del keep, dist
     order = np.argsort(-radii, kind="stable")
     radius = _paint_balls(mask.shape, int(step), cz[order], cy[order], cx[order], radii[order], *spacing)
+    # A voxel's own ball contains it: dropping contained balls (with the tolerance) must
+    # never leave a voxel below its own distance.
+    np.maximum(radius, own, out=radius)
     diameter = 2 * radius
     if voxel_correction:
         diameter -= float(np.prod(spacing)) ** (1 / 3)
