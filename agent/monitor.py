@@ -477,8 +477,8 @@ def run_monitor(endpoint: str = DEFAULT_ENDPOINT, *, once: bool = False, timeout
 
     deadline = None if max_runtime_s is None else time.monotonic() + max_runtime_s
     with Subscription(endpoint, snapshot_endpoint=snapshot_endpoint, curve=keys_dir) as sub, \
-            Live(render(state), console=console, screen=True, auto_refresh=False,
-                 transient=False) as live:
+            Live(render(state), console=console, screen=console.is_terminal, auto_refresh=False,
+                 transient=False) as live:  # full screen on a terminal; a pipe gets the last frame
         try:
             while deadline is None or time.monotonic() < deadline:
                 for topic, doc in sub.receive(refresh_s):
