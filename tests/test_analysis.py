@@ -1,0 +1,128 @@
+"""agent.analysis: incremental Table 1 over a growing Zarr volume, threads or a cluster."""
+
+import numpy as np
+import pytest
+import zarr
+from numpy.testing import assert_allclose
+from scipy import ndimage
+
+from agent.analysis import VolumeAnalysis, rev_values
+from processing.metrics import count_volume, counts_metrics, table1
+
+SPACING = (0.05, 0.02, 0.02)
+CHEAP = ("volume_fraction", "surface_area_per_cell_volume_um-1", "surface_area_per_phase_volume_um-1",
+         "coverage_share")
+
+
+def composite(shape, seed):
+    """Electrolyte-rich 3-phase composite (every phase percolates in y)."""
+    rng = np.random.default_rng(seed)
+    a = ndimage.gaussian_filter(rng.standard_normal(shape), 2.0)
+    b = ndimage.gaussian_filter(rng.standard_normal(shape), 2.0)
+    labels = np.full(shape, 2, np.uint8)
+    labels[a > np.quantile(a, 0.55)] = 3
+    labels[(labels == 2) & (b > np.quantile(b, 0.7))] = 1
+    labels[0, :2, :3] = 0
+    return labels
+
+
+class ReadLog:
+    """Array-like over a NumPy volume that records the z ranges read."""
+
+    def __init__(self, data):
+        self.data, self.shape, self.dtype, self.ndim = data, data.shape, data.dtype, 3
+        self.reads = []
+
+    def __getitem__(self, key):
+        z = key[0] if isinstance(key, tuple) else key
+        self.reads.append((z.start, z.stop))
+        return self.data[key]
+
+
+@pytest.fixture
+def zarr_volume(tmp_path):
+    labels = composite((64, 48, 40), 0)
+    arr = zarr.create_array(tmp_path / "labels.zarr", shape=(0, 48, 40), chunks=(1, 48, 40), dtype="uint8")
+    return labels, arr
+
+
+def grow(arr, labels, depth):
+    start = arr.shape[0]
+    arr.resize((depth, *labels.shape[1:]))
+    arr[start:depth] = labels[start:depth]
+
+
+def test_incremental_cheap_metrics_equal_full_recount(zarr_volume):
+    labels, arr = zarr_volume
+    with VolumeAnalysis(arr, spacing_um=SPACING, expensive_every_slices=16, halo_slices=4) as va:
+        for depth in (1, 7, 8, 30, 45, 64):
+            grow(arr, labels, depth)
+            doc = va.update(depth)
+            full = counts_metrics(count_volume(labels[:depth]), spacing_um=SPACING)
+            assert doc["depth_slices"] == depth
+            for field in CHEAP:
+                for name, value in full[field].items():
+                    assert doc[field][name] == pytest.approx(value, rel=1e-12, abs=0) if value else \
+                        doc[field][name] == value
+
+
+def test_update_reads_only_new_slices_for_the_cheap_metrics():
+    labels = composite((80, 32, 32), 1)
+    source = ReadLog(labels)
+    va = VolumeAnalysis(source, spacing_um=SPACING, expensive_every_slices=16, halo_slices=1)
+    va.update(50)  # windows [0, 48) done
+    source.reads.clear()
+    va.update(66)
+    # counting reads [49, 66) (the new slices and the one before them); the one new
+    # window [48, 64) reads its halo from 47: nothing before, whatever the depth
+    read_slices = set()
+    for start, stop in source.reads:
+        read_slices.update(range(start, stop))
+    assert read_slices == set(range(47, 66))
+
+
+def test_windowed_expensive_metrics_close_to_whole_volume():
+    labels = composite((96, 64, 64), 2)
+    va = VolumeAnalysis(labels, spacing_um=SPACING, expensive_every_slices=32, halo_slices=8)
+    doc = va.update(96, full=True)
+    ref = table1(labels, spacing_um=SPACING)
+    assert doc["expensive_depth_slices"] == 96
+    for key in ("y+", "y-"):
+        assert_allclose(doc["tortuosity_geometric"]["electrolyte"][key],
+                        ref["tortuosity_geometric"]["electrolyte"][key], rtol=0.05)
+    assert_allclose(doc["local_thickness_um"]["electrolyte"]["mean"],
+                    ref["local_thickness_um"]["electrolyte"]["mean"], rtol=0.03)
+    assert doc["connected_share"]["active"] == pytest.approx(ref["connected_share"]["active"], abs=0.03)
+    assert doc["interconnected_share"]["pore"] <= ref["interconnected_share"]["pore"] + 1e-9
+    values = rev_values(doc)
+    assert values["volume_fraction.pore"] == doc["volume_fraction"]["pore"]
+    assert values["tortuosity_geometric.electrolyte.y+"] == doc["tortuosity_geometric"]["electrolyte"]["y+"]
+
+
+def test_dask_array_input_and_bad_arguments():
+    da = pytest.importorskip("dask.array")
+    labels = composite((20, 24, 24), 3)
+    doc = VolumeAnalysis(da.from_array(labels, chunks=(4, 24, 24)), spacing_um=SPACING).update(20)
+    ref = counts_metrics(count_volume(labels), spacing_um=SPACING)
+    assert doc["volume_fraction"] == ref["volume_fraction"]
+    with pytest.raises(ValueError, match="scheduler"):
+        VolumeAnalysis(labels, spacing_um=SPACING, scheduler="localhost:8786")
+    with pytest.raises(ValueError, match="expensive_every_slices"):
+        VolumeAnalysis(labels, spacing_um=SPACING, expensive_every_slices=0)
+    va = VolumeAnalysis(labels, spacing_um=SPACING)
+    va.update(10)
+    with pytest.raises(ValueError, match="only grow"):
+        va.update(5)
+
+
+def test_distributed_cluster_gives_the_same_numbers(zarr_volume):
+    distributed = pytest.importorskip("distributed")
+    labels, arr = zarr_volume
+    grow(arr, labels, 40)
+    local = VolumeAnalysis(arr, spacing_um=SPACING, expensive_every_slices=16, halo_slices=4).update(40, full=True)
+    with distributed.LocalCluster(n_workers=2, processes=True, threads_per_worker=1, dashboard_address=None,
+                                  host="127.0.0.1") as cluster:
+        with VolumeAnalysis(arr, spacing_um=SPACING, expensive_every_slices=16, halo_slices=4,
+                            scheduler=cluster.scheduler_address) as va:
+            remote = va.update(40, full=True)
+    assert remote == local
