@@ -72,6 +72,10 @@ log = logging.getLogger(__name__)
 _THICKNESS_SAMPLES = 200_000
 
 
+def _read(source, lo, hi, x0, x1):
+    return np.asarray(source[lo:hi, :, x0:x1])
+
+
 def _count_block(block, with_previous, n_values):
     block = np.ascontiguousarray(block, dtype=np.uint8)
     if with_previous:
@@ -234,10 +238,15 @@ class VolumeAnalysis:
 
     # -- plumbing -------------------------------------------------------------------------
 
-    def _array(self, depth):
-        src = self._labels
-        arr = src if isinstance(src, da.Array) else da.from_array(src, chunks=(self.slab, -1, -1), asarray=True)
-        return arr[:depth]
+    def _block(self, lo, hi, x0=None, x1=None):
+        """Slices [lo, hi) (columns [x0, x1)) as a Dask dependency, read only when run.
+
+        A Dask array is sliced lazily; anything else (Zarr) is read by the task itself,
+        so only the requested slices are read, never whole Dask chunks around them.
+        """
+        if isinstance(self._labels, da.Array):
+            return self._labels[lo:hi, :, x0:x1]
+        return dask.delayed(_read, pure=False)(self._labels, lo, hi, x0, x1)
 
     def _compute(self, tasks):
         if not tasks:
@@ -248,30 +257,30 @@ class VolumeAnalysis:
 
     # -- cheap, incremental ---------------------------------------------------------------
 
-    def _count_tasks(self, arr, start, stop):
+    def _count_tasks(self, start, stop):
         tasks = []
         for z0 in range(start, stop, self.slab):
             z1 = min(z0 + self.slab, stop)
             lo = max(z0 - 1, 0)
-            tasks.append(dask.delayed(_count_block)(arr[lo:z1], z0 > 0, self._n_values))
+            tasks.append(dask.delayed(_count_block, pure=False)(self._block(lo, z1), z0 > 0, self._n_values))
         return tasks
 
     # -- expensive, windowed --------------------------------------------------------------
 
-    def _window_task(self, arr, index, depth):
+    def _window_task(self, index, depth):
         z0 = index * self.window
         z1 = min(z0 + self.window, depth)
         lo, hi = max(z0 - self.halo, 0), min(z1 + self.halo, depth)
-        _, ny, nx = arr.shape
+        _, ny, nx = self._labels.shape
         x0, x1 = 0, nx
         band = max(1, self.max_window_voxels // max(1, (hi - lo) * ny))
         if band < nx:
             n_bands = math.ceil(nx / band)
             x0 = (index % n_bands) * band
             x1 = min(x0 + band, nx)
-        block = arr[lo:hi, :, x0:x1]
+        block = self._block(lo, hi, x0, x1)
         log.debug("expensive window %d: z %d-%d (halo %d-%d), x %d-%d", index, z0, z1, lo, hi, x0, x1)
-        return dask.delayed(_window_sums)(block, z0 - lo, z1 - z0, self.phases, self.spacing_um,
+        return dask.delayed(_window_sums, pure=False)(block, z0 - lo, z1 - z0, self.phases, self.spacing_um,
                                           self.transport_axis, self.cc_face)
 
     def _expensive_doc(self, sums):
@@ -316,14 +325,13 @@ class VolumeAnalysis:
         if depth < 1:
             raise ValueError(f"depth must be >= 1, got {depth}")
         self._depth = depth
-        arr = self._array(depth)
-        tasks = self._count_tasks(arr, self._counted, depth)
+        tasks = self._count_tasks(self._counted, depth)
         # Windows whose halo after them is acquired are final; they are computed once.
         ready = max(0, (depth - self.halo) // self.window)
         new_windows = list(range(self._windows_done, ready))
-        window_tasks = [self._window_task(arr, k, depth) for k in new_windows]
+        window_tasks = [self._window_task(k, depth) for k in new_windows]
         want_tail = (full or ready == 0) and ready * self.window < depth
-        tail_task = [self._window_task(arr, ready, depth)] if want_tail else []
+        tail_task = [self._window_task(ready, depth)] if want_tail else []
         results = self._compute(tasks + window_tasks + tail_task)
         counts, windows, tail = results[:len(tasks)], results[len(tasks):len(tasks) + len(window_tasks)], \
             results[len(tasks) + len(window_tasks):]
