@@ -15,6 +15,7 @@ import os
 import platform
 import shutil
 import tempfile
+import warnings
 from dataclasses import dataclass
 from pathlib import Path, PureWindowsPath
 
@@ -428,13 +429,17 @@ def check_scheduler(address: str | None, *, timeout_s: float = 5.0) -> Check:
     if address is None:
         return Check(name, OK, f"in-process threads ({os.cpu_count()} logical CPUs)")
     from distributed import Client
+    from distributed.versions import VersionMismatchWarning
 
     try:
-        client = Client(address, timeout=timeout_s, set_as_default=False)
+        with warnings.catch_warnings():
+            # distributed warns about every differing package; the relevant ones are reported below.
+            warnings.simplefilter("ignore", VersionMismatchWarning)
+            client = Client(address, timeout=timeout_s, set_as_default=False)
     except (OSError, TimeoutError) as exc:
         return Check(name, FAIL, f"{address} not reachable within {timeout_s:g} s: {exc}",
                      "start the scheduler (`dask scheduler`), check the address, the firewall (port 8786) "
-                     "or set analysis.scheduler to nothing for in-process threads")
+                     "or remove analysis.scheduler to run the metrics on in-process threads")
     try:
         workers = client.scheduler_info(n_workers=-1)["workers"]
         if not workers:
