@@ -250,10 +250,10 @@ def check_spacing(folder, groups: dict[Path, list[Path]], *, slice_spacing_nm: f
 
 
 def check_volume_writable(path) -> Check:
-    """A file can be created (and deleted) where the volume goes."""
+    """A file can be created (and deleted) in the volume's folder (it also holds the events log)."""
     name = "volume location"
     path = Path(path)
-    where = path if path.is_dir() else _existing_ancestor(path.parent)
+    where = _existing_ancestor(path.parent)
     if not where.is_dir():
         return Check(name, FAIL, f"{where} is not a folder", "set volume.path to a path inside a folder")
     try:
@@ -263,7 +263,7 @@ def check_volume_writable(path) -> Check:
     except OSError as exc:
         return Check(name, FAIL, f"cannot create a file in {where}: {exc.strerror or exc}",
                      "give the user running revwatch write permission there, or set volume.path elsewhere")
-    made = "" if where == path or where == path.parent else f" ({path.parent} will be created)"
+    made = "" if where == path.parent.absolute() else f" ({path.parent} will be created)"
     return Check(name, OK, f"{where} is writable{made}")
 
 
@@ -274,8 +274,7 @@ def check_volume_resume(path, *, phase_names=None):
     -------
     check : Check
     store : VolumeStore or None
-        The volume opened read-only (the caller closes nothing: read-only stores hold no handle),
-        None when absent or unreadable.
+        The volume opened read-only (it holds no open file), None when absent or unreadable.
     """
     from agent.store import StoreError, VolumeStore
 
