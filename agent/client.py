@@ -32,7 +32,7 @@ import zmq
 from agent.keys import CurveClientKeys, load_client_keys
 from agent.publish import DEFAULT_ENDPOINT, SNAPSHOT_REPLY, default_snapshot_endpoint
 
-__all__ = ["DEFAULT_ENDPOINT", "Subscription", "subscribe", "get_snapshot",
+__all__ = ["DEFAULT_ENDPOINT", "Subscription", "subscribe", "get_snapshot", "snapshot_documents",
            "wait_until_representative"]
 
 logger = logging.getLogger(__name__)
@@ -54,8 +54,8 @@ def _secure(sock: zmq.Socket, keys: CurveClientKeys | None) -> None:
 
 
 def get_snapshot(endpoint: str = DEFAULT_ENDPOINT, *, snapshot_endpoint: str | None = None,
-                 topics: Iterable[str] | None = None, timeout_s: float = 5.0, curve=None,
-                 context: zmq.Context | None = None) -> dict:
+                 topics: Iterable[str] | None = None, history: bool = False, timeout_s: float = 5.0,
+                 curve=None, context: zmq.Context | None = None) -> dict:
     """Ask the agent for its current state.
 
     Parameters
@@ -66,6 +66,9 @@ def get_snapshot(endpoint: str = DEFAULT_ENDPOINT, *, snapshot_endpoint: str | N
         The snapshot endpoint, when not port + 1.
     topics : iterable of str, optional
         Only these topics in ``docs``; default all.
+    history : bool
+        Also the recent ``status`` and ``metrics`` documents (``history``), for
+        traces and trends.
     timeout_s : float
         Seconds to wait for the reply.
     curve : str, os.PathLike or CurveClientKeys, optional
@@ -94,6 +97,8 @@ def get_snapshot(endpoint: str = DEFAULT_ENDPOINT, *, snapshot_endpoint: str | N
         request = {"request": "snapshot"}
         if topics is not None:
             request["topics"] = list(topics)
+        if history:
+            request["history"] = True
         sock.send(json.dumps(request).encode())
         if not sock.poll(int(timeout_s * 1000)):
             raise TimeoutError(f"no snapshot from {snapshot_endpoint} within {timeout_s:g} s: "
@@ -107,17 +112,27 @@ def get_snapshot(endpoint: str = DEFAULT_ENDPOINT, *, snapshot_endpoint: str | N
     return reply
 
 
+def snapshot_documents(snap: dict) -> list[dict]:
+    """Every document of a snapshot reply (latest and history), each once, in ``seq`` order."""
+    every = [*snap["docs"].values(), *(d for h in snap.get("history", {}).values() for d in h)]
+    unique = {d["seq"]: d for d in every}
+    return [unique[seq] for seq in sorted(unique)]
+
+
 class Subscription:
     """A live connection to an agent, yielding each document once in ``seq`` order.
 
-    Parameters are those of :func:`subscribe`. Use :meth:`receive` in a loop, and
+    Parameters are those of :func:`subscribe`, plus `history`: start with the
+    recent ``status`` and ``metrics`` documents too (for traces and trends). Use
+    :meth:`receive` in a loop, and
     :meth:`close` (or ``with``) at the end. Reconnection after an agent restart is
     automatic (ZeroMQ reconnects; the new ``run_id`` triggers a snapshot).
     """
 
     def __init__(self, endpoint: str = DEFAULT_ENDPOINT, *, snapshot: bool = True,
-                 snapshot_endpoint: str | None = None, curve=None):
+                 snapshot_endpoint: str | None = None, curve=None, history: bool = False):
         self.endpoint = endpoint
+        self.history = history
         self.snapshot_endpoint = snapshot_endpoint or default_snapshot_endpoint(endpoint)
         self._keys = _client_keys(curve)
         self._ctx = zmq.Context()
@@ -137,7 +152,7 @@ class Subscription:
         """Queue the snapshot's documents that are newer than what was delivered."""
         try:
             snap = get_snapshot(snapshot_endpoint=self.snapshot_endpoint, timeout_s=timeout_s,
-                                curve=self._keys, context=self._ctx)
+                                history=self.history, curve=self._keys, context=self._ctx)
         except (TimeoutError, ValueError) as exc:
             logger.debug("no snapshot: %s", exc)
             return
@@ -146,8 +161,7 @@ class Subscription:
             return  # the agent restarted again meanwhile; the next document resyncs
         done = self.last_seq.get(run, 0)
         limit = upto["seq"] if upto is not None else snap["seq"] + 1
-        docs = sorted((d for d in snap["docs"].values() if done < d["seq"] < limit),
-                      key=lambda d: d["seq"])
+        docs = [d for d in snapshot_documents(snap) if done < d["seq"] < limit]
         self._pending.extend((d["topic"], d) for d in docs)
         self.run_id = run
         if upto is None:

@@ -15,6 +15,7 @@ acquisition processing.
 
 from __future__ import annotations
 
+import collections
 import functools
 import json
 import logging
@@ -34,6 +35,7 @@ logger = logging.getLogger(__name__)
 
 PROTOCOL = "revwatch/1"
 TOPICS = ("status", "metrics", "rev", "stop", "error", "heartbeat")
+HISTORY_TOPICS = ("status", "metrics")  # kept for late joiners' traces and trends
 _FAILURE_LOG_EVERY_S = 60.0
 SCHEMA_DIR = Path(__file__).with_name("schemas")
 
@@ -124,6 +126,9 @@ class EventStream:
         is how clients notice the restart. Default: a random hex string.
     protocol : str
         Version string stamped on every document.
+    history : int
+        Recent documents of each of ``HISTORY_TOPICS`` kept for snapshots, so
+        that a dashboard joining late can draw the drift trace and trends.
 
     Notes
     -----
@@ -133,14 +138,17 @@ class EventStream:
     document to a queue when the work is slow) and must not mutate the document.
     """
 
-    def __init__(self, run_id: str | None = None, *, protocol: str = PROTOCOL):
+    def __init__(self, run_id: str | None = None, *, protocol: str = PROTOCOL, history: int = 500):
         if run_id is not None and (not isinstance(run_id, str) or not run_id):
             raise ValueError(f"run_id must be a non-empty string, got {run_id!r}")
         self.run_id = run_id or uuid.uuid4().hex[:12]
         self.protocol = protocol
         self.started_unix_s = time.time()
         self._seq = 0
+        if not (isinstance(history, int) and history >= 0):
+            raise ValueError(f"history must be an int >= 0, got {history!r}")
         self._latest: dict[str, dict] = {}
+        self._history = {t: collections.deque(maxlen=history) for t in HISTORY_TOPICS}
         self._subscribers: list[_Subscription] = []
         self._emit_lock = threading.RLock()
         self._state_lock = threading.Lock()
@@ -212,6 +220,8 @@ class EventStream:
                 # `stop` is latched: the first one stays the run's verdict.
                 if name != "stop" or "stop" not in self._latest:
                     self._latest[name] = doc
+                if name in self._history:
+                    self._history[name].append(doc)
             for sub in self._subscribers:
                 self._deliver(sub, name, doc)
         return doc
@@ -236,21 +246,25 @@ class EventStream:
                 sub.suppressed += 1
 
     # -- state ---------------------------------------------------------------
-    def snapshot(self) -> dict:
+    def snapshot(self, *, history: bool = False) -> dict:
         """The current state: ``{"protocol", "run_id", "seq", "time_unix_s", "docs"}``.
 
         ``docs`` maps each topic to its latest document (the first ``stop``, which
         is latched); ``seq`` is the last number given out, so any document with a
-        larger ``seq`` is newer than the snapshot.
+        larger ``seq`` is newer than the snapshot. With `history`, ``history``
+        maps each of ``HISTORY_TOPICS`` to its recent documents, oldest first.
         """
         with self._state_lock:
-            return {
+            snap = {
                 "protocol": self.protocol,
                 "run_id": self.run_id,
                 "seq": self._seq,
                 "time_unix_s": time.time(),
                 "docs": dict(self._latest),
             }
+            if history:
+                snap["history"] = {t: list(d) for t, d in self._history.items()}
+            return snap
 
     def latest(self, topic: str) -> dict | None:
         """The latest document of ``topic`` (the latched one for ``stop``), or None."""

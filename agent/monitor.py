@@ -24,7 +24,7 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from agent.client import DEFAULT_ENDPOINT, Subscription, get_snapshot
+from agent.client import DEFAULT_ENDPOINT, Subscription, get_snapshot, snapshot_documents
 
 __all__ = ["MonitorState", "render", "verdict", "run_monitor"]
 
@@ -461,13 +461,13 @@ def run_monitor(endpoint: str = DEFAULT_ENDPOINT, *, once: bool = False, timeout
     if once:
         try:
             snap = get_snapshot(endpoint, snapshot_endpoint=snapshot_endpoint, timeout_s=timeout_s,
-                                curve=keys_dir)
+                                history=True, curve=keys_dir)
         except TimeoutError as exc:
             console.print(render(state, width=console.width, height=console.height))
             console.print(f"[red]{exc}[/]")
             return 2
         now = time.time()
-        for doc in sorted(snap["docs"].values(), key=lambda d: d["seq"]):
+        for doc in snapshot_documents(snap):
             state.update(doc["topic"], doc, received_unix_s=now)  # the reply proves it is alive
         state.tick(now)
         console.print(render(state, width=console.width, height=console.height))
@@ -476,7 +476,7 @@ def run_monitor(endpoint: str = DEFAULT_ENDPOINT, *, once: bool = False, timeout
     from rich.live import Live
 
     deadline = None if max_runtime_s is None else time.monotonic() + max_runtime_s
-    with Subscription(endpoint, snapshot_endpoint=snapshot_endpoint, curve=keys_dir) as sub, \
+    with Subscription(endpoint, snapshot_endpoint=snapshot_endpoint, curve=keys_dir, history=True) as sub, \
             Live(render(state), console=console, screen=console.is_terminal, auto_refresh=False,
                  transient=False) as live:  # full screen on a terminal; a pipe gets the last frame
         try:

@@ -322,10 +322,12 @@ class Publisher:
                 raise ValueError(f"unknown request {req!r}")
         except ValueError as exc:
             return {"protocol": self.stream.protocol, "error": f"bad snapshot request: {exc}"}
-        snap = self.stream.snapshot()
+        snap = self.stream.snapshot(history=bool(req.get("history")))
         topics = req.get("topics")
         if topics:
             snap["docs"] = {t: d for t, d in snap["docs"].items() if t in topics}
+            if "history" in snap:
+                snap["history"] = {t: d for t, d in snap["history"].items() if t in topics}
         return snap
 
     # -- lifetime ------------------------------------------------------------

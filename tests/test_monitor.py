@@ -152,3 +152,74 @@ def test_run_monitor_live_loop_follows_the_agent():
     assert done.is_set()
     text = console.export_text()
     assert "ACQUIRING" in text and "7 slices" in text and "run-live" in text
+
+
+def _free_port_pair():
+    """A port p with p + 1 also free (the monitor CLI finds snapshots at port + 1)."""
+    import socket
+
+    for _ in range(50):
+        with socket.socket() as a:
+            a.bind(("127.0.0.1", 0))
+            port = a.getsockname()[1]
+            with socket.socket() as b:
+                try:
+                    b.bind(("127.0.0.1", port + 1))
+                except OSError:
+                    continue
+        return port
+    pytest.skip("no pair of consecutive free ports")
+
+
+def _wait_for_screen(session, *needles, timeout_s=60.0):
+    import subprocess
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    text = ""
+    while time.monotonic() < deadline:
+        text = subprocess.run(["tmux", "capture-pane", "-p", "-t", session], capture_output=True,
+                              text=True).stdout
+        if all(n in text for n in needles):
+            return text
+        time.sleep(0.2)
+    raise AssertionError(f"{needles} never on screen; last screen:\n{text}")
+
+
+def test_monitor_in_a_real_terminal_loses_and_recovers_the_agent(tmp_path):
+    """`revwatch monitor` in tmux: live figures, AGENT LOST when the agent dies, back on restart."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    if shutil.which("tmux") is None:
+        pytest.skip("tmux is not installed")
+    port = _free_port_pair()
+    endpoint, snapshot = f"tcp://127.0.0.1:{port}", f"tcp://127.0.0.1:{port + 1}"
+    session = f"revwatch-test-{os.getpid()}"
+    root = Path(__file__).parents[1]
+    # COLUMNS/LINES would pin rich to 80x24 whatever the pane size
+    command = (f"cd {root} && env -u COLUMNS -u LINES PYTHONPATH={root} {sys.executable} -c "
+               f"'from agent.monitor import run_monitor; run_monitor(\"{endpoint}\")'")
+    first = EventStream("run-first")
+    pub = Publisher(first, endpoint, snapshot_endpoint=snapshot, heartbeat_s=0.2)
+    try:
+        _, _ = acquiring_state(first, slices=12)
+        subprocess.run(["tmux", "new-session", "-d", "-s", session, "-x", "100", "-y", "30", command],
+                       check=True)
+        live = _wait_for_screen(session, "ACQUIRING", "12 slices", "run-first", "vol. fraction active",
+                                "drift dy +6.0 px")
+        pub.close()  # the agent dies: heartbeats stop
+        lost = _wait_for_screen(session, "AGENT LOST")
+        second = EventStream("run-second")
+        pub = Publisher(second, endpoint, snapshot_endpoint=snapshot, heartbeat_s=0.2)
+        rev = {"representative": True, "metrics": REV_METRICS, "not_stationary": []}
+        second.emit("stop", {"reason": "all metrics within tolerance", "depth_slices": 12, "rev": rev})
+        back = _wait_for_screen(session, "REPRESENTATIVE: you can stop", "run-second")
+    finally:
+        subprocess.run(["tmux", "kill-session", "-t", session], capture_output=True)
+        pub.close()
+    assert "AGENT LOST" not in back and "run-first" not in back
+    print("\n--- live ---\n" + live + "\n--- lost ---\n" + lost + "\n--- restarted ---\n" + back)

@@ -104,8 +104,13 @@ def test_late_joiner_gets_the_state_from_the_snapshot():
                                                               "active": 0.45, "unassigned": 0.0}})
         # heartbeat_s is an hour: nothing else is published, only the snapshot can answer
         snap = get_snapshot(pub.endpoint, snapshot_endpoint=pub.snapshot_endpoint, timeout_s=10)
-        only_status = get_snapshot(snapshot_endpoint=pub.snapshot_endpoint, topics=["status"])
+        only_status = get_snapshot(snapshot_endpoint=pub.snapshot_endpoint, topics=["status"],
+                                   history=True)
     validate_document(snap, topic="snapshot")
+    validate_document(only_status, topic="snapshot")
+    assert "history" not in snap  # only on request: replies stay small
+    assert [d["slices_seen"] for d in only_status["history"]["status"]] == [1, 2]
+    assert set(only_status["history"]) == {"status"}
     assert snap["run_id"] == stream.run_id and snap["seq"] == stream.seq == 4  # 1 heartbeat + 3
     assert snap["docs"]["status"]["slices_seen"] == 2
     assert snap["docs"]["metrics"] == metrics
