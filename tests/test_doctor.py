@@ -5,6 +5,8 @@ import os
 import re
 import shutil
 import socket
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -345,3 +347,21 @@ def test_run_doctor_missing_folder(tmp_path):
     assert checks[0].status == FAIL and "slices" not in [c.name for c in checks]
     with pytest.raises(ValueError, match="expected_slices"):
         doctor_checks(config, expected_slices=0)
+
+
+def test_cli_exit_code_and_table(small_fei_project, tmp_path):
+    """`revwatch doctor` as a user runs it: a separate process, the exit code, the table."""
+    port = _free_pair()
+    args = [sys.executable, "-m", "agent.cli", "doctor",
+            "--set", f'acquisition.folder="{small_fei_project}"',
+            "--set", f'volume.path="{tmp_path / "v.ome.zarr"}"',
+            "--set", f'publish.endpoint="tcp://127.0.0.1:{port}"']
+    env = {**os.environ, "COLUMNS": "200"}
+    with socket.socket() as occupier:
+        occupier.bind(("127.0.0.1", port))
+        occupier.listen(1)
+        result = subprocess.run(args, capture_output=True, text=True, timeout=120, env=env,
+                                cwd=os.path.dirname(os.path.dirname(__file__)))
+    assert result.returncode == 1, result.stderr
+    assert f"tcp://127.0.0.1:{port} is already in use" in result.stdout
+    assert "50 nm (EMProject.emxml" in result.stdout
