@@ -27,10 +27,13 @@ same, so the cost stays bounded as the volume grows, and memory is one window.
   cannot leave it in z, connections through other windows are not seen and pores
   touching the window's z faces do not count as enclosed. So the windowed tortuosity is
   an upper bound of the full one and the connected shares lower bounds; the bias shrinks
-  as the window grows relative to the particle size. On the 96^3 synthetic composite of
-  the tests (particles ~10 voxels across, 32-slice windows) the pooled values are within
-  ~3 % (tortuosity) and ~2 points (shares) of the whole-volume values; keep windows at
-  least ~3 particle diameters thick.
+  as the window grows relative to the particle size. On the 96 x 64 x 64 synthetic
+  composites of the tests (features ~10 voxels across, 32-slice windows, two seeds),
+  against the whole volume: tortuosity +0.2 to +1 %, local thickness mean within
+  0.01 %, connected share of the active phase -0.1 point, interconnected share of a pore
+  network close to its percolation threshold -4 to -6 points. Keep windows at least
+  ~3 particle diameters thick; a phase that percolates only through long detours may
+  not percolate inside a window at all (its tortuosity is then None).
 * A window larger than ``max_window_voxels`` is restricted to a band of x columns (full
   y, the transport axis, always); consecutive windows use consecutive bands, so the
   whole width is visited in turn.
@@ -191,11 +194,14 @@ class VolumeAnalysis:
         Voxel budget of a window (x band beyond it, see the module notes).
     slab_slices : int
         Slices per counting task.
+    expensive_from_slice : int
+        First slice of the first expensive-metric window (e.g. when resuming a long run,
+        to leave the slices already analysed to the cheap metrics only).
     """
 
     def __init__(self, labels, *, spacing_um, phases=Phases(), transport_axis=1, cc_face=0, scheduler=None,
                  expensive_every_slices=32, window_slices=None, halo_slices=8, max_window_voxels=32_000_000,
-                 slab_slices=16):
+                 slab_slices=16, expensive_from_slice=0):
         if getattr(labels, "ndim", None) != 3:
             raise ValueError(f"labels must be a (Z, Y, X) array, got {type(labels).__name__} "
                              f"with shape {getattr(labels, 'shape', None)}")
@@ -220,6 +226,10 @@ class VolumeAnalysis:
         self.halo = halo_slices
         self.max_window_voxels = max_window_voxels
         self.slab = slab_slices
+        if isinstance(expensive_from_slice, bool) or not isinstance(expensive_from_slice, int) \
+                or expensive_from_slice < 0:
+            raise ValueError(f"expensive_from_slice must be an integer >= 0, got {expensive_from_slice!r}")
+        self.origin = expensive_from_slice
         self._labels = labels
         self._n_values = n_label_values(phases)
         self._counts: SlabCounts | None = None
@@ -268,7 +278,7 @@ class VolumeAnalysis:
     # -- expensive, windowed --------------------------------------------------------------
 
     def _window_task(self, index, depth):
-        z0 = index * self.window
+        z0 = self.origin + index * self.window
         z1 = min(z0 + self.window, depth)
         lo, hi = max(z0 - self.halo, 0), min(z1 + self.halo, depth)
         _, ny, nx = self._labels.shape
@@ -327,10 +337,10 @@ class VolumeAnalysis:
         self._depth = depth
         tasks = self._count_tasks(self._counted, depth)
         # Windows whose halo after them is acquired are final; they are computed once.
-        ready = max(0, (depth - self.halo) // self.window)
+        ready = max(0, (depth - self.origin - self.halo) // self.window)
         new_windows = list(range(self._windows_done, ready))
         window_tasks = [self._window_task(k, depth) for k in new_windows]
-        want_tail = (full or ready == 0) and ready * self.window < depth
+        want_tail = (full or ready == 0) and self.origin + ready * self.window < depth
         tail_task = [self._window_task(ready, depth)] if want_tail else []
         results = self._compute(tasks + window_tasks + tail_task)
         counts, windows, tail = results[:len(tasks)], results[len(tasks):len(tasks) + len(window_tasks)], \
@@ -347,8 +357,8 @@ class VolumeAnalysis:
         doc = {"depth_slices": depth, "spacing_um": list(self.spacing_um)}
         doc.update(counts_metrics(self._counts, spacing_um=self.spacing_um, phases=self.phases))
         doc.update(self._expensive_doc(sums))
-        covered = min(depth, ready * self.window) if not tail else depth
-        doc["expensive_depth_slices"] = covered
+        covered = depth if tail else min(depth, self.origin + ready * self.window)
+        doc["expensive_depth_slices"] = max(0, covered - self.origin)
         doc["expensive_windows"] = ready + len(tail)
         return doc
 
