@@ -44,6 +44,7 @@ __all__ = [
     "RevMetric",
     "phase_fraction",
     "default_metrics",
+    "table1_metrics",
     "SubvolumeCurve",
     "subvolume_curve",
     "KanitFit",
@@ -111,6 +112,84 @@ def default_metrics(phases: Phases | None = None) -> tuple[RevMetric, ...]:
         RevMetric(f"volume_fraction.{name}", phase_fraction(label), additive=True)
         for name, label in phases.labels.items()
     )
+
+
+def _or_nan(value):
+    return math.nan if value is None else float(value)
+
+
+def table1_metrics(
+    phases: Phases | None = None,
+    *,
+    transport_axis: int = 1,
+    min_extent_um: float = 1.0,
+    expensive: bool = True,
+) -> tuple[RevMetric, ...]:
+    """REV metrics for Table 1, computed by :mod:`processing.metrics` on each block.
+
+    The volume fractions of :func:`default_metrics`, then (for the phases that
+    play the roles) A_active / V_cell, the coverage of the active surface by
+    the electrolyte and, with `expensive`, the mean local thickness of the
+    active phase, the share of active material connected to the first face
+    of `transport_axis`, the interconnected share of the pore and the
+    geometric tortuosity of the electrolyte along `transport_axis` (``y+``).
+
+    Parameters
+    ----------
+    phases : Phases, optional
+    transport_axis : int, optional
+        Axis of the tortuosity and of the current-collector face.
+    min_extent_um : float, optional
+        Smallest block thickness / cube edge for the surface and expensive
+        metrics: they measure shapes, which a thin block cuts.
+    expensive : bool, optional
+        Include local thickness, connectivity and tortuosity (seconds per
+        block on large slices).
+
+    Returns
+    -------
+    tuple of RevMetric
+    """
+    from processing import metrics as m  # lazy: only needed when these metrics are asked for
+
+    phases = Phases() if phases is None else phases
+    out = list(default_metrics(phases))
+    active = phases.roles.get("active")
+    pore = phases.roles.get("pore")
+    electrolyte = phases.roles.get("electrolyte")
+
+    def counts(block, spacing):
+        return m.counts_metrics(m.count_volume(block, phases=phases, threads=1), spacing_um=spacing, phases=phases)
+
+    def mask(block, name):
+        return np.asarray(block) == phases.label(name)
+
+    if active is not None:
+        out.append(RevMetric(f"surface_area_per_cell_volume_um-1.{active}",
+                             lambda b, s: _or_nan(counts(b, s)["surface_area_per_cell_volume_um-1"][active]),
+                             min_extent_um=min_extent_um))
+        if electrolyte is not None:
+            out.append(RevMetric(f"coverage_share.{active}",
+                                 lambda b, s: _or_nan(counts(b, s)["coverage_share"][active]),
+                                 min_extent_um=min_extent_um))
+    if expensive and active is not None:
+        out.append(RevMetric(f"local_thickness_um.{active}.mean",
+                             lambda b, s: _or_nan(m.local_thickness_summary(mask(b, active), spacing_um=s)["mean"]),
+                             min_extent_um=min_extent_um))
+        out.append(RevMetric(f"connected_share.{active}",
+                             lambda b, s: _or_nan(m.connected_share(mask(b, active), axis=transport_axis)),
+                             min_extent_um=min_extent_um))
+    if expensive and pore is not None:
+        out.append(RevMetric(f"interconnected_share.{pore}",
+                             lambda b, s: _or_nan(m.interconnected_share(mask(b, pore))),
+                             min_extent_um=min_extent_um))
+    if expensive and electrolyte is not None:
+        axis_name = "zyx"[transport_axis]
+        out.append(RevMetric(f"tortuosity_geometric.{electrolyte}.{axis_name}+",
+                             lambda b, s: _or_nan(m.geometric_tortuosity(mask(b, electrolyte), spacing_um=s,
+                                                                         axis=transport_axis).forward),
+                             min_extent_um=min_extent_um))
+    return tuple(out)
 
 
 def _spacing(spacing_um) -> tuple[float, float, float]:
@@ -304,14 +383,16 @@ class KanitFit:
     variances: np.ndarray
 
     def variance(self, volume_um3):
-        """Predicted variance of the metric measured on one volume `volume_um3`."""
-        if self.alpha_used != self.alpha:
-            # Pivot the clipped law on the largest volume measured: the data
-            # there are the most relevant to extrapolation.
-            v0 = float(self.volumes_um3.max())
+        """Predicted variance of the metric measured on one volume `volume_um3`.
+
+        Extrapolated from the variance measured on the largest volume (the
+        data most relevant to larger volumes) with the exponent `alpha_used`.
+        """
+        i = int(np.argmax(self.volumes_um3))
+        v0, var0 = float(self.volumes_um3[i]), float(self.variances[i])
+        if var0 == 0:
             var0 = self.K * v0 ** -self.alpha
-            return var0 * (np.asarray(volume_um3, dtype=float) / v0) ** -self.alpha_used
-        return self.K * np.asarray(volume_um3, dtype=float) ** -self.alpha
+        return var0 * (np.asarray(volume_um3, dtype=float) / v0) ** -self.alpha_used
 
     def relative_error(self, volume_um3, *, n=1, z=2.0):
         """Kanit's ``eps = z sigma(V) / (mean sqrt(n))`` of a mean over `n` volumes `volume_um3`."""
@@ -329,10 +410,12 @@ class KanitFit:
         target_var = (tolerance * abs(self.mean) / z) ** 2
         v0 = float(self.volumes_um3.max())
         var0 = float(self.variance(v0))
+        if var0 == 0:
+            return 0.0
         return v0 * (var0 / target_var) ** (1 / self.alpha_used)
 
 
-def fit_kanit(volumes_um3, variances, *, mean, weights=None, alpha_bounds=(0.2, 1.0)) -> KanitFit:
+def fit_kanit(volumes_um3, variances, *, mean, weights=None, alpha_bounds=(0.5, 1.0)) -> KanitFit:
     """Fit ``sigma^2(V) = K V^-alpha`` by least squares in log-log.
 
     Parameters
@@ -378,7 +461,7 @@ def fit_kanit(volumes_um3, variances, *, mean, weights=None, alpha_bounds=(0.2, 
     )
 
 
-def kanit_from_curve(curve: SubvolumeCurve, *, alpha_bounds=(0.2, 1.0)) -> KanitFit:
+def kanit_from_curve(curve: SubvolumeCurve, *, alpha_bounds=(0.5, 1.0)) -> KanitFit:
     """Kanit fit on the cube variances of a :class:`SubvolumeCurve` (edges with >= 2 cubes)."""
     ok = curve.n_samples >= 2
     mean = float(np.average(curve.mean[ok], weights=curve.volumes_um3[ok] * curve.n_samples[ok]))
@@ -604,6 +687,12 @@ class RevTracker:
         across the depth analysed is at most ``max_drift * tolerance``, so
         that a trend too weak to be significant yet cannot carry the value
         away when the acquisition continues.
+    min_depth_um : float, optional
+        No verdict of representativeness below this depth. Default: the
+        smaller lateral extent of the slices, i.e. the volume must be at least
+        as deep as it is wide. Statistics of a thinner slab say nothing about
+        variations along z on scales beyond its depth (a gradient over the
+        whole acquisition looks flat in its first slices). 0 disables.
     subvolume_samples : int, optional
         Cubes per edge of the subvolume curve (for ``rev_edge_um``), redrawn
         each time the depth has grown by a quarter.
@@ -632,11 +721,12 @@ class RevTracker:
         hold_fraction: float = 0.1,
         min_blocks: int = 8,
         fit_levels: int = 3,
-        alpha_bounds=(0.2, 1.0),
+        alpha_bounds=(0.5, 1.0),
         trend_significance: float = 0.01,
         trend_min_drift: float = 0.5,
         max_drift: float = 1.0,
         drift_sigmas: float = 1.0,
+        min_depth_um: float | None = None,
         subvolume_samples: int = 16,
         rng=None,
     ):
@@ -676,6 +766,9 @@ class RevTracker:
         self.max_drift = float(max_drift)
         self.drift_sigmas = float(drift_sigmas)
         self.subvolume_samples = int(subvolume_samples)
+        if min_depth_um is not None and not (math.isfinite(min_depth_um) and min_depth_um >= 0):
+            raise ValueError(f"min_depth_um must be >= 0, got {min_depth_um!r}")
+        self.min_depth_um = min_depth_um
         self._rng = np.random.default_rng(rng)
         dz = self.spacing[0]
         self._states = [_MetricState(m, max(1, math.ceil(m.min_extent_um / dz - 1e-9))) for m in metrics]
@@ -730,8 +823,10 @@ class RevTracker:
             The ``rev`` document: ``representative``, ``depth_slices``,
             ``depth_um``, ``tolerance``, ``metrics`` {name: {``value``,
             ``relative_error``, ``converged``, ``rev_edge_um``,
-            ``slices_needed``, ``not_stationary``, ``alpha``, ``reason``}},
-            ``not_stationary`` (names) and ``reasons`` (why not
+            ``slices_needed``, ``not_stationary``, ``alpha``,
+            ``trend_relative_drift``, ``reason``}}, ``slices_needed`` (the
+            most any metric or the minimum depth still needs, None when
+            unknown), ``not_stationary`` (names) and ``reasons`` (why not
             representative, empty when it is).
         """
         labels = _check_volume(labels)
@@ -753,12 +848,21 @@ class RevTracker:
                 drifting.append(st.metric.name)
             if not entry["converged"]:
                 reasons.append(entry["reason"])
-        representative = not reasons
         dz, dy, dx = self.spacing
+        min_depth_um = min(ny * dy, nx * dx) if self.min_depth_um is None else self.min_depth_um
+        min_slices = math.ceil(min_depth_um / dz - 1e-9)
+        if depth < min_slices:
+            reasons.append(f"depth {depth * dz:.3g} um is below the minimum {min_depth_um:.3g} um "
+                           f"({min_slices - depth} more slices)")
+        representative = not reasons
+        needed = [e["slices_needed"] for e in entries.values()]
+        slices_needed = None if None in needed else max(needed + [max(0, min_slices - depth)])
         self._document = {
             "representative": representative,
             "depth_slices": depth,
             "depth_um": depth * dz,
+            "min_depth_um": min_depth_um,
+            "slices_needed": 0 if representative else slices_needed,
             "tolerance": self.tolerance,
             "confidence": self.confidence,
             "metrics": entries,
@@ -835,6 +939,10 @@ class RevTracker:
             st.streak_start, st.streak_updates = None, 0
         entry["converged"] = failure is None
         entry["reason"] = failure
+        # JSON-ready: plain floats, null for anything not finite.
+        for key in ("value", "relative_error", "alpha", "trend_relative_drift"):
+            v = entry[key]
+            entry[key] = float(v) if v is not None and math.isfinite(v) else None
         st.entry = entry
         return entry
 
