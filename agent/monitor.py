@@ -215,9 +215,12 @@ def verdict(state: MonitorState) -> tuple[str, str, str]:
     if rev.get("representative"):
         return ("REPRESENTATIVE: you can stop", "bold black on green",
                 f"at {rev.get('depth_slices')} slices")
-    needed = [m.get("slices_needed") for m in (rev.get("metrics") or {}).values()
-              if not m.get("converged") and m.get("slices_needed") is not None]
-    detail = f"about {max(needed)} more slices needed" if needed else "REV not reached yet"
+    needed = rev.get("slices_needed")
+    if needed is None:
+        per_metric = [m.get("slices_needed") for m in (rev.get("metrics") or {}).values()
+                      if not m.get("converged") and m.get("slices_needed") is not None]
+        needed = max(per_metric, default=None)
+    detail = f"about {needed} more slices needed" if needed else "REV not reached yet"
     return "ACQUIRING", "bold white on blue", detail
 
 

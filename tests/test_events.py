@@ -7,7 +7,7 @@ import threading
 import numpy as np
 import pytest
 
-from agent.events import PROTOCOL, EventStream, JsonLinesSink
+from agent.events import PROTOCOL, EventStream, JsonLinesSink, validate_document
 
 
 def test_emit_stamps_common_fields_and_plain_json():
@@ -105,3 +105,28 @@ def test_json_lines_sink_writes_one_doc_per_line_and_skips_heartbeats(tmp_path):
         stream.emit("metrics", {"depth_slices": 1})
     lines = [json.loads(x) for x in path.read_text().splitlines()]
     assert [(d["topic"], d["seq"]) for d in lines] == [("status", 1), ("metrics", 3)]
+
+
+def test_documents_of_the_real_rev_tracker_validate_against_the_schemas():
+    from processing.rev import RevTracker
+    from processing.synthetic import generate_microstructure
+
+    labels = generate_microstructure((24, 64, 64), spacing_um=(0.05, 0.05, 0.05), particle_radius_um=0.3, rng=0)
+    tracker = RevTracker(spacing_um=(0.05, 0.05, 0.05), rng=0)
+    stream = EventStream()
+    for depth in (8, 16, 24):
+        rev = stream.emit("rev", tracker.update(labels[:depth]))
+        validate_document(rev)
+    assert set(rev["metrics"]) == {"volume_fraction.pore", "volume_fraction.electrolyte", "volume_fraction.active"}
+    validate_document(stream.emit("stop", {"reason": "end of acquisition", "depth_slices": 24, "rev": rev}))
+    validate_document(stream.snapshot(history=True), topic="snapshot")
+
+
+def test_schema_rejects_a_renamed_field():
+    stream = EventStream()
+    doc = stream.emit("status", {"slices_seen": 1, "processed": 1, "last_index": 1, "drift_px": None,
+                                 "rate_slices_per_s": None})
+    with pytest.raises(Exception, match="slices_processed"):
+        validate_document(doc)
+    with pytest.raises(KeyError, match="no schema"):
+        validate_document({"topic": "gossip"})
