@@ -261,11 +261,12 @@ class Publisher:
                     break
                 if item is not None:
                     name, doc = item
-                    frames = [name.encode(), encode(doc)]
-                    self._send(frames)
-                    if name == "stop" and stop_frames is None:
-                        stop_frames = frames
-                        next_stop = time.monotonic() + self.stop_repeat_s
+                    self._send([name.encode(), encode(doc)])
+                if stop_frames is None and self._queue.empty() and self.stream.stopped:
+                    # latch from the stream once the queue is drained (documents stay in seq
+                    # order), so that a stop dropped by a full queue is still repeated
+                    stop_frames = [b"stop", encode(self.stream.latest("stop"))]
+                    next_stop = time.monotonic() + (self.stop_repeat_s if item and item[0] == "stop" else 0)
                 if stop_frames and time.monotonic() >= next_stop:
                     self._send(stop_frames)  # same document, same seq: clients de-duplicate
                     next_stop = time.monotonic() + self.stop_repeat_s
