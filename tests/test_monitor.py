@@ -171,7 +171,8 @@ def _free_port_pair():
     pytest.skip("no pair of consecutive free ports")
 
 
-def _wait_for_screen(session, *needles, timeout_s=60.0):
+def _wait_for_screen(session, *needles, absent=(), timeout_s=60.0):
+    """The tmux pane's text once it shows every needle and none of `absent`."""
     import subprocess
     import time
 
@@ -180,10 +181,10 @@ def _wait_for_screen(session, *needles, timeout_s=60.0):
     while time.monotonic() < deadline:
         text = subprocess.run(["tmux", "capture-pane", "-p", "-t", session], capture_output=True,
                               text=True).stdout
-        if all(n in text for n in needles):
+        if all(n in text for n in needles) and not any(a in text for a in absent):
             return text
         time.sleep(0.2)
-    raise AssertionError(f"{needles} never on screen; last screen:\n{text}")
+    raise AssertionError(f"{needles} (without {absent}) never on screen; last screen:\n{text}")
 
 
 def test_monitor_in_a_real_terminal_loses_and_recovers_the_agent(tmp_path):
@@ -222,4 +223,47 @@ def test_monitor_in_a_real_terminal_loses_and_recovers_the_agent(tmp_path):
         subprocess.run(["tmux", "kill-session", "-t", session], capture_output=True)
         pub.close()
     assert "AGENT LOST" not in back and "run-first" not in back
+    print("\n--- live ---\n" + live + "\n--- lost ---\n" + lost + "\n--- restarted ---\n" + back)
+
+
+@pytest.mark.slow
+def test_monitor_in_a_real_terminal_against_the_real_agent(tmp_path, small_fei_project):
+    """`revwatch run` on a folder, `revwatch monitor` in tmux; kill -9 the agent, restart it."""
+    import os
+    import shutil
+    import signal
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    if shutil.which("tmux") is None:
+        pytest.skip("tmux is not installed")
+    incoming = tmp_path / "incoming"
+    shutil.copytree(small_fei_project, incoming)
+    port = _free_port_pair()
+    endpoint = f"tcp://127.0.0.1:{port}"
+    root = Path(__file__).parents[1]
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    env.pop("COLUMNS", None)
+    env.pop("LINES", None)
+    agent_cmd = [sys.executable, "-m", "agent.cli", "run", str(incoming), "--endpoint", endpoint,
+                 "--set", "publish.heartbeat_interval_s=0.5"]
+    session = f"revwatch-agent-test-{os.getpid()}"
+    agent = subprocess.Popen(agent_cmd, cwd=root, env=env, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)
+    try:
+        subprocess.run(["tmux", "new-session", "-d", "-s", session, "-x", "100", "-y", "30",
+                        f"cd {root} && env -u COLUMNS -u LINES PYTHONPATH={root} {sys.executable} "
+                        f"-m agent.cli monitor {endpoint}"], check=True)
+        live = _wait_for_screen(session, "16 slices", "vol. fraction", timeout_s=180)
+        agent.send_signal(signal.SIGKILL)
+        agent.wait()
+        lost = _wait_for_screen(session, "AGENT LOST", timeout_s=60)
+        agent = subprocess.Popen(agent_cmd, cwd=root, env=env, stdout=subprocess.DEVNULL,
+                                 stderr=subprocess.DEVNULL)
+        back = _wait_for_screen(session, "♥", absent=("AGENT LOST",), timeout_s=180)
+    finally:
+        subprocess.run(["tmux", "kill-session", "-t", session], capture_output=True)
+        agent.kill()
+        agent.wait()
     print("\n--- live ---\n" + live + "\n--- lost ---\n" + lost + "\n--- restarted ---\n" + back)
