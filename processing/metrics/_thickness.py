@@ -42,7 +42,46 @@ _CENTRE_TOLERANCE = 0.3
 
 
 @numba.njit(cache=True, nogil=True)
-def _is_maximal(dist, z, y, x, steps, tol):
+def _maximal_ball_centres(dist, sz, sy, sx, tol):
+    """Centres whose ball is inside no neighbour's ball (up to `tol` um)."""
+    nz, ny, nx = dist.shape
+    offsets = np.empty(26, np.int64)
+    reach = np.empty(26, np.float32)
+    i = 0
+    for oz in range(-1, 2):
+        for oy in range(-1, 2):
+            for ox in range(-1, 2):
+                if oz or oy or ox:
+                    offsets[i] = (oz * ny + oy) * nx + ox
+                    reach[i] = math.sqrt((oz * sz) ** 2 + (oy * sy) ** 2 + (ox * sx) ** 2) - tol
+                    i += 1
+    flat = dist.ravel()
+    keep = np.zeros(dist.shape, np.bool_)
+    keep_flat = keep.ravel()
+    for z in range(nz):
+        for y in range(ny):
+            interior = 0 < z < nz - 1 and 0 < y < ny - 1
+            base = (z * ny + y) * nx
+            for x in range(nx):
+                r = dist[z, y, x]
+                if r <= 0:
+                    continue
+                if interior and 0 < x < nx - 1:
+                    # fast path: flat offsets, no bounds checks
+                    maximal = True
+                    p = base + x
+                    for k in range(26):
+                        if flat[p + offsets[k]] >= r + reach[k]:
+                            maximal = False
+                            break
+                    keep_flat[p] = maximal
+                else:
+                    keep[z, y, x] = _is_maximal_border(dist, z, y, x, sz, sy, sx, tol)
+    return keep
+
+
+@numba.njit(cache=True, nogil=True)
+def _is_maximal_border(dist, z, y, x, sz, sy, sx, tol):
     nz, ny, nx = dist.shape
     r = dist[z, y, x]
     for oz in range(-1, 2):
@@ -57,27 +96,10 @@ def _is_maximal(dist, z, y, x, steps, tol):
                 xx = x + ox
                 if xx < 0 or xx >= nx or (oz == 0 and oy == 0 and ox == 0):
                     continue
-                if dist[zz, yy, xx] >= r + steps[oz + 1, oy + 1, ox + 1] - tol:
+                step = math.sqrt((oz * sz) ** 2 + (oy * sy) ** 2 + (ox * sx) ** 2)
+                if dist[zz, yy, xx] >= r + step - tol:
                     return False
     return True
-
-
-@numba.njit(cache=True, nogil=True)
-def _maximal_ball_centres(dist, sz, sy, sx, tol):
-    """Centres whose ball is inside no neighbour's ball (up to `tol` um)."""
-    steps = np.empty((3, 3, 3))
-    for oz in range(3):
-        for oy in range(3):
-            for ox in range(3):
-                steps[oz, oy, ox] = math.sqrt(((oz - 1) * sz) ** 2 + ((oy - 1) * sy) ** 2 + ((ox - 1) * sx) ** 2)
-    nz, ny, nx = dist.shape
-    keep = np.zeros(dist.shape, np.bool_)
-    for z in range(nz):
-        for y in range(ny):
-            for x in range(nx):
-                if dist[z, y, x] > 0:
-                    keep[z, y, x] = _is_maximal(dist, z, y, x, steps, tol)
-    return keep
 
 
 @numba.njit(cache=True, nogil=True)
