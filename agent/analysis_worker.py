@@ -1,0 +1,180 @@
+"""The analysis thread: refresh metrics and the REV verdict as the volume grows, off the slice path.
+
+The slice thread only calls :meth:`AnalysisWorker.notify` with the new depth; this thread wakes
+up every ``analysis.every_slices`` new slices (and once more at the end of the run), runs the
+Dask metrics (:class:`agent.analysis.VolumeAnalysis`) and the REV tracker
+(:class:`processing.rev.RevTracker`) on the committed part of the volume, and emits ``metrics``
+and ``rev`` documents, then the latched ``stop`` once the volume is representative. A failing
+update is published as an ``error`` document and the next one is tried: slices keep flowing.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from agent.analysis import VolumeAnalysis
+from agent.config import Config, ConfigError
+from agent.events import EventStream
+from processing.phases import Phases
+from processing.rev import RevTracker, table1_metrics
+
+__all__ = ["AnalysisWorker", "CommittedView"]
+
+log = logging.getLogger(__name__)
+
+
+class CommittedView:
+    """Read-only view of the first `depth` slices of a Zarr array (what the store has committed).
+
+    An append resizes the array before it commits the slice, so readers must not trust the
+    array's own shape; this view pins it.
+    """
+
+    def __init__(self, array, depth: int):
+        self._array = array
+        self.shape = (int(depth), *array.shape[1:])
+        self.dtype = array.dtype
+        self.ndim = array.ndim
+
+    def __getitem__(self, key):
+        if not isinstance(key, tuple):
+            key = (key,)
+        first = key[0]
+        if isinstance(first, slice):
+            start, stop, step = first.indices(self.shape[0])
+            key = (slice(start, stop, step), *key[1:])
+        elif isinstance(first, int) and not -self.shape[0] <= first < self.shape[0]:
+            raise IndexError(f"slice {first} is beyond the committed depth {self.shape[0]}")
+        elif isinstance(first, int) and first < 0:
+            key = (first + self.shape[0], *key[1:])
+        return self._array[key]
+
+    def __array__(self, dtype=None, copy=None):
+        data = self[:]
+        return data if dtype is None else data.astype(dtype)
+
+
+def _tracked(names, phases: Phases, transport_axis: int):
+    """The REV metrics to follow: the configured names, or the cheap Table 1 set by default."""
+    if names is None:
+        return table1_metrics(phases, transport_axis=transport_axis, expensive=False)
+    available = {m.name: m for m in table1_metrics(phases, transport_axis=transport_axis, expensive=True)}
+    unknown = sorted(set(names) - set(available))
+    if unknown:
+        raise ConfigError(f"rev.tracked: unknown metrics {unknown}; available: {sorted(available)}")
+    return tuple(available[name] for name in names)
+
+
+class AnalysisWorker:
+    """Runs the metrics and the REV decision in its own thread.
+
+    Parameters
+    ----------
+    events : EventStream
+        Where ``metrics``, ``rev``, ``stop`` and ``error`` documents go.
+    phases : Phases
+    config : Config
+        Uses the ``analysis`` and ``rev`` sections.
+    """
+
+    def __init__(self, events: EventStream, *, phases: Phases, config: Config):
+        self.events = events
+        self.phases = phases
+        self.config = config
+        self._store = None
+        self._analysis: VolumeAnalysis | None = None
+        self._rev: RevTracker | None = None
+        self._cond = threading.Condition()
+        self._wanted = 0
+        self._done = 0
+        self._final = False
+        self._busy = False
+        self._closing = False
+        self._thread = threading.Thread(target=self._run, name="revwatch analysis", daemon=True)
+        self._thread.start()
+
+    def attach(self, store) -> None:
+        """Analyse `store` from now on (called once the volume exists)."""
+        cfg = self.config
+        transport_axis = "zyx".index(cfg.analysis.transport_axis)
+        with self._cond:
+            self._store = store
+            self._analysis = VolumeAnalysis(
+                store.labels,
+                spacing_um=store.spacing_um,
+                phases=self.phases,
+                transport_axis=transport_axis,
+                scheduler=cfg.analysis.scheduler,
+                expensive_every_slices=cfg.analysis.expensive_every_slices,
+            )
+            self._rev = RevTracker(
+                spacing_um=store.spacing_um,
+                metrics=_tracked(cfg.rev.tracked, self.phases, transport_axis),
+                tolerance=cfg.rev.tolerance,
+                rng=0,
+            )
+            if store.depth:
+                self._wanted = store.depth
+                self._cond.notify_all()
+
+    def notify(self, depth: int, *, final: bool = False) -> None:
+        """The volume now holds `depth` committed slices; `final` forces a refresh of everything."""
+        with self._cond:
+            self._wanted = max(self._wanted, int(depth))
+            self._final = self._final or final
+            self._cond.notify_all()
+
+    def wait_idle(self, timeout_s: float | None = None) -> bool:
+        """Wait until every notified depth has been analysed; False on timeout."""
+        with self._cond:
+            return self._cond.wait_for(
+                lambda: not self._busy and self._done >= self._wanted and not self._final, timeout_s
+            )
+
+    def close(self) -> None:
+        with self._cond:
+            self._closing = True
+            self._cond.notify_all()
+        self._thread.join(timeout=30)
+        if self._analysis is not None:
+            self._analysis.close()
+
+    def _due(self) -> bool:
+        if self._analysis is None or self._wanted <= self._done:
+            return self._final and self._analysis is not None and self._wanted > 0
+        return self._final or self._wanted - self._done >= self.config.analysis.every_slices or self._done == 0
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                self._cond.wait_for(lambda: self._closing or self._due())
+                if self._closing:
+                    return
+                depth, final = self._wanted, self._final
+                self._final = False
+                self._busy = True
+            try:
+                self._update(depth, final=final)
+            except Exception as exc:  # noqa: BLE001 - a failed refresh must never stop acquisition
+                log.exception("analysis at depth %d failed", depth)
+                self.events.emit("error", {
+                    "kind": "analysis",
+                    "message": f"metrics/REV update at depth {depth} failed: {type(exc).__name__}: {exc}",
+                    "critical": False,
+                })
+            finally:
+                with self._cond:
+                    self._done = max(self._done, depth)
+                    self._busy = False
+                    self._cond.notify_all()
+
+    def _update(self, depth: int, *, final: bool) -> None:
+        metrics = self._analysis.update(depth, full=final)
+        self.events.emit("metrics", metrics)
+        rev = self._rev.update(CommittedView(self._store.labels, depth), values=self._analysis.rev_values(metrics))
+        self.events.emit("rev", rev)
+        stop = self._rev.stop
+        if stop is not None and not self.events.stopped:
+            log.info("representative at depth %d: %s", depth, stop.get("reason"))
+            self.events.emit("stop", stop)

@@ -1,0 +1,234 @@
+"""The per-slice chain: correct, align, segment, with the phase model calibrated once.
+
+A small stateful helper (no I/O): it remembers the drift of the previous slices and the phase
+model fitted on the first slices, so that labels stay consistent along z. The agent feeds it
+slices in index order and stores what comes out; the benchmark times the same object.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from processing.align import DriftEstimate, DriftTracker, apply_shift
+from processing.correct import CorrectionModel, fit_correction
+from processing.errors import SliceShapeError
+from processing.io import SliceImage
+from processing.phases import Phases
+from processing.segment import PhaseModel, fit_phase_model
+
+__all__ = ["ProcessedSlice", "SliceChain"]
+
+
+@dataclass(frozen=True, eq=False)
+class ProcessedSlice:
+    """One slice after correction, alignment and segmentation, on the run's canvas.
+
+    Attributes
+    ----------
+    index : int
+        Slice index from the file name.
+    source : str
+        The slice file.
+    z_um : float or None
+        z position recorded by the instrument, if any.
+    pixel_size_um : (float, float) or None
+        Pixel size (dy, dx) from the slice's metadata, if any.
+    arrival_time_unix_s : float
+        When the chain received the slice.
+    grey : (Y, X) ndarray
+        Corrected and aligned grey levels, the input's dtype; 0 outside the field of view.
+    labels : (Y, X) ndarray of uint8
+        Phase labels (phase i = label i+1), 0 = unassigned (outside the field of view).
+    drift : DriftEstimate
+        Shift applied (cumulative vs the first slice), step, confidence, reliability.
+    uncertain_share : float
+        Share of the slice's valid pixels whose phase is uncertain (a segmentation quality figure).
+    timings_ms : dict of str to float
+        Time spent per stage (``correct``, ``align``, ``segment``).
+    """
+
+    index: int
+    source: str
+    z_um: float | None
+    pixel_size_um: tuple[float, float] | None
+    arrival_time_unix_s: float
+    grey: np.ndarray
+    labels: np.ndarray
+    drift: DriftEstimate
+    uncertain_share: float
+    timings_ms: dict = field(default_factory=dict)
+
+
+class SliceChain:
+    """Correct, align and segment slices in index order.
+
+    Parameters
+    ----------
+    phases : Phases
+        The phases to segment, dark to bright.
+    calibration_slices : int, optional
+        The phase model is fitted on this many first slices, then kept fixed. Slices are held
+        back (not returned) until then.
+    brightness_normalisation, curtaining_removal, background_flattening : bool, optional
+        Corrections applied before alignment and segmentation.
+    roi : (y0, y1, x0, x1), optional
+        Alignment region on the canvas, in pixels.
+    phase_model : PhaseModel, optional
+        A model fitted earlier (resume): no calibration.
+    correction : CorrectionModel, optional
+        Corrections fitted earlier (resume).
+    """
+
+    def __init__(
+        self,
+        *,
+        phases: Phases,
+        calibration_slices: int = 8,
+        brightness_normalisation: bool = True,
+        curtaining_removal: bool = True,
+        background_flattening: bool = False,
+        roi=None,
+        phase_model: PhaseModel | None = None,
+        correction: CorrectionModel | None = None,
+    ):
+        if calibration_slices < 1:
+            raise ValueError(f"calibration_slices must be >= 1, got {calibration_slices!r}")
+        if (phase_model is None) != (correction is None):
+            raise ValueError("phase_model and correction are fitted together: give both or neither")
+        self.phases = phases
+        self.calibration_slices = int(calibration_slices)
+        self.correction_options = {
+            "brightness": bool(brightness_normalisation),
+            "curtaining": "column" if curtaining_removal else None,
+            "background": "polynomial" if background_flattening else None,
+        }
+        self.correction = correction
+        self.phase_model = phase_model
+        self.tracker = DriftTracker(roi=roi)
+        self._brightness = (1.0, 0.0)  # the previous slice's (gain, offset): guides the next match
+        self._held: list[tuple[SliceImage, float]] = []
+        self._z_um: list[float] = []
+        self._dtype = None
+
+    @classmethod
+    def from_config(cls, config, *, phases: Phases) -> SliceChain:
+        """A chain set up from the ``[processing]`` section of the configuration."""
+        return cls(
+            phases=phases,
+            calibration_slices=config.calibration_slices,
+            brightness_normalisation=config.brightness_normalisation,
+            curtaining_removal=config.curtaining_removal,
+            background_flattening=config.background_flattening,
+            roi=config.roi,
+        )
+
+    @classmethod
+    def resume(cls, state: dict, *, config, phases: Phases, last_aligned: np.ndarray, last_shift_px) -> SliceChain:
+        """A chain that continues a run from its saved :meth:`state` and its last stored slice."""
+        chain = cls.from_config(config, phases=phases)
+        if state.get("phase_model") and state.get("correction"):
+            chain.phase_model = PhaseModel.from_dict(state["phase_model"])
+            chain.correction = CorrectionModel.from_dict(state["correction"])
+        last_aligned = np.asarray(last_aligned)
+        chain.tracker.resume(last_aligned, last_shift_px)
+        chain._dtype, chain._shape = last_aligned.dtype, last_aligned.shape
+        return chain
+
+    def state(self) -> dict:
+        """What a resumed run needs (JSON-able): the calibrated corrections and phase model."""
+        return {
+            "phase_model": None if self.phase_model is None else self.phase_model.to_dict(),
+            "correction": None if self.correction is None else self.correction.to_dict(),
+        }
+
+    @property
+    def calibrating(self) -> bool:
+        """True while slices are held back for the phase-model calibration."""
+        return self.phase_model is None
+
+    @property
+    def slice_spacing_um(self) -> float | None:
+        """Median z step of the slices that recorded their z position, or None."""
+        z = np.asarray(self._z_um, dtype=float)
+        if z.size < 2:
+            return None
+        steps = np.diff(np.sort(z))
+        steps = steps[steps > 0]
+        return float(np.median(steps)) if steps.size else None
+
+    def push(self, image: SliceImage) -> list[ProcessedSlice]:
+        """Take the next slice; returns the slices finished by it (none while calibrating).
+
+        Raises
+        ------
+        SliceShapeError
+            The slice's shape or dtype differs from the first slice's; the chain is unchanged.
+        """
+        pixels = np.asarray(image.pixels)
+        if self._dtype is None:
+            self._dtype, self._shape = pixels.dtype, pixels.shape
+        elif pixels.shape != self._shape or pixels.dtype != self._dtype:
+            raise SliceShapeError(
+                f"slice {image.index} ({image.source}) is {pixels.dtype} {pixels.shape}; "
+                f"this run's slices are {self._dtype} {self._shape}"
+            )
+        if image.z_um is not None:
+            self._z_um.append(image.z_um)
+        self._held.append((image, time.time()))
+        if self.calibrating and len(self._held) < self.calibration_slices:
+            return []
+        return self.flush()
+
+    def flush(self) -> list[ProcessedSlice]:
+        """Process the slices held back, calibrating first on them if needed (even if fewer than asked)."""
+        held, self._held = self._held, []
+        if not held:
+            return []
+        if self.calibrating:
+            self.correction = fit_correction(
+                [image.pixels for image, _ in held], n_phases=len(self.phases.names), **self.correction_options
+            )
+            aligned = [self._correct_and_align(image) for image, _ in held]
+            self.phase_model = fit_phase_model(
+                [grey for grey, valid, _, _ in aligned], n_phases=len(self.phases.names),
+                valid=[valid for _, valid, _, _ in aligned],
+            )
+        else:
+            aligned = [self._correct_and_align(image) for image, _ in held]
+        return [self._segment(image, arrival, *a) for (image, arrival), a in zip(held, aligned)]
+
+    def _correct_and_align(self, image: SliceImage):
+        t0 = time.perf_counter()
+        corrected = self.correction.apply(image.pixels, prior=self._brightness)
+        self._brightness = (corrected.gain, corrected.offset)
+        t1 = time.perf_counter()
+        drift = self.tracker.update(corrected.pixels)
+        grey, valid = apply_shift(corrected.pixels, drift.shift_px, fill=0)
+        t2 = time.perf_counter()
+        return grey, valid, drift, {"correct": 1e3 * (t1 - t0), "align": 1e3 * (t2 - t1)}
+
+    def _segment(self, image: SliceImage, arrival: float, grey, valid, drift, timings_ms) -> ProcessedSlice:
+        t0 = time.perf_counter()
+        seg = self.phase_model.segment(grey, valid=valid)
+        timings_ms["segment"] = 1e3 * (time.perf_counter() - t0)
+        return ProcessedSlice(
+            index=image.index,
+            source=image.source,
+            z_um=image.z_um,
+            pixel_size_um=image.pixel_size_um,
+            arrival_time_unix_s=arrival,
+            grey=_to_dtype(grey, self._dtype),
+            labels=seg.labels,
+            drift=drift,
+            uncertain_share=float(seg.uncertain_share),
+            timings_ms=timings_ms,
+        )
+
+
+def _to_dtype(values: np.ndarray, dtype) -> np.ndarray:
+    """Corrected grey levels back to the slice's integer dtype (rounded, clipped)."""
+    info = np.iinfo(dtype)
+    return np.clip(np.rint(values), info.min, info.max).astype(dtype)
