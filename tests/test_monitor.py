@@ -154,23 +154,6 @@ def test_run_monitor_live_loop_follows_the_agent():
     assert "ACQUIRING" in text and "7 slices" in text and "run-live" in text
 
 
-def _free_port_pair():
-    """A port p with p + 1 also free (the monitor CLI finds snapshots at port + 1)."""
-    import socket
-
-    for _ in range(50):
-        with socket.socket() as a:
-            a.bind(("127.0.0.1", 0))
-            port = a.getsockname()[1]
-            with socket.socket() as b:
-                try:
-                    b.bind(("127.0.0.1", port + 1))
-                except OSError:
-                    continue
-        return port
-    pytest.skip("no pair of consecutive free ports")
-
-
 def _wait_for_screen(session, *needles, absent=(), timeout_s=60.0):
     """The tmux pane's text once it shows every needle and none of `absent`."""
     import subprocess
@@ -197,15 +180,15 @@ def test_monitor_in_a_real_terminal_loses_and_recovers_the_agent(tmp_path):
 
     if shutil.which("tmux") is None:
         pytest.skip("tmux is not installed")
-    port = _free_port_pair()
-    endpoint, snapshot = f"tcp://127.0.0.1:{port}", f"tcp://127.0.0.1:{port + 1}"
+    first = EventStream("run-first")
+    pub = Publisher(first, ANY_PORT, snapshot_endpoint=ANY_PORT, heartbeat_s=0.2)
+    endpoint, snapshot = pub.endpoint, pub.snapshot_endpoint
     session = f"revwatch-test-{os.getpid()}"
     root = Path(__file__).parents[1]
     # COLUMNS/LINES would pin rich to 80x24 whatever the pane size
     command = (f"cd {root} && env -u COLUMNS -u LINES PYTHONPATH={root} {sys.executable} -c "
-               f"'from agent.monitor import run_monitor; run_monitor(\"{endpoint}\")'")
-    first = EventStream("run-first")
-    pub = Publisher(first, endpoint, snapshot_endpoint=snapshot, heartbeat_s=0.2)
+               f"'from agent.monitor import run_monitor; "
+               f"run_monitor(\"{endpoint}\", snapshot_endpoint=\"{snapshot}\")'")
     try:
         _, _ = acquiring_state(first, slices=12)
         subprocess.run(["tmux", "new-session", "-d", "-s", session, "-x", "100", "-y", "30", command],
@@ -240,8 +223,9 @@ def test_monitor_in_a_real_terminal_against_the_real_agent(tmp_path, small_fei_p
         pytest.skip("tmux is not installed")
     incoming = tmp_path / "incoming"
     shutil.copytree(small_fei_project, incoming)
-    port = _free_port_pair()
-    endpoint = f"tcp://127.0.0.1:{port}"
+    from test_system import free_endpoint  # port and port + 1 free: the CLI's snapshot default
+
+    endpoint = free_endpoint()
     root = Path(__file__).parents[1]
     env = {**os.environ, "PYTHONPATH": str(root)}
     env.pop("COLUMNS", None)
