@@ -32,7 +32,8 @@ Robustness
 - noise: the slice is binned for the coarse search and the cross-power spectrum is weighted by a
   Gaussian low-pass;
 - jumps: the search covers the whole overlap window (up to half its size around the prediction);
-- low confidence (peak-to-second-peak ratio below ``min_confidence``, e.g. a blank slice): the
+- low confidence (peak-to-sidelobe ratio of the correlation, mapped to 0..1, below
+  ``min_confidence``; e.g. a blank slice): the
   estimate is flagged ``reliable=False``, the predicted shift (the previous one) is applied instead
   and the reference is not updated.
 """
@@ -52,6 +53,9 @@ __all__ = ["DriftEstimate", "DriftTracker", "apply_shift", "phase_correlate"]
 
 logger = logging.getLogger(__name__)
 
+# peak-to-sidelobe ratio reached by chance when correlating unrelated images (noise)
+_PSR_NOISE = 6.0
+
 
 @dataclass(frozen=True)
 class DriftEstimate:
@@ -66,7 +70,8 @@ class DriftEstimate:
     step_px : tuple of float
         ``(dy, dx)`` change of ``shift_px`` since the previous slice.
     confidence : float
-        0..1; 1 - (second correlation peak / main peak). Near 0 for a blank or unrelated slice.
+        0..1; ``1 - 6 / PSR`` where PSR is the correlation peak's height over the rest of the
+        surface in standard deviations. 0 for a blank or unrelated slice (PSR <= 6).
     reliable : bool
         False when ``confidence < min_confidence`` (the shift is then a prediction).
     measured_px : tuple of float or None
@@ -221,11 +226,12 @@ def _correlate(fa, fb, *, upsample, lowpass, whiten, destripe, workers):
     corr = scipy.fft.ifft2(cross, workers=workers).real
     peak = np.unravel_index(int(np.argmax(corr)), corr.shape)
     top = float(corr[peak])
-    # second peak: maximum outside a small neighbourhood of the main one (periodic)
-    masked = np.roll(corr, (-peak[0] + 2, -peak[1] + 2), axis=(0, 1))
-    masked[:5, :5] = -np.inf
-    second = float(masked.max())
-    confidence = 0.0 if top <= 0 else float(np.clip(1.0 - max(second, 0.0) / top, 0.0, 1.0))
+    # significance of the peak over the rest of the surface (peak-to-sidelobe ratio): the
+    # maximum of a correlation of unrelated images stays below ~_PSR_NOISE standard deviations
+    side = np.roll(corr, (-peak[0] + 3, -peak[1] + 3), axis=(0, 1))[7:, 7:]
+    sd = float(side.std())
+    psr = (top - float(side.mean())) / sd if sd > 0 else 0.0
+    confidence = float(np.clip(1.0 - _PSR_NOISE / psr, 0.0, 1.0)) if psr > 0 else 0.0
     coarse = np.array([p if p <= s // 2 else p - s for p, s in zip(peak, corr.shape)], dtype=float)
     if upsample > 1:
         patch, n = _upsampled_correlation(cross, upsample, coarse)
@@ -257,7 +263,7 @@ def phase_correlate(reference, moving, *, upsample=20, lowpass=0.25, whiten=1.0,
     shift : (dy, dx) float
         ``scipy.ndimage.shift(moving, shift)`` ~ `reference`.
     confidence : float
-        0..1, ``1 - second peak / main peak`` of the correlation surface; 0 when a window is flat.
+        0..1, ``1 - 6 / PSR`` (peak-to-sidelobe ratio); 0 when a window is flat or unrelated.
     """
     reference = np.asarray(reference, dtype=np.float32)
     moving = np.asarray(moving, dtype=np.float32)
@@ -307,8 +313,8 @@ class DriftTracker:
         Threads for the FFTs (default 2).
     """
 
-    def __init__(self, *, roi=None, upsample=20, bin=None, reference_weight=0.5, min_confidence=0.15,
-                 max_rejected=3, lowpass=0.1, whiten=1.0, destripe=True, workers=2):
+    def __init__(self, *, roi=None, upsample=20, bin=None, reference_weight=0.5, min_confidence=0.5,
+                 max_rejected=5, lowpass=0.1, whiten=1.0, destripe=True, workers=2):
         if roi is not None:
             roi = tuple(int(v) for v in roi)
             if len(roi) != 4 or roi[1] <= roi[0] or roi[3] <= roi[2] or min(roi) < 0:

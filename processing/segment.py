@@ -228,9 +228,9 @@ class PhaseModel:
     def _fix_rims(self, labels, smooth):
         """Middle phases touching both the darkest and the brightest phase -> nearer extreme."""
         low, high = 1, self.n_phases
-        square = np.ones((3, 3), dtype=bool)
-        near_low = ndimage.binary_dilation(labels == low, square, iterations=self.rim_px)
-        near_high = ndimage.binary_dilation(labels == high, square, iterations=self.rim_px)
+        size = 2 * self.rim_px + 1
+        near_low = ndimage.maximum_filter((labels == low).view(np.uint8), size=size).view(bool)
+        near_high = ndimage.maximum_filter((labels == high).view(np.uint8), size=size).view(bool)
         rim = near_low & near_high & (labels != low) & (labels != high)
         cut = np.float32(0.5 * (self.levels[0] + self.levels[-1]))
         labels[rim] = np.where(smooth[rim] < cut, low, high).astype(np.uint8)
