@@ -422,8 +422,19 @@ def check_port(endpoint: str, *, name: str = "publish port") -> Check:
 # -- compute ---------------------------------------------------------------------------------
 
 
-def check_scheduler(address: str | None, *, timeout_s: float = 5.0) -> Check:
-    """The Dask scheduler is reachable, has workers, and they have revwatch and matching versions."""
+def check_scheduler(address: str | None, *, timeout_s: float = 5.0, volume=None) -> Check:
+    """The Dask scheduler is reachable and has workers that can run the metrics of `volume`.
+
+    Parameters
+    ----------
+    address : str or None
+        ``analysis.scheduler``; None means in-process threads (always fine).
+    timeout_s : float
+        How long to try to connect.
+    volume : str or os.PathLike, optional
+        The volume path: every worker must see it (or, before it exists, its folder) at the same
+        path, since the metrics tasks open the Zarr store by path.
+    """
     name = "dask scheduler"
     if address is None:
         return Check(name, OK, f"in-process threads ({os.cpu_count()} logical CPUs)")
@@ -444,24 +455,45 @@ def check_scheduler(address: str | None, *, timeout_s: float = 5.0) -> Check:
         if not workers:
             return Check(name, WARN, f"{address} reachable but has no workers: the metrics would wait",
                          "start workers: `dask worker " + address + "`")
-        threads = sum(w.get("nthreads", 0) for w in workers.values())
-        revwatch = client.run(importlib.metadata.version, "revwatch", on_error="return")
-        missing = sorted(w for w, v in revwatch.items() if not isinstance(v, str))
+        detail = f"{address}: {len(workers)} worker(s), {sum(w.get('nthreads', 0) for w in workers.values())} threads"
+        theirs = client.run(importlib.metadata.version, "revwatch", on_error="return")
+        missing = sorted(w for w, v in theirs.items() if not isinstance(v, str))
         if missing:
-            return Check(name, FAIL, f"{address}: revwatch is not installed on {len(missing)} worker(s): {missing[0]}",
+            return Check(name, FAIL, f"{detail}; revwatch is not installed on {len(missing)} worker(s): {missing[0]}",
                          "install the same revwatch on every worker (see deploy/Containerfile)")
+        if volume is not None:
+            blind = _workers_without(client, Path(volume))
+            if blind:
+                return Check(name, FAIL, f"{detail}; {blind}", "mount the volume's storage at the same path on "
+                             "every worker, or put volume.path on storage they share (deploy/dask-cluster.md)")
         mismatch = _version_mismatches(client)
-        mine = importlib.metadata.version("revwatch")
-        others = sorted(set(revwatch.values()) - {mine})
-        if others:
-            mismatch.append(f"revwatch {mine} here, {', '.join(others)} on workers")
-        detail = f"{address}: {len(workers)} worker(s), {threads} threads"
+        mine = _revwatch_version()
+        if set(theirs.values()) - {mine}:
+            mismatch.append(f"revwatch {mine} here, {', '.join(sorted(set(theirs.values())))} on workers")
         if mismatch:
             return Check(name, WARN, detail + "; version mismatch: " + "; ".join(mismatch),
                          "install the same versions on the agent PC and the workers")
-        return Check(name, OK, detail + ", versions match")
+        seen = "" if volume is None else ", all see the volume's folder"
+        return Check(name, OK, f"{detail}, versions match{seen}")
     finally:
         client.close()
+
+
+def _revwatch_version() -> str:
+    try:
+        return importlib.metadata.version("revwatch")
+    except importlib.metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def _workers_without(client, volume: Path) -> str:
+    """Which workers do not see the volume (or its folder), as a sentence; empty when all do."""
+    folder = next((p for p in (volume, volume.parent) if p.is_dir()), None)
+    if folder is None:
+        return ""  # nothing to look for yet: the folder is created by the agent
+    seen = client.run(os.path.isdir, str(folder.absolute()), on_error="return")
+    blind = sorted(w for w, ok in seen.items() if ok is not True)
+    return f"{len(blind)} worker(s) do not see {folder.absolute()}: {blind[0]}" if blind else ""
 
 
 def _version_mismatches(client) -> list[str]:
@@ -567,7 +599,7 @@ def doctor_checks(config: Config, *, expected_slices: int = 2000, scheduler_time
     if snapshot is not None:
         checks += [check_port(config.publish.endpoint), check_port(snapshot, name="snapshot port")]
     checks += [
-        check_scheduler(config.analysis.scheduler, timeout_s=scheduler_timeout_s),
+        check_scheduler(config.analysis.scheduler, timeout_s=scheduler_timeout_s, volume=volume),
         check_packages(),
         check_machine(),
     ]

@@ -279,11 +279,45 @@ def test_scheduler_none_unreachable_and_local_cluster():
     down = check_scheduler(f"tcp://127.0.0.1:{_free_port()}", timeout_s=1.0)
     assert down.status == FAIL and "not reachable" in down.detail
     distributed = pytest.importorskip("distributed")
-    with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=False,
-                                  dashboard_address=None) as cluster:
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=False, protocol="tcp://",
+                                  host="127.0.0.1", dashboard_address=":0") as cluster:
         up = check_scheduler(cluster.scheduler_address, timeout_s=10.0)
     assert up.status == OK, up
     assert "1 worker(s), 1 threads, versions match" in up.detail
+
+
+def test_scheduler_worker_that_does_not_see_the_volume(tmp_path):
+    """A worker in its own mount namespace, with an empty tmpfs over the volume's storage."""
+    distributed = pytest.importorskip("distributed")
+    unshare = shutil.which("unshare")
+    if unshare is None or sys.platform != "linux":
+        pytest.skip("needs Linux unshare(1)")
+    probe = subprocess.run([unshare, "--mount", "--propagation", "private", "sh", "-c",
+                            f"mount -t tmpfs none {tmp_path}"], capture_output=True, timeout=30)
+    if probe.returncode != 0:
+        pytest.skip(f"cannot make a private mount namespace here: {probe.stderr.decode().strip()}")
+    storage = tmp_path / "volumes"
+    storage.mkdir()
+    volume = storage / "v.ome.zarr"
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    with distributed.LocalCluster(n_workers=0, processes=False, protocol="tcp://", host="127.0.0.1",
+                                  dashboard_address=":0") as cluster:
+        worker = subprocess.Popen(
+            [unshare, "--mount", "--propagation", "private", "sh", "-c",
+             f'mount -t tmpfs none "{tmp_path}" && exec "{sys.executable}" -m distributed.cli.dask_worker '
+             f"{cluster.scheduler_address} --nthreads 1 --no-dashboard"],
+            cwd=repo, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            with distributed.Client(cluster.scheduler_address, set_as_default=False) as client:
+                client.wait_for_workers(1, timeout=60)
+            blind = check_scheduler(cluster.scheduler_address, timeout_s=10.0, volume=volume)
+            sees_tmp = check_scheduler(cluster.scheduler_address, timeout_s=10.0, volume=tmp_path / "v.ome.zarr")
+        finally:
+            worker.terminate()
+            worker.wait(timeout=30)
+    assert blind.status == FAIL and f"1 worker(s) do not see {storage}" in blind.detail, blind
+    # The mount point itself exists on the worker too (an empty tmpfs): that folder is seen.
+    assert sees_tmp.status == OK and "all see the volume's folder" in sees_tmp.detail, sees_tmp
 
 
 def test_packages_and_machine():
