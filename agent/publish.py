@@ -91,6 +91,8 @@ def default_snapshot_endpoint(endpoint: str) -> str:
 
     A wildcard port (``*`` or ``0``) stays a wildcard.
     """
+    if not endpoint.startswith("tcp://"):
+        raise PublishError(f"no default snapshot endpoint for {endpoint!r}: give one explicitly")
     host, port = _tcp_host_port(endpoint)
     if port in ("*", "0"):
         new_port = "*"
@@ -259,25 +261,21 @@ class Publisher:
                     item = None
                 if item is _CLOSE:
                     break
+                # PUB never blocks: past a subscriber's high-water mark it drops for that one
                 if item is not None:
                     name, doc = item
-                    self._send([name.encode(), encode(doc)])
+                    self._pub.send_multipart([name.encode(), encode(doc)], flags=zmq.NOBLOCK)
                 if stop_frames is None and self._queue.empty() and self.stream.stopped:
                     # latch from the stream once the queue is drained (documents stay in seq
                     # order), so that a stop dropped by a full queue is still repeated
                     stop_frames = [b"stop", encode(self.stream.latest("stop"))]
                     next_stop = time.monotonic() + (self.stop_repeat_s if item and item[0] == "stop" else 0)
                 if stop_frames and time.monotonic() >= next_stop:
-                    self._send(stop_frames)  # same document, same seq: clients de-duplicate
+                    # same document, same seq: clients de-duplicate
+                    self._pub.send_multipart(stop_frames, flags=zmq.NOBLOCK)
                     next_stop = time.monotonic() + self.stop_repeat_s
         finally:
             self._pub.close()
-
-    def _send(self, frames) -> None:
-        try:
-            self._pub.send_multipart(frames, flags=zmq.NOBLOCK)
-        except zmq.Again:
-            self.dropped += 1
 
     def _heartbeat_loop(self) -> None:
         while True:
@@ -307,12 +305,9 @@ class Publisher:
                 # envelope = identity (+ empty delimiter from a REQ client)
                 split = frames.index(b"", 1) + 1 if b"" in frames[1:] else 1
                 envelope, request = frames[:split], frames[split:]
-                reply = self._answer(request)
-                try:
-                    self._router.send_multipart([*envelope, SNAPSHOT_REPLY, encode(reply)],
-                                                flags=zmq.NOBLOCK)
-                except zmq.Again:
-                    logger.debug("snapshot reply dropped (client gone or full)")
+                # ROUTER drops a reply to a client that is gone or not reading; never blocks
+                self._router.send_multipart([*envelope, SNAPSHOT_REPLY, encode(self._answer(request))],
+                                            flags=zmq.NOBLOCK)
         finally:
             self._router.close()
 
@@ -321,6 +316,8 @@ class Publisher:
             req = json.loads(request[0]) if request and request[0] else {}
             if not isinstance(req, dict) or req.get("request", "snapshot") != "snapshot":
                 raise ValueError(f"unknown request {req!r}")
+            if not isinstance(req.get("topics") or [], list):
+                raise ValueError(f"topics must be a list, got {req['topics']!r}")
         except ValueError as exc:
             return {"protocol": self.stream.protocol, "error": f"bad snapshot request: {exc}"}
         snap = self.stream.snapshot(history=bool(req.get("history")))

@@ -220,3 +220,19 @@ def test_create_keys_refuses_to_overwrite(tmp_path):
     with pytest.raises(Exception, match="already exist"):
         create_keys(tmp_path)
     create_keys(tmp_path, overwrite=True)
+
+
+def test_bad_snapshot_requests_get_an_error_reply_and_the_server_keeps_serving(ctx):
+    stream = EventStream()
+    with publisher(stream) as pub:
+        req = ctx.socket(zmq.REQ)
+        req.setsockopt(zmq.LINGER, 0)
+        req.connect(pub.snapshot_endpoint)
+        replies = []
+        for request in (b"\xff not json", b'{"request": "delete everything"}', b'{"topics": "status"}', b""):
+            req.send(request)
+            assert req.poll(10000)
+            kind, payload = req.recv_multipart()
+            replies.append(json.loads(payload))
+    assert all("bad snapshot request" in r["error"] for r in replies[:3])
+    assert replies[3]["run_id"] == stream.run_id  # an empty request is a snapshot request
