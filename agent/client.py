@@ -123,10 +123,10 @@ class Subscription:
     """A live connection to an agent, yielding each document once in ``seq`` order.
 
     Parameters are those of :func:`subscribe`, plus `history`: start with the
-    recent ``status`` and ``metrics`` documents too (for traces and trends). Use
-    :meth:`receive` in a loop, and
-    :meth:`close` (or ``with``) at the end. Reconnection after an agent restart is
-    automatic (ZeroMQ reconnects; the new ``run_id`` triggers a snapshot).
+    recent ``status`` and ``metrics`` documents too (for traces and trends).
+    Use :meth:`receive` in a loop and :meth:`close` (or ``with``) at the end.
+    Reconnection after an agent restart is automatic (ZeroMQ reconnects; the
+    new ``run_id`` triggers a snapshot).
     """
 
     def __init__(self, endpoint: str = DEFAULT_ENDPOINT, *, snapshot: bool = True,
