@@ -45,7 +45,10 @@ $ErrorActionPreference = 'Stop'
 
 $exe = Join-Path $InstallDir '.venv\Scripts\revwatch.exe'
 if (-not (Test-Path -LiteralPath $exe -PathType Leaf)) {
-    throw "revwatch is not installed at $exe: create the venv first (see deploy\windows\README.md)"
+    throw "revwatch is not installed at ${exe}: create the venv first (see deploy\windows\README.md)"
+}
+if ($AtLogon -and $User -eq 'SYSTEM') {
+    throw "-AtLogon needs -User: the account whose logon starts revwatch"
 }
 if (-not (Test-Path -LiteralPath $Config -PathType Leaf)) {
     throw "configuration $Config does not exist: copy one from deploy\configs and edit it"
