@@ -33,6 +33,8 @@ log = logging.getLogger(__name__)
 
 _SPACING_UM = (0.05, 0.02, 0.02)
 _DRIFT_MARGIN_PX = 48
+# Small particles, so that a demo-sized volume can become representative.
+_PARTICLE_RADIUS_UM = 0.2
 
 
 def _free_endpoint() -> str:
@@ -48,7 +50,9 @@ def _generate(source: Path, *, slices: int, size_px: int, seed: int, console: Co
     with console.status(f"generating a {slices}-slice acquisition of {size_px}x{size_px} px (seed {seed})"):
         rng = np.random.default_rng(seed)
         edge = size_px + 2 * _DRIFT_MARGIN_PX
-        labels = generate_microstructure((slices, edge, edge), spacing_um=_SPACING_UM, rng=rng)
+        labels = generate_microstructure(
+            (slices, edge, edge), spacing_um=_SPACING_UM, particle_radius_um=_PARTICLE_RADIUS_UM, rng=rng
+        )
         acq = render_acquisition(
             labels, field_shape=(size_px, size_px), drift_px_per_slice=0.6, jump_probability=0.01,
             jump_px=6.0, rng=rng,
@@ -114,6 +118,7 @@ def run_demo(
             "acquisition": {"folder": str(incoming), "settle_s": 0.05, "gap_timeout_s": 10.0},
             "volume": {"path": str(volume)},
             "publish": {"endpoint": endpoint or _free_endpoint(), "heartbeat_interval_s": 1.0},
+            "rev": {"exit_when_representative": True},
         }
     )
     agent = Agent(config)
@@ -139,6 +144,7 @@ def run_demo(
             runner.join(0.25)
             live.update(render(state))
         live.update(render(state))
+    console.print()
     summary = getattr(agent, "summary", None)
     if summary is None:
         console.print("[red]the agent stopped with an error; see the log above[/]")
