@@ -56,6 +56,7 @@ import numpy as np
 
 from processing.metrics import (
     DIRECTION_KEYS,
+    THICKNESS_ROLES,
     SlabCounts,
     counts_metrics,
     expensive_metrics,
@@ -116,6 +117,7 @@ def _window_sums(block, halo_before, n_window, phases, spacing, axis, cc_face):
             (tau.forward or 0.0) * tau.paths_forward, tau.paths_forward,
             (tau.backward or 0.0) * tau.paths_backward, tau.paths_backward,
         )
+    for name in [phases.roles[r] for r in THICKNESS_ROLES if r in phases.roles]:
         sums["thickness"][name] = _thickness_sums(block, halo_before, n_window, phases.label(name), spacing)
     for key, field in (("connected", "connected_share"), ("interconnected", "interconnected_share")):
         for name, share in doc[field].items():

@@ -20,6 +20,7 @@ from ._network import (
 )
 from ._table import (
     DIRECTION_KEYS,
+    THICKNESS_ROLES,
     active_electrolyte_ratio,
     count_volume,
     counts_metrics,
@@ -34,6 +35,7 @@ __all__ = [
     "DIRECTIONS",
     "DIRECTION_KEYS",
     "SlabCounts",
+    "THICKNESS_ROLES",
     "TortuosityResult",
     "active_electrolyte_ratio",
     "connected_share",

@@ -28,9 +28,12 @@ __all__ = [
     "expensive_metrics",
     "table1",
     "DIRECTION_KEYS",
+    "THICKNESS_ROLES",
 ]
 
 DIRECTION_KEYS = {0: ("z+", "z-"), 1: ("y+", "y-"), 2: ("x+", "x-")}
+# Roles whose local thickness is measured by default.
+THICKNESS_ROLES = ("electrolyte", "active")
 # Slices per counting task: small enough to spread over threads, large enough that
 # the boundary slice read twice costs little.
 _SLAB = 16
@@ -219,8 +222,12 @@ def expensive_metrics(labels, *, spacing_um, phases=Phases(), transport_axis=1, 
         Axis from current collector to separator: 0 z, 1 y (default, the paper's), 2 x.
     cc_face : int
         Index of the current-collector face along `transport_axis`: 0 (default) or -1.
-    tortuosity_phases, thickness_phases : sequence of str, optional
-        Phases to measure; default the electrolyte (the paper's ionic network).
+    tortuosity_phases : sequence of str, optional
+        Phases whose tortuosity is measured; default the electrolyte (the paper's ionic
+        network).
+    thickness_phases : sequence of str, optional
+        Phases whose local thickness is measured; default the electrolyte (the paper's)
+        and the active phase (particle size, followed for the REV).
     connected_phases : sequence of str, optional
         Phases whose share connected to the current collector is measured; default the
         active phase (electronic percolation).
@@ -252,7 +259,7 @@ def expensive_metrics(labels, *, spacing_um, phases=Phases(), transport_axis=1, 
         out["tortuosity_geometric"][name] = {plus: tau.forward, minus: tau.backward}
         extra["tortuosity_excluded_share"][name] = {plus: tau.excluded_share_forward,
                                                     minus: tau.excluded_share_backward}
-    for name in _names_for(phases, thickness_phases, ("electrolyte",)):
+    for name in _names_for(phases, thickness_phases, THICKNESS_ROLES):
         stats = local_thickness_summary(labels == phases.label(name), spacing_um=spacing,
                                         max_samples=thickness_max_samples, range_um=thickness_range_um,
                                         threads=threads)
