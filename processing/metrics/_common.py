@@ -8,7 +8,7 @@ import numpy as np
 
 from processing.phases import Phases
 
-__all__ = ["check_labels", "check_mask", "check_spacing", "check_axis", "role_label", "n_label_values"]
+__all__ = ["check_labels", "check_mask", "check_spacing", "check_axis", "n_label_values"]
 
 
 def check_labels(labels, *, name="labels"):
@@ -45,6 +45,7 @@ def check_spacing(spacing_um):
 
 
 def check_axis(axis, *, name="transport_axis"):
+    """Return `axis` (0 z, 1 y, 2 x) as an int, or raise naming the parameter."""
     if axis not in (0, 1, 2):
         raise ValueError(f"{name} must be 0 (z), 1 (y) or 2 (x), got {axis!r}")
     return int(axis)
@@ -54,7 +55,3 @@ def n_label_values(phases: Phases) -> int:
     """Number of label values of `phases`: the phases plus 0 (unassigned)."""
     return len(phases.names) + 1
 
-
-def role_label(phases: Phases, role: str) -> int | None:
-    """Label of the phase playing `role`, None when no phase plays it."""
-    return phases.label_of_role(role)
