@@ -148,7 +148,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     from agent.config import load_config
     from agent.doctor import run_doctor
 
-    return run_doctor(load_config(args.config, args.overrides))
+    return run_doctor(load_config(args.config, args.overrides), expected_slices=args.expected_slices)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -171,6 +171,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--insecure", action="store_true", help="allow a non-loopback endpoint without CURVE keys")
     p.add_argument("--keys-dir", type=Path, help="CURVE keys made by `revwatch keys` (needed off loopback)")
     p.add_argument("--idle-exit-s", type=float, default=None, help="exit after this long without a new slice")
+    p.add_argument("--log-file", type=Path, help="also write the log here (a service or scheduled task has no console)")
     _add_config_options(p)
     p.set_defaults(func=cmd_run)
 
@@ -226,20 +227,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_keys)
 
     p = sub.add_parser("doctor", help="check a configuration and this machine, and say what to fix")
+    p.add_argument("--expected-slices", type=int, default=2000, help="slices the run may reach (sizes the disk check)")
     _add_config_options(p)
     p.set_defaults(func=cmd_doctor)
     return parser
 
 
-def _setup_logging(verbosity: int) -> None:
+def _setup_logging(verbosity: int, log_file: Path | None = None) -> None:
     level = logging.WARNING if verbosity == 0 else logging.INFO if verbosity == 1 else logging.DEBUG
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    handlers = [logging.StreamHandler()]
+    if log_file is not None:
+        file_handler = logging.FileHandler(log_file, encoding="utf-8")
+        file_handler.setLevel(min(level, logging.INFO))  # the file keeps the run's story even when the console is quiet
+        handlers.append(file_handler)
+    handlers[0].setLevel(level)
+    logging.basicConfig(level=min(h.level or level for h in handlers), format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        handlers=handlers)
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``revwatch`` console script."""
     args = build_parser().parse_args(argv)
-    _setup_logging(args.verbose)
+    _setup_logging(args.verbose, getattr(args, "log_file", None))
     try:
         return args.func(args)
     except RevwatchError as exc:

@@ -129,6 +129,15 @@ class Config(_Section):
     rev: RevConfig = Field(default_factory=RevConfig)
     publish: PublishConfig = Field(default_factory=PublishConfig)
 
+    def volume_path(self) -> Path | None:
+        """The run's volume: ``volume.path``, else ``<folder>.revwatch.ome.zarr`` beside the folder."""
+        if self.volume.path is not None:
+            return Path(self.volume.path)
+        if self.acquisition.folder is None:
+            return None
+        folder = Path(self.acquisition.folder).absolute()
+        return folder.parent / f"{folder.name}.revwatch.ome.zarr"
+
 
 def _config_error(exc: ValidationError, source: str) -> ConfigError:
     lines = []

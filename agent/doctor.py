@@ -541,16 +541,6 @@ def check_machine() -> Check:
 # -- all together ----------------------------------------------------------------------------
 
 
-def _volume_path(config: Config) -> Path | None:
-    if config.volume.path is not None:
-        return Path(config.volume.path)
-    if config.acquisition.folder is None:
-        return None
-    # Same rule as agent.pipeline.default_volume_path, which imports the whole pipeline.
-    folder = Path(config.acquisition.folder).absolute()
-    return folder.parent / f"{folder.name}.revwatch.ome.zarr"
-
-
 def doctor_checks(config: Config, *, expected_slices: int = 2000, scheduler_timeout_s: float = 5.0) -> list[Check]:
     """Run every check for `config`.
 
@@ -575,7 +565,7 @@ def doctor_checks(config: Config, *, expected_slices: int = 2000, scheduler_time
         groups = find_slices(acq.folder)
         slices_check, first = check_slices(groups, pixel_size_nm=acq.pixel_size_nm)
         checks += [slices_check, check_spacing(acq.folder, groups, slice_spacing_nm=acq.slice_spacing_nm)]
-    volume = _volume_path(config)
+    volume = config.volume_path()
     if volume is None:
         checks.append(Check("volume location", FAIL, "no volume.path and no acquisition folder to put it beside",
                             "set acquisition.folder or volume.path"))

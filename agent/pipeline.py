@@ -41,17 +41,11 @@ from processing.chain import SliceChain
 from processing.errors import RevwatchError, SliceReadError, SliceShapeError
 from processing.io import SliceImage, read_fei_project_spacing_um, read_slice
 
-__all__ = ["Agent", "RunSummary", "default_volume_path"]
+__all__ = ["Agent", "RunSummary"]
 
 log = logging.getLogger(__name__)
 
 _RATE_WINDOW = 20
-
-
-def default_volume_path(folder: Path) -> Path:
-    """The volume written for an acquisition folder when none is configured: beside the folder."""
-    folder = Path(folder).absolute()
-    return folder.parent / f"{folder.name}.revwatch.ome.zarr"
 
 
 @dataclass(frozen=True)
@@ -93,7 +87,7 @@ class Agent:
             raise ConfigError("acquisition.folder is not set: which folder does the microscope write into?")
         self.config = config
         self.folder = Path(config.acquisition.folder).absolute()
-        self.volume_path = Path(config.volume.path) if config.volume.path else default_volume_path(self.folder)
+        self.volume_path = config.volume_path()
         self.events = events or EventStream()
         self.phases = config.phases.to_phases()
         self._ready: queue.Queue = queue.Queue()
@@ -313,6 +307,11 @@ class Agent:
         if not self.volume_path.exists():
             return
         self._store = VolumeStore.open(self.volume_path)
+        if self._store.phases.names != self.phases.names:
+            raise ConfigError(
+                f"volume {self.volume_path} holds phases {list(self._store.phases.names)}, the configuration says "
+                f"{list(self.phases.names)}: resume with the same phases, or write a new volume (volume.path)"
+            )
         attrs = self._store.run_attrs
         if self._store.depth:
             last = self._store.slices[-1]
