@@ -17,7 +17,8 @@ fits inside the phase. Algorithm:
 Diameter convention: ``D`` is measured between voxel *centres*, so the ball reaches half
 a voxel into the neighbouring phase; the reported diameter is ``2 D - s`` with ``s`` the
 voxel size (the geometric mean of the spacing when anisotropic), which makes a slab an
-odd number of voxels wide measure exactly its width. ``voxel_correction=False`` returns
+odd number of voxels wide measure exactly its width (the result is kept at least one
+finest voxel size). ``voxel_correction=False`` returns
 ``2 D``, the convention of porespy (``2 * radius``) and BoneJ.
 """
 
@@ -206,7 +207,8 @@ def local_thickness(mask, *, spacing_um, voxel_correction=True, step=1, threads=
     np.maximum(radius, own, out=radius)
     diameter = 2 * radius
     if voxel_correction:
-        diameter -= float(np.prod(spacing)) ** (1 / 3)
+        # never below the finest voxel size, even for thin features of very anisotropic voxels
+        np.maximum(diameter - float(np.prod(spacing)) ** (1 / 3), min(spacing), out=diameter)
     diameter[~rows] = 0
     return diameter
 
