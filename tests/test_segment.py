@@ -1,0 +1,119 @@
+"""Phase segmentation against the generator's truth labels."""
+
+import json
+
+import numpy as np
+import pytest
+
+from processing.correct import fit_correction
+from processing.errors import CalibrationError
+from processing.segment import PhaseModel, fit_phase_model, fit_pixel_classifier
+from processing.synthetic import generate_microstructure, render_acquisition
+
+
+def _corrected(n, size, *, seed, radius_um=0.6, noise=16.0, **options):
+    """Corrected slices (brightness + curtaining) of a drift-free acquisition, and the truth."""
+    labels = generate_microstructure((n, size + 24, size + 24), particle_radius_um=radius_um, rng=seed)
+    acq = render_acquisition(labels, drift_px=np.zeros((n, 2)), field_shape=(size, size), noise_sigma=noise,
+                             rng=seed, **options)
+    model = fit_correction(acq.slices[:3])
+    prior, out = (1.0, 0.0), []
+    for s in acq.slices:
+        c = model.apply(s, prior=prior)
+        prior = (c.gain, c.offset)
+        out.append(c.pixels)
+    return np.array(out), acq.labels
+
+
+def _score(labels, truth):
+    accuracy = float((labels == truth).mean())
+    fraction_pp = [abs(float((labels == k).mean() - (truth == k).mean())) * 100 for k in (1, 2, 3)]
+    return accuracy, max(fraction_pp)
+
+
+@pytest.mark.parametrize("radius_um, noise, seed", [(0.6, 16.0, 0), (0.8, 20.0, 1), (0.45, 12.0, 2)])
+def test_labels_match_truth(radius_um, noise, seed):
+    slices, truth = _corrected(16, 256, seed=seed, radius_um=radius_um, noise=noise, brightness_drift=0.03)
+    model = fit_phase_model(slices[:3])
+    labels = np.array([model.segment(s).labels for s in slices])
+    accuracy, worst_pp = _score(labels, truth)
+    assert accuracy >= 0.97
+    assert worst_pp <= 1.0
+
+
+def test_smoothing_and_rim_fix_each_improve_accuracy():
+    slices, truth = _corrected(10, 256, seed=3)
+
+    def accuracy(**options):
+        model = fit_phase_model(slices[:3], **options)
+        return _score(np.array([model.segment(s).labels for s in slices]), truth)[0]
+
+    full = accuracy()
+    assert full > accuracy(smooth_px=0.0) + 0.01
+    assert full > accuracy(rim_fix=False) + 0.005
+
+
+def test_otsu_and_gmm_thresholds_are_close_on_well_separated_phases():
+    slices, _ = _corrected(4, 192, seed=4)
+    gmm = fit_phase_model(slices, method="gmm")
+    otsu = fit_phase_model(slices, method="otsu")
+    assert np.allclose(gmm.thresholds, otsu.thresholds, atol=8.0)
+    assert np.all(np.diff(gmm.thresholds) > 0)
+
+
+def test_model_round_trips_through_json_and_segments_identically():
+    slices, _ = _corrected(4, 128, seed=5)
+    model = fit_phase_model(slices[:2])
+    again = PhaseModel.from_dict(json.loads(json.dumps(model.to_dict())))
+    assert again == model
+    a, b = model.segment(slices[3]), again.segment(slices[3])
+    assert np.array_equal(a.labels, b.labels)
+    assert a.uncertain_share == b.uncertain_share
+    with pytest.raises(CalibrationError):
+        PhaseModel.from_dict({"levels": [1, 2]})
+
+
+def test_invalid_pixels_are_unassigned_and_uncertainty_grows_with_noise():
+    quiet, _ = _corrected(3, 128, seed=6, noise=6.0)
+    noisy, _ = _corrected(3, 128, seed=6, noise=30.0)
+    valid = np.ones(quiet[0].shape, bool)
+    valid[:, :20] = False
+    seg = fit_phase_model(quiet[:2]).segment(quiet[2], valid=valid)
+    assert seg.labels.dtype == np.uint8
+    assert np.all(seg.labels[:, :20] == 0) and np.all(seg.labels[:, 20:] > 0)
+    noisy_share = fit_phase_model(noisy[:2]).segment(noisy[2]).uncertain_share
+    assert 0.0 <= seg.uncertain_share < noisy_share <= 1.0
+
+
+def test_calibration_errors():
+    with pytest.raises(CalibrationError):
+        fit_phase_model([np.full((32, 32), 9.0)])
+    with pytest.raises(ValueError, match="n_phases"):
+        fit_phase_model([np.zeros((8, 8))], n_phases=7)
+
+
+def test_pixel_classifier_separates_phases_that_grey_levels_cannot():
+    pytest.importorskip("sklearn")
+    rng = np.random.default_rng(7)
+    size = 160
+    # two phases with the same mean grey level: one smooth, one finely textured
+    truth = np.ones((2, size, size), np.uint8)
+    yy, xx = np.mgrid[0:size, 0:size]
+    for k in range(2):
+        for cy, cx, r in rng.uniform((0, 0, 12), (size, size, 28), size=(10, 3)):
+            truth[k][(yy - cy) ** 2 + (xx - cx) ** 2 < r * r] = 2
+    texture = rng.normal(0, 40, size=truth.shape)
+    images = np.where(truth == 2, 120 + texture, 120 + rng.normal(0, 4, size=truth.shape)).astype(np.float32)
+    strokes = np.zeros((size, size), np.uint8)
+    pick = rng.uniform(size=strokes.shape) < 0.02
+    strokes[pick] = truth[0][pick]
+    clf = fit_pixel_classifier(images[0], strokes, rng=0)
+    seg = clf.segment(images[1])
+    assert float((seg.labels == truth[1]).mean()) >= 0.9
+    grey = fit_phase_model(images[:1], n_phases=2, rim_fix=False).segment(images[1]).labels
+    assert float((grey == truth[1]).mean()) < 0.8
+    valid = np.zeros((size, size), bool)
+    valid[:80] = True
+    assert np.all(clf.segment(images[1], valid=valid).labels[80:] == 0)
+    with pytest.raises(CalibrationError):
+        fit_pixel_classifier(images[0], (strokes > 0).astype(np.uint8))
