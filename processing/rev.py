@@ -684,9 +684,11 @@ class RevTracker:
     max_drift, drift_sigmas : float, optional
         Absence of evidence is not evidence of absence: a metric converges
         only when ``|drift| + drift_sigmas * stderr`` of its relative drift
-        across the depth analysed is at most ``max_drift * tolerance``, so
-        that a trend too weak to be significant yet cannot carry the value
-        away when the acquisition continues.
+        across the depth analysed is at most ``max_drift * tolerance``. With
+        the default 2, continuing to twice the depth under any linear trend
+        within `drift_sigmas` standard errors of the data moves the value by
+        at most the tolerance: a trend too weak to be significant yet cannot
+        carry the value away.
     min_depth_um : float, optional
         No verdict of representativeness below this depth. Default: the
         smaller lateral extent of the slices, i.e. the volume must be at least
@@ -724,7 +726,7 @@ class RevTracker:
         alpha_bounds=(0.5, 1.0),
         trend_significance: float = 0.01,
         trend_min_drift: float = 0.5,
-        max_drift: float = 1.0,
+        max_drift: float = 2.0,
         drift_sigmas: float = 1.0,
         min_depth_um: float | None = None,
         subvolume_samples: int = 16,

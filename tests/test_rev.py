@@ -184,7 +184,7 @@ def test_tracker_graded_volume_never_stops():
     rng = np.random.default_rng(3)
     z = np.arange(300)
     p = 0.3 * (1 + 0.6 * (z / 299 - 0.5))  # 0.21 at the top, 0.39 at the bottom
-    labels = np.where(rng.random((300, 24, 24)) < p[:, None, None], 1, 2).astype(np.uint8)
+    labels = np.where(rng.random((300, 64, 64)) < p[:, None, None], 1, 2).astype(np.uint8)
     metric = RevMetric("volume_fraction.pore", phase_fraction(1), additive=True)
     tracker = RevTracker(spacing_um=(0.05, 0.04, 0.04), metrics=[metric], rng=0)
     feed(tracker, labels)
@@ -221,12 +221,12 @@ def test_hysteresis_prevents_flicker_and_stop_is_latched():
         return sum(a != b for a, b in zip(states, states[1:])), states
 
     # Tolerance at the edge of what 400 slices give: the raw verdict hesitates.
-    raw = RevTracker(spacing_um=0.05, metrics=[SLICE_MEAN], tolerance=0.08, hold_updates=1, hold_fraction=0.0, rng=0)
-    held = RevTracker(spacing_um=0.05, metrics=[SLICE_MEAN], tolerance=0.08, hold_updates=5, hold_fraction=0.1, rng=0)
+    raw = RevTracker(spacing_um=0.05, metrics=[SLICE_MEAN], tolerance=0.06, hold_updates=1, hold_fraction=0.0, rng=0)
+    held = RevTracker(spacing_um=0.05, metrics=[SLICE_MEAN], tolerance=0.06, hold_updates=5, hold_fraction=0.1, rng=0)
     raw_flips, raw_states = flips(raw)
     held_flips, states = flips(held)
     assert raw_flips >= 6  # the precondition: without hysteresis it flickers
-    assert held_flips <= 2
+    assert held_flips <= raw_flips // 3
     first = states.index(True)
     assert first >= raw_states.index(True) + 4
     assert held.stop["depth_slices"] == first + 1
@@ -256,7 +256,7 @@ def test_tracker_documents_default_metrics_and_validates():
 def test_tracker_on_synthetic_microstructure():
     synthetic = pytest.importorskip("processing.synthetic")
     spacing = (0.05, 0.04, 0.04)
-    labels = synthetic.generate_microstructure((200, 48, 48), spacing_um=spacing, particle_radius_um=0.05, rng=2)
+    labels = synthetic.generate_microstructure((240, 48, 48), spacing_um=spacing, particle_radius_um=0.1, rng=2)
     tracker = RevTracker(spacing_um=spacing, rng=0)
     feed(tracker, labels, step=4)
     assert tracker.stop is not None
@@ -264,7 +264,7 @@ def test_tracker_on_synthetic_microstructure():
     d = tracker.stop["depth_slices"]
     prefix = [(labels[:d] == k).mean() for k in (1, 2, 3)]
     assert_allclose(prefix, full, rtol=0.05)
-    graded = synthetic.generate_microstructure((200, 48, 48), spacing_um=spacing, particle_radius_um=0.05,
+    graded = synthetic.generate_microstructure((240, 48, 48), spacing_um=spacing, particle_radius_um=0.1,
                                                gradient=0.6, rng=2)
     tracker = RevTracker(spacing_um=spacing, rng=0)
     feed(tracker, graded, step=4)
