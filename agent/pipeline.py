@@ -227,6 +227,8 @@ class Agent:
         kind = item[0]
         if kind == "slice":
             _, path, index = item
+            # The watcher parsed this file to know it is complete but kept no pixels (a burst of
+            # hundreds of 16 Mpx slices would not fit in memory): read it again, from the page cache.
             try:
                 image = read_slice(path)
             except SliceReadError as exc:
