@@ -285,9 +285,11 @@ class VolumeAnalysis:
         lo, hi = max(z0 - self.halo, 0), min(z1 + self.halo, depth)
         _, ny, nx = self._labels.shape
         x0, x1 = 0, nx
-        band = max(1, self.max_window_voxels // max(1, (hi - lo) * ny))
-        if band < nx:
-            n_bands = math.ceil(nx / band)
+        fit = max(1, self.max_window_voxels // max(1, (hi - lo) * ny))
+        if fit < nx:
+            # equal bands (the same cost for every window), visited in turn
+            n_bands = math.ceil(nx / fit)
+            band = math.ceil(nx / n_bands)
             x0 = (index % n_bands) * band
             x1 = min(x0 + band, nx)
         block = self._block(lo, hi, x0, x1)

@@ -96,8 +96,8 @@ def bench_incremental():
                 doc = va.update(depth + 16)
                 times[depth] = time.perf_counter() - t0
             print(f"depth {depth:4d} -> {depth + 16}: update {times[depth]:6.2f} s  (catch-up to {depth}: "
-                  f"{prime:5.1f} s; peak RSS +{mem.above_base_mb:6.0f} MiB; expensive windows "
-                  f"{doc['expensive_windows']})")
+                  f"{prime:5.1f} s; peak RSS +{mem.above_base_mb:6.0f} MiB above {mem.base / 2**20:.0f} MiB; "
+                  f"expensive windows {doc['expensive_windows']}; tortuosity {doc['tortuosity_geometric']})")
     print(f"ratio depth 800 / depth 100: {times[800] / times[100]:.2f}  (target <= 1.5)")
 
 
