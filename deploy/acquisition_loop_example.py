@@ -28,7 +28,7 @@ import numpy as np
 
 from agent.client import DEFAULT_ENDPOINT, wait_until_representative
 from processing.io import write_fei_project, write_slice
-from processing.synthetic import generate_microstructure, render_acquisition
+from processing.synthetic import generate_microstructure, render_acquisition, simulate_drift
 
 log = logging.getLogger("acquisition")
 
@@ -160,11 +160,13 @@ class FakeMicroscope:
 
     def __init__(self, *, slices=400, field_px=192, pixel_size_um=0.02, slice_thickness_um=0.03,
                  mill_s=0.0, seed=0):
-        margin = 48  # room for the stage drift
+        rng = np.random.default_rng(seed)
+        drift = simulate_drift(slices, rng=rng)
+        margin = int(np.ceil(np.abs(drift).max())) + 16  # the stage drifts over the sample
         labels = generate_microstructure(
-            (slices, field_px + margin, field_px + margin),
-            spacing_um=(slice_thickness_um, pixel_size_um, pixel_size_um), rng=seed)
-        self._acq = render_acquisition(labels, field_shape=(field_px, field_px), rng=seed)
+            (slices, field_px + 2 * margin, field_px + 2 * margin),
+            spacing_um=(slice_thickness_um, pixel_size_um, pixel_size_um), rng=rng)
+        self._acq = render_acquisition(labels, drift_px=drift, field_shape=(field_px, field_px), rng=rng)
         self.pixel_size_um = pixel_size_um
         self.slice_thickness_um = slice_thickness_um
         self.mill_s = mill_s
