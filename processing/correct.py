@@ -157,8 +157,10 @@ def match_brightness(pixels, levels, *, prior=(1.0, 0.0), step=2):
 def _residual(image, levels, clip):
     """``image - nearest level``, clipped to +-clip (partial-volume pixels and outliers)."""
     levels = np.asarray(levels, dtype=np.float32)
-    cut = 0.5 * (levels[1:] + levels[:-1])
-    res = image - levels[np.searchsorted(cut, image)]
+    index = np.zeros(image.shape, dtype=np.uint8)
+    for cut in 0.5 * (levels[1:] + levels[:-1]):
+        index += image > cut
+    res = image - levels[index]
     return np.clip(res, -clip, clip, out=res)
 
 
@@ -210,16 +212,21 @@ def _stripe_profile(image, levels, band_px, smooth_px, valid):
         res = _residual(image, levels, _default_clip(levels))
     else:
         res = image - image.mean()
-    weight = np.ones_like(res) if valid is None else np.asarray(valid, dtype=np.float32)
+    weight = None if valid is None else np.asarray(valid, dtype=np.float32)
     band = h if band_px is None else min(int(band_px), h)
     n_bands = max(1, h // band)
     edges = np.linspace(0, h, n_bands + 1).astype(int)
     profiles = np.empty((n_bands, w), dtype=np.float32)
     centres = np.empty(n_bands)
     for b in range(n_bands):
-        r, m = res[edges[b]:edges[b + 1]], weight[edges[b]:edges[b + 1]]
-        n = m.sum(axis=0)
-        prof = (r * m).sum(axis=0) / np.maximum(n, 1)
+        r = res[edges[b]:edges[b + 1]]
+        if weight is None:
+            n = np.full(w, r.shape[0], dtype=np.float32)
+            prof = r.mean(axis=0)
+        else:
+            m = weight[edges[b]:edges[b + 1]]
+            n = m.sum(axis=0)
+            prof = (r * m).sum(axis=0) / np.maximum(n, 1)
         if levels is None:
             prof = prof - ndimage.gaussian_filter1d(prof, 16.0, mode="nearest")
         if smooth_px > 0:
