@@ -220,7 +220,7 @@ def verdict(state: MonitorState) -> tuple[str, str, str]:
         per_metric = [m.get("slices_needed") for m in (rev.get("metrics") or {}).values()
                       if not m.get("converged") and m.get("slices_needed") is not None]
         needed = max(per_metric, default=None)
-    detail = f"about {needed} more slices needed" if needed else "REV not reached yet"
+    detail = f"about {needed:,} more slices needed" if needed else "REV not reached yet"
     return "ACQUIRING", "bold white on blue", detail
 
 
@@ -373,7 +373,7 @@ def _table(state: MonitorState, width: int, max_rows: int) -> Table:
             arrow,
             _bar(progress, bar_w),
             Text(f"{100 * err:.1f} %" if err is not None else "–", "green" if converged else ""),
-            Text("✓", "bold green") if converged else Text("?" if need is None else f"+{need}"),
+            Text("✓", "bold green") if converged else Text("?" if need is None else f"+{need:,}"),
         )
     if len(shown) < len(rows):
         table.add_row(Text(f"… {len(rows) - len(shown)} more (larger terminal)", "dim"), "", "", "", "", "")
