@@ -154,6 +154,26 @@ def _smooth(image, sigma):
     return ndimage.gaussian_filter(image, sigma, mode="nearest", truncate=3.0) if sigma > 0 else image
 
 
+def _square_extreme(labels, size, op):
+    """Minimum or maximum (`op`) over a size x size square, edges repeated.
+
+    Separable, with numpy slices: an order of magnitude faster than ndimage's filters on uint8.
+    """
+    r = size // 2
+    out = labels
+    for axis in (0, 1):
+        pad = [(0, 0), (0, 0)]
+        pad[axis] = (r, r)
+        padded = np.pad(out, pad, mode="edge")
+        n = out.shape[axis]
+        take = (lambda a: padded[a:a + n]) if axis == 0 else (lambda a: padded[:, a:a + n])
+        acc = take(0).copy()
+        for j in range(1, size):
+            op(acc, take(j), out=acc)
+        out = acc
+    return out
+
+
 def _classify(image, thresholds):
     """1 + number of thresholds below each pixel, uint8 (comparisons beat searchsorted here)."""
     labels = np.ones(image.shape, dtype=np.uint8)
@@ -239,8 +259,8 @@ class PhaseModel:
         low, high = 1, self.n_phases
         size = 2 * self.rim_px + 1
         # labels run 1..n: "sees the darkest phase" = window minimum is 1, brightest = maximum is n
-        near_low = ndimage.minimum_filter(labels, size=size) == low
-        near_high = ndimage.maximum_filter(labels, size=size) == high
+        near_low = _square_extreme(labels, size, np.minimum) == low
+        near_high = _square_extreme(labels, size, np.maximum) == high
         rim = near_low & near_high & (labels != low) & (labels != high)
         cut = np.float32(0.5 * (self.levels[0] + self.levels[-1]))
         labels[rim] = np.where(smooth[rim] < cut, low, high).astype(np.uint8)
