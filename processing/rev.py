@@ -53,6 +53,8 @@ __all__ = [
     "Trend",
     "detect_trend",
     "RevTracker",
+    "RevReport",
+    "rev_report",
 ]
 
 logger = logging.getLogger(__name__)
@@ -395,23 +397,29 @@ class KanitFit:
         return var0 * (np.asarray(volume_um3, dtype=float) / v0) ** -self.alpha_used
 
     def relative_error(self, volume_um3, *, n=1, z=2.0):
-        """Kanit's ``eps = z sigma(V) / (mean sqrt(n))`` of a mean over `n` volumes `volume_um3`."""
+        """Kanit's ``eps = z sigma(V) / (mean sqrt(n))`` of a mean over `n` volumes `volume_um3`.
+
+        0 for a constant metric (an absent phase included), inf for a
+        varying metric of mean 0.
+        """
+        sigma = float(np.sqrt(self.variance(volume_um3)))
+        if sigma == 0:
+            return 0.0
         if self.mean == 0:
             return math.inf
-        return float(z * np.sqrt(self.variance(volume_um3)) / (abs(self.mean) * math.sqrt(n)))
+        return float(z * sigma / (abs(self.mean) * math.sqrt(n)))
 
     def volume_needed_um3(self, tolerance, *, z=2.0):
-        """Single volume whose relative error reaches `tolerance` (inf when the mean is 0)."""
+        """Single volume whose relative error reaches `tolerance` (0 for a constant metric,
+        inf for a varying metric of mean 0)."""
         tolerance = _check_tolerance(tolerance)
-        if self.mean == 0:
-            return math.inf
-        if self.K == 0:
-            return 0.0
-        target_var = (tolerance * abs(self.mean) / z) ** 2
         v0 = float(self.volumes_um3.max())
         var0 = float(self.variance(v0))
         if var0 == 0:
             return 0.0
+        if self.mean == 0:
+            return math.inf
+        target_var = (tolerance * abs(self.mean) / z) ** 2
         return v0 * (var0 / target_var) ** (1 / self.alpha_used)
 
 
@@ -594,8 +602,9 @@ def detect_trend(
         p = 0.0 if slope != 0 else 1.0
     else:
         p = float(2 * stats.t.sf(abs(slope) / se, n - 2))
-    rel_drift = slope * depth_um / abs(mean) if mean != 0 else math.inf * np.sign(slope)
-    rel_se = se * depth_um / abs(mean) if mean != 0 else math.inf
+    # Relative to the mean; a constant series (an absent phase) has no drift.
+    rel_drift = 0.0 if slope == 0 else slope * depth_um / abs(mean) if mean != 0 else math.copysign(math.inf, slope)
+    rel_se = 0.0 if se == 0 else se * depth_um / abs(mean) if mean != 0 else math.inf
     flagged = p < significance and abs(rel_drift) >= min_drift * tolerance
     per_um = slope / abs(mean) if mean != 0 else math.nan
     if flagged:
@@ -616,7 +625,7 @@ class _MetricState:
         self.metric = metric
         self.base = base_slices
         self.levels: list[list[float]] = []  # levels[k][i]: block i of 2**k * base slices
-        self.history: list[tuple[int, float]] = []  # (depth, running value)
+        self.history: list[list[float]] = []  # [depth, running value, relative error]
         self.streak_start: int | None = None
         self.streak_updates = 0
         self.curve: SubvolumeCurve | None = None
@@ -798,10 +807,11 @@ class RevTracker:
         return self._document
 
     def history(self, name: str) -> np.ndarray:
-        """``(N, 2)`` array of (depth in slices, running value) of metric `name` at each update."""
+        """``(N, 3)`` array of (depth in slices, running value, relative error or NaN) of
+        metric `name` at each update: the curve against depth."""
         for st in self._states:
             if st.metric.name == name:
-                return np.array(st.history, dtype=float).reshape(-1, 2)
+                return np.array(st.history, dtype=float).reshape(-1, 3)
         raise KeyError(f"unknown metric {name!r}")
 
     # -- update -------------------------------------------------------------
@@ -885,7 +895,7 @@ class RevTracker:
         analysed = len(base) * st.base
         if value is None:
             value = float(np.mean(base)) if base else math.nan
-        st.history.append((self.depth, value))
+        st.history.append([self.depth, value, math.nan])
         entry = {"value": value, "relative_error": None, "converged": False, "rev_edge_um": None,
                  "slices_needed": None, "not_stationary": False, "alpha": None, "reason": None}
 
@@ -912,8 +922,9 @@ class RevTracker:
         entry["rev_edge_um"] = self._rev_edge(st, labels, tol)
 
         window = max(1, math.ceil(self.hold_fraction * self.depth))
-        recent = [v for d, v in st.history if d >= self.depth - window]
-        swing = max(abs(v - value) for v in recent) / abs(value) if value else math.inf
+        recent = [v for d, v, _ in st.history if d >= self.depth - window]
+        spread = max(abs(v - value) for v in recent)
+        swing = 0.0 if spread == 0 else spread / abs(value) if value else math.inf
         if not trend.decided:
             failure = trend.reason
         elif trend.not_stationary:
@@ -941,6 +952,7 @@ class RevTracker:
             st.streak_start, st.streak_updates = None, 0
         entry["converged"] = failure is None
         entry["reason"] = failure
+        st.history[-1][2] = rel_err
         # JSON-ready: plain floats, null for anything not finite.
         for key in ("value", "relative_error", "alpha", "trend_relative_drift"):
             v = entry[key]
@@ -974,3 +986,87 @@ class RevTracker:
                   f"(relative error at {self.confidence:.0%} confidence, no trend along z, "
                   f"stable over the last {self.hold_fraction:.0%} of the depth) at {doc['depth_slices']} slices")
         return {"reason": reason, "depth_slices": doc["depth_slices"], "rev": doc, "evidence": evidence}
+
+
+# --------------------------------------------------------------------------- offline report
+
+
+@dataclass(frozen=True, eq=False)
+class RevReport:
+    """REV analysis of a finished volume (the paper's Figure S8, plus the depth view).
+
+    Attributes
+    ----------
+    curves : dict of str to SubvolumeCurve
+        Relative std against cube edge, per metric, on the whole volume.
+    depth : dict of str to (N, 3) ndarray
+        Per metric: depth in slices, running value and relative error, as the
+        tracker saw them while replaying the volume slab by slab.
+    stop_depth_slices : int or None
+        Where the tracker would have stopped.
+    document : dict
+        The last ``rev`` document (JSON-ready).
+    """
+
+    curves: dict
+    depth: dict
+    stop_depth_slices: int | None
+    document: dict
+
+    def to_dict(self) -> dict:
+        """JSON-ready dict: the ``rev`` document plus ``curves`` and ``depth_curves``."""
+        def clean(a):
+            return [None if not np.isfinite(v) else float(v) for v in np.asarray(a, dtype=float)]
+
+        return {
+            **self.document,
+            "stop_depth_slices": self.stop_depth_slices,
+            "curves": {name: {"edge_um": clean(c.edges_um), "relative_std": clean(c.relative_std),
+                              "n_samples": [int(n) for n in c.n_samples], "rev_edge_um": c.rev_edge_um}
+                       for name, c in self.curves.items()},
+            "depth_curves": {name: {"depth_slices": [int(d) for d in h[:, 0]], "value": clean(h[:, 1]),
+                                    "relative_error": clean(h[:, 2])}
+                             for name, h in self.depth.items()},
+        }
+
+
+def rev_report(labels, *, spacing_um, metrics: Sequence[RevMetric] | None = None, steps: int = 64,
+               n_samples: int = 24, rng=None, **tracker_options) -> RevReport:
+    """REV report of a finished volume: subvolume curves and a replay along z.
+
+    Parameters
+    ----------
+    labels : (Z, Y, X) array-like of int
+    spacing_um : tuple of 3 float
+        ``(dz, dy, dx)`` in micrometres.
+    metrics : sequence of RevMetric, optional
+        Default :func:`default_metrics`.
+    steps : int, optional
+        Number of tracker updates over the depth (the resolution of the depth
+        curves and of the stop depth).
+    n_samples : int, optional
+        Cubes per edge of the subvolume curves.
+    rng : None, int or numpy.random.Generator, optional
+    **tracker_options
+        Passed to :class:`RevTracker` (tolerance, confidence, ...).
+
+    Returns
+    -------
+    RevReport
+    """
+    labels = _check_volume(labels)
+    if int(steps) < 1:
+        raise ValueError(f"steps must be >= 1, got {steps!r}")
+    rng = np.random.default_rng(rng)
+    metrics = default_metrics() if metrics is None else tuple(metrics)
+    tracker = RevTracker(spacing_um=spacing_um, metrics=metrics, rng=rng, **tracker_options)
+    depth = labels.shape[0]
+    stop = None
+    for d in np.unique(np.linspace(0, depth, int(steps) + 1).round().astype(int)[1:]):
+        tracker.update(labels[:d])
+        if stop is None and tracker.stop is not None:
+            stop = int(d)
+    curves = {m.name: subvolume_curve(labels, m, spacing_um=spacing_um, n_samples=n_samples,
+                                      tolerance=tracker.tolerances[m.name], rng=rng) for m in metrics}
+    return RevReport(curves=curves, depth={m.name: tracker.history(m.name) for m in metrics},
+                     stop_depth_slices=stop, document=tracker.document())

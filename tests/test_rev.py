@@ -269,3 +269,24 @@ def test_tracker_on_synthetic_microstructure():
     tracker = RevTracker(spacing_um=spacing, rng=0)
     feed(tracker, graded, step=4)
     assert tracker.stop is None
+
+
+def test_rev_report_is_json_ready_and_consistent():
+    from processing.rev import rev_report
+
+    labels = white_noise((120, 32, 32), 0.3, seed=9)
+    report = rev_report(labels, spacing_um=(0.05, 0.04, 0.04), steps=30, n_samples=8, rng=0)
+    doc = json.loads(json.dumps(report.to_dict(), allow_nan=False))
+    assert set(doc["curves"]) == set(doc["depth_curves"]) == set(doc["metrics"])
+    pore = doc["depth_curves"]["volume_fraction.pore"]
+    assert pore["depth_slices"][-1] == 120
+    assert pore["value"][-1] == pytest.approx((labels == 1).mean())
+    assert report.stop_depth_slices is not None and report.stop_depth_slices <= 120
+
+
+def test_absent_phase_is_constant_and_does_not_block():
+    labels = white_noise((60, 16, 16), 0.3, seed=2)  # labels 1 and 2 only: no active
+    tracker = RevTracker(spacing_um=(0.05, 0.04, 0.04), rng=0)
+    feed(tracker, labels)
+    active = tracker.document()["metrics"]["volume_fraction.active"]
+    assert active["value"] == 0 and active["relative_error"] == 0 and active["converged"]
