@@ -51,7 +51,7 @@ def stop_depth(labels, *, confidence, rng):
     return None
 
 
-def stationary_table(seeds, shape, confidences, tolerance=0.05):
+def stationary_table(seeds, shape, confidences, radii, tolerance=0.05):
     print(f"\nStationary volumes {shape} spacing {SPACING} um, tolerance {tolerance:.0%}, phase fractions tracked")
     head = f"{'seed':>4} {'r_um':>5} {'oracle':>6} " + " ".join(f"{'stop@' + format(c, '.2f'):>10}" for c in confidences)
     print(head)
@@ -59,7 +59,7 @@ def stationary_table(seeds, shape, confidences, tolerance=0.05):
     premature = {c: 0 for c in confidences}
     never = {c: 0 for c in confidences}
     for seed in seeds:
-        radius = RADII_UM[seed % len(RADII_UM)]
+        radius = radii[seed % len(radii)]
         labels = generate_microstructure(shape, spacing_um=SPACING, particle_radius_um=radius, rng=seed)
         oracle = oracle_depth(prefix_fractions(labels), tolerance)
         cells = []
@@ -80,13 +80,13 @@ def stationary_table(seeds, shape, confidences, tolerance=0.05):
               f"median stop/oracle {med:.2f} (target <= 1.3), max {max(ratios[c], default=float('nan')):.2f}")
 
 
-def graded_table(seeds, shape, gradients, confidence):
+def graded_table(seeds, shape, gradients, confidence, radii):
     print(f"\nGraded volumes {shape}: active fraction changes by `gradient` (relative) over the depth")
     print(f"{'seed':>4} {'gradient':>8} {'stop':>6}  first reason at the end")
     stops = 0
     for seed in seeds:
         for gradient in gradients:
-            radius = RADII_UM[seed % len(RADII_UM)]
+            radius = radii[seed % len(radii)]
             labels = generate_microstructure(shape, spacing_um=SPACING, particle_radius_um=radius,
                                              gradient=gradient, rng=seed)
             tracker = RevTracker(spacing_um=SPACING, confidence=confidence, rng=seed)
@@ -142,13 +142,16 @@ def main():
     parser.add_argument("--depth", type=int, default=400)
     parser.add_argument("--xy", type=int, default=96)
     parser.add_argument("--confidence", type=float, nargs="+", default=[0.95, 0.8])
+    parser.add_argument("--radii", type=float, nargs="+", default=list(RADII_UM), help="particle radii (um)")
+    parser.add_argument("--no-porespy", action="store_true")
     args = parser.parse_args()
     shape = (args.depth, args.xy, args.xy)
     seeds = list(range(args.seeds))
     t0 = time.perf_counter()
-    stationary_table(seeds, shape, args.confidence)
-    graded_table(seeds, shape, (0.3, 0.6), args.confidence[0])
-    porespy_comparison((128, 128, 128))
+    stationary_table(seeds, shape, args.confidence, args.radii)
+    graded_table(seeds, shape, (0.3, 0.6), args.confidence[0], args.radii)
+    if not args.no_porespy:
+        porespy_comparison((128, 128, 128))
     print(f"\ntotal {time.perf_counter() - t0:.0f} s")
 
 
