@@ -11,6 +11,7 @@ and reports the drift error of each method against the truth. ``revwatch bench``
 from __future__ import annotations
 
 import logging
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -92,8 +93,10 @@ def run_slice_bench(shape=(1024, 1024), dtype=np.uint8, n_slices=20, *, calibrat
     Returns
     -------
     dict
-        ``shape``, ``dtype``, ``n_slices``, ``ms_per_stage`` {stage: mean ms}, ``ms_per_slice``,
-        ``slices_per_s``, ``drift_rms_px`` {method: px}, ``drift_end_px`` {method: px},
+        ``shape``, ``dtype``, ``n_slices``, ``ms_per_stage`` {stage: mean wall ms},
+        ``cpu_ms_per_stage`` {stage: mean CPU ms of this process, all threads}, ``ms_per_slice``,
+        ``cpu_ms_per_slice``, ``slices_per_s`` (wall), ``load_average`` (1, 5, 15 min: other
+        processes inflate wall times on a shared machine), ``drift_rms_px`` {method: px}, ``drift_end_px`` {method: px},
         ``align_ms`` {method: ms per slice}, ``align_speedup`` {peer: ratio of its time to ours},
         ``label_accuracy``, ``fraction_error_pp`` {label: pp}, ``rss_mb`` (start, end).
     """
@@ -127,32 +130,35 @@ def run_slice_bench(shape=(1024, 1024), dtype=np.uint8, n_slices=20, *, calibrat
         labels = store.create_array("labels", shape=(n_slices,) + shape, chunks=(1,) + shape, dtype=np.uint8)
 
         times = {stage: [] for stage in STAGES}
+        cpu = {stage: [] for stage in STAGES}
         shifts = []
         prior = (1.0, 0.0)
         for k, path in enumerate(paths):
-            t0 = time.perf_counter()
+            marks = [(time.perf_counter(), time.process_time())]
             pixels = read_slice(path).pixels
-            t1 = time.perf_counter()
+            marks.append((time.perf_counter(), time.process_time()))
             c = corrector.apply(pixels, prior=prior)
             prior = (c.gain, c.offset)
-            t2 = time.perf_counter()
+            marks.append((time.perf_counter(), time.process_time()))
             est = tracker.update(c.pixels)
             aligned, valid = apply_shift(c.pixels, est.shift_px)
-            t3 = time.perf_counter()
+            marks.append((time.perf_counter(), time.process_time()))
             seg = phases.segment(aligned, valid=valid)
-            t4 = time.perf_counter()
+            marks.append((time.perf_counter(), time.process_time()))
             grey[k] = np.clip(aligned, info.min, info.max).astype(dtype)
             labels[k] = seg.labels
-            t5 = time.perf_counter()
+            marks.append((time.perf_counter(), time.process_time()))
             shifts.append(est.shift_px)
-            for stage, dt in zip(STAGES, (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4)):
-                times[stage].append(dt)
+            for i, stage in enumerate(STAGES):
+                times[stage].append(marks[i + 1][0] - marks[i][0])
+                cpu[stage].append(marks[i + 1][1] - marks[i][1])
         rss_end = process.memory_info().rss / 2**20
         stored = np.asarray(labels[:])
 
     # the first slices pay one-off costs (imports, FFT plans): report the steady state
     skip = min(calibration_slices, n_slices - 2)
     ms = {stage: 1e3 * float(np.mean(v[skip:])) for stage, v in times.items()}
+    cpu_ms = {stage: 1e3 * float(np.mean(v[skip:])) for stage, v in cpu.items()}
     total = sum(ms.values())
     truth = acq.labels
     valid = stored > 0
@@ -165,7 +171,10 @@ def run_slice_bench(shape=(1024, 1024), dtype=np.uint8, n_slices=20, *, calibrat
         "dtype": dtype.name,
         "n_slices": int(n_slices),
         "ms_per_stage": ms,
+        "cpu_ms_per_stage": cpu_ms,
         "ms_per_slice": total,
+        "cpu_ms_per_slice": sum(cpu_ms.values()),
+        "load_average": list(os.getloadavg()),
         "slices_per_s": 1e3 / total if total > 0 else float("inf"),
         "align_ms": align_ms,
         "align_speedup": {m: t / ms["align"] for m, t in align_ms.items() if m != "revwatch"},
@@ -183,7 +192,10 @@ def format_report(result):
     shape = "x".join(str(v) for v in result["shape"])
     lines = [f"{shape} {result['dtype']}, {result['n_slices']} slices: "
              f"{result['slices_per_s']:.1f} slices/s ({result['ms_per_slice']:.1f} ms per slice)"]
-    lines.append("  ms per stage: " + ", ".join(f"{k} {v:.1f}" for k, v in result["ms_per_stage"].items()))
+    lines.append("  ms per stage (wall): " + ", ".join(f"{k} {v:.1f}" for k, v in result["ms_per_stage"].items()))
+    lines.append("  ms per stage (CPU):  " + ", ".join(f"{k} {v:.1f}" for k, v in result["cpu_ms_per_stage"].items())
+                 + f"; {result['cpu_ms_per_slice']:.1f} ms CPU per slice; load average "
+                 + ", ".join(f"{v:.1f}" for v in result["load_average"]))
     for method, t in result["align_ms"].items():
         ratio = result["align_speedup"].get(method)
         lines.append(f"  align {method:32s} {t:8.1f} ms/slice"
