@@ -183,7 +183,8 @@ def load_label_tiff(path, *, spacing_um, phase_map) -> LabelVolume:
     except Exception as exc:  # noqa: BLE001 - tifffile raises many types for a bad file; all mean the same here
         raise MetricsInputError(f"{path}: cannot read it as a TIFF: {type(exc).__name__}: {exc}") from None
     if "S" in axes and source.shape[axes.index("S")] > 1:
-        raise MetricsInputError(f"{path}: holds colour (RGB) pages ({axes} {source.shape}); labels must be one integer per voxel")
+        raise MetricsInputError(f"{path}: holds a colour (RGB) image ({axes} {source.shape}); labels must be one integer "
+                                "per voxel, one page per z slice (tifffile: photometric='minisblack')")
     source = np.squeeze(source)
     if source.ndim != 3:
         what = "a single 2-D image" if source.ndim == 2 else f"a {source.ndim}-D array {source.shape} ({axes})"
@@ -449,6 +450,18 @@ _SHORT = {
 }
 
 
+_FIELD_LABELS = {
+    "volume_fraction": "volume fraction",
+    "surface_area_per_cell_volume_um-1": "A/V_cell (μm⁻¹)",
+    "surface_area_per_phase_volume_um-1": "A/V_phase (μm⁻¹)",
+    "coverage_share": "coverage by electrolyte",
+    "local_thickness_um": "local thickness (μm)",
+    "connected_share": "connected share",
+    "interconnected_share": "interconnected share",
+    "tortuosity_geometric": "geometric tortuosity",
+}
+
+
 def _short(name):
     field, _, rest = name.partition(".")
     rest = rest.removesuffix(".mean").replace(".", " ")
@@ -535,6 +548,7 @@ def plot_rev(report, path, *, spacing_um, title=""):
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
+    from matplotlib.ticker import NullFormatter, ScalarFormatter
 
     groups: dict[str, list[tuple[str, dict]]] = {}
     for name, entry in report["metrics"].items():
@@ -558,14 +572,20 @@ def plot_rev(report, path, *, spacing_um, title=""):
             if final is not None:
                 ax_depth.axhspan(final * (1 - tol), final * (1 + tol), color=line.get_color(), alpha=0.12, lw=0)
         ax_edge.axhline(100 * tol, color="k", ls="--", lw=1, label=f"tolerance {100 * tol:.0f}%")
-        ax_edge.set_xscale("log")
+        if any(v is not None for _, entry in members for v in entry["curve"]["relative_std"]):
+            ax_edge.set_xscale("log")
+            ax_edge.xaxis.set_major_formatter(ScalarFormatter())
+            ax_edge.xaxis.set_minor_formatter(NullFormatter())
+        else:
+            ax_edge.text(0.5, 0.5, "volume too small: fewer than 2 subvolumes at every edge",
+                         transform=ax_edge.transAxes, ha="center", va="center")
         ax_edge.set_xlabel("subvolume edge (μm)")
         ax_edge.set_ylabel("relative std (%)")
-        ax_edge.set_title(f"{field}: spread over subvolumes")
+        ax_edge.set_title(f"{_FIELD_LABELS.get(field, field)}: spread over subvolumes", fontsize="medium")
         ax_edge.legend(fontsize="small")
         ax_depth.set_xlabel("depth (μm)")
-        ax_depth.set_ylabel(field)
-        ax_depth.set_title(f"{field}: value on the first slices (band: ±{100 * tol:.0f}% of the final)")
+        ax_depth.set_ylabel(_FIELD_LABELS.get(field, field))
+        ax_depth.set_title(f"on the first slices (band: ±{100 * tol:.0f}% of the final value)", fontsize="medium")
         ax_depth.legend(fontsize="small")
     if title:
         fig.suptitle(title)
