@@ -80,7 +80,13 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_monitor(args: argparse.Namespace) -> int:
     from agent.monitor import run_monitor
 
-    return run_monitor(args.endpoint, once=args.once, timeout_s=args.timeout_s, keys_dir=args.keys_dir) or 0
+    return run_monitor(
+        args.endpoint,
+        once=args.once,
+        timeout_s=args.timeout_s,
+        keys_dir=args.keys_dir,
+        snapshot_endpoint=args.snapshot_endpoint,
+    ) or 0
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
@@ -138,7 +144,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 def cmd_keys(args: argparse.Namespace) -> int:
     from agent.keys import create_keys
 
-    paths = create_keys(args.folder)
+    paths = create_keys(args.folder, clients=tuple(args.client or ["client"]), overwrite=args.force)
     for p in paths:
         print(p)
     return 0
@@ -180,6 +186,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--once", action="store_true", help="print one snapshot and exit")
     p.add_argument("--timeout-s", type=float, default=10.0, help="with --once: how long to wait for the agent")
     p.add_argument("--keys-dir", type=Path, help="CURVE keys when the agent is not on loopback")
+    p.add_argument("--snapshot-endpoint", help="the agent's snapshot socket (default: the PUB port + 1)")
     p.set_defaults(func=cmd_monitor)
 
     p = sub.add_parser("replay", help="copy an existing stack into a folder at a cadence (simulates an acquisition)")
@@ -224,6 +231,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("keys", help="create CURVE key pairs for a non-loopback agent")
     p.add_argument("folder", type=Path, help="where to write the keys")
+    p.add_argument("--client", action="append", metavar="NAME", help="client key pair to create (repeatable; default 'client')")
+    p.add_argument("--force", action="store_true", help="overwrite existing keys")
     p.set_defaults(func=cmd_keys)
 
     p = sub.add_parser("doctor", help="check a configuration and this machine, and say what to fix")

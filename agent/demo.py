@@ -24,6 +24,7 @@ from agent.config import Config
 from agent.monitor import MonitorState, render
 from agent.pipeline import Agent
 from agent.replay import replay
+from processing.errors import RevwatchError
 from processing.phases import Phases
 from processing.synthetic import generate_microstructure, render_acquisition, write_acquisition
 
@@ -131,25 +132,41 @@ def run_demo(
             all_done.set()
 
     agent.events.subscribe(follow, name="demo monitor")
+    replay_done = threading.Event()  # set when the agent ends first (representative): stop feeding
     feeder = threading.Thread(
-        target=replay, args=(source, incoming), kwargs={"interval_s": interval_s}, name="demo replay", daemon=True
+        target=replay, args=(source, incoming), kwargs={"interval_s": interval_s, "stop": replay_done},
+        name="demo replay", daemon=True,
     )
+    result = {}
+
+    def run_agent():
+        try:
+            result["summary"] = agent.run(stop_event=all_done)
+        except RevwatchError as exc:
+            result["error"] = exc
+
+    def draw():
+        return render(state, width=console.width, height=console.height)
+
     started = time.monotonic()
     console.print(f"[bold]revwatch demo[/]: acquisition in {incoming}, volume {volume}, ZeroMQ {config.publish.endpoint}")
-    with Live(render(state), console=console, refresh_per_second=4, transient=False) as live:
+    with Live(draw(), console=console, refresh_per_second=4, transient=False) as live:
         feeder.start()
-        runner = threading.Thread(target=lambda: setattr(agent, "summary", agent.run(stop_event=all_done)), daemon=True)
+        runner = threading.Thread(target=run_agent, name="demo agent", daemon=True)
         runner.start()
         while runner.is_alive():
             runner.join(0.25)
-            live.update(render(state))
-        live.update(render(state))
+            live.update(draw())
+        replay_done.set()
+        live.update(draw())
     console.print()
-    summary = getattr(agent, "summary", None)
-    if summary is None:
-        console.print("[red]the agent stopped with an error; see the log above[/]")
+    if "error" in result:
+        console.print(f"[red]the agent stopped with an error: {result['error']}[/]")
         return 1
+    summary = result["summary"]
     console.print(_truth_table(acq, agent.events.latest("metrics"), config.phases.to_phases()))
     console.print(summary.describe())
+    if summary.stop is not None:
+        console.print(f"the acquisition could have stopped after {summary.depth_slices} of {slices} slices")
     console.print(f"demo finished in {time.monotonic() - started:.0f} s; open the volume with napari: {volume}")
     return 0

@@ -60,9 +60,10 @@ class RunSummary:
     stop: dict | None
 
     def describe(self) -> str:
+        representative = bool(self.stop and (self.stop.get("rev") or {}).get("representative"))
         verdict = (
-            f"REPRESENTATIVE at {self.stop.get('depth_slices')} slices ({self.stop.get('reason')})"
-            if self.stop
+            f"REPRESENTATIVE at {self.stop.get('depth_slices')} slices: {self.stop.get('reason')}"
+            if representative
             else "not representative yet"
         )
         return (
