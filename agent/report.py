@@ -232,10 +232,10 @@ def load_volume(path, *, spacing_um=None, phase_map=()) -> LabelVolume:
     if path.is_dir():
         from agent.store import VolumeStore
 
+        store = VolumeStore.open(path, read_only=True)
         if spacing_um is not None or phase_map:
             raise MetricsInputError(f"{path}: a revwatch volume carries its own spacing and phases; "
                                     "--spacing-um and --phase are for label TIFFs")
-        store = VolumeStore.open(path, read_only=True)
         if store.depth == 0:
             raise MetricsInputError(f"{path}: the volume has no committed slice yet")
         labels = np.asarray(store.labels[: store.depth])
