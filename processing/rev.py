@@ -653,6 +653,27 @@ class _MetricState:
             level += 1
 
 
+def _block_variance(st: _MetricState, level: int) -> tuple[float, float]:
+    """Variance of the metric over blocks of `level` and its degrees of freedom.
+
+    For additive metrics, overlapping batch means (Meketon and Schmeiser,
+    1984) over the base blocks: every window of ``2**level`` consecutive base
+    blocks, about 1.5 times the degrees of freedom of disjoint blocks from the
+    same slices. Otherwise the disjoint blocks measured at that level.
+    """
+    if not st.metric.additive:
+        blocks = st.levels[level]
+        return float(np.var(blocks, ddof=1)), len(blocks) - 1.0
+    y = np.asarray(st.levels[0], dtype=float)
+    n, m = y.size, 1 << level
+    if m == 1:
+        return float(np.var(y, ddof=1)), n - 1.0
+    c = np.concatenate(([0.0], np.cumsum(y - y.mean())))
+    windows = (c[m:] - c[:-m]) / m
+    var = n / ((n - m + 1) * (n - m)) * float(windows @ windows)
+    return var, 1.5 * (n / m - 1)
+
+
 class RevTracker:
     """Streaming REV decision for a volume growing along z.
 
@@ -902,14 +923,15 @@ class RevTracker:
         # Statistical criterion on the dyadic blocks of the whole acquired volume.
         # Only the coarsest block sizes enter the fit: below the correlation
         # length sigma^2 decays slower than 1/V and would bias alpha low.
-        used = [(lvl, blocks) for lvl, blocks in enumerate(st.levels) if len(blocks) >= self.min_blocks]
+        used = [(lvl, *_block_variance(st, lvl)) for lvl, blocks in enumerate(st.levels)
+                if len(blocks) >= self.min_blocks]
         used = used[-self.fit_levels:]
         rel_err = math.inf
         if len(used) >= 2 and math.isfinite(value):
-            vols = [area * dz * (st.base << lvl) for lvl, _ in used]
-            fit = fit_kanit(vols, [np.var(b, ddof=1) for _, b in used], mean=value,
-                            weights=[len(b) - 1 for _, b in used], alpha_bounds=self.alpha_bounds)
-            z = float(stats.t.ppf(0.5 + self.confidence / 2, len(used[-1][1]) - 1))
+            lvls, variances, dofs = zip(*used)
+            vols = [area * dz * (st.base << lvl) for lvl in lvls]
+            fit = fit_kanit(vols, variances, mean=value, weights=dofs, alpha_bounds=self.alpha_bounds)
+            z = float(stats.t.ppf(0.5 + self.confidence / 2, dofs[-1]))
             rel_err = fit.relative_error(area * dz * analysed, z=z)
             needed = math.ceil(fit.volume_needed_um3(tol, z=z) / (area * dz)) if math.isfinite(rel_err) else None
             entry.update(relative_error=rel_err, alpha=fit.alpha,
