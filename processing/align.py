@@ -495,6 +495,30 @@ class DriftTracker:
         b = self._bin
         return ((offset[0] + best[0]) * b, (offset[1] + best[1]) * b), conf
 
+    def resume(self, aligned, shift_px):
+        """Continue a run after a restart, from the last stored slice.
+
+        Parameters
+        ----------
+        aligned : (Y, X) ndarray
+            The last slice as stored: corrected and already shifted onto the canvas, 0 where it
+            did not cover the canvas.
+        shift_px : (float, float)
+            The cumulative shift that was applied to it.
+        """
+        aligned = np.asarray(aligned)
+        if aligned.ndim != 2:
+            raise SliceShapeError(f"aligned: expected a 2-D slice, got shape {aligned.shape}")
+        self._shape = aligned.shape
+        self._bin = self.auto_bin(aligned.shape) if self.bin is None else self.bin
+        binned = _bin(aligned.astype(np.float32), self._bin)
+        covered = _bin((aligned > 0).astype(np.float32), self._bin) > 0.99
+        fill = binned[covered].mean() if covered.any() else 0.0
+        self._previous = np.where(covered, binned, fill)
+        self._mean = self._previous.copy()
+        self._shift = tuple(float(v) for v in _as_pair(shift_px, "shift_px"))
+        self.n_slices = 1
+
     def _start(self, pixels):
         self._shape = pixels.shape
         self._bin = self.auto_bin(pixels.shape) if self.bin is None else self.bin

@@ -220,3 +220,45 @@ def test_agent_waits_for_a_slice_written_in_two_halves(tmp_path, acquisition):
     assert grey[half:].mean() > 0.5 * grey[:half].mean()
     # Atlas z positions were taken from the file names
     np.testing.assert_allclose([s["z_um"] for s in store.slices], np.arange(len(files)) * SPACING_UM[0], atol=1e-6)
+
+
+def test_run_resumes_into_the_same_volume_with_every_slice_once(tmp_path, acquisition):
+    n = acquisition.slices.shape[0]
+    source, incoming, volume = tmp_path / "source", tmp_path / "incoming", tmp_path / "run.ome.zarr"
+    files = write_acquisition(acquisition, source, layout="fei", pixel_size_um=SPACING_UM[1],
+                              slice_spacing_um=SPACING_UM[0])
+    incoming.mkdir()
+    (incoming / "EMProject.emxml").write_bytes((source / "EMProject.emxml").read_bytes())
+    target = incoming / files[0].relative_to(source).parent
+    target.mkdir(parents=True)
+
+    def run_until(count):
+        agent, stop, thread, result = start_agent(agent_config(incoming, volume, free_endpoint()))
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and "error" not in result:
+            status = agent.events.latest("status")
+            if status and status["depth_slices"] == count:
+                break
+            time.sleep(0.05)
+        stop.set()
+        thread.join(60)
+        assert "error" not in result, result.get("error")
+        return result["summary"]
+
+    half = n // 2
+    for path in files[:half]:
+        (target / path.name).write_bytes(path.read_bytes())
+    first = run_until(half)
+    assert first.depth_slices == half
+    for path in files[half:]:
+        (target / path.name).write_bytes(path.read_bytes())
+    second = run_until(n)
+    assert second.slices_processed == n - half  # the first half was not processed again
+    store = VolumeStore.open(volume, read_only=True)
+    assert [s["index"] for s in store.slices] == list(range(1, n + 1))
+    assert store.run_attrs["phase_model"] is not None  # the calibration was kept, not refitted
+    # the resumed drift continues from the stored shift instead of restarting at zero
+    shifts = np.array([s["shift_px"] for s in store.slices])
+    steps = np.linalg.norm(np.diff(shifts, axis=0), axis=1)
+    true_steps = np.linalg.norm(np.diff(acquisition.drift_px, axis=0), axis=1)
+    assert steps[half - 1] < true_steps.max() + 2.0
