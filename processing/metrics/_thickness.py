@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import math
 import os
+from concurrent.futures import ThreadPoolExecutor
 
 import edt
 import numba
@@ -43,8 +44,9 @@ _CENTRE_TOLERANCE = 0.3
 
 
 @numba.njit(cache=True, nogil=True)
-def _maximal_ball_centres(dist, sz, sy, sx, tol):
-    """Centres whose ball is inside no neighbour's ball (up to `tol` um)."""
+def _maximal_ball_centres(dist, sz, sy, sx, tol, z_lo, z_hi, keep):
+    """Mark in `keep` the centres of slices [z_lo, z_hi) whose ball is inside no
+    neighbour's ball (up to `tol` um)."""
     nz, ny, nx = dist.shape
     offsets = np.empty(26, np.int64)
     reach = np.empty(26, np.float32)
@@ -57,9 +59,8 @@ def _maximal_ball_centres(dist, sz, sy, sx, tol):
                     reach[i] = math.sqrt((oz * sz) ** 2 + (oy * sy) ** 2 + (ox * sx) ** 2) - tol
                     i += 1
     flat = dist.ravel()
-    keep = np.zeros(dist.shape, np.bool_)
     keep_flat = keep.ravel()
-    for z in range(nz):
+    for z in range(z_lo, z_hi):
         for y in range(ny):
             interior = 0 < z < nz - 1 and 0 < y < ny - 1
             base = (z * ny + y) * nx
@@ -78,7 +79,6 @@ def _maximal_ball_centres(dist, sz, sy, sx, tol):
                     keep_flat[p] = maximal
                 else:
                     keep[z, y, x] = _is_maximal_border(dist, z, y, x, sz, sy, sx, tol)
-    return keep
 
 
 @numba.njit(cache=True, nogil=True)
@@ -114,14 +114,14 @@ def _next_free(nxt, z, y, x):
 
 
 @numba.njit(cache=True, nogil=True)
-def _paint_balls(shape, step, cz, cy, cx, radii, sz, sy, sx):
-    """Paint balls in the given order (largest first) on the rows z, y multiple of `step`.
+def _paint_balls(shape, step, cz, cy, cx, radii, sz, sy, sx, part, n_parts, out):
+    """Paint balls in the given order (largest first) into `out`, on the rows z, y
+    multiple of `step` and the sampled planes ``z // step == part (mod n_parts)``.
 
     Each voxel is written once: a union-find pointer per row jumps over painted runs.
     """
     nz, ny, nx = shape
-    mz, my = (nz + step - 1) // step, (ny + step - 1) // step
-    out = np.zeros((mz, my, nx), np.float32)
+    mz, my = out.shape[0], out.shape[1]
     nxt = np.empty((mz, my, nx + 1), np.int32)
     for z in range(mz):
         for y in range(my):
@@ -135,6 +135,8 @@ def _paint_balls(shape, step, cz, cy, cx, radii, sz, sy, sx):
         zs = max(z0 - kz, 0)
         zs += (-zs) % step
         for z in range(zs, min(z0 + kz, nz - 1) + 1, step):
+            if (z // step) % n_parts != part:
+                continue
             rem_z = r2 - ((z - z0) * sz) ** 2
             if rem_z <= 0:
                 continue
@@ -159,6 +161,15 @@ def _paint_balls(shape, step, cz, cy, cx, radii, sz, sy, sx):
     return out
 
 
+def _in_threads(n, work):
+    """Run ``work(0) .. work(n - 1)`` on `n` threads (the kernels release the GIL)."""
+    if n == 1:
+        work(0)
+        return
+    with ThreadPoolExecutor(n) as pool:
+        list(pool.map(work, range(n)))
+
+
 def local_thickness(mask, *, spacing_um, voxel_correction=True, step=1, threads=None):
     """Local thickness map of a phase (Hildebrand-Ruegsegger diameter).
 
@@ -176,7 +187,7 @@ def local_thickness(mask, *, spacing_um, voxel_correction=True, step=1, threads=
         cost drops about ``step**2`` times and the values on those rows are exact, which
         is all that statistics need.
     threads : int, optional
-        Threads of the distance transform (default: CPU count).
+        Threads (default: CPU count).
 
     Returns
     -------
@@ -195,13 +206,21 @@ def local_thickness(mask, *, spacing_um, voxel_correction=True, step=1, threads=
     dist = edt.edt(mask.view(np.uint8), anisotropy=spacing, black_border=False,
                    parallel=threads or os.cpu_count() or 1)
     dist = np.ascontiguousarray(dist, dtype=np.float32)
-    keep = _maximal_ball_centres(dist, *spacing, _CENTRE_TOLERANCE * min(spacing))
+    n_threads = threads or os.cpu_count() or 1
+    keep = np.zeros(mask.shape, bool)
+    bounds = np.linspace(0, mask.shape[0], n_threads + 1).astype(int)
+    _in_threads(n_threads, lambda t: _maximal_ball_centres(
+        dist, *spacing, _CENTRE_TOLERANCE * min(spacing), bounds[t], bounds[t + 1], keep))
     cz, cy, cx = np.nonzero(keep)
     radii = dist[cz, cy, cx].astype(np.float64)
     own = dist[::step, ::step]
     del keep, dist
     order = np.argsort(-radii, kind="stable")
-    radius = _paint_balls(mask.shape, int(step), cz[order], cy[order], cx[order], radii[order], *spacing)
+    cz, cy, cx, radii = cz[order], cy[order], cx[order], radii[order]
+    radius = np.zeros(rows.shape, np.float32)
+    # threads paint interleaved sampled planes: disjoint writes, shared balls
+    _in_threads(n_threads, lambda t: _paint_balls(
+        mask.shape, int(step), cz, cy, cx, radii, *spacing, t, n_threads, radius))
     # A voxel's own ball contains it: dropping contained balls (with the tolerance) must
     # never leave a voxel below its own distance.
     np.maximum(radius, own, out=radius)
@@ -270,7 +289,7 @@ def local_thickness_summary(mask, *, spacing_um, voxel_correction=True, max_samp
     bins, range_um
         Histogram, see :func:`thickness_statistics`.
     threads : int, optional
-        Threads of the distance transform.
+        Threads (default: CPU count).
 
     Returns
     -------
