@@ -237,6 +237,9 @@ class SubvolumeCurve:
     rev_edge_um : float or None
         Smallest edge beyond which ``relative_std`` stays <= `tolerance`, None
         if it is still above at the largest edge measured.
+    corners : tuple of (n, 3) ndarray of int
+        Voxel index of the first corner of each cube, per edge (to reproduce
+        or cross-check the measurement).
     """
 
     edges_um: np.ndarray
@@ -248,6 +251,7 @@ class SubvolumeCurve:
     relative_std: np.ndarray
     tolerance: float
     rev_edge_um: float | None
+    corners: tuple = ()
 
 
 def _grid_corners(shape, size, n, rng):
@@ -332,7 +336,7 @@ def subvolume_curve(
     if edges.ndim != 1 or edges.size == 0 or np.any(~np.isfinite(edges)) or np.any(edges <= 0):
         raise ValueError(f"edges_um must be positive finite values, got {edges_um!r}")
     edges = np.sort(edges)
-    rows = []
+    rows, all_corners = [], []
     for edge in edges:
         size = _edge_voxels(edge, spacing)
         corners = _grid_corners(labels.shape, size, int(n_samples), rng)
@@ -344,11 +348,13 @@ def subvolume_curve(
         std = float(values.std(ddof=1)) if values.size >= 2 else math.nan
         rel = std / abs(mean) if values.size >= 2 and mean != 0 else math.nan
         rows.append((size, float(np.prod(np.multiply(size, spacing))), values.size, mean, std, rel))
+        all_corners.append(corners)
     voxels, volumes, n, mean, std, rel = (np.array(col) for col in zip(*rows))
     return SubvolumeCurve(
         edges_um=edges, voxels=voxels.reshape(-1, 3), volumes_um3=volumes.astype(float), n_samples=n.astype(int),
         mean=mean.astype(float), std=std.astype(float), relative_std=rel.astype(float),
         tolerance=tolerance, rev_edge_um=_rev_edge(edges, rel.astype(float), tolerance),
+        corners=tuple(all_corners),
     )
 
 
