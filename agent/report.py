@@ -26,6 +26,7 @@ that stdout stays clean for ``--json``.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -303,7 +304,9 @@ def rev_report(labels, *, spacing_um, phases, transport_axis=1, tolerance=0.05, 
         every_slices = max(AnalysisConfig.model_fields["every_slices"].default, math.ceil(depth / _REPLAY_MAX_UPDATES))
     metrics = table1_metrics(phases, transport_axis=transport_axis, expensive=False)
     rng = np.random.default_rng(rng)
-    tracker = RevTracker(spacing_um=spacing_um, metrics=metrics, tolerance=tolerance, rng=rng)
+    # The tracker's own subvolume curves only feed its rev_edge_um (not the verdict), which the
+    # whole-volume curves below replace: the fewest cubes it accepts keep the replay cheap.
+    tracker = RevTracker(spacing_um=spacing_um, metrics=metrics, tolerance=tolerance, subvolume_samples=2, rng=rng)
     stops = list(range(every_slices, depth, every_slices)) + [depth]
     total = len(stops) + len(metrics)
     counts, done, stop_depth = None, 0, None
@@ -325,8 +328,11 @@ def rev_report(labels, *, spacing_um, phases, transport_axis=1, tolerance=0.05, 
         entry = report["metrics"][metric.name]
         entry["rev_edge_um"] = curve.rev_edge_um
         kanit_alpha = kanit_error = None
-        if np.count_nonzero((curve.n_samples >= 2) & (curve.std > 0)) >= 2:
-            fit = kanit_from_curve(curve)
+        # Edges where some cube has no value (no active surface in a small cube) stay out of the fit.
+        usable = np.isfinite(curve.mean) & np.isfinite(curve.std)
+        fitted = dataclasses.replace(curve, n_samples=np.where(usable, curve.n_samples, 0))
+        if np.count_nonzero((fitted.n_samples >= 2) & (curve.std > 0)) >= 2:
+            fit = kanit_from_curve(fitted)
             kanit_alpha, kanit_error = fit.alpha, _finite(fit.relative_error(volume_um3))
         history = tracker.history(metric.name)
         entry["curve"] = {
@@ -513,7 +519,7 @@ def render_rev(report, *, spacing_um):
             _short(name), _num(entry.get("value"), 4),
             f"> {entry['curve']['edges_um'][-1]:.3g}" if edge is None else f"{edge:.3g}", error_text,
             "[green]yes[/]" if entry["converged"] else "[yellow]no[/]", _trend_text(entry),
-            "0" if entry["converged"] else ("—" if needed is None else str(needed)),
+            "0" if entry["converged"] else "—" if needed is None else "0 (holding)" if needed == 0 else str(needed),
         )
     stop = report.get("stop_depth_slices")
     if report["representative"]:
