@@ -17,11 +17,15 @@ segmentation labels them 0 (unassigned).
 How the tracker avoids build-up of error
 ----------------------------------------
 Registering each slice only to the previous one adds the errors of every step (a random walk).
-The tracker instead registers the raw slice directly to a *reference on the canvas*: an
-exponential running mean of the last aligned slices (weight ``reference_weight``, i.e. about
-``2 / reference_weight - 1`` slices). The estimate is therefore a cumulative shift, not a step,
-and the random walk of the error is damped by about ``1 / reference_weight``. The running mean
-also follows the slow change of the microstructure along z, which a fixed keyframe cannot.
+The tracker instead registers the raw slice directly to *references on the canvas*: the
+previous slice, an exponential running mean of the aligned slices (weight
+``reference_weight``) and a keyframe kept as long as it still matches. Each estimate is a
+cumulative shift, not a step; with the keyframe the error stays bounded while the structure
+persists (measured: 300 slices of a z-constant structure, 0.38 px RMS with the previous slice and
+running mean only, a few hundredths with the keyframe). When the structure itself changes from
+slice to slice, features that are inclined in z appear to move laterally; no registration by
+image content can tell that from stage drift, and that apparent motion accumulates (the
+evolving-structure test measures the tracker against that floor).
 
 Robustness
 ----------
@@ -306,10 +310,11 @@ def phase_correlate(reference, moving, *, upsample=1, lowpass=0.25, whiten=1.0, 
 class DriftTracker:
     """Cumulative drift of each slice, registered on the canvas against two references.
 
-    Each raw slice is registered (binned) against the previous reliable slice placed on the
-    canvas and against a running mean of the aligned slices; the two estimates are combined
-    weighted by their confidence (the better one alone when they disagree by more than one
-    binned pixel). Both are cumulative, so a slice is never placed by adding steps alone.
+    Each raw slice is registered (binned) against three references on the canvas: the previous
+    reliable slice, a running mean of the aligned slices and a keyframe (an older slice kept
+    while it still matches). The estimates that agree with the most confident one (within one
+    binned pixel) are averaged with weights confidence^2. All are cumulative, so a slice is
+    never placed by adding steps alone.
 
     Parameters
     ----------
@@ -329,6 +334,11 @@ class DriftTracker:
     max_rejected : int, optional
         After this many consecutive rejections the tracker re-anchors on the current slice at the
         predicted shift (so a change of scene cannot freeze it for the rest of the run).
+    keyframe : bool, optional
+        Also register against a keyframe: an older aligned slice kept as long as it still
+        matches (confidence >= `min_confidence` and agreement within one binned pixel), then
+        replaced by the current slice. While structure persists this bounds the error instead
+        of letting it random-walk (300 static slices: RMS 0.38 px without, see the tests).
     lowpass : float, optional
         Gaussian weight of the cross-power spectrum, in cycles per binned pixel.
     whiten : float, optional
@@ -340,7 +350,7 @@ class DriftTracker:
     """
 
     def __init__(self, *, roi=None, upsample=1, bin=None, reference_weight=0.5, min_confidence=0.5,
-                 max_rejected=5, lowpass=0.1, whiten=1.0, destripe=True, workers=2):
+                 max_rejected=5, keyframe=True, lowpass=0.1, whiten=1.0, destripe=True, workers=2):
         if roi is not None:
             roi = tuple(int(v) for v in roi)
             if len(roi) != 4 or roi[1] <= roi[0] or roi[3] <= roi[2] or min(roi) < 0:
@@ -365,6 +375,7 @@ class DriftTracker:
         self.reference_weight = float(reference_weight)
         self.min_confidence = float(min_confidence)
         self.max_rejected = int(max_rejected)
+        self.keyframe = bool(keyframe)
         self.lowpass = float(lowpass)
         self.whiten = float(whiten)
         self.destripe = bool(destripe)
@@ -373,6 +384,8 @@ class DriftTracker:
         self._bin = None
         self._previous = None  # last reliable slice on the canvas (binned)
         self._mean = None  # running mean of aligned slices on the canvas (binned)
+        self._keyframe = None  # an older aligned slice kept while it still matches (binned)
+        self._stale_keyframe = False
         self._shift = (0.0, 0.0)
         self._rejected = 0
         self.n_slices = 0
@@ -454,7 +467,7 @@ class DriftTracker:
             if self._rejected >= self.max_rejected and binned.std() > 1e-6:
                 logger.warning("slice %d: %d rejections in a row, re-anchoring the references on this slice",
                                self.n_slices, self._rejected)
-                self._previous = self._mean = None
+                self._previous = self._mean = self._keyframe = None
                 self._update_references(binned, shift)
                 self._rejected = 0
         self._shift = (float(shift[0]), float(shift[1]))
@@ -478,20 +491,28 @@ class DriftTracker:
         if fb is None:
             return None, 0.0
         results = []
-        for reference in (self._previous, self._mean):
+        for name, reference in (("previous", self._previous), ("mean", self._mean), ("keyframe", self._keyframe)):
+            if reference is None or (name == "keyframe" and not self.keyframe):
+                continue
             fa = _spectrum(reference[canvas_win], taper, self.destripe, self.workers)
             if fa is None:
                 continue
             r, c = _correlate(fa, fb, upsample=self.upsample, lowpass=self.lowpass, whiten=self.whiten,
                               destripe=self.destripe, workers=self.workers)
-            results.append((np.array(r), c))
+            results.append((name, np.array(r), c))
         if not results:
             return None, 0.0
-        results.sort(key=lambda rc: -rc[1])
-        best, conf = results[0]
-        if len(results) == 2 and np.hypot(*(results[1][0] - best)) < 1.0 and results[1][1] > 0:
-            w = np.array([conf, results[1][1]]) ** 2
-            best = (w[0] * best + w[1] * results[1][0]) / w.sum()
+        results.sort(key=lambda item: -item[2])
+        _, best, conf = results[0]
+        if conf <= 0:
+            return None, 0.0
+        # average the estimates that agree with the best one (within 1 binned px), weights conf^2
+        agree = [(r, c) for _, r, c in results if c > 0 and np.hypot(*(r - best)) < 1.0]
+        w = np.array([c for _, c in agree]) ** 2
+        best = (w[:, None] * np.array([r for r, _ in agree])).sum(axis=0) / w.sum()
+        key = [(r, c) for name, r, c in results if name == "keyframe"]
+        # a keyframe that no longer matches (the structure changed) is replaced by this slice
+        self._stale_keyframe = bool(key) and (key[0][1] < self.min_confidence or np.hypot(*(key[0][0] - best)) >= 1.0)
         b = self._bin
         return ((offset[0] + best[0]) * b, (offset[1] + best[1]) * b), conf
 
@@ -516,6 +537,7 @@ class DriftTracker:
         fill = binned[covered].mean() if covered.any() else 0.0
         self._previous = np.where(covered, binned, fill)
         self._mean = self._previous.copy()
+        self._keyframe = self._previous.copy()
         self._shift = tuple(float(v) for v in _as_pair(shift_px, "shift_px"))
         self.n_slices = 1
 
@@ -539,6 +561,7 @@ class DriftTracker:
         if self._previous is None:
             self._previous = np.where(valid, aligned, aligned[valid].mean() if valid.any() else 0.0)
             self._mean = self._previous.copy()
+            self._keyframe = self._previous.copy()
             return
         if valid.sum() < 64:
             return
@@ -551,3 +574,6 @@ class DriftTracker:
             r_vals = ref[valid]
             matched = (a_vals - a_vals.mean()) * (r_vals.std() / a_std) + r_vals.mean()
             ref[valid] = (1 - w) * r_vals + w * matched
+        if self._stale_keyframe:
+            self._keyframe = self._previous.copy()
+            self._stale_keyframe = False
