@@ -862,7 +862,7 @@ class RevTracker:
             The ``rev`` document: ``representative``, ``depth_slices``,
             ``depth_um``, ``tolerance``, ``metrics`` {name: {``value``,
             ``relative_error``, ``converged``, ``rev_edge_um``,
-            ``slices_needed``, ``not_stationary``, ``alpha``,
+            ``slices_needed``, ``tolerance``, ``not_stationary``, ``alpha``,
             ``trend_relative_drift``, ``reason``}}, ``slices_needed`` (the
             most any metric or the minimum depth still needs, None when
             unknown), ``not_stationary`` (names) and ``reasons`` (why not
@@ -924,7 +924,7 @@ class RevTracker:
             value = float(np.mean(base)) if base else math.nan
         st.history.append([self.depth, value, math.nan])
         entry = {"value": value, "relative_error": None, "converged": False, "rev_edge_um": None,
-                 "slices_needed": None, "not_stationary": False, "alpha": None, "reason": None}
+                 "slices_needed": None, "tolerance": tol, "not_stationary": False, "alpha": None, "reason": None}
 
         # Statistical criterion on the dyadic blocks of the whole acquired volume.
         # Only the coarsest block sizes enter the fit: below the correlation
