@@ -23,6 +23,7 @@ are not separable by grey level alone; it needs scikit-learn (optional extra ``m
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -149,9 +150,32 @@ def _certain_bounds(mu, sigma, weight, thresholds, certainty):
 
 
 def _smooth(image, sigma):
+    """Gaussian smoothing by its binomial approximation (separable numpy taps, edges repeated).
+
+    The binomial kernel of even order ``n ~ 4 sigma^2`` has variance ``n / 4``; for sigma 1
+    that is the 5-tap [1, 4, 6, 4, 1] / 16, about twice as fast as ``ndimage.gaussian_filter``.
+    """
     image = np.asarray(image, dtype=np.float32)
-    # truncate at 3 sigma: 7 taps for sigma 1 instead of 9, the tails weigh < 0.3 %
-    return ndimage.gaussian_filter(image, sigma, mode="nearest", truncate=3.0) if sigma > 0 else image
+    if sigma <= 0:
+        return image
+    order = max(2, 2 * int(round(2 * sigma * sigma)))  # even: a centred kernel
+    taps = np.array([math.comb(order, k) for k in range(order + 1)], dtype=np.float64)
+    taps = (taps / taps.sum()).astype(np.float32)
+    out = image
+    for axis in (0, 1):
+        pad = [(0, 0), (0, 0)]
+        pad[axis] = (order // 2, order // 2)
+        padded = np.pad(out, pad, mode="edge")
+        n = out.shape[axis]
+        take = (lambda a: padded[a:a + n]) if axis == 0 else (lambda a: padded[:, a:a + n])
+        mid = order // 2
+        acc = taps[mid] * take(mid)
+        for k in range(mid):
+            pair = take(k) + take(order - k)
+            pair *= taps[k]
+            acc += pair
+        out = acc
+    return out
 
 
 def _square_extreme(labels, size, op):
