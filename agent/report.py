@@ -420,8 +420,8 @@ def render_table1(doc, phases: Phases, *, title="Table 1"):
     if active:
         electronic.append((f"% connected {active}", _pct(doc.get("connected_share", {}).get(active))))
         electronic.append((f"A_{active}/V_cell (μm⁻¹)", _num(doc.get("surface_area_per_cell_volume_um-1", {}).get(active))))
-        electronic.append((f"% coverage {active} by {electrolyte}" if electrolyte else f"% coverage {active}",
-                           _pct(doc.get("coverage_share", {}).get(active))))
+        if electrolyte:
+            electronic.append((f"% coverage {active} by {electrolyte}", _pct(doc.get("coverage_share", {}).get(active))))
         if active in thickness:
             electronic.append((f"Average local thickness {active} (μm)", _num(thickness[active]["mean"])))
             electronic.append((f"Std dev. local thickness {active} (μm)", _num(thickness[active]["std"])))
@@ -519,7 +519,7 @@ def render_rev(report, *, spacing_um):
             _short(name), _num(entry.get("value"), 4),
             f"> {entry['curve']['edges_um'][-1]:.3g}" if edge is None else f"{edge:.3g}", error_text,
             "[green]yes[/]" if entry["converged"] else "[yellow]no[/]", _trend_text(entry),
-            "0" if entry["converged"] else "—" if needed is None else "0 (holding)" if needed == 0 else str(needed),
+            "0" if entry["converged"] else "—" if needed is None else "0, hold" if needed == 0 else str(needed),
         )
     stop = report.get("stop_depth_slices")
     if report["representative"]:
@@ -554,7 +554,7 @@ def plot_rev(report, path, *, spacing_um, title=""):
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
-    from matplotlib.ticker import NullFormatter, ScalarFormatter
+    from matplotlib.ticker import LogLocator, NullFormatter, ScalarFormatter
 
     groups: dict[str, list[tuple[str, dict]]] = {}
     for name, entry in report["metrics"].items():
@@ -580,6 +580,7 @@ def plot_rev(report, path, *, spacing_um, title=""):
         ax_edge.axhline(100 * tol, color="k", ls="--", lw=1, label=f"tolerance {100 * tol:.0f}%")
         if any(v is not None for _, entry in members for v in entry["curve"]["relative_std"]):
             ax_edge.set_xscale("log")
+            ax_edge.xaxis.set_major_locator(LogLocator(subs=(1, 2, 5)))
             ax_edge.xaxis.set_major_formatter(ScalarFormatter())
             ax_edge.xaxis.set_minor_formatter(NullFormatter())
         else:
