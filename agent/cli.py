@@ -216,7 +216,8 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="LABEL=NAME",
-        help="label-to-phase mapping of a label TIFF, e.g. --phase 0=pore --phase 1=active --phase 2=electrolyte",
+        help="label-to-phase mapping of a label TIFF (required for one), e.g. --phase 0=pore --phase 1=active "
+        "--phase 2=electrolyte; NAME:ROLE gives a role to another name (--phase 2=cbd:electrolyte)",
     )
     p.add_argument("--transport-axis", choices=("z", "y", "x"), default="y", help="transport direction (default y)")
     p.add_argument("--plot", type=Path, help="write the REV curves as a PNG here")
