@@ -107,6 +107,9 @@ class Outcome:
     outcome: str = "ok"
     note: str = ""
 
+    def fail(self, problem: str):
+        self.outcome = problem if self.outcome == "ok" else f"{self.outcome}; {problem}"
+
     @property
     def lost(self) -> int:
         return len(set(self.expected) - set(self.stored))
@@ -241,6 +244,15 @@ def same_as_clean(volume: Path, clean: Path, indices) -> bool:
 
 # -- the cases ---------------------------------------------------------------------------------
 
+def write_in_pieces(target: Path, data: bytes, pieces: int, pause_s: float):
+    step = -(-len(data) // pieces)
+    with open(target, "wb") as fh:
+        for start in range(0, len(data), step):
+            fh.write(data[start:start + step])
+            fh.flush()
+            time.sleep(pause_s)
+
+
 def case_written_in_pieces(workdir: Path, n: int = 8, slow: int = 5, pieces: int = 5, pause_s: float = 0.3) -> Outcome:
     """Slice `slow` is written in `pieces` pieces with pauses longer than settle_s between them."""
     data = slice_bytes(slow, workdir / "scratch")
@@ -249,13 +261,7 @@ def case_written_in_pieces(workdir: Path, n: int = 8, slow: int = 5, pieces: int
             if index != slow:
                 run.write(index)
                 continue
-            target = run.folder / slice_file_name(slow)
-            step = -(-len(data) // pieces)
-            with open(target, "wb") as fh:
-                for start in range(0, len(data), step):
-                    fh.write(data[start:start + step])
-                    fh.flush()
-                    time.sleep(pause_s)
+            write_in_pieces(run.folder / slice_file_name(slow), data, pieces, pause_s)
         run.wait_handled(n)
         return run.finish("slice written in pieces", range(1, n + 1))
 
@@ -294,7 +300,7 @@ def case_junk(workdir: Path, n: int = 8) -> Outcome:
     outcome.note = f"{len(JUNK)} junk files ignored"
     junk_reported = [r for r in outcome.skipped if Path(r.get("file", "")).name in JUNK]
     if junk_reported:
-        outcome.outcome = f"junk reported as skipped: {junk_reported}"
+        outcome.fail(f"junk reported as skipped: {junk_reported}")
     return outcome
 
 
@@ -319,13 +325,16 @@ def case_same_index_twice(workdir: Path, n: int = 8, twice: int = 5) -> Outcome:
         run.wait_handled(n)
         other = write_slice(run.folder / "retake", twice, pixels(twice + 20), pixel_size_um=PIXEL_SIZE_UM)
         run.wait_handled(n, 1)
-        run.write(twice, pixels(twice + 21))  # same path, new content
+        # The same path rewritten with new content, in pieces as an instrument writes it.
+        write_in_pieces(run.folder / slice_file_name(twice), slice_bytes(twice + 21, workdir / "scratch"), 4, 0.05)
         run.wait_handled(n, 2)
+        time.sleep(0.5)  # let every event of the rewrite arrive before counting the reports
         outcome = run.finish("same index twice", range(1, n + 1), [other.name])
     first = [e for e in outcome.errors if e.get("file") == str(other)]
     rewritten = [e for e in outcome.errors if Path(e.get("file", "")).parent == run.folder]
     if not (first and "duplicate" in first[0]["message"] and rewritten and "changed" in rewritten[0]["message"]):
-        outcome.outcome = f"unexpected reports: {outcome.errors}"
+        outcome.fail(f"unexpected reports: {outcome.errors}")
+    outcome.note = f"one rewrite of a processed file reported {len(rewritten)} time(s)"
     return outcome
 
 
@@ -399,8 +408,8 @@ def case_metrics_raise(workdir: Path, n: int = 16) -> Outcome:
     finally:
         agent.analysis.counts_metrics = original
     analysis_errors = [d for name, d in run.docs if name == "error" and d.get("kind") == "analysis"]
-    ok = analysis_errors and "injected fault" in analysis_errors[0]["message"]
-    outcome.outcome = "ok" if ok else f"no analysis error document: {[d for n_, d in run.docs if n_ == 'error']}"
+    if not (analysis_errors and "injected fault" in analysis_errors[0]["message"]):
+        outcome.fail(f"no analysis error document: {[d for n_, d in run.docs if n_ == 'error']}")
     outcome.note = f"{len(analysis_errors)} analysis error(s), then {sum(n_ == 'metrics' for n_, _ in run.docs)} metrics"
     return outcome
 
@@ -441,16 +450,16 @@ def case_port_in_use(workdir: Path) -> Outcome:
     outcome = Outcome("publish port in use", [], bad=[])
     try:
         Agent(fault_config(folder, volume, endpoint)).run(idle_exit_s=1)
-        outcome.outcome = "started although the port is taken"
+        outcome.fail("started although the port is taken")
     except RevwatchError as exc:
         outcome.note = str(exc)
         if endpoint not in str(exc):
-            outcome.outcome = f"error does not name {endpoint}: {exc}"
+            outcome.fail(f"error does not name {endpoint}: {exc}")
     finally:
         squatter.close(linger=0)
         ctx.term()
     if volume.exists():
-        outcome.outcome = f"volume written: {sorted(p.name for p in volume.iterdir())}"
+        outcome.fail(f"volume written: {sorted(p.name for p in volume.iterdir())}")
     return outcome
 
 
@@ -468,6 +477,11 @@ def committed(volume: Path) -> int:
         return sum(1 for line in (volume / PROVENANCE_LOG).read_bytes().splitlines() if b'"kind": "slice"' in line)
     except FileNotFoundError:
         return 0
+
+
+def last_line(text: str) -> str:
+    lines = text.strip().splitlines()
+    return lines[-1] if lines else ""
 
 
 def case_sigkill(workdir: Path, n: int = 40, kill_at: int = 15) -> Outcome:
@@ -498,10 +512,10 @@ def case_sigkill(workdir: Path, n: int = 40, kill_at: int = 15) -> Outcome:
     outcome = read_outcome("agent killed (SIGKILL) and restarted", volume, range(1, n + 1))
     outcome.note = f"killed at {at_kill} committed slices (rc {first.returncode}); restart rc {second.returncode}"
     if first.returncode != -signal.SIGKILL or second.returncode != 0:
-        outcome.outcome = f"return codes {first.returncode}, {second.returncode}: {err[-500:]} {err2[-500:]}"
+        outcome.fail(f"return codes {first.returncode}, {second.returncode}: {last_line(err2) or last_line(err)}")
     store = VolumeStore.open(volume, read_only=True)
     if np.asarray(store.grey[:]).shape[0] != n or np.asarray(store.labels[:]).shape[0] != n:
-        outcome.outcome = f"volume arrays do not hold {n} readable slices: {store.grey.shape}"
+        outcome.fail(f"volume arrays do not hold {n} readable slices: {store.grey.shape}")
     return outcome
 
 
@@ -544,21 +558,21 @@ def case_disk_full(workdir: Path, n: int = 60, clean: Path | None = None, how: s
         popen = {"preexec_fn": _limit_file_size(96 * 1024)} if how == "rlimit" else {}
         proc = revwatch_run(config, "--idle-exit-s", "5", **popen)
         _, err = proc.communicate(timeout=240)
-        outcome = Outcome(f"disk full ({how})", [], note=err.strip().splitlines()[-1] if err.strip() else "")
+        outcome = Outcome(f"disk full ({how})", [], note=last_line(err))
         if proc.returncode == 0:
-            outcome.outcome = f"exit code 0 although the disk is full: {err[-800:]}"
+            outcome.fail(f"exit code 0 although the disk is full: {err[-800:]}")
         elif str(volume) not in err:
-            outcome.outcome = f"the error does not name the volume: {err[-800:]}"
+            outcome.fail(f"the error does not name the volume: {err[-800:]}")
         store = VolumeStore.open(volume, read_only=True)
         depth = store.depth
         outcome.expected = list(range(1, depth + 1))
         outcome.stored = [s["index"] for s in store.slices]
         if depth == 0 or depth == n:
-            outcome.outcome = f"the disk did not fill as intended (depth {depth} of {n})"
+            outcome.fail(f"the disk did not fill as intended (depth {depth} of {n})")
         if np.asarray(store.grey[:depth]).shape[0] != depth:
-            outcome.outcome = "the committed slices are not readable"
+            outcome.fail("the committed slices are not readable")
         if clean is not None and depth and not same_as_clean(volume, clean, outcome.stored):
-            outcome.outcome = "the committed slices differ from the clean run"
+            outcome.fail("the committed slices differ from the clean run")
         outcome.note = f"stopped at {depth}/{n} slices, rc {proc.returncode}: " + outcome.note
     return outcome
 
@@ -594,11 +608,15 @@ def test_junk_files_are_ignored_and_unindexed_tiff_reported(tmp_path):
     assert "no slice index" in outcome.skipped[0]["reason"]
 
 
-@pytest.mark.parametrize("kind", ["size", "dtype"])
-def test_slice_of_another_shape_mid_run_is_skipped(tmp_path, clean, kind):
-    outcome = case_odd_slice(tmp_path, kind)
+@pytest.mark.parametrize(("kind", "bad"), [("size", 6), ("dtype", 6), ("size", 2)])
+def test_slice_of_another_shape_is_skipped(tmp_path, clean, kind, bad):
+    """Mid-run (slice 6), and during the calibration of the first 4 slices (slice 2)."""
+    outcome = case_odd_slice(tmp_path, kind, bad=bad)
     outcome.check()
-    assert same_as_clean(outcome_volume(tmp_path), clean, range(1, 6))
+    [record] = outcome.skipped
+    assert record["index"] == bad and "(96, 96)" in record["reason"]
+    if bad > 4:  # after the calibration: the slices before it are those of the clean run
+        assert same_as_clean(outcome_volume(tmp_path), clean, range(1, bad))
 
 
 def test_same_index_twice_keeps_the_first(tmp_path, clean):
@@ -606,6 +624,15 @@ def test_same_index_twice_keeps_the_first(tmp_path, clean):
     outcome.check()
     assert outcome.outcome == "ok", outcome.outcome
     assert same_as_clean(outcome_volume(tmp_path), clean, range(1, 9))
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "agent/watch.py SliceWatcher._touch reports a processed file that changed once per file-system event "
+    "whose (size, mtime) differs, so one rewrite (several write() calls) is reported and recorded in the "
+    "volume's skipped list several times; it should report each changed file once"))
+def test_rewritten_processed_file_is_reported_once(tmp_path):
+    outcome = case_same_index_twice(tmp_path)
+    assert outcome.note.endswith("reported 1 time(s)"), outcome.note
 
 
 def test_gap_is_skipped_after_the_timeout(tmp_path, clean):
@@ -653,10 +680,6 @@ def test_publish_port_in_use_is_a_clear_error_at_start(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason=(
-    "resume is broken: processing/chain.py SliceChain.resume calls chain.tracker.resume(last_aligned, "
-    "last_shift_px) but processing/align.py DriftTracker has no resume method, so `revwatch run` on a "
-    "non-empty volume dies with AttributeError (exit 1) before watching"))
 def test_sigkill_mid_run_then_resume_holds_every_slice_once(tmp_path):
     outcome = case_sigkill(tmp_path)
     outcome.check()
