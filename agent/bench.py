@@ -117,12 +117,7 @@ def run_slice_bench(shape=(1024, 1024), dtype=np.uint8, n_slices=20, *, calibrat
 
         calib = [read_slice(p).pixels for p in paths[:calibration_slices]]
         corrector = fit_correction(calib)
-        prior, corrected_calib = (1.0, 0.0), []
-        for s in calib:
-            c = corrector.apply(s, prior=prior)
-            prior = (c.gain, c.offset)
-            corrected_calib.append(c.pixels)
-        phases = fit_phase_model(corrected_calib)
+        phases = fit_phase_model([c.pixels for c in corrector.apply_stack(calib)])
         tracker = DriftTracker()
         info = np.iinfo(dtype)
         store = zarr.open_group(str(Path(tmp) / "volume.zarr"), mode="w")

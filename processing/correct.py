@@ -388,6 +388,25 @@ class CorrectionModel:
             image = remove_curtaining(image, levels=self.levels, band_px=self.band_px, passes=self.curtain_passes)
         return CorrectedSlice(image, float(gain), float(offset))
 
+    def apply_stack(self, slices, *, prior=(1.0, 0.0)):
+        """Correct slices in order, each one's brightness map guiding the next.
+
+        Parameters
+        ----------
+        slices : iterable of (Y, X) ndarray
+        prior : (gain, offset), optional
+            Brightness map before the first slice.
+
+        Returns
+        -------
+        list of CorrectedSlice
+        """
+        out = []
+        for pixels in slices:
+            out.append(self.apply(pixels, prior=prior))
+            prior = (out[-1].gain, out[-1].offset)
+        return out
+
     def to_dict(self):
         """Plain-JSON form (for the volume's attributes)."""
         d = asdict(self)

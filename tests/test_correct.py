@@ -27,21 +27,12 @@ def _render(n, size, *, seed, radius_um=0.5, **options):
     return raw, clean
 
 
-def _correct_all(model, slices):
-    prior, out = (1.0, 0.0), []
-    for s in slices:
-        c = model.apply(s, prior=prior)
-        prior = (c.gain, c.offset)
-        out.append(c)
-    return out
-
-
 @pytest.mark.parametrize("radius_um, noise, seed", [(0.5, 16.0, 0), (0.3, 24.0, 1), (0.8, 8.0, 2)])
 def test_brightness_drift_is_undone(radius_um, noise, seed):
     raw, _ = _render(24, 256, seed=seed, radius_um=radius_um, noise_sigma=noise, brightness_drift=0.04)
     assert np.ptp(raw.gain) > 0.05  # the drift is there
     model = fit_correction(raw.slices[:3])
-    corrected = _correct_all(model, raw.slices)
+    corrected = model.apply_stack(raw.slices)
     # applied map composed with the true one must be the same for every slice
     total_gain = np.array([c.gain for c in corrected]) * raw.gain
     total_offset = np.array([c.gain * o + c.offset for c, o in zip(corrected, raw.offset)])
@@ -96,7 +87,7 @@ def test_corrections_raise_label_accuracy():
 
     def accuracy(**options):
         model = fit_correction(raw.slices[:3], **options)
-        corrected = [c.pixels for c in _correct_all(model, raw.slices)]
+        corrected = [c.pixels for c in model.apply_stack(raw.slices)]
         phases = fit_phase_model(corrected[:3])
         labels = np.array([phases.segment(c).labels for c in corrected])
         return float((labels == truth).mean())

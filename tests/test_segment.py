@@ -16,13 +16,8 @@ def _corrected(n, size, *, seed, radius_um=0.6, noise=16.0, **options):
     labels = generate_microstructure((n, size + 24, size + 24), particle_radius_um=radius_um, rng=seed)
     acq = render_acquisition(labels, drift_px=np.zeros((n, 2)), field_shape=(size, size), noise_sigma=noise,
                              rng=seed, **options)
-    model = fit_correction(acq.slices[:3])
-    prior, out = (1.0, 0.0), []
-    for s in acq.slices:
-        c = model.apply(s, prior=prior)
-        prior = (c.gain, c.offset)
-        out.append(c.pixels)
-    return np.array(out), acq.labels
+    corrected = fit_correction(acq.slices[:3]).apply_stack(acq.slices)
+    return np.array([c.pixels for c in corrected]), acq.labels
 
 
 def _score(labels, truth):
@@ -131,13 +126,8 @@ def test_300_slices_full_chain_labels_and_fractions():
     margin = int(np.ceil(np.abs(drift).max())) + 12
     labels = generate_microstructure((n, size + 2 * margin, size + 2 * margin), rng=rng)
     acq = render_acquisition(labels, drift_px=drift, field_shape=(size, size), rng=rng)
-    corrector = fit_correction(acq.slices[:3])
     tracker = DriftTracker()
-    prior, corrected = (1.0, 0.0), []
-    for s in acq.slices:
-        c = corrector.apply(s, prior=prior)
-        prior = (c.gain, c.offset)
-        corrected.append(c.pixels)
+    corrected = [c.pixels for c in fit_correction(acq.slices[:3]).apply_stack(acq.slices)]
     phases = fit_phase_model(corrected[:3])
     ours, true_shift = [], []
     for k, c in enumerate(corrected):
