@@ -19,8 +19,12 @@ Three criteria, each usable alone, and a streaming tracker that combines them:
 :class:`RevTracker` follows a volume growing along z: each metric is measured
 on blocks of slices as they complete (dyadic block sizes, so the Kanit fit of
 the whole acquired volume costs only the new data), and a metric converges
-when its relative error is below tolerance, it shows no trend and its running
-value is stable, for long enough to not flicker. The stop decision is latched.
+when its relative error is below tolerance, no trend is significant, no drift
+large enough to matter can be excluded yet, and its running value is stable,
+for long enough not to flicker. The volume is representative when every
+tracked metric has converged and it is at least as deep as it is wide (a
+thinner slab cannot see variations along z beyond its depth). The stop
+decision is latched.
 
 A metric is any callable ``f(labels, spacing_um) -> float`` of a
 ``(Z, Y, X)`` label subvolume and its ``(dz, dy, dx)`` spacing in
