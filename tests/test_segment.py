@@ -90,26 +90,26 @@ def test_calibration_errors():
 def test_pixel_classifier_separates_phases_that_grey_levels_cannot():
     pytest.importorskip("sklearn")
     rng = np.random.default_rng(7)
-    size = 160
+    size = 128
     # two phases with the same mean grey level: one smooth, one finely textured
     truth = np.ones((2, size, size), np.uint8)
     yy, xx = np.mgrid[0:size, 0:size]
     for k in range(2):
-        for cy, cx, r in rng.uniform((0, 0, 12), (size, size, 28), size=(10, 3)):
+        for cy, cx, r in rng.uniform((0, 0, 10), (size, size, 22), size=(8, 3)):
             truth[k][(yy - cy) ** 2 + (xx - cx) ** 2 < r * r] = 2
     texture = rng.normal(0, 40, size=truth.shape)
     images = np.where(truth == 2, 120 + texture, 120 + rng.normal(0, 4, size=truth.shape)).astype(np.float32)
     strokes = np.zeros((size, size), np.uint8)
     pick = rng.uniform(size=strokes.shape) < 0.02
     strokes[pick] = truth[0][pick]
-    clf = fit_pixel_classifier(images[0], strokes, rng=0)
+    clf = fit_pixel_classifier(images[0], strokes, n_estimators=30, rng=0)
     seg = clf.segment(images[1])
     assert float((seg.labels == truth[1]).mean()) >= 0.9
     grey = fit_phase_model(images[:1], n_phases=2, rim_fix=False).segment(images[1]).labels
     assert float((grey == truth[1]).mean()) < 0.8
     valid = np.zeros((size, size), bool)
-    valid[:80] = True
-    assert np.all(clf.segment(images[1], valid=valid).labels[80:] == 0)
+    valid[:64] = True
+    assert np.all(clf.segment(images[1], valid=valid).labels[64:] == 0)
     with pytest.raises(CalibrationError):
         fit_pixel_classifier(images[0], (strokes > 0).astype(np.uint8))
 
