@@ -334,7 +334,8 @@ def case_same_index_twice(workdir: Path, n: int = 8, twice: int = 5) -> Outcome:
     rewritten = [e for e in outcome.errors if Path(e.get("file", "")).parent == run.folder]
     if not (first and "duplicate" in first[0]["message"] and rewritten and "changed" in rewritten[0]["message"]):
         outcome.fail(f"unexpected reports: {outcome.errors}")
-    outcome.note = f"one rewrite of a processed file reported {len(rewritten)} time(s)"
+    if len(rewritten) != 1:
+        outcome.fail(f"one rewrite of a processed file reported {len(rewritten)} times")
     return outcome
 
 
@@ -627,7 +628,7 @@ def test_slice_of_another_shape_is_skipped(tmp_path, clean, kind, bad):
 def test_same_index_twice_keeps_the_first(tmp_path, clean):
     outcome = case_same_index_twice(tmp_path)
     outcome.check()
-    assert outcome.outcome == "ok", outcome.outcome
+    assert not outcome.outcome.startswith("unexpected reports"), outcome.outcome
     assert same_as_clean(outcome_volume(tmp_path), clean, range(1, 9))
 
 
@@ -637,7 +638,7 @@ def test_same_index_twice_keeps_the_first(tmp_path, clean):
     "volume's skipped list several times; it should report each changed file once"))
 def test_rewritten_processed_file_is_reported_once(tmp_path):
     outcome = case_same_index_twice(tmp_path)
-    assert outcome.note.endswith("reported 1 time(s)"), outcome.note
+    assert outcome.outcome == "ok", outcome.outcome
 
 
 def test_gap_is_skipped_after_the_timeout(tmp_path, clean):
