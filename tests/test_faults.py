@@ -39,7 +39,7 @@ from agent.store import PROVENANCE_LOG, VolumeStore
 from processing.errors import RevwatchError
 from processing.io import slice_file_name, write_slice
 from processing.synthetic import generate_microstructure, render_acquisition
-from test_system import free_endpoint
+from test_system import agent_config, free_endpoint
 
 PIXEL_SIZE_UM = 0.02
 SLICE_SPACING_UM = 0.05
@@ -71,17 +71,15 @@ def slice_bytes(index: int, tmp: Path) -> bytes:
 
 
 def fault_config(folder, volume, endpoint, **sections) -> Config:
+    """The system tests' configuration with quick timeouts and the pixel size and spacing given."""
     data = {
-        "acquisition": {"folder": str(folder), "settle_s": 0.1, "gap_timeout_s": 5.0, "incomplete_timeout_s": 1.5,
+        "acquisition": {"settle_s": 0.1, "gap_timeout_s": 5.0, "incomplete_timeout_s": 1.5,
                         "pixel_size_nm": PIXEL_SIZE_UM * 1000, "slice_spacing_nm": SLICE_SPACING_UM * 1000},
-        "volume": {"path": str(volume)},
-        "processing": {"calibration_slices": 4},
         "analysis": {"every_slices": 8, "expensive_every_slices": 64},
-        "publish": {"endpoint": endpoint, "heartbeat_interval_s": 0.5},
     }
     for name, values in sections.items():
         data.setdefault(name, {}).update(values)
-    return Config.model_validate(data)
+    return agent_config(folder, volume, endpoint, **data)
 
 
 def cli_overrides(config: Config) -> list[str]:
