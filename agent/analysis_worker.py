@@ -112,6 +112,7 @@ class AnalysisWorker:
                 spacing_um=store.spacing_um,
                 metrics=_tracked(cfg.rev.tracked, self.phases, transport_axis),
                 tolerance=cfg.rev.tolerance,
+                min_depth_um=cfg.rev.min_depth_um,
                 rng=0,
             )
             if store.depth:

@@ -96,6 +96,9 @@ class RevConfig(_Section):
     """The REV criteria and the stop rule."""
 
     tolerance: float = Field(0.05, gt=0, lt=1, description="relative tolerance of every tracked metric")
+    min_depth_um: float | None = Field(
+        None, ge=0, description="never representative before this depth; None = as deep as the field is wide"
+    )
     tracked: list[str] | None = Field(None, description="tracked metrics; None = the default set")
     exit_when_representative: bool = False
     on_stop_command: str | None = Field(None, description="shell command run once when the stop is latched")

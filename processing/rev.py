@@ -481,7 +481,8 @@ def fit_kanit(volumes_um3, variances, *, mean, weights=None, alpha_bounds=(0.5, 
 
 def kanit_from_curve(curve: SubvolumeCurve, *, alpha_bounds=(0.5, 1.0)) -> KanitFit:
     """Kanit fit on the cube variances of a :class:`SubvolumeCurve` (edges with >= 2 cubes)."""
-    ok = curve.n_samples >= 2
+    # An edge whose cubes gave no value (a small cube without the measured surface) says nothing.
+    ok = (curve.n_samples >= 2) & np.isfinite(curve.mean) & np.isfinite(curve.std)
     mean = float(np.average(curve.mean[ok], weights=curve.volumes_um3[ok] * curve.n_samples[ok]))
     return fit_kanit(curve.volumes_um3[ok], curve.std[ok] ** 2, mean=mean,
                      weights=curve.n_samples[ok] - 1, alpha_bounds=alpha_bounds)
