@@ -331,6 +331,7 @@ class SliceWatcher:
         self._tracked = {}  # path -> _Tracked (worker thread only)
         self._finished = {}  # path -> (signature, released) once offered or rejected
         self._unindexed = set()
+        self._changed_after_release = set()
         self._heap = []  # (due, seq, path)
         self._seq = itertools.count()
         self._seen = 0
@@ -421,9 +422,12 @@ class SliceWatcher:
                 return
             if released:
                 self._finished[path] = (signature, True)
-                reason = "the file changed after it was processed; the change is ignored"
-                logger.warning("rejected %s: %s", path, reason)
-                IndexOrderer._call(self._on_rejected, Path(path), reason)
+                # A rewrite arrives as many events (one per piece written): report it once.
+                if path not in self._changed_after_release:
+                    self._changed_after_release.add(path)
+                    reason = "the file changed after it was processed; the change is ignored"
+                    logger.warning("rejected %s: %s", path, reason)
+                    IndexOrderer._call(self._on_rejected, Path(path), reason)
                 return
             del self._finished[path]  # rejected before, written again since: look at it again
         index = slice_index_from_name(os.path.basename(path))

@@ -164,8 +164,13 @@ def table1_metrics(
     pore = phases.roles.get("pore")
     electrolyte = phases.roles.get("electrolyte")
 
+    last = {}  # A/V and coverage read the same counts of a block: count it once
+
     def counts(block, spacing):
-        return m.counts_metrics(m.count_volume(block, phases=phases, threads=1), spacing_um=spacing, phases=phases)
+        if last.get("block") is not block:
+            doc = m.counts_metrics(m.count_volume(block, phases=phases, threads=1), spacing_um=spacing, phases=phases)
+            last.update(block=block, doc=doc)
+        return last["doc"]
 
     def mask(block, name):
         return np.asarray(block) == phases.label(name)
