@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 _SPACING_UM = (0.05, 0.02, 0.02)
 _DRIFT_MARGIN_PX = 48
 # Small particles, so that a demo-sized volume can become representative.
-_PARTICLE_RADIUS_UM = 0.2
+_PARTICLE_RADIUS_UM = 0.3
 
 
 def _free_endpoint() -> str:
