@@ -162,23 +162,45 @@ def apply_shift(pixels, shift_px, *, fill=0, order=1):
 
 
 def _bin(image, factor):
-    """Mean of ``factor x factor`` blocks (float32); trailing rows/columns are dropped."""
-    image = np.asarray(image, dtype=np.float32)
+    """Mean of ``factor x factor`` blocks (float32; factor 1 returns `image` unconverted);
+    trailing rows/columns are dropped."""
     if factor == 1:
-        return image
+        return np.asarray(image)
+    image = np.asarray(image, dtype=np.float32)
     h, w = (image.shape[0] // factor) * factor, (image.shape[1] // factor) * factor
     return image[:h, :w].reshape(h // factor, factor, w // factor, factor).mean(axis=(1, 3))
 
 
 def _prepare(window, taper, destripe):
     """Normalise, remove column means (curtaining) and taper one correlation window."""
-    win = window - window.mean()
+    win = np.asarray(window, dtype=np.float32)
+    win = win - win.mean()
     if destripe:
         win = win - win.mean(axis=0, keepdims=True)
     std = win.std()
     if not np.isfinite(std) or std < 1e-6:
         return None
     return (win / std) * taper
+
+
+def _aligned_box(pixels, shift_px, box):
+    """``apply_shift(pixels, shift_px)[box]`` and its valid mask, computing only the box.
+
+    `box` is a pair of slices of the canvas (the shape of `pixels`); the result is float32.
+    Only the raw pixels the box needs are read, so a thin registration band costs little.
+    """
+    (y0, y1), (x0, x1) = ((s.start, s.stop) for s in box)
+    iy, ix = int(np.floor(shift_px[0])), int(np.floor(shift_px[1]))
+    # raw rows r0-1 .. r0+bh-1 (one extra for the second bilinear tap); NaN outside the slice
+    r0, c0 = y0 - iy - 1, x0 - ix - 1
+    crop = np.full((y1 - y0 + 1, x1 - x0 + 1), np.nan, dtype=np.float32)
+    h, w = pixels.shape
+    ry0, ry1, rx0, rx1 = max(r0, 0), min(r0 + crop.shape[0], h), max(c0, 0), min(c0 + crop.shape[1], w)
+    if ry1 > ry0 and rx1 > rx0:
+        crop[ry0 - r0:ry1 - r0, rx0 - c0:rx1 - c0] = pixels[ry0:ry1, rx0:rx1]
+    aligned, valid = apply_shift(crop, (shift_px[0] - iy, shift_px[1] - ix), fill=np.nan)
+    aligned, valid = aligned[1:, 1:], valid[1:, 1:]
+    return aligned, valid & np.isfinite(aligned)
 
 
 def _tukey(n, alpha=0.25):
@@ -320,13 +342,19 @@ class DriftTracker:
     ----------
     roi : (y0, y1, x0, x1) int, optional
         Region of the canvas (first slice's frame) used for registration, in pixels. Default:
-        the whole canvas. Choose a region with structure and without charging or labels.
+        the whole canvas. Choose a region with structure and without charging or labels. The
+        most accurate choice is a z-invariant region: the protective cap band along the top rows
+        (and its fiducial mark), e.g. ``(0, 48, 0, width)``; a thin band is fine (at least 16
+        rows visible on every slice), see :func:`find_reference_band`. Registering on the
+        sample itself cannot tell stage drift from the lateral motion of features inclined in z,
+        which accumulates over a long run.
     upsample : int, optional
         1 (default): Gaussian peak fit; > 1: upsampled-DFT refinement with precision
         ``bin / upsample`` px (see :func:`phase_correlate`).
     bin : int, optional
-        Binning factor of the search. Default: chosen so that the binned window's short side is
-        at least 256 px (1 up to 511 px, 2 up to 1023 px, 4 from 1024 px... see ``auto_bin``).
+        Binning factor of the search. Default: chosen from the registration region (the ROI, or
+        the whole slice) so that its binned short side is at least 256 px (1 up to 511 px, 2 up
+        to 1023 px, 4 from 1024 px... see ``auto_bin``); a thin band is therefore not binned.
     reference_weight : float, optional
         Weight of each newly aligned slice in the running-mean reference (0 < w <= 1).
     min_confidence : float, optional
@@ -406,15 +434,36 @@ class DriftTracker:
         """Cumulative shift applied to the last slice."""
         return self._shift
 
-    def _windows(self, binned_shape, offset):
-        """Overlapping canvas window and raw window (binned px) for an integer offset."""
+    def _region_shape(self, shape):
+        """(height, width) of the registration region (ROI clipped to the slice), in pixels."""
+        if self.roi is None:
+            return tuple(shape)
+        y0, y1, x0, x1 = self.roi
+        return min(y1, shape[0]) - y0, min(x1, shape[1]) - x0
+
+    def _choose_bin(self, shape):
+        """Binning for a run whose slices have `shape`; checks the region is large enough."""
+        region = self._region_shape(shape)
+        b = self.auto_bin(region) if self.bin is None else self.bin
+        if min(region) // b < 16 or min(shape) // b < 32:
+            raise SliceShapeError(
+                f"slice shape {tuple(shape)} with roi {self.roi} leaves a region of {region} px: too small for "
+                f"bin {b} (need 16 px binned in the region and 32 px binned in the slice)")
+        return b
+
+    def _region_box(self, binned_shape):
+        """The registration region on the binned canvas, as a pair of slices."""
         b = self._bin
         h, w = binned_shape
         if self.roi is None:
-            y0, y1, x0, x1 = 0, h, 0, w
-        else:
-            y0, y1 = self.roi[0] // b, min(-(-self.roi[1] // b), h)
-            x0, x1 = self.roi[2] // b, min(-(-self.roi[3] // b), w)
+            return slice(0, h), slice(0, w)
+        return (slice(self.roi[0] // b, min(-(-self.roi[1] // b), h)),
+                slice(self.roi[2] // b, min(-(-self.roi[3] // b), w)))
+
+    def _windows(self, binned_shape, offset):
+        """Overlapping canvas window and raw window (binned px) for an integer offset."""
+        h, w = binned_shape
+        (y0, y1), (x0, x1) = ((s.start, s.stop) for s in self._region_box(binned_shape))
         oy, ox = offset
         # canvas row y shows raw row y - oy: keep rows where both exist
         cy0, cy1 = max(y0, oy), min(y1, h + oy)
@@ -534,7 +583,7 @@ class DriftTracker:
         if aligned.ndim != 2:
             raise SliceShapeError(f"aligned: expected a 2-D slice, got shape {aligned.shape}")
         self._shape = aligned.shape
-        self._bin = self.auto_bin(aligned.shape) if self.bin is None else self.bin
+        self._bin = self._choose_bin(aligned.shape)
         binned = _bin(aligned.astype(np.float32), self._bin)
         covered = _bin((aligned > 0).astype(np.float32), self._bin) > 0.99
         fill = binned[covered].mean() if covered.any() else 0.0
@@ -546,9 +595,7 @@ class DriftTracker:
 
     def _start(self, pixels):
         self._shape = pixels.shape
-        self._bin = self.auto_bin(pixels.shape) if self.bin is None else self.bin
-        if min(pixels.shape) // self._bin < 32:
-            raise SliceShapeError(f"slice shape {pixels.shape} too small for bin {self._bin} (need 32 px binned)")
+        self._bin = self._choose_bin(pixels.shape)
         self._update_references(_bin(pixels, self._bin), (0.0, 0.0))
         self._shift = (0.0, 0.0)
         self.n_slices = 1
@@ -560,9 +607,12 @@ class DriftTracker:
         always cover the whole canvas.
         """
         b = self._bin
-        aligned, valid = apply_shift(binned, (shift[0] / b, shift[1] / b), order=1)
+        box = self._region_box(binned.shape)  # only the region is ever read back
+        aligned, valid = _aligned_box(binned, (shift[0] / b, shift[1] / b), box)
         if self._previous is None:
-            self._previous = np.where(valid, aligned, aligned[valid].mean() if valid.any() else 0.0)
+            fill = aligned[valid].mean() if valid.any() else 0.0
+            self._previous = np.full(binned.shape, fill, dtype=np.float32)
+            self._previous[box] = np.where(valid, aligned, fill)
             self._mean = self._previous.copy()
             self._keyframe = self._previous.copy()
             return
@@ -573,7 +623,7 @@ class DriftTracker:
         a_std = a_vals.std()
         if a_std < 1e-6:
             return
-        for ref, w in ((self._previous, 1.0), (self._mean, self.reference_weight)):
+        for ref, w in ((self._previous[box], 1.0), (self._mean[box], self.reference_weight)):
             r_vals = ref[valid]
             matched = (a_vals - a_vals.mean()) * (r_vals.std() / a_std) + r_vals.mean()
             ref[valid] = (1 - w) * r_vals + w * matched

@@ -51,6 +51,9 @@ _RENDER_PAD = 8
 _MAX_PARTICLES = 1_000_000
 # Slices behind a pore that shine through it (weights exp(-j / 2) beyond that are < 3 %).
 _PORE_BACK_DEPTH = 6
+# Protective cap (Pt/C deposit): grain correlation (px) and contrast (share of the level span).
+_CAP_GRAIN_PX = 1.0
+_CAP_GRAIN_CONTRAST = 0.15
 
 
 def _as_triple(value, name):
@@ -427,6 +430,8 @@ def render_acquisition(
     counts_at_max=None,
     dtype=np.uint8,
     field_shape=None,
+    cap_px=0,
+    fiducial=False,
     rng=None,
 ):
     """Render labels as raw FIB-SEM slices, with the truth kept aside.
@@ -437,6 +442,14 @@ def render_acquisition(
     Gaussian blur, subpixel drift (cubic spline), curtaining, brightness
     gain/offset, optional charging background, shot and Gaussian noise,
     rounding and clipping to `dtype`.
+
+    With `cap_px` > 0 the scene also holds the protective cap a FIB-SEM operator deposits
+    (platinum or carbon) on top of the trench: in the canvas frame, every row above row `cap_px`
+    is cap instead of sample, the same for every slice (z-invariant), so the top `cap_px` rows of
+    slice 0 (more or fewer on later slices, as the stage drifts) show a fine random grain around
+    its own grey level (the mean of the two brightest levels), optionally with a bright milled
+    fiducial cross. The cap is part of the scene, so it drifts, blurs and is shifted exactly like
+    the sample, and the truth drift is unchanged; truth labels are 0 there (not sample).
 
     Parameters
     ----------
@@ -479,6 +492,12 @@ def render_acquisition(
     field_shape : tuple of 2 int, optional
         ``(H, W)`` of the slices. Default: the labels' ``(Y, X)`` minus twice
         the margin the drift needs.
+    cap_px : int, optional
+        Height (px) of the protective cap at the top of the canvas; 0 (default) for none. The
+        cap's grain has a correlation of ~1 px and a standard deviation of 15 % of the level span.
+    fiducial : bool, optional
+        Mill a bright cross (arms ``0.7 * cap_px`` long, ``max(2, cap_px // 10)`` px wide) into
+        the cap, centred in its rows at three quarters of the width. Needs ``cap_px >= 8``.
     rng : None, int or numpy.random.Generator, optional
 
     Returns
@@ -511,6 +530,11 @@ def render_acquisition(
         raise ValueError(f"pore_back must be in [0, 1], got {pore_back!r}")
     if counts_at_max is not None and not (np.isfinite(counts_at_max) and counts_at_max > 0):
         raise ValueError(f"counts_at_max must be > 0 or None, got {counts_at_max!r}")
+    cap_px = int(cap_px)
+    if cap_px < 0:
+        raise ValueError(f"cap_px must be >= 0, got {cap_px!r}")
+    if fiducial and cap_px < 8:
+        raise ValueError(f"fiducial needs a cap of at least 8 px (cap_px), got cap_px={cap_px!r}")
     rng = np.random.default_rng(rng)
     n_slices = labels.shape[0]
     if drift_px is None:
@@ -543,6 +567,8 @@ def render_acquisition(
             )
     margin = (big - field) // 2
     field = _px(field)
+    if cap_px >= field[0]:
+        raise ValueError(f"cap_px must be smaller than the field height {field[0]} px, got {cap_px!r}")
 
     scale = 257.0 if dtype == np.uint16 else 1.0
     lut = np.concatenate([[0.0], levels8]) * scale
@@ -555,8 +581,11 @@ def render_acquisition(
     maxval = float(np.iinfo(dtype).max)
     background = _background_fields(n_slices, rng) * (charging * span) if charging > 0 else None
     depth_weights = np.exp(-np.arange(1, _PORE_BACK_DEPTH + 1) / 2.0)
+    cap_rows = margin[0] + cap_px  # label rows above this one are cap (in every slice)
+    cap = _cap_plane((cap_rows, big[1]), levels8 * scale, margin, field, fiducial, rng) if cap_px else None
 
     truth = labels[:, margin[0]:margin[0] + field[0], margin[1]:margin[1] + field[1]].copy()
+    truth[:, :cap_px] = 0
     slices = np.empty((n_slices,) + field, dtype=dtype)
     pad = _RENDER_PAD
     for k in range(n_slices):
@@ -564,8 +593,15 @@ def render_acquisition(
         origin = margin + drift[k]
         start = np.floor(origin).astype(int)
         frac = origin - start
-        crop = labels[k, start[0] - pad:start[0] + field[0] + pad, start[1] - pad:start[1] + field[1] + pad]
+        rows = slice(start[0] - pad, start[0] + field[0] + pad)
+        cols = slice(start[1] - pad, start[1] + field[1] + pad)
+        crop = labels[k, rows, cols]
         grey = lut[crop].astype(np.float32)
+        if cap is not None:
+            n_cap = min(max(cap_rows - rows.start, 0), grey.shape[0])
+            crop = crop.copy()
+            crop[:n_cap] = 0  # no sample under the cap: no pore shine-through, no particle shadow
+            grey[:n_cap] = cap[rows.start:rows.start + n_cap, cols]
         if pore_back > 0 and k + 1 < n_slices:
             behind = labels[k + 1:k + 1 + _PORE_BACK_DEPTH, start[0] - pad:start[0] + field[0] + pad,
                             start[1] - pad:start[1] + field[1] + pad]
@@ -601,6 +637,26 @@ def render_acquisition(
         gain=gain,
         offset=offset,
     )
+
+
+def _cap_plane(shape, levels, margin, field, fiducial, rng):
+    """Grey levels of the protective cap, (rows, X) float32 in label coordinates.
+
+    A fine grain (Gaussian-filtered noise) around the mean of the two brightest levels, with an
+    optional bright cross whose centre sits in the middle of the cap rows of the canvas.
+    """
+    top = np.sort(levels)[-2:]
+    span = float(levels.max() - levels.min())
+    grain = ndimage.gaussian_filter(rng.standard_normal(shape).astype(np.float32), _CAP_GRAIN_PX, mode="wrap")
+    plane = top.mean() + grain * np.float32(_CAP_GRAIN_CONTRAST * span / max(float(grain.std()), 1e-12))
+    if fiducial:
+        cap_px = shape[0] - margin[0]
+        cy, cx = margin[0] + cap_px // 2, margin[1] + (3 * field[1]) // 4
+        arm, half = int(0.35 * cap_px), max(2, cap_px // 10) // 2
+        bright = levels.max() + 0.3 * span
+        plane[cy - arm:cy + arm + 1, cx - half:cx + half + 1] = bright
+        plane[cy - half:cy + half + 1, cx - arm:cx + arm + 1] = bright
+    return plane.astype(np.float32)
 
 
 def write_acquisition(acq, folder, *, layout="fei", pixel_size_um=0.02, slice_spacing_um=0.05,
