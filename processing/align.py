@@ -345,7 +345,7 @@ class DriftTracker:
         the whole canvas. Choose a region with structure and without charging or labels. The
         most accurate choice is a z-invariant region: the protective cap band along the top rows
         (and its fiducial mark), e.g. ``(0, 48, 0, width)``; a thin band is fine (at least 16
-        rows visible on every slice), see :func:`find_reference_band`. Registering on the
+        rows visible on every slice). Registering on the
         sample itself cannot tell stage drift from the lateral motion of features inclined in z,
         which accumulates over a long run.
     upsample : int, optional

@@ -13,7 +13,7 @@ import pytest
 from numpy.testing import assert_allclose
 from scipy import ndimage
 
-from processing.align import DriftTracker, apply_shift, phase_correlate
+from processing.align import DriftTracker, _aligned_box, apply_shift, phase_correlate
 from processing.errors import SliceShapeError
 from processing.synthetic import generate_microstructure, render_acquisition, simulate_drift
 
@@ -172,6 +172,33 @@ def test_roi_restricts_registration_to_a_region():
     est = _track(slices, roi=(0, 256, 0, 100))
     error = np.array([e.shift_px for e in est]) - acq.drift_px
     assert _rms(error) < 0.3
+
+
+@pytest.mark.parametrize("shift, box", [
+    ((2.3, -4.6), (slice(0, 12), slice(0, 70))),
+    ((-7.5, 3.25), (slice(50, 60), slice(10, 40))),
+    ((0.0, 0.0), (slice(5, 30), slice(0, 70))),
+])
+def test_aligned_box_equals_the_box_of_the_full_shift(shift, box):
+    img = np.random.default_rng(9).normal(100, 20, size=(60, 70)).astype(np.float32)
+    full, full_valid = apply_shift(img, shift, fill=np.nan)
+    aligned, valid = _aligned_box(img, shift, box)
+    assert np.array_equal(valid, full_valid[box])
+    assert_allclose(aligned[valid], full[box][full_valid[box]], atol=1e-4)
+
+
+def test_band_roi_is_not_binned_and_a_too_thin_one_is_refused():
+    slice_ = np.random.default_rng(10).integers(0, 255, size=(1024, 1024), dtype=np.uint8)
+    band = DriftTracker(roi=(0, 48, 0, 1024))
+    band.update(slice_)
+    assert band._bin == 1  # binned from the band's short side (48 px), not the slice's (would be 4)
+    whole = DriftTracker()
+    whole.update(slice_)
+    assert whole._bin == 4
+    with pytest.raises(SliceShapeError, match="roi"):
+        DriftTracker(roi=(0, 10, 0, 1024)).update(slice_)
+    with pytest.raises(SliceShapeError, match="roi"):
+        DriftTracker(roi=(1100, 1200, 0, 1024)).update(slice_)  # outside the slice
 
 
 def test_tracker_rejects_bad_options():
