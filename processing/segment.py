@@ -11,9 +11,13 @@ accuracy on blurred, noisy slices (``tests/test_segment.py``):
   through the middle phase's grey levels and would leave a thin false rim of it. Middle-phase
   pixels that touch both extreme phases are reassigned to the nearer extreme (``rim_fix``).
 
+At run time a slice is rounded to 256 steps spanning the phase levels before the pre-filter, so
+smoothing, thresholds and rims work on small integers (about 8 ms per 1024^2 slice instead of 20;
+labels unchanged to within a step, far below the noise).
+
 ``uncertain_share`` is the share of valid pixels whose smoothed grey level lies where the
 mixture's most probable phase has a posterior below ``certainty`` (default 0.95): near a
-threshold. It goes into the status as the per-slice quality figure.
+threshold (counted on every 2nd row and column). It goes into the status as the per-slice quality figure.
 
 :func:`fit_pixel_classifier` trains a random forest on multiscale features from a sparse label
 image (scikit-image's ``fit_segmenter``, the ilastik / Weka approach) for samples whose phases
@@ -149,42 +153,47 @@ def _certain_bounds(mu, sigma, weight, thresholds, certainty):
     return bounds
 
 
-def _smooth(image, sigma):
-    """Gaussian smoothing by its binomial approximation (separable numpy taps, edges repeated).
+def _binomial_order(sigma):
+    """Even order ``n ~ 4 sigma^2`` of the binomial kernel approximating a Gaussian (variance n/4)."""
+    return max(2, 2 * int(round(2 * sigma * sigma)))
 
-    The binomial kernel of even order ``n ~ 4 sigma^2`` has variance ``n / 4``; for sigma 1
-    that is the 5-tap [1, 4, 6, 4, 1] / 16, about twice as fast as ``ndimage.gaussian_filter``.
+
+def _binomial_sum(image, order):
+    """Unnormalised separable binomial filter of `order` (sum ``4**order``), edges repeated.
+
+    Applied as `order` pairwise sums per axis (``[1, 1]`` convolved `order` times is the
+    binomial row): one addition per tap and no multiplication, in the dtype of `image` (the
+    caller picks one that cannot overflow).
     """
-    image = np.asarray(image, dtype=np.float32)
-    if sigma <= 0:
-        return image
-    order = max(2, 2 * int(round(2 * sigma * sigma)))  # even: a centred kernel
-    taps = np.array([math.comb(order, k) for k in range(order + 1)], dtype=np.float64)
-    taps = (taps / taps.sum()).astype(np.float32)
+    half = order // 2
     out = image
     for axis in (0, 1):
         pad = [(0, 0), (0, 0)]
-        pad[axis] = (order // 2, order // 2)
-        padded = np.pad(out, pad, mode="edge")
-        n = out.shape[axis]
-        take = (lambda a: padded[a:a + n]) if axis == 0 else (lambda a: padded[:, a:a + n])
-        mid = order // 2
-        acc = taps[mid] * take(mid)
-        for k in range(mid):
-            pair = take(k) + take(order - k)
-            pair *= taps[k]
-            acc += pair
-        out = acc
+        pad[axis] = (half, half)
+        out = np.pad(out, pad, mode="edge")
+        for _ in range(order):
+            out = out[1:] + out[:-1] if axis == 0 else out[:, 1:] + out[:, :-1]
     return out
 
 
-def _square_extreme(labels, size, op):
-    """Minimum or maximum (`op`) over a size x size square, edges repeated.
+def _smooth(image, sigma):
+    """Gaussian smoothing by its binomial approximation, float32 (for sigma 1 the 5-tap
+    [1, 4, 6, 4, 1] / 16, about twice as fast as ``ndimage.gaussian_filter``)."""
+    image = np.asarray(image, dtype=np.float32)
+    if sigma <= 0:
+        return image
+    order = _binomial_order(sigma)
+    return _binomial_sum(image, order) * np.float32(4.0**-order)
+
+
+def _square_reduce(image, size, op):
+    """``op`` (a ufunc such as ``np.bitwise_or`` or ``np.maximum``) over a size x size square,
+    edges repeated.
 
     Separable, with numpy slices: an order of magnitude faster than ndimage's filters on uint8.
     """
     r = size // 2
-    out = labels
+    out = image
     for axis in (0, 1):
         pad = [(0, 0), (0, 0)]
         pad[axis] = (r, r)
@@ -199,10 +208,11 @@ def _square_extreme(labels, size, op):
 
 
 def _classify(image, thresholds):
-    """1 + number of thresholds below each pixel, uint8 (comparisons beat searchsorted here)."""
+    """1 + number of thresholds below each pixel, uint8 (comparisons beat searchsorted and a
+    lookup table here)."""
     labels = np.ones(image.shape, dtype=np.uint8)
     for t in thresholds:
-        labels += image > np.float32(t)
+        labels += image > t
     return labels
 
 
@@ -263,30 +273,59 @@ class PhaseModel:
             valid = np.asarray(valid, dtype=bool)
             if valid.shape != pixels.shape:
                 raise SliceShapeError(f"valid: shape {valid.shape} differs from pixels {pixels.shape}")
-        smooth = _smooth(pixels, self.smooth_px)
-        labels = _classify(smooth, self.thresholds)
+        smooth, to_smooth = self._quantised_smooth(pixels)
+        labels = _classify(smooth, [to_smooth(t) for t in self.thresholds])
         if self.rim_fix and self.n_phases >= 3:
-            self._fix_rims(labels, smooth)
-        uncertain = np.zeros(pixels.shape, dtype=bool)
+            self._fix_rims(labels, smooth, to_smooth)
+        # a quality figure: every 2nd row and column is plenty (a quarter of the work)
+        sub = smooth[::2, ::2]
+        uncertain = np.zeros(sub.shape, dtype=bool)
         for lo, hi in self.uncertain_bounds:
-            uncertain |= (smooth >= lo) & (smooth <= hi)
+            uncertain |= (sub >= to_smooth(lo)) & (sub <= to_smooth(hi))
         if valid is not None:
-            labels[~valid] = 0
-            n_valid = int(valid.sum())
-            share = float((uncertain & valid).sum() / n_valid) if n_valid else 0.0
+            np.multiply(labels, valid, out=labels)
+            sub_valid = valid[::2, ::2]
+            n_valid = int(np.count_nonzero(sub_valid))
+            share = float(np.count_nonzero(uncertain & sub_valid) / n_valid) if n_valid else 0.0
         else:
-            share = float(uncertain.mean())
+            share = float(np.count_nonzero(uncertain) / uncertain.size)
         return SegmentedSlice(labels, share)
 
-    def _fix_rims(self, labels, smooth):
+    def _quantised_smooth(self, pixels):
+        """Smoothed slice in integers, and the map from grey levels to its units.
+
+        The slice is first rounded to 256 steps spanning the phase levels with a margin of half
+        their range (or 6 mixture sigmas) on each side: a step is well below the noise, and the
+        clipped tails lie far beyond every threshold. The binomial smoothing then runs on uint16
+        (uint32 for wide kernels) instead of float32, and thresholds become integer comparisons.
+        """
+        lo_level, hi_level = self.levels[0], self.levels[-1]
+        margin = max(0.5 * (hi_level - lo_level), 6.0 * max(self.sigmas))
+        base = lo_level - margin
+        scale = 255.0 / (hi_level - lo_level + 2 * margin)
+        q = np.asarray(pixels, dtype=np.float32) * np.float32(scale)
+        q += np.float32(0.5 - base * scale)  # + 0.5: the cast below truncates
+        np.clip(q, 0, 255, out=q)
+        q = q.astype(np.uint8)
+        if self.smooth_px > 0:
+            order = _binomial_order(self.smooth_px)
+            norm = 4.0**order
+            smooth = _binomial_sum(q.astype(np.uint16 if 255 * norm < 2**16 else np.uint32), order)
+        else:
+            norm, smooth = 1.0, q
+        # grey level -> nearest integer unit (1/200 grey for 8-bit levels and sigma 1), as the
+        # array's own type: a Python float would make every comparison a float64 one
+        top, kind = 255 * norm, smooth.dtype.type
+        return smooth, lambda grey: kind(min(max(round((grey - base) * scale * norm), 0), top))
+
+    def _fix_rims(self, labels, smooth, to_smooth):
         """Middle phases touching both the darkest and the brightest phase -> nearer extreme."""
         low, high = 1, self.n_phases
         size = 2 * self.rim_px + 1
-        # labels run 1..n: "sees the darkest phase" = window minimum is 1, brightest = maximum is n
-        near_low = _square_extreme(labels, size, np.minimum) == low
-        near_high = _square_extreme(labels, size, np.maximum) == high
-        rim = near_low & near_high & (labels != low) & (labels != high)
-        cut = np.float32(0.5 * (self.levels[0] + self.levels[-1]))
+        # bit 0: darkest phase, bit 1: brightest; one OR filter tells which a window sees
+        code = (labels == low).view(np.uint8) | ((labels == high).view(np.uint8) << 1)
+        rim = (_square_reduce(code, size, np.bitwise_or) == 3) & (code == 0)
+        cut = to_smooth(0.5 * (self.levels[0] + self.levels[-1]))
         labels[rim] = np.where(smooth[rim] < cut, low, high).astype(np.uint8)
 
     def to_dict(self):
