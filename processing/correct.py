@@ -124,7 +124,8 @@ def find_levels(pixels, n_phases, *, init=None, step=2):
     if init is None:
         cum = np.cumsum(counts) / counts.sum()
         init = _kmeans_1d(centres, counts, centres[np.searchsorted(cum, (np.arange(n_phases) + 0.5) / n_phases)])
-    levels, _, weights = fit_gray_mixture(centres, counts, np.sort(np.asarray(init, dtype=float)), iterations=30)
+    levels, _, weights = fit_gray_mixture(centres, counts, np.sort(np.asarray(init, dtype=float)), iterations=30,
+                                          tol=0.01 * (centres[1] - centres[0]))
     return levels, weights
 
 
@@ -167,18 +168,28 @@ def match_brightness(pixels, levels, *, prior=(1.0, 0.0), step=2):
     return gain0, offset0
 
 
-def _residual(image, levels, clip):
-    """``image - nearest level``, clipped to +-clip (partial-volume pixels and outliers)."""
+def _residual(image, levels, clip, out=None):
+    """``image - nearest level``, clipped to +-clip (partial-volume pixels and outliers).
+
+    ``step * (image > cut)`` subtracted per threshold: about twice as fast as a gather of the
+    level of each pixel, ten times as fast as a subtraction ``where=`` the mask. `out` (float32,
+    shape of `image`) avoids an allocation and may be `image` itself.
+    """
     levels = np.asarray(levels, dtype=np.float32)
-    index = np.zeros(image.shape, dtype=np.uint8)
-    for cut in 0.5 * (levels[1:] + levels[:-1]):
-        index += image > cut
-    res = image - levels[index]
+    above = [image > cut for cut in 0.5 * (levels[1:] + levels[:-1])]  # before `out` is written
+    res = np.subtract(image, levels[0], out=out, dtype=np.float32)
+    for mask, step in zip(above, np.diff(levels)):
+        res -= step * mask
     return np.clip(res, -clip, clip, out=res)
 
 
 def _default_clip(levels):
     return float(np.min(np.diff(np.sort(levels)))) / 2 if len(levels) > 1 else 50.0
+
+
+# Rows per block of the curtaining loops: a block of float32 rows stays in the CPU cache while
+# the residual, its column sums and the correction are computed on it.
+_BLOCK_ROWS = 64
 
 
 def remove_curtaining(pixels, *, levels=None, band_px=64, passes=2, smooth_px=0.0, valid=None):
@@ -208,53 +219,90 @@ def remove_curtaining(pixels, *, levels=None, band_px=64, passes=2, smooth_px=0.
     -------
     (Y, X) ndarray of float32
     """
-    image = np.asarray(_check_image(pixels), dtype=np.float32)
+    image = np.array(_check_image(pixels), dtype=np.float32)
     if band_px is not None and not (isinstance(band_px, (int, np.integer)) and band_px >= 8):
         raise ValueError(f"band_px: expected an integer >= 8 or None, got {band_px!r}")
     if not (isinstance(passes, (int, np.integer)) and passes >= 1):
         raise ValueError(f"passes: expected an integer >= 1, got {passes!r}")
-    for _ in range(passes if levels is not None else 1):
-        image = image - _stripe_profile(image, levels, band_px, smooth_px, valid)
+    if valid is not None and np.shape(valid) != image.shape:
+        raise ValueError(f"valid: expected shape {image.shape}, got {np.shape(valid)}")
+    _remove_stripes(image, levels, band_px, passes if levels is not None else 1, smooth_px, valid)
     return image
 
 
-def _stripe_profile(image, levels, band_px, smooth_px, valid):
-    """(Y, X) stripe estimate: per-band column profiles interpolated along y."""
+class _Bands:
+    """Horizontal bands of a slice and the linear interpolation of per-band profiles along y."""
+
+    def __init__(self, h, band_px):
+        band = h if band_px is None else min(int(band_px), h)
+        self.n = max(1, h // band)
+        self.edges = np.linspace(0, h, self.n + 1).astype(int)
+        centres = 0.5 * (self.edges[:-1] + self.edges[1:] - 1)
+        rows = np.arange(h)
+        self.upper = np.clip(np.searchsorted(centres, rows), 1, max(self.n - 1, 1))
+        if self.n > 1:
+            c0, c1 = centres[self.upper - 1], centres[self.upper]
+            self.t = np.clip((rows - c0) / (c1 - c0), 0.0, 1.0).astype(np.float32)[:, None]
+
+    def blocks(self):
+        """(band, first row, end row) of cache-sized row blocks, band by band."""
+        for b in range(self.n):
+            for r0 in range(self.edges[b], self.edges[b + 1], _BLOCK_ROWS):
+                yield b, r0, min(r0 + _BLOCK_ROWS, self.edges[b + 1])
+
+    def profile_rows(self, profiles, r0, r1):
+        """(r1 - r0, X) stripe estimate of rows r0:r1 interpolated from (n, X) `profiles`."""
+        if self.n == 1:
+            return profiles[0][None, :]
+        t, up = self.t[r0:r1], self.upper[r0:r1]
+        lower = profiles[up - 1]
+        return lower + t * (profiles[up] - lower)
+
+
+def _remove_stripes(image, levels, band_px, passes, smooth_px, valid):
+    """Subtract the stripes of float32 `image` in place (see :func:`remove_curtaining`).
+
+    Each pass measures the profiles of the residual of ``image - stripes so far`` block by block,
+    so no full-size temporary is made; the stripes are subtracted once at the end.
+    """
     h, w = image.shape
-    if levels is not None:
-        res = _residual(image, levels, _default_clip(levels))
-    else:
-        res = image - image.mean()
-    weight = None if valid is None else np.asarray(valid, dtype=np.float32)
-    band = h if band_px is None else min(int(band_px), h)
-    n_bands = max(1, h // band)
-    edges = np.linspace(0, h, n_bands + 1).astype(int)
-    profiles = np.empty((n_bands, w), dtype=np.float32)
-    centres = np.empty(n_bands)
-    for b in range(n_bands):
-        r = res[edges[b]:edges[b + 1]]
-        if weight is None:
-            n = np.full(w, r.shape[0], dtype=np.float32)
-            prof = r.mean(axis=0)
-        else:
-            m = weight[edges[b]:edges[b + 1]]
-            n = m.sum(axis=0)
-            prof = (r * m).sum(axis=0) / np.maximum(n, 1)
+    bands = _Bands(h, band_px)
+    total = np.zeros((bands.n, w), dtype=np.float32)
+    clip = _default_clip(levels) if levels is not None else None
+    mean = None if levels is not None else np.float32(image.mean())
+    buf = np.empty((min(_BLOCK_ROWS, h), w), dtype=np.float32)
+    for p in range(passes):
+        sums = np.zeros((bands.n, w), dtype=np.float64)
+        counts = np.zeros((bands.n, w), dtype=np.float64)
+        for b, r0, r1 in bands.blocks():
+            block = buf[:r1 - r0]
+            if p:
+                np.subtract(image[r0:r1], bands.profile_rows(total, r0, r1), out=block)
+            else:
+                block[...] = image[r0:r1]
+            if levels is not None:
+                _residual(block, levels, clip, out=block)
+            else:
+                block -= mean
+            if valid is None:
+                sums[b] += block.sum(axis=0)
+                counts[b] += r1 - r0
+            else:
+                m = np.asarray(valid[r0:r1], dtype=bool)
+                sums[b] += np.where(m, block, 0).sum(axis=0)
+                counts[b] += m.sum(axis=0)
+        profiles = (sums / np.maximum(counts, 1)).astype(np.float32)
         if levels is None:
-            prof = prof - ndimage.gaussian_filter1d(prof, 16.0, mode="nearest")
+            profiles -= ndimage.gaussian_filter1d(profiles, 16.0, axis=1, mode="nearest")
         if smooth_px > 0:
-            prof = ndimage.gaussian_filter1d(prof, smooth_px, mode="nearest")
-        profiles[b] = np.where(n > 0, prof, 0.0)
-        centres[b] = 0.5 * (edges[b] + edges[b + 1] - 1)
-    if levels is not None:
-        # the global offset belongs to the brightness step, not to the stripes
-        profiles -= np.median(profiles, axis=1, keepdims=True)
-    if n_bands == 1:
-        return profiles[0][None, :]
-    rows = np.arange(h)
-    i1 = np.clip(np.searchsorted(centres, rows), 1, n_bands - 1)
-    t = np.clip((rows - centres[i1 - 1]) / (centres[i1] - centres[i1 - 1]), 0.0, 1.0).astype(np.float32)[:, None]
-    return (1 - t) * profiles[i1 - 1] + t * profiles[i1]
+            profiles = ndimage.gaussian_filter1d(profiles, smooth_px, axis=1, mode="nearest")
+        profiles[counts == 0] = 0.0
+        if levels is not None:
+            # the global offset belongs to the brightness step, not to the stripes
+            profiles -= np.median(profiles, axis=1, keepdims=True)
+        total += profiles
+    for _, r0, r1 in bands.blocks():
+        image[r0:r1] -= bands.profile_rows(total, r0, r1)
 
 
 def flatten_background(pixels, *, levels=None, order=2, step=8):
@@ -381,11 +429,13 @@ class CorrectionModel:
         """
         pixels = _check_image(pixels)
         gain, offset = match_brightness(pixels, self.levels, prior=prior) if self.brightness else (1.0, 0.0)
-        image = pixels.astype(np.float32) * np.float32(gain) + np.float32(offset)
+        image = pixels.astype(np.float32)
+        image *= np.float32(gain)
+        image += np.float32(offset)
         if self.background is not None:
             image = flatten_background(image, levels=self.levels, order=self.background_order)
         if self.curtaining is not None:
-            image = remove_curtaining(image, levels=self.levels, band_px=self.band_px, passes=self.curtain_passes)
+            _remove_stripes(image, self.levels, self.band_px, self.curtain_passes, 0.0, None)
         return CorrectedSlice(image, float(gain), float(offset))
 
     def apply_stack(self, slices, *, prior=(1.0, 0.0)):
