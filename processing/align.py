@@ -53,7 +53,7 @@ from scipy import ndimage
 
 from processing.errors import SliceShapeError
 
-__all__ = ["DriftEstimate", "DriftTracker", "apply_shift", "phase_correlate"]
+__all__ = ["DriftEstimate", "DriftTracker", "apply_shift", "find_reference_band", "phase_correlate"]
 
 logger = logging.getLogger(__name__)
 
@@ -630,3 +630,93 @@ class DriftTracker:
         if self._stale_keyframe:
             self._keyframe = self._previous.copy()
             self._stale_keyframe = False
+
+
+def _band_correlation(reference, moving):
+    """Correlation coefficient of two destriped windows after registering them (subpixel)."""
+    (dy, dx), _ = phase_correlate(reference, moving)
+    aligned, valid = apply_shift(moving.astype(np.float32), (dy, dx), fill=np.nan)
+    if valid.sum() < 64:
+        return 0.0
+    box = np.ix_(valid.any(axis=1), valid.any(axis=0))  # the valid pixels form a rectangle
+    a, b = reference[box].astype(np.float64), aligned[box].astype(np.float64)
+    # column means removed: curtaining (vertical stripes) evolves along z and is not content
+    a = a - a.mean(axis=0, keepdims=True)
+    b = b - b.mean(axis=0, keepdims=True)
+    den = float(np.sqrt((a * a).sum() * (b * b).sum()))
+    return float((a * b).sum() / den) if den > 0 else 0.0
+
+
+def find_reference_band(slices, *, band_rows=16, tolerance=0.8):
+    """Rows of the canvas whose content does not change along z (protective cap, fiducial).
+
+    The slices are registered to the first one on the whole frame; then, band of rows by band
+    (bands overlapping by half; a row counts when every band covering it passes),
+    the correlation of the last slice with the first is compared with that of the second slice
+    with the first (each band registered on its own first, so residual drift does not count).
+    Bands of z-invariant content keep their correlation; bands of evolving microstructure lose
+    it. The longest run of invariant bands is returned, to pass as ``DriftTracker(roi=...)``.
+
+    Parameters
+    ----------
+    slices : sequence of (Y, X) arrays
+        The first slices of a run (at least 3), raw, of one shape. The first and last should be
+        far enough apart for the microstructure to change (about a particle radius in z: with
+        0.5 um particles and 50 nm slices, 10 slices).
+    band_rows : int, optional
+        Height of the bands that are compared (the shortest band returned), in rows; >= 8.
+    tolerance : float, optional
+        A band is z-invariant when its first-to-last correlation is at least this share of its
+        first-to-second correlation (0 < tolerance < 1).
+
+    Returns
+    -------
+    (y0, y1, x0, x1) tuple of int or None
+        The band on the canvas of the first slice (full width), or None when no band of
+        `band_rows` rows is invariant.
+
+    Raises
+    ------
+    ValueError
+        Fewer than 3 slices, slices of different shapes, or bad options.
+    """
+    slices = [np.asarray(s) for s in slices]
+    if len(slices) < 3 or any(s.ndim != 2 or s.shape != slices[0].shape for s in slices):
+        raise ValueError(f"slices: expected at least 3 slices of one 2-D shape, got "
+                         f"{[np.shape(s) for s in slices]}")
+    if not (isinstance(band_rows, (int, np.integer)) and 8 <= band_rows <= slices[0].shape[0] // 2):
+        raise ValueError(f"band_rows: expected an integer in [8, {slices[0].shape[0] // 2}], got {band_rows!r}")
+    if not 0 < tolerance < 1:
+        raise ValueError(f"tolerance: expected 0 < t < 1, got {tolerance!r}")
+    tracker = DriftTracker(min_confidence=0.0)
+    shifts = [tracker.update(s).shift_px for s in slices]
+    first = slices[0].astype(np.float32)
+    height, width = first.shape
+    starts = range(0, height - band_rows + 1, band_rows // 2)
+    ratio = []
+    for y0 in starts:
+        corr = []
+        for k in (1, len(slices) - 1):
+            # the part of slice k that shows canvas rows y0..y0+band_rows (integer part of the shift)
+            oy, ox = (int(round(v)) for v in shifts[k])
+            c0, c1 = max(0, ox), min(width, width + ox)
+            if not (0 <= y0 - oy <= height - band_rows) or c1 - c0 < 16:
+                corr.append(0.0)
+                continue
+            moving = slices[k][y0 - oy:y0 - oy + band_rows, c0 - ox:c1 - ox]
+            corr.append(_band_correlation(first[y0:y0 + band_rows, c0:c1], moving))
+        near, far = corr
+        ratio.append(far / near if near > 0.05 else 0.0)
+    # a row is invariant when every band covering it is (the bands overlap by half)
+    covering = np.zeros(height, dtype=int)
+    passing = np.zeros(height, dtype=int)
+    for y0, r in zip(starts, ratio):
+        covering[y0:y0 + band_rows] += 1
+        passing[y0:y0 + band_rows] += r >= tolerance
+    invariant = (covering > 0) & (passing == covering)
+    runs, n = ndimage.label(invariant)
+    if n == 0:
+        return None
+    lengths = ndimage.sum_labels(invariant, runs, index=np.arange(1, n + 1))
+    rows = np.flatnonzero(runs == int(np.argmax(lengths)) + 1)
+    return int(rows[0]), int(rows[-1]) + 1, 0, int(first.shape[1])

@@ -16,7 +16,7 @@ microscope's own field-of-view re-centring prevents it in practice).
 import numpy as np
 import pytest
 
-from processing.align import DriftTracker
+from processing.align import DriftTracker, find_reference_band
 from processing.synthetic import generate_microstructure, render_acquisition, simulate_drift
 
 CAP_PX = 40
@@ -75,6 +75,28 @@ def test_cap_registration_across_particle_sizes_and_noise(radius_um, noise, fidu
     assert all(e.reliable for e in est)
     assert _rms(error) <= 0.3
     assert np.hypot(*error[-1]) < 1.0
+
+
+def test_reference_band_is_found_in_the_cap_and_registers_the_run(default_capped):
+    roi = find_reference_band(default_capped.slices[:12])
+    assert roi is not None
+    y0, y1, x0, x1 = roi
+    assert y1 <= CAP_PX and y1 - y0 >= 16 and (x0, x1) == (0, 256)  # inside the cap, never the sample
+    error, _ = _errors(default_capped, roi=roi)
+    assert _rms(error) <= 0.3
+    assert np.hypot(*error[-1]) < 1.0
+
+
+def test_no_reference_band_on_an_evolving_sample_without_cap():
+    rng = np.random.default_rng(17)
+    d = simulate_drift(12, rng=rng)
+    labels = generate_microstructure((12, 256, 256), particle_radius_um=0.5, rng=rng)
+    acq = render_acquisition(labels, drift_px=d, field_shape=(192, 192), rng=rng)
+    assert find_reference_band(acq.slices) is None
+    with pytest.raises(ValueError, match="slices"):
+        find_reference_band(acq.slices[:2])
+    with pytest.raises(ValueError, match="band_rows"):
+        find_reference_band(acq.slices, band_rows=4)
 
 
 def test_cap_is_z_invariant_in_the_sample_frame_and_unlabelled():
