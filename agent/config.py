@@ -68,16 +68,20 @@ class PhasesConfig(_Section):
 class ProcessingConfig(_Section):
     """Per-slice corrections, alignment and segmentation."""
 
-    calibration_slices: int = Field(8, ge=1, le=200, description="slices used to fit the phase model, then fixed")
+    calibration_slices: int = Field(10, ge=1, le=200, description="slices used to fit the phase model, then fixed")
     brightness_normalisation: bool = True
     curtaining_removal: bool = True
     background_flattening: bool = False
-    roi: list[int] | None = Field(None, description="alignment region [y0, y1, x0, x1] in pixels; None = whole slice")
+    roi: list[int] | Literal["auto", "whole"] = Field(
+        "auto",
+        description="alignment region [y0, y1, x0, x1] in pixels; 'auto' = the rows that do not change along z "
+        "(protective cap, fiducial) found on the calibration slices, else the whole slice; 'whole' = whole slice",
+    )
 
     @field_validator("roi")
     @classmethod
     def _roi(cls, v):
-        if v is not None and (len(v) != 4 or v[0] >= v[1] or v[2] >= v[3] or min(v) < 0):
+        if isinstance(v, list) and (len(v) != 4 or v[0] >= v[1] or v[2] >= v[3] or min(v) < 0):
             raise ValueError("expected [y0, y1, x0, x1] with y0 < y1, x0 < x1, all >= 0")
         return v
 

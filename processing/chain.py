@@ -7,12 +7,13 @@ slices in index order and stores what comes out; the benchmark times the same ob
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from processing.align import DriftEstimate, DriftTracker, apply_shift
+from processing.align import DriftEstimate, DriftTracker, apply_shift, find_reference_band
 from processing.correct import CorrectionModel, fit_correction
 from processing.errors import SliceShapeError
 from processing.io import SliceImage
@@ -20,6 +21,10 @@ from processing.phases import Phases
 from processing.segment import PhaseModel, fit_phase_model
 
 __all__ = ["ProcessedSlice", "SliceChain"]
+
+log = logging.getLogger(__name__)
+
+_MIN_SLICES_FOR_BAND = 8
 
 
 @dataclass(frozen=True, eq=False)
@@ -74,8 +79,12 @@ class SliceChain:
         back (not returned) until then.
     brightness_normalisation, curtaining_removal, background_flattening : bool, optional
         Corrections applied before alignment and segmentation.
-    roi : (y0, y1, x0, x1), optional
-        Alignment region on the canvas, in pixels.
+    roi : (y0, y1, x0, x1), "auto" or None, optional
+        Alignment region on the canvas, in pixels. ``"auto"`` looks, on the calibration slices,
+        for rows that do not change along z (the protective cap, a fiducial) and registers on
+        them: the sample itself changes from slice to slice, and registering on it lets that
+        apparent motion accumulate as drift error. Falls back to the whole slice (None) when
+        there is no such band.
     phase_model : PhaseModel, optional
         A model fitted earlier (resume): no calibration.
     correction : CorrectionModel, optional
@@ -107,7 +116,10 @@ class SliceChain:
         }
         self.correction = correction
         self.phase_model = phase_model
-        self.tracker = DriftTracker(roi=roi)
+        if roi is not None and roi != "auto":
+            roi = tuple(int(v) for v in roi)
+        self.roi = roi
+        self.tracker = None if roi == "auto" else DriftTracker(roi=roi)
         self._brightness = (1.0, 0.0)  # the previous slice's (gain, offset): guides the next match
         self._held: list[tuple[SliceImage, float]] = []
         self._z_um: list[float] = []
@@ -122,7 +134,7 @@ class SliceChain:
             brightness_normalisation=config.brightness_normalisation,
             curtaining_removal=config.curtaining_removal,
             background_flattening=config.background_flattening,
-            roi=config.roi,
+            roi=None if config.roi == "whole" else config.roi,
         )
 
     @classmethod
@@ -132,14 +144,18 @@ class SliceChain:
         if state.get("phase_model") and state.get("correction"):
             chain.phase_model = PhaseModel.from_dict(state["phase_model"])
             chain.correction = CorrectionModel.from_dict(state["correction"])
+        # The region found or given when the run was calibrated, not searched for again.
+        chain.roi = tuple(state["roi"]) if state.get("roi") else None
+        chain.tracker = DriftTracker(roi=chain.roi)
         last_aligned = np.asarray(last_aligned)
         chain.tracker.resume(last_aligned, last_shift_px)
         chain._dtype, chain._shape = last_aligned.dtype, last_aligned.shape
         return chain
 
     def state(self) -> dict:
-        """What a resumed run needs (JSON-able): the calibrated corrections and phase model."""
+        """What a resumed run needs (JSON-able): the calibrated corrections, phase model and ROI."""
         return {
+            "roi": None if self.roi is None or self.roi == "auto" else list(self.roi),
             "phase_model": None if self.phase_model is None else self.phase_model.to_dict(),
             "correction": None if self.correction is None else self.correction.to_dict(),
         }
@@ -188,6 +204,12 @@ class SliceChain:
         if not held:
             return []
         if self.calibrating:
+            if self.tracker is None:
+                # A z-invariant band can only be told from the sample over several slices.
+                enough = len(held) >= _MIN_SLICES_FOR_BAND
+                self.roi = find_reference_band([image.pixels for image, _ in held]) if enough else None
+                log.info("alignment region: %s", "whole slice" if self.roi is None else f"rows {self.roi[0]}-{self.roi[1]}")
+                self.tracker = DriftTracker(roi=self.roi)
             self.correction = fit_correction(
                 [image.pixels for image, _ in held], n_phases=len(self.phases.names), **self.correction_options
             )
