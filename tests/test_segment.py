@@ -144,3 +144,22 @@ def test_300_slices_full_chain_labels_and_fractions():
     mask = ours > 0
     assert max(abs(float((ours[mask] == k).mean() - (acq.labels[mask] == k).mean())) for k in (1, 2, 3)) <= 0.01
 
+
+
+def test_integer_run_time_path_matches_a_float_reference():
+    """The run-time path (slice rounded to 256 steps, uint16 binomial smoothing, integer
+    thresholds, uncertainty on a 2x2 subsample) against plain float32 Gaussian smoothing and the
+    model's thresholds: labels agree on all but a few pixels sitting on a threshold."""
+    from scipy import ndimage
+
+    slices, _ = _corrected(4, 256, seed=7)
+    model = fit_phase_model(slices[:3], rim_fix=False)
+    for s in slices:
+        smooth = ndimage.gaussian_filter(s.astype(np.float64), model.smooth_px, mode="nearest")
+        reference = 1 + sum((smooth > t).astype(np.uint8) for t in model.thresholds)
+        uncertain = np.zeros(s.shape, dtype=bool)
+        for lo, hi in model.uncertain_bounds:
+            uncertain |= (smooth >= lo) & (smooth <= hi)
+        seg = model.segment(s)
+        assert float((seg.labels == reference).mean()) >= 0.995
+        assert abs(seg.uncertain_share - float(uncertain.mean())) < 0.01
