@@ -78,6 +78,11 @@ class ProcessingConfig(_Section):
         "(protective cap, fiducial) found on the calibration slices, else the whole slice; 'whole' = whole slice",
     )
 
+    cap_rows: int = Field(
+        0, ge=0, description="rows at the top of the slice showing the protective cap, not sample: labelled "
+        "unassigned, and the alignment region when roi is 'auto'",
+    )
+
     @field_validator("roi")
     @classmethod
     def _roi(cls, v):

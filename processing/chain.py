@@ -84,7 +84,10 @@ class SliceChain:
         for rows that do not change along z (the protective cap, a fiducial) and registers on
         them: the sample itself changes from slice to slice, and registering on it lets that
         apparent motion accumulate as drift error. Falls back to the whole slice (None) when
-        there is no such band.
+        there is no such band. With `cap_rows`, the cap is the region.
+    cap_rows : int, optional
+        Rows at the top of the canvas that show the protective cap, not the sample: their labels
+        are unassigned (0), so that the metrics describe the sample only.
     phase_model : PhaseModel, optional
         A model fitted earlier (resume): no calibration.
     correction : CorrectionModel, optional
@@ -100,6 +103,7 @@ class SliceChain:
         curtaining_removal: bool = True,
         background_flattening: bool = False,
         roi=None,
+        cap_rows: int = 0,
         phase_model: PhaseModel | None = None,
         correction: CorrectionModel | None = None,
     ):
@@ -116,6 +120,9 @@ class SliceChain:
         }
         self.correction = correction
         self.phase_model = phase_model
+        if cap_rows < 0:
+            raise ValueError(f"cap_rows must be >= 0, got {cap_rows!r}")
+        self.cap_rows = int(cap_rows)
         if roi is not None and roi != "auto":
             roi = tuple(int(v) for v in roi)
         self.roi = roi
@@ -135,6 +142,7 @@ class SliceChain:
             curtaining_removal=config.curtaining_removal,
             background_flattening=config.background_flattening,
             roi=None if config.roi == "whole" else config.roi,
+            cap_rows=config.cap_rows,
         )
 
     @classmethod
@@ -205,9 +213,7 @@ class SliceChain:
             return []
         if self.calibrating:
             if self.tracker is None:
-                # A z-invariant band can only be told from the sample over several slices.
-                enough = len(held) >= _MIN_SLICES_FOR_BAND
-                self.roi = find_reference_band([image.pixels for image, _ in held]) if enough else None
+                self.roi = self._find_roi([image.pixels for image, _ in held])
                 log.info("alignment region: %s", "whole slice" if self.roi is None else f"rows {self.roi[0]}-{self.roi[1]}")
                 self.tracker = DriftTracker(roi=self.roi)
             self.correction = fit_correction(
@@ -222,6 +228,12 @@ class SliceChain:
             aligned = [self._correct_and_align(image) for image, _ in held]
         return [self._segment(image, arrival, *a) for (image, arrival), a in zip(held, aligned)]
 
+    def _find_roi(self, slices):
+        if self.cap_rows:
+            return (0, self.cap_rows, 0, slices[0].shape[1])
+        # A z-invariant band can only be told from the sample over several slices.
+        return find_reference_band(slices) if len(slices) >= _MIN_SLICES_FOR_BAND else None
+
     def _correct_and_align(self, image: SliceImage):
         t0 = time.perf_counter()
         corrected = self.correction.apply(image.pixels, prior=self._brightness)
@@ -235,6 +247,7 @@ class SliceChain:
     def _segment(self, image: SliceImage, arrival: float, grey, valid, drift, timings_ms) -> ProcessedSlice:
         t0 = time.perf_counter()
         seg = self.phase_model.segment(grey, valid=valid)
+        seg.labels[: self.cap_rows] = 0  # the cap is not sample
         timings_ms["segment"] = 1e3 * (time.perf_counter() - t0)
         return ProcessedSlice(
             index=image.index,
