@@ -163,3 +163,12 @@ def test_integer_run_time_path_matches_a_float_reference():
         seg = model.segment(s)
         assert float((seg.labels == reference).mean()) >= 0.995
         assert abs(seg.uncertain_share - float(uncertain.mean())) < 0.01
+
+
+def test_row_blocks_leave_no_seams():
+    """Segmentation runs in row blocks with a halo: the transposed slice (blocks cut across the
+    other axis) gives exactly the transposed labels, rims and smoothing included."""
+    slices, _ = _corrected(3, 320, seed=8)
+    model = fit_phase_model(slices[:2], smooth_px=1.5)
+    for s in slices:
+        assert np.array_equal(model.segment(s.T).labels, model.segment(s).labels.T)
