@@ -199,9 +199,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_replay)
 
     p = sub.add_parser("demo", help="generate an acquisition, replay it, run the agent and show it live")
-    p.add_argument("--slices", type=int, default=120, help="slices to generate (default 120)")
+    p.add_argument("--slices", type=int, default=300, help="slices to generate (default 300)")
     p.add_argument("--size-px", type=int, default=256, help="slice edge in pixels (default 256)")
-    p.add_argument("--interval-s", type=float, default=0.05, help="seconds between slices (default 0.05)")
+    p.add_argument("--interval-s", type=float, default=0.02, help="seconds between slices (default 0.02)")
     p.add_argument("--workdir", type=Path, help="keep the acquisition and volume here (default: a new temp folder)")
     p.add_argument("--seed", type=int, default=0, help="seed of the generated microstructure")
     p.add_argument("--endpoint", help="also publish on this ZeroMQ endpoint (default: a free loopback port)")
