@@ -3,7 +3,9 @@
 Prints slices/s and ms per stage for 1024 x 1024 8-bit and 2048 x 2048 16-bit slices, the time
 of pystackreg (TRANSLATION) and scikit-image ``phase_cross_correlation`` (full resolution,
 upsampling 20) on the same slices with their ratio to revwatch's alignment, and the drift RMS
-error of each method against the synthetic truth. The same figures back ``revwatch bench``.
+error of each method against the synthetic truth, and the slices/s with segment + append of
+slice k in a worker thread overlapping read + correct + align of slice k + 1. The same figures
+back ``revwatch bench``.
 
 Run::
 
