@@ -1,10 +1,9 @@
 """Per-slice throughput of the slice path (read, correct, align, segment, append) on this machine.
 
 :func:`run_slice_bench` renders a synthetic acquisition with known drift and labels, writes it as
-FEI TIFFs, then times every stage slice by slice exactly as the agent chains them (the append goes through
-:class:`agent.store.VolumeStore`, rounding the grey levels to the slice's dtype), and once more
-with segment + append of each slice in a worker thread overlapping the next slice. In the same
-run it times the usual alignment tools on the same slices (pystackreg TRANSLATION against the
+FEI TIFFs, then times every stage slice by slice through the agent's own objects: ``read_slice``, the
+:class:`processing.chain.SliceChain` (correct, align, segment; its per-stage timings) and
+:class:`agent.store.VolumeStore` for the append. In the same run it times the usual alignment tools on the same slices (pystackreg TRANSLATION against the
 previous slice, scikit-image ``phase_cross_correlation`` at full resolution with upsampling 20)
 and reports the drift error of each method against the truth. ``revwatch bench`` calls
 :func:`main`.
@@ -21,10 +20,9 @@ from pathlib import Path
 import numpy as np
 
 from agent.store import VolumeStore
-from processing.align import DriftTracker, apply_shift
-from processing.correct import fit_correction
+from processing.chain import SliceChain
 from processing.io import read_slice, write_slice
-from processing.segment import fit_phase_model
+from processing.phases import Phases
 from processing.synthetic import generate_microstructure, render_acquisition, simulate_drift
 
 __all__ = ["STAGES", "run_slice_bench", "format_report", "main"]
@@ -73,37 +71,6 @@ def _peer_drifts(slices, stages_ms):
     return out
 
 
-def _overlapped_ms(paths, corrector, phases, dtype, volume, *, skip):
-    """Wall ms per slice with two stages in flight: one worker thread segments and appends slice
-    k while the caller reads, corrects and aligns slice k + 1 (numpy, scipy and the codecs
-    release the GIL). The first `skip` slices are not counted."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    info = np.iinfo(dtype)
-    store = VolumeStore.create(volume, canvas_shape=read_slice(paths[0]).pixels.shape, dtype=dtype,
-                               spacing_um=(0.02, 0.02, 0.02))
-    tracker = DriftTracker()
-
-    def finish(k, aligned, valid):
-        seg = phases.segment(aligned, valid=valid)
-        store.append(k, np.clip(np.rint(aligned), info.min, info.max).astype(dtype), seg.labels)
-
-    prior = (1.0, 0.0)
-    pending = None
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        for k, path in enumerate(paths):
-            if k == skip:
-                t0 = time.perf_counter()
-            c = corrector.apply(read_slice(path).pixels, prior=prior)
-            prior = (c.gain, c.offset)
-            aligned, valid = apply_shift(c.pixels, tracker.update(c.pixels).shift_px)
-            if pending is not None:
-                pending.result()
-            pending = pool.submit(finish, k, aligned, valid)
-        pending.result()
-    return 1e3 * (time.perf_counter() - t0) / (len(paths) - skip)
-
-
 def run_slice_bench(shape=(1024, 1024), dtype=np.uint8, n_slices=20, *, calibration_slices=3, peers=True,
                     workdir=None, rng=0):
     """Time the slice path on a synthetic acquisition.
@@ -128,9 +95,8 @@ def run_slice_bench(shape=(1024, 1024), dtype=np.uint8, n_slices=20, *, calibrat
     -------
     dict
         ``shape``, ``dtype``, ``n_slices``, ``ms_per_stage`` {stage: mean wall ms},
-        ``cpu_ms_per_stage`` {stage: mean CPU ms of this process, all threads}, ``ms_per_slice``,
-        ``overlap_ms_per_slice`` (wall, segment + append in a worker thread overlapping the next
-        slice's read + correct + align),
+        ``cpu_ms_per_stage`` {read, chain, append: mean CPU ms of this process, all threads},
+        ``ms_per_slice``,
         ``cpu_ms_per_slice``, ``slices_per_s`` (wall), ``load_average`` (1, 5, 15 min: other
         processes inflate wall times on a shared machine), ``drift_rms_px`` {method: px}, ``drift_end_px`` {method: px},
         ``align_ms`` {method: ms per slice}, ``align_speedup`` {peer: ratio of its time to ours},
@@ -150,45 +116,38 @@ def run_slice_bench(shape=(1024, 1024), dtype=np.uint8, n_slices=20, *, calibrat
         process = psutil.Process()
         rss_start = process.memory_info().rss / 2**20
 
-        calib = [read_slice(p).pixels for p in paths[:calibration_slices]]
-        corrector = fit_correction(calib)
-        phases = fit_phase_model([c.pixels for c in corrector.apply_stack(calib)])
-        tracker = DriftTracker()
-        info = np.iinfo(dtype)
+        chain = SliceChain(phases=Phases(), calibration_slices=calibration_slices, roi=None)
         store = VolumeStore.create(Path(tmp) / "volume.ome.zarr", canvas_shape=shape, dtype=dtype,
                                    spacing_um=(0.02, 0.02, 0.02))
-
         times = {stage: [] for stage in STAGES}
-        cpu = {stage: [] for stage in STAGES}
+        cpu = {"read": [], "chain": [], "append": []}
         shifts = []
-        prior = (1.0, 0.0)
-        for k, path in enumerate(paths):
-            marks = [(time.perf_counter(), time.process_time())]
-            pixels = read_slice(path).pixels
-            marks.append((time.perf_counter(), time.process_time()))
-            c = corrector.apply(pixels, prior=prior)
-            prior = (c.gain, c.offset)
-            marks.append((time.perf_counter(), time.process_time()))
-            est = tracker.update(c.pixels)
-            aligned, valid = apply_shift(c.pixels, est.shift_px)
-            marks.append((time.perf_counter(), time.process_time()))
-            seg = phases.segment(aligned, valid=valid)
-            marks.append((time.perf_counter(), time.process_time()))
-            store.append(k, np.clip(np.rint(aligned), info.min, info.max).astype(dtype), seg.labels,
-                         {"shift_px": list(est.shift_px)})
-            marks.append((time.perf_counter(), time.process_time()))
-            shifts.append(est.shift_px)
-            for i, stage in enumerate(STAGES):
-                times[stage].append(marks[i + 1][0] - marks[i][0])
-                cpu[stage].append(marks[i + 1][1] - marks[i][1])
+        for path in paths:
+            t0, c0 = time.perf_counter(), time.process_time()
+            image = read_slice(path)
+            t1, c1 = time.perf_counter(), time.process_time()
+            done = chain.push(image)
+            t2, c2 = time.perf_counter(), time.process_time()
+            for processed in done:
+                store.append(processed.index, processed.grey, processed.labels,
+                             {"shift_px": list(processed.drift.shift_px)})
+                shifts.append(processed.drift.shift_px)
+            t3, c3 = time.perf_counter(), time.process_time()
+            if len(done) != 1:
+                continue  # calibration: slices held back, then fitted and processed at once (not timed)
+            times["read"].append(t1 - t0)
+            times["append"].append(t3 - t2)
+            for stage in ("correct", "align", "segment"):
+                times[stage].append(1e-3 * done[0].timings_ms[stage])
+            cpu["read"].append(c1 - c0)
+            cpu["chain"].append(c2 - c1)
+            cpu["append"].append(c3 - c2)
         rss_end = process.memory_info().rss / 2**20
         stored = np.asarray(store.labels[:])
-        overlap_ms = _overlapped_ms(paths, corrector, phases, dtype, Path(tmp) / "overlap.ome.zarr", skip=calibration_slices)
 
-    # the first slices pay one-off costs (imports, FFT plans): report the steady state
-    skip = min(calibration_slices, n_slices - 2)
-    ms = {stage: 1e3 * float(np.mean(v[skip:])) for stage, v in times.items()}
-    cpu_ms = {stage: 1e3 * float(np.mean(v[skip:])) for stage, v in cpu.items()}
+    # the first slice after calibration pays one-off costs (FFT plans): report the steady state
+    ms = {stage: 1e3 * float(np.mean(v[1:])) for stage, v in times.items()}
+    cpu_ms = {stage: 1e3 * float(np.mean(v[1:])) for stage, v in cpu.items()}
     total = sum(ms.values())
     truth = acq.labels
     valid = stored > 0
@@ -206,14 +165,13 @@ def run_slice_bench(shape=(1024, 1024), dtype=np.uint8, n_slices=20, *, calibrat
         "cpu_ms_per_slice": sum(cpu_ms.values()),
         "load_average": list(os.getloadavg()),
         "slices_per_s": 1e3 / total if total > 0 else float("inf"),
-        "overlap_ms_per_slice": overlap_ms,
         "align_ms": align_ms,
         "align_speedup": {m: t / ms["align"] for m, t in align_ms.items() if m != "revwatch"},
         "drift_rms_px": {m: _rms(d - acq.drift_px) for m, d in drifts.items()},
         "drift_end_px": {m: float(np.hypot(*(d[-1] - acq.drift_px[-1]))) for m, d in drifts.items()},
         "label_accuracy": float((stored[valid] == truth[valid]).mean()),
         "fraction_error_pp": {int(k): 100 * float((stored[valid] == k).mean() - (truth[valid] == k).mean())
-                              for k in range(1, phases.n_phases + 1)},
+                              for k in range(1, len(chain.phases.names) + 1)},
         "rss_mb": [rss_start, rss_end],
     }
 
@@ -223,9 +181,6 @@ def format_report(result):
     shape = "x".join(str(v) for v in result["shape"])
     lines = [f"{shape} {result['dtype']}, {result['n_slices']} slices: "
              f"{result['slices_per_s']:.1f} slices/s ({result['ms_per_slice']:.1f} ms per slice)"]
-    overlap = result["overlap_ms_per_slice"]
-    lines.append(f"  2 stages overlapped (thread: segment + append of slice k while read + correct + align of k+1): "
-                 f"{1e3 / overlap:.1f} slices/s ({overlap:.1f} ms per slice, wall)")
     lines.append("  ms per stage (wall): " + ", ".join(f"{k} {v:.1f}" for k, v in result["ms_per_stage"].items()))
     lines.append("  ms per stage (CPU):  " + ", ".join(f"{k} {v:.1f}" for k, v in result["cpu_ms_per_stage"].items())
                  + f"; {result['cpu_ms_per_slice']:.1f} ms CPU per slice; load average "
