@@ -3,15 +3,13 @@
 Prints slices/s and ms per stage for 1024 x 1024 8-bit and 2048 x 2048 16-bit slices, the time
 of pystackreg (TRANSLATION) and scikit-image ``phase_cross_correlation`` (full resolution,
 upsampling 20) on the same slices with their ratio to revwatch's alignment, and the drift RMS
-error of each method against the synthetic truth, and the slices/s with segment + append of
-slice k in a worker thread overlapping read + correct + align of slice k + 1. The same figures
-back ``revwatch bench``.
+error of each method against the synthetic truth. The same figures back ``revwatch bench``.
 
 Run::
 
-    PYTHONPATH=. python tests/benchmarks/bench_slices.py             # full sizes, 20 slices each
-    PYTHONPATH=. python tests/benchmarks/bench_slices.py --quick     # 512^2 8-bit and 1024^2 16-bit
-    PYTHONPATH=. python tests/benchmarks/bench_slices.py --slices 60
+    python tests/benchmarks/bench_slices.py             # full sizes, 20 slices each
+    python tests/benchmarks/bench_slices.py --quick     # 512^2 8-bit and 1024^2 16-bit
+    python tests/benchmarks/bench_slices.py --slices 60
 """
 
 from __future__ import annotations
