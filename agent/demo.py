@@ -23,17 +23,18 @@ from rich.table import Table
 from agent.config import Config
 from agent.monitor import MonitorState, render
 from agent.pipeline import Agent
+from agent.publish import free_loopback_endpoint
 from agent.replay import replay
 from processing.errors import RevwatchError
 from processing.phases import Phases
-from processing.synthetic import generate_microstructure, render_acquisition, write_acquisition
+from processing.synthetic import generate_microstructure, render_acquisition, simulate_drift, write_acquisition
 
 __all__ = ["run_demo"]
 
 log = logging.getLogger(__name__)
 
 _SPACING_UM = (0.05, 0.02, 0.02)
-_DRIFT_MARGIN_PX = 48
+_DRIFT_PAD_PX = 16  # beyond the largest drift: room for the renderer's blur and interpolation
 # The protective cap on top of the trench, which every slice shows: the drift is measured on it.
 _CAP_ROWS = 24
 # Small particles, so that a demo-sized volume can become representative.
@@ -41,26 +42,16 @@ _PARTICLE_RADIUS_UM = 0.2
 _PHASES = ("pore", "electrolyte", "active")
 
 
-def _free_endpoint() -> str:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    return f"tcp://127.0.0.1:{port}"
-
-
 def _generate(source: Path, *, slices: int, size_px: int, seed: int, console: Console):
     with console.status(f"generating a {slices}-slice acquisition of {size_px}x{size_px} px (seed {seed})"):
         rng = np.random.default_rng(seed)
-        edge = size_px + 2 * _DRIFT_MARGIN_PX
+        drift = simulate_drift(slices, drift_px_per_slice=0.6, jump_probability=0.01, jump_px=6.0, rng=rng)
+        # the sample must extend beyond the field of view by the largest drift, whatever the seed
+        edge = size_px + 2 * (int(np.ceil(np.abs(drift).max())) + _DRIFT_PAD_PX)
         labels = generate_microstructure(
             (slices, edge, edge), spacing_um=_SPACING_UM, particle_radius_um=_PARTICLE_RADIUS_UM, rng=rng
         )
-        acq = render_acquisition(
-            labels, field_shape=(size_px, size_px), drift_px_per_slice=0.6, jump_probability=0.01,
-            jump_px=6.0, cap_px=_CAP_ROWS, rng=rng,
-        )
+        acq = render_acquisition(labels, field_shape=(size_px, size_px), drift_px=drift, cap_px=_CAP_ROWS, rng=rng)
         write_acquisition(acq, source, layout="fei", pixel_size_um=_SPACING_UM[1], slice_spacing_um=_SPACING_UM[0])
     return acq
 
@@ -124,7 +115,7 @@ def run_demo(
             "acquisition": {"folder": str(incoming), "settle_s": 0.05, "gap_timeout_s": 10.0},
             "processing": {"cap_rows": _CAP_ROWS},
             "volume": {"path": str(volume)},
-            "publish": {"endpoint": endpoint or _free_endpoint(), "heartbeat_interval_s": 1.0},
+            "publish": {"endpoint": endpoint or free_loopback_endpoint(), "heartbeat_interval_s": 1.0},
             # The volume fractions: a demo-sized field is too narrow for the shape metrics' blocks.
             "rev": {"exit_when_representative": True, "tracked": [f"volume_fraction.{name}" for name in _PHASES]},
         }

@@ -22,6 +22,7 @@ import ipaddress
 import json
 import logging
 import queue
+import socket
 import threading
 import time
 from pathlib import Path
@@ -84,6 +85,24 @@ def is_loopback(endpoint: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def free_loopback_endpoint() -> str:
+    """A loopback PUB endpoint whose port and port + 1 (its default snapshot socket) are both free.
+
+    For the demo and tests; a later bind can still race with another process.
+    """
+    for _ in range(50):
+        with socket.socket() as pub:
+            pub.bind(("127.0.0.1", 0))
+            port = pub.getsockname()[1]
+            with socket.socket() as snapshot:
+                try:
+                    snapshot.bind(("127.0.0.1", port + 1))
+                except OSError:
+                    continue
+        return f"tcp://127.0.0.1:{port}"
+    raise PublishError("no free pair of loopback ports found")
 
 
 def default_snapshot_endpoint(endpoint: str) -> str:

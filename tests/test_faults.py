@@ -39,7 +39,8 @@ from agent.store import PROVENANCE_LOG, VolumeStore
 from processing.errors import RevwatchError
 from processing.io import slice_file_name, write_slice
 from processing.synthetic import generate_microstructure, render_acquisition
-from test_system import agent_config, free_endpoint
+from agent.publish import free_loopback_endpoint
+from test_system import agent_config
 
 PIXEL_SIZE_UM = 0.02
 SLICE_SPACING_UM = 0.05
@@ -146,7 +147,7 @@ class Run:
         self.folder = workdir / "incoming"
         self.folder.mkdir(parents=True, exist_ok=True)
         self.volume = workdir / "run.ome.zarr"
-        self.endpoint = free_endpoint()
+        self.endpoint = free_loopback_endpoint()
         self.config = fault_config(self.folder, self.volume, self.endpoint, **sections)
         self.docs: list[tuple[str, dict]] = []
         self.agent = Agent(self.config)
@@ -444,7 +445,7 @@ def case_dead_subscriber(workdir: Path, n: int = 24) -> Outcome:
 
 def case_port_in_use(workdir: Path) -> Outcome:
     """Another process holds the publish port: a clear error at start naming it, nothing written."""
-    folder, volume, endpoint = workdir / "incoming", workdir / "run.ome.zarr", free_endpoint()
+    folder, volume, endpoint = workdir / "incoming", workdir / "run.ome.zarr", free_loopback_endpoint()
     folder.mkdir(parents=True)
     write(folder, 1)
     ctx = zmq.Context()
@@ -492,7 +493,7 @@ def case_sigkill(workdir: Path, n: int = 40, kill_at: int = 15) -> Outcome:
     """`revwatch run` killed with SIGKILL while slices are appended, then started again."""
     folder, volume = workdir / "incoming", workdir / "run.ome.zarr"
     folder.mkdir(parents=True)
-    config = fault_config(folder, volume, free_endpoint())
+    config = fault_config(folder, volume, free_loopback_endpoint())
     first = revwatch_run(config)
     writing = threading.Event()
 
@@ -558,7 +559,7 @@ def case_disk_full(workdir: Path, n: int = 60, clean: Path | None = None, how: s
         if how == "tmpfs" and disk is None:
             how = "rlimit"
         volume = (disk if how == "tmpfs" else workdir) / "run.ome.zarr"
-        config = fault_config(folder, volume, free_endpoint())
+        config = fault_config(folder, volume, free_loopback_endpoint())
         popen = {"preexec_fn": _limit_file_size(96 * 1024)} if how == "rlimit" else {}
         proc = revwatch_run(config, "--idle-exit-s", "5", **popen)
         _, err = proc.communicate(timeout=240)

@@ -223,9 +223,9 @@ def test_monitor_in_a_real_terminal_against_the_real_agent(tmp_path, small_fei_p
         pytest.skip("tmux is not installed")
     incoming = tmp_path / "incoming"
     shutil.copytree(small_fei_project, incoming)
-    from test_system import free_endpoint  # port and port + 1 free: the CLI's snapshot default
+    from agent.publish import free_loopback_endpoint  # port and port + 1 free: the CLI's snapshot default
 
-    endpoint = free_endpoint()
+    endpoint = free_loopback_endpoint()
     root = Path(__file__).parents[1]
     env = {**os.environ, "PYTHONPATH": str(root)}
     env.pop("COLUMNS", None)

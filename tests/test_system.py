@@ -7,7 +7,6 @@ Dask in threads, ZeroMQ on free loopback ports.
 from __future__ import annotations
 
 import json
-import socket
 import threading
 import time
 
@@ -17,27 +16,13 @@ import zmq
 
 from agent.config import Config
 from agent.pipeline import Agent
+from agent.publish import free_loopback_endpoint
 from agent.replay import replay
 from agent.store import VolumeStore
 from processing.synthetic import write_acquisition
 
 SPACING_UM = (0.05, 0.02, 0.02)
 CAP_PX = 28  # rows of protective cap above the sample: the z-invariant band the drift is measured on
-
-
-def free_endpoint() -> str:
-    """A loopback endpoint whose port and port + 1 (the snapshot socket) are both free."""
-    for _ in range(50):
-        with socket.socket() as a:
-            a.bind(("127.0.0.1", 0))
-            port = a.getsockname()[1]
-            with socket.socket() as b:
-                try:
-                    b.bind(("127.0.0.1", port + 1))
-                except OSError:
-                    continue
-        return f"tcp://127.0.0.1:{port}"
-    raise RuntimeError("no free pair of loopback ports")
 
 
 def agent_config(folder, volume, endpoint, **sections) -> Config:
@@ -122,7 +107,7 @@ def test_agent_end_to_end_replay_zarr_and_zeromq(tmp_path, acquisition):
     source, incoming, volume = tmp_path / "source", tmp_path / "incoming", tmp_path / "run.ome.zarr"
     write_acquisition(acquisition, source, layout="fei", pixel_size_um=SPACING_UM[1], slice_spacing_um=SPACING_UM[0])
     incoming.mkdir()
-    endpoint = free_endpoint()
+    endpoint = free_loopback_endpoint()
     listener = Listener(endpoint)
     # the operator says how many rows of cap the slices show, as at the microscope
     config = agent_config(incoming, volume, endpoint, processing={"cap_rows": CAP_PX})
@@ -194,7 +179,7 @@ def test_agent_waits_for_a_slice_written_in_two_halves(tmp_path, acquisition):
     files = write_acquisition(acquisition, source, layout="zeiss", pixel_size_um=SPACING_UM[1],
                               slice_spacing_um=SPACING_UM[0])[:6]
     incoming.mkdir()
-    endpoint = free_endpoint()
+    endpoint = free_loopback_endpoint()
     config = agent_config(incoming, volume, endpoint, acquisition={"settle_s": 0.3})
     agent, stop, thread, result = start_agent(config)
     seen = []
@@ -242,7 +227,7 @@ def test_run_resumes_into_the_same_volume_with_every_slice_once(tmp_path, acquis
     target.mkdir(parents=True)
 
     def run_until(count):
-        agent, stop, thread, result = start_agent(agent_config(incoming, volume, free_endpoint()))
+        agent, stop, thread, result = start_agent(agent_config(incoming, volume, free_loopback_endpoint()))
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and "error" not in result:
             status = agent.events.latest("status")
