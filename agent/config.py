@@ -78,6 +78,14 @@ class ProcessingConfig(_Section):
         "(protective cap, fiducial) found on the calibration slices, else the whole slice; 'whole' = whole slice",
     )
 
+    context_slices: int = Field(
+        1, ge=0, le=8, description="labels of a slice are decided once this many following slices are in, "
+        "using them as 3-D context (a delay, in slices); 0 = each slice on its own",
+    )
+    context_wait_s: float | None = Field(
+        None, gt=0, description="decide waiting labels with the context there is when no slice came for this "
+        "long; None = 3 slice intervals (2 s to 10 min)",
+    )
     cap_rows: int = Field(
         0, ge=0, description="rows at the top of the slice showing the protective cap, not sample: labelled "
         "unassigned, and the alignment region when roi is 'auto'",

@@ -210,6 +210,10 @@ class Agent:
             if item is not None:
                 last_activity = time.monotonic()
                 self._handle(item)
+            elif self._labels_waiting_too_long(last_activity):
+                # no following slice came in time: decide the waiting labels with the context there is
+                for processed in self._chain.decide_waiting():
+                    self._append(processed)
             elif idle_exit_s is not None and time.monotonic() - last_activity > idle_exit_s:
                 log.info("no new slice for %.0f s: ending the run", idle_exit_s)
                 break
@@ -223,6 +227,17 @@ class Agent:
                 self._handle(self._ready.get_nowait())
             except queue.Empty:
                 break
+
+    def _labels_waiting_too_long(self, last_activity: float) -> bool:
+        """True when slices wait for their 3-D context longer than a few slice intervals."""
+        if self._chain is None or not self._chain.label_delay_slices:
+            return False
+        wait_s = self.config.processing.context_wait_s
+        if wait_s is None:
+            times = np.asarray(self._done_times, dtype=float)
+            interval = float(np.median(np.diff(times))) if times.size > 2 else 0.0
+            wait_s = min(max(3.0 * interval, 2.0), 600.0)
+        return time.monotonic() - last_activity > wait_s
 
     def _handle(self, item) -> None:
         kind = item[0]
@@ -383,6 +398,7 @@ class Agent:
             "drift_px": list(done.drift.shift_px) if done else None,
             "drift_confidence": done.drift.confidence if done else None,
             "uncertain_share": done.uncertain_share if done else None,
+            "label_delay_slices": self._chain.label_delay_slices if self._chain else 0,
             "rate_slices_per_s": rate,
         }
         self.events.emit("status", body)
@@ -402,8 +418,9 @@ class Agent:
             self.events.emit("error", {"kind": "hook", "message": f"stop hook {command!r} failed: {exc}", "critical": False})
 
     def _finish(self) -> None:
-        if self._chain is not None and self._chain.calibrating:
-            # Fewer slices than the calibration needs arrived: calibrate on what there is.
+        if self._chain is not None:
+            # Calibrate on what there is if fewer slices than it needs arrived, and decide the
+            # slices still waiting for their 3-D context.
             for processed in self._chain.flush():
                 self._append(processed)
         if self._store is not None:

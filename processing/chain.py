@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from processing.align import DriftEstimate, DriftTracker, apply_shift, find_reference_band
+from processing.context import DepthContext
 from processing.correct import CorrectionModel, fit_correction
 from processing.errors import SliceShapeError
 from processing.io import SliceImage
@@ -88,6 +89,9 @@ class SliceChain:
     cap_rows : int, optional
         Rows at the top of the canvas that show the protective cap, not the sample: their labels
         are unassigned (0), so that the metrics describe the sample only.
+    context_slices : int, optional
+        Labels of slice z are decided once slices z+1..z+k are in, with slices z-k..z+k as 3-D
+        context (:class:`processing.context.DepthContext`); 0 decides each slice on its own.
     phase_model : PhaseModel, optional
         A model fitted earlier (resume): no calibration.
     correction : CorrectionModel, optional
@@ -104,6 +108,7 @@ class SliceChain:
         background_flattening: bool = False,
         roi=None,
         cap_rows: int = 0,
+        context_slices: int = 1,
         phase_model: PhaseModel | None = None,
         correction: CorrectionModel | None = None,
     ):
@@ -127,6 +132,8 @@ class SliceChain:
             roi = tuple(int(v) for v in roi)
         self.roi = roi
         self.tracker = None if roi == "auto" else DriftTracker(roi=roi)
+        self.context_slices = int(context_slices)
+        self._context = None if phase_model is None else DepthContext(phase_model, context_slices=self.context_slices)
         self._brightness = (1.0, 0.0)  # the previous slice's (gain, offset): guides the next match
         self._held: list[tuple[SliceImage, float]] = []
         self._z_um: list[float] = []
@@ -143,6 +150,7 @@ class SliceChain:
             background_flattening=config.background_flattening,
             roi=None if config.roi == "whole" else config.roi,
             cap_rows=config.cap_rows,
+            context_slices=config.context_slices,
         )
 
     @classmethod
@@ -152,6 +160,7 @@ class SliceChain:
         if state.get("phase_model") and state.get("correction"):
             chain.phase_model = PhaseModel.from_dict(state["phase_model"])
             chain.correction = CorrectionModel.from_dict(state["correction"])
+            chain._context = DepthContext(chain.phase_model, context_slices=chain.context_slices)
         # The region found or given when the run was calibrated, not searched for again.
         chain.roi = tuple(state["roi"]) if state.get("roi") else None
         chain.tracker = DriftTracker(roi=chain.roi)
@@ -172,6 +181,11 @@ class SliceChain:
     def calibrating(self) -> bool:
         """True while slices are held back for the phase-model calibration."""
         return self.phase_model is None
+
+    @property
+    def label_delay_slices(self) -> int:
+        """Slices aligned but whose labels wait for the following slices (3-D context)."""
+        return 0 if self._context is None else self._context.delay_slices
 
     @property
     def slice_spacing_um(self) -> float | None:
@@ -204,10 +218,19 @@ class SliceChain:
         self._held.append((image, time.time()))
         if self.calibrating and len(self._held) < self.calibration_slices:
             return []
-        return self.flush()
+        return self._process_held()
 
     def flush(self) -> list[ProcessedSlice]:
-        """Process the slices held back, calibrating first on them if needed (even if fewer than asked)."""
+        """Process every slice held back, calibrating first on them if needed (even if fewer than
+        asked), and decide the labels still waiting for their following slices (end of a run)."""
+        return self._process_held() + self.decide_waiting()
+
+    def decide_waiting(self) -> list[ProcessedSlice]:
+        """Decide the labels of the slices waiting for their following slices, with the context
+        there is (the acquisition paused or ended); later slices still use them as context."""
+        return [] if self._context is None else [self._finish(*decided) for decided in self._context.flush()]
+
+    def _process_held(self) -> list[ProcessedSlice]:
         held, self._held = self._held, []
         if not held:
             return []
@@ -224,9 +247,10 @@ class SliceChain:
                 [grey for grey, valid, _, _ in aligned], n_phases=len(self.phases.names),
                 valid=[valid for _, valid, _, _ in aligned],
             )
+            self._context = DepthContext(self.phase_model, context_slices=self.context_slices)
         else:
             aligned = [self._correct_and_align(image) for image, _ in held]
-        return [self._segment(image, arrival, *a) for (image, arrival), a in zip(held, aligned)]
+        return [done for (image, arrival), a in zip(held, aligned) for done in self._segment(image, arrival, *a)]
 
     def _find_roi(self, slices):
         if self.cap_rows:
@@ -244,11 +268,16 @@ class SliceChain:
         t2 = time.perf_counter()
         return grey, valid, drift, {"correct": 1e3 * (t1 - t0), "align": 1e3 * (t2 - t1)}
 
-    def _segment(self, image: SliceImage, arrival: float, grey, valid, drift, timings_ms) -> ProcessedSlice:
+    def _segment(self, image: SliceImage, arrival: float, grey, valid, drift, timings_ms) -> list[ProcessedSlice]:
+        """Hand the aligned slice to the 3-D context; returns the slices whose labels are now decided."""
         t0 = time.perf_counter()
-        seg = self.phase_model.segment(grey, valid=valid)
-        seg.labels[: self.cap_rows] = 0  # the cap is not sample
+        decided = self._context.push(grey, valid=valid, payload=(image, arrival, grey, drift, timings_ms))
         timings_ms["segment"] = 1e3 * (time.perf_counter() - t0)
+        return [self._finish(*d) for d in decided]
+
+    def _finish(self, payload, seg) -> ProcessedSlice:
+        image, arrival, grey, drift, timings_ms = payload
+        seg.labels[: self.cap_rows] = 0  # the cap is not sample
         return ProcessedSlice(
             index=image.index,
             source=image.source,

@@ -1,0 +1,221 @@
+"""Labels decided in 3-D context, with boundaries placed where the edges are.
+
+Thresholding a blurred slice biases the phase fractions wherever a boundary is blurred across a
+third phase's grey levels: between the darkest and the brightest phase the blurred edge passes
+through the middle phase's levels and leaves a false rim of it, and a rule that removes rims by
+their labels also eats real thin films of the middle phase. Which way the bias goes depends on
+the feature size (measured on the synthetic generator, particles of 7-15 px radius: pore +1.3 to
++4.1 points and electrolyte -1.8 to -5.1 points with :class:`PhaseModel`'s rim rule; the
+opposite sign without it). The decision here removes most of it:
+
+- **markers**: a pixel is decided by its grey level alone where that is unambiguous: its
+  smoothed grey level is at least ``marker_margin_sigma`` mixture sigmas from every threshold,
+  and the local gradient is below ``edge_gradient_share`` of the smallest contrast between
+  neighbouring phases (it is not on a blurred edge);
+- **blurred edges**: an undecided pixel that has markers of a darker and of a brighter phase
+  within a few pixels (a grey level passing through its own phase's range on the way from one to
+  the other) takes the phase of the nearest marker (Euclidean). A symmetric blur leaves undecided
+  bands of equal width on both sides of an edge, so the split falls on the edge itself;
+- every other pixel keeps its grey-level phase (edges between neighbouring phases, where the
+  threshold is the unbiased cut, and films with markers of their own).
+
+Measured (`tests/test_context.py` and the segmentation study in the module's commit): phase
+fraction bias at most 0.6 point on generator slices of particles of 7-30 px radius, noise 12-25
+grey levels, blur 1-2 px (0.1-4.1 points with the rim rule), accuracy equal or up to 0.8 point
+better. Limits: a film of a middle phase thinner than about two blur widths, with no plateau of
+its own grey level, is taken for a blurred edge; blur above ~1.5 px can leave a 1 px rim.
+
+3-D context: FIB-SEM slices are thinner than the structures, so the same phase continues into
+the neighbouring slices. With ``context_slices`` k > 0, slice z is decided once slices z+1..z+k
+are in: its grey levels are averaged with those of slices z-k..z+k where they agree (a bilateral
+weight on the grey difference, so edges that move between slices are not blurred along z). This
+lowers the noise inside phases before the markers are chosen (measured: +0.5 to +0.8 point of
+accuracy at noise 25 % of the contrast and blur 2 px, neutral on clean slices).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import ndimage
+
+from processing.errors import SliceShapeError
+from processing.segment import PhaseModel, SegmentedSlice, _classify, _smooth, _square_reduce
+
+__all__ = ["segment_in_context", "DepthContext"]
+
+# reach (px) of the markers that tell a blurred edge between two other phases
+_REACH_PX = 3
+
+
+def _check_slice(name, array, shape=None):
+    array = np.asarray(array)
+    if array.ndim != 2:
+        raise SliceShapeError(f"{name}: expected a 2-D slice, got shape {array.shape}")
+    if shape is not None and array.shape != shape:
+        raise SliceShapeError(f"{name}: shape {array.shape} differs from the slice's {shape}")
+    return array
+
+
+def _denoise_along_z(grey, neighbours, similarity):
+    """Mean of `grey` and its neighbours, each neighbour weighted by its agreement with `grey`."""
+    reference = _smooth(grey, 1.0)
+    total = grey.astype(np.float32, copy=True)
+    weights = np.ones_like(total)
+    for other in neighbours:
+        other = np.asarray(other, dtype=np.float32)
+        difference = (_smooth(other, 1.0) - reference) * np.float32(1.0 / similarity)
+        w = np.exp(np.float32(-0.5) * difference * difference)
+        total += w * other
+        weights += w
+    return total / weights
+
+
+def _gradient_magnitude(image):
+    """Central-difference gradient magnitude (grey units per pixel), edges repeated."""
+    padded = np.pad(image, 1, mode="edge")
+    gy = padded[2:, 1:-1] - padded[:-2, 1:-1]
+    gx = padded[1:-1, 2:] - padded[1:-1, :-2]
+    return np.sqrt(gy * gy + gx * gx) * np.float32(0.5)
+
+
+def segment_in_context(grey, model: PhaseModel, *, neighbours=(), valid=None, marker_margin_sigma=0.5,
+                       edge_gradient_share=0.25):
+    """Label one corrected, aligned slice, using its aligned neighbours along z.
+
+    Parameters
+    ----------
+    grey : (Y, X) ndarray
+        The slice's corrected, aligned grey levels (the phase model's units).
+    model : PhaseModel
+        The calibrated phase model (levels, thresholds, mixture sigmas, smoothing).
+    neighbours : sequence of (Y, X) ndarray, optional
+        Aligned, corrected grey levels of the slices just before and after (any number, in any
+        order; none for a 2-D decision).
+    valid : (Y, X) bool ndarray, optional
+        Pixels to label; others get 0 and are not used as markers.
+    marker_margin_sigma : float, optional
+        A marker's smoothed grey level lies at least this many mixture sigmas from every threshold.
+    edge_gradient_share : float, optional
+        A marker's gradient magnitude (grey units per pixel) is below this share of the smallest
+        contrast between neighbouring phase levels.
+
+    Returns
+    -------
+    SegmentedSlice
+        Labels 1..n (0 outside `valid`) and the share of valid pixels whose phase is uncertain
+        (smoothed grey level in the model's uncertain intervals, as :meth:`PhaseModel.segment`).
+
+    Raises
+    ------
+    SliceShapeError
+        A slice is not 2-D, or a neighbour or `valid` has another shape.
+    """
+    grey = _check_slice("grey", grey)
+    neighbours = [_check_slice(f"neighbours[{i}]", n, grey.shape) for i, n in enumerate(neighbours)]
+    valid = None if valid is None else _check_slice("valid", valid, grey.shape).astype(bool, copy=False)
+    if not marker_margin_sigma >= 0:
+        raise ValueError(f"marker_margin_sigma: expected >= 0, got {marker_margin_sigma!r}")
+    if not 0 < edge_gradient_share <= 1:
+        raise ValueError(f"edge_gradient_share: expected 0 < share <= 1, got {edge_gradient_share!r}")
+
+    sigma = float(np.mean(model.sigmas))
+    image = _denoise_along_z(grey, neighbours, 1.5 * sigma) if neighbours else grey
+    smooth = _smooth(image, model.smooth_px)
+    labels = _classify(smooth, model.thresholds)
+
+    distance = np.full(smooth.shape, np.inf, dtype=np.float32)
+    for t in model.thresholds:
+        np.minimum(distance, np.abs(smooth - np.float32(t)), out=distance)
+    gradient = _gradient_magnitude(smooth)
+    contrast = float(np.min(np.diff(model.levels)))
+    markers = (distance >= marker_margin_sigma * sigma) & (gradient < edge_gradient_share * contrast)
+    if valid is not None:
+        markers &= valid
+    if markers.any() and not markers.all():
+        # Which phases have markers within reach of each pixel (one bit per phase).
+        near = _square_reduce(np.where(markers, np.left_shift(1, labels), 0).astype(np.uint8),
+                              2 * _REACH_PX + 1, np.bitwise_or)
+        darker = near & (np.left_shift(1, labels) - 2)  # bits 1..label-1
+        brighter = near >> (labels + 1)
+        # Undecided and sandwiched between a darker and a brighter phase: a blurred edge between
+        # those, where the grey level passes through this phase's range; the nearest marker decides.
+        rim = ~markers & (darker != 0) & (brighter != 0)
+        if rim.any():
+            nearest = ndimage.distance_transform_edt(~markers, return_distances=False, return_indices=True)
+            labels[rim] = labels[nearest[0][rim], nearest[1][rim]]
+    uncertain = np.zeros(smooth.shape, dtype=bool)
+    for lo, hi in model.uncertain_bounds:
+        uncertain |= (smooth >= lo) & (smooth <= hi)
+    if valid is not None:
+        labels *= valid
+        counted = int(np.count_nonzero(valid))
+        n_uncertain = int(np.count_nonzero(uncertain & valid))
+    else:
+        counted, n_uncertain = uncertain.size, int(np.count_nonzero(uncertain))
+    return SegmentedSlice(labels, n_uncertain / counted if counted else 0.0)
+
+
+@dataclass
+class _Pending:
+    grey: np.ndarray
+    valid: np.ndarray | None
+    payload: object
+
+
+class DepthContext:
+    """Decide each slice's labels once its following slices are in (a bounded delay).
+
+    A small stateful helper (no I/O): it keeps the last ``2 * context_slices + 1`` aligned,
+    corrected slices. Slice z is labelled by :func:`segment_in_context` with slices
+    z-k..z+k around it, as soon as slice z+k has been pushed; :meth:`flush` decides the
+    remaining slices with the neighbours there are (at the end of a run).
+
+    Parameters
+    ----------
+    model : PhaseModel
+        The calibrated phase model.
+    context_slices : int, optional
+        k, the slices used on each side, and so the delay (in slices) before a slice's labels are
+        decided. 0 decides each slice on its own at once.
+    **options
+        Passed to :func:`segment_in_context` (``marker_margin_sigma``, ``edge_gradient_share``).
+    """
+
+    def __init__(self, model: PhaseModel, *, context_slices: int = 1, **options):
+        if not (isinstance(context_slices, (int, np.integer)) and 0 <= context_slices <= 8):
+            raise ValueError(f"context_slices: expected an integer 0..8, got {context_slices!r}")
+        self.model = model
+        self.context_slices = int(context_slices)
+        self.options = options
+        self._window: deque[_Pending] = deque(maxlen=2 * self.context_slices + 1)
+        self._undecided = 0  # pending slices at the end of the window
+
+    @property
+    def delay_slices(self) -> int:
+        """Slices pushed but not yet decided (at most ``context_slices``)."""
+        return self._undecided
+
+    def push(self, grey, *, valid=None, payload=None) -> list[tuple[object, SegmentedSlice]]:
+        """Add the next slice; returns ``(payload, SegmentedSlice)`` of the slices now decided."""
+        self._window.append(_Pending(np.asarray(grey), valid, payload))
+        self._undecided += 1
+        if self._undecided <= self.context_slices:
+            return []
+        return [self._decide(len(self._window) - 1 - self.context_slices)]
+
+    def flush(self) -> list[tuple[object, SegmentedSlice]]:
+        """Decide every pending slice with the neighbours available."""
+        n = len(self._window)
+        out = [self._decide(i) for i in range(n - self._undecided, n)]
+        return out
+
+    def _decide(self, i):
+        k = self.context_slices
+        pending = self._window[i]
+        neighbours = [self._window[j].grey for j in range(max(i - k, 0), min(i + k + 1, len(self._window))) if j != i]
+        seg = segment_in_context(pending.grey, self.model, neighbours=neighbours, valid=pending.valid, **self.options)
+        self._undecided -= 1
+        return pending.payload, seg
