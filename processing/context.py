@@ -39,7 +39,6 @@ from collections import deque
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import ndimage
 
 from processing.errors import SliceShapeError
 from processing.segment import PhaseModel, SegmentedSlice, _classify, _smooth, _square_reduce
@@ -59,18 +58,54 @@ def _check_slice(name, array, shape=None):
     return array
 
 
-def _denoise_along_z(grey, neighbours, similarity):
-    """Mean of `grey` and its neighbours, each neighbour weighted by its agreement with `grey`."""
-    reference = _smooth(grey, 1.0)
+def _check_options(marker_margin_sigma, edge_gradient_share):
+    if not marker_margin_sigma >= 0:
+        raise ValueError(f"marker_margin_sigma: expected >= 0, got {marker_margin_sigma!r}")
+    if not 0 < edge_gradient_share <= 1:
+        raise ValueError(f"edge_gradient_share: expected 0 < share <= 1, got {edge_gradient_share!r}")
+
+
+def _denoise_along_z(grey, reference, neighbours, similarity):
+    """Mean of `grey` and its neighbours, each neighbour weighted by its agreement with `grey`.
+
+    `reference` and the second item of each neighbour pair are the slices lightly smoothed
+    (the agreement is judged without the noise)."""
     total = grey.astype(np.float32, copy=True)
     weights = np.ones_like(total)
-    for other in neighbours:
-        other = np.asarray(other, dtype=np.float32)
-        difference = (_smooth(other, 1.0) - reference) * np.float32(1.0 / similarity)
+    for other, other_reference in neighbours:
+        difference = (other_reference - reference) * np.float32(1.0 / similarity)
         w = np.exp(np.float32(-0.5) * difference * difference)
         total += w * other
         weights += w
     return total / weights
+
+
+# offsets to look for a rim pixel's nearest marker, nearest first: every rim pixel has markers
+# within _REACH_PX rows and columns, so within this disc
+_NEAREST_OFFSETS = sorted(
+    ((dy, dx) for dy in range(-2 * _REACH_PX, 2 * _REACH_PX + 1) for dx in range(-2 * _REACH_PX, 2 * _REACH_PX + 1)
+     if 0 < dy * dy + dx * dx <= 2 * _REACH_PX * _REACH_PX),
+    key=lambda o: o[0] * o[0] + o[1] * o[1],
+)
+
+
+def _nearest_marker_phase(labels, markers, rim):
+    """`labels` with each `rim` pixel given the phase of its nearest marker (Euclidean)."""
+    pad = 2 * _REACH_PX
+    marker_phase = np.pad(np.where(markers, labels, 0), pad)
+    ys, xs = np.nonzero(rim)
+    todo = np.arange(ys.size)
+    phase = np.zeros(ys.size, dtype=labels.dtype)
+    for dy, dx in _NEAREST_OFFSETS:
+        found = marker_phase[ys[todo] + (pad + dy), xs[todo] + (pad + dx)]
+        hit = found > 0
+        phase[todo[hit]] = found[hit]
+        todo = todo[~hit]
+        if not todo.size:
+            break
+    out = labels.copy()
+    out[ys, xs] = phase
+    return out
 
 
 def _gradient_magnitude(image):
@@ -113,16 +148,23 @@ def segment_in_context(grey, model: PhaseModel, *, neighbours=(), valid=None, ma
     SliceShapeError
         A slice is not 2-D, or a neighbour or `valid` has another shape.
     """
-    grey = _check_slice("grey", grey)
-    neighbours = [_check_slice(f"neighbours[{i}]", n, grey.shape) for i, n in enumerate(neighbours)]
+    grey = _check_slice("grey", grey).astype(np.float32, copy=False)
+    neighbours = [_check_slice(f"neighbours[{i}]", n, grey.shape).astype(np.float32, copy=False)
+                  for i, n in enumerate(neighbours)]
     valid = None if valid is None else _check_slice("valid", valid, grey.shape).astype(bool, copy=False)
-    if not marker_margin_sigma >= 0:
-        raise ValueError(f"marker_margin_sigma: expected >= 0, got {marker_margin_sigma!r}")
-    if not 0 < edge_gradient_share <= 1:
-        raise ValueError(f"edge_gradient_share: expected 0 < share <= 1, got {edge_gradient_share!r}")
+    _check_options(marker_margin_sigma, edge_gradient_share)
+    return _segment(grey, model, [(n, _smooth(n, 1.0)) for n in neighbours], valid,
+                    marker_margin_sigma, edge_gradient_share)
 
+
+def _segment(grey, model, neighbours, valid, marker_margin_sigma, edge_gradient_share, reference=None):
+    """:func:`segment_in_context` on checked input, neighbours as (grey, lightly smoothed) pairs."""
     sigma = float(np.mean(model.sigmas))
-    image = _denoise_along_z(grey, neighbours, 1.5 * sigma) if neighbours else grey
+    if neighbours:
+        reference = _smooth(grey, 1.0) if reference is None else reference
+        image = _denoise_along_z(grey, reference, neighbours, 1.5 * sigma)
+    else:
+        image = grey
     smooth = _smooth(image, model.smooth_px)
     labels = _classify(smooth, model.thresholds)
 
@@ -144,8 +186,7 @@ def segment_in_context(grey, model: PhaseModel, *, neighbours=(), valid=None, ma
         # those, where the grey level passes through this phase's range; the nearest marker decides.
         rim = ~markers & (darker != 0) & (brighter != 0)
         if rim.any():
-            nearest = ndimage.distance_transform_edt(~markers, return_distances=False, return_indices=True)
-            labels[rim] = labels[nearest[0][rim], nearest[1][rim]]
+            labels = _nearest_marker_phase(labels, markers, rim)
     uncertain = np.zeros(smooth.shape, dtype=bool)
     for lo, hi in model.uncertain_bounds:
         uncertain |= (smooth >= lo) & (smooth <= hi)
@@ -160,7 +201,8 @@ def segment_in_context(grey, model: PhaseModel, *, neighbours=(), valid=None, ma
 
 @dataclass
 class _Pending:
-    grey: np.ndarray
+    grey: np.ndarray  # float32
+    reference: np.ndarray | None  # lightly smoothed, to judge agreement with neighbours
     valid: np.ndarray | None
     payload: object
 
@@ -180,16 +222,18 @@ class DepthContext:
     context_slices : int, optional
         k, the slices used on each side, and so the delay (in slices) before a slice's labels are
         decided. 0 decides each slice on its own at once.
-    **options
-        Passed to :func:`segment_in_context` (``marker_margin_sigma``, ``edge_gradient_share``).
+    marker_margin_sigma, edge_gradient_share : float, optional
+        See :func:`segment_in_context`.
     """
 
-    def __init__(self, model: PhaseModel, *, context_slices: int = 1, **options):
+    def __init__(self, model: PhaseModel, *, context_slices: int = 1, marker_margin_sigma=0.5,
+                 edge_gradient_share=0.25):
         if not (isinstance(context_slices, (int, np.integer)) and 0 <= context_slices <= 8):
             raise ValueError(f"context_slices: expected an integer 0..8, got {context_slices!r}")
+        _check_options(marker_margin_sigma, edge_gradient_share)
         self.model = model
         self.context_slices = int(context_slices)
-        self.options = options
+        self.options = {"marker_margin_sigma": marker_margin_sigma, "edge_gradient_share": edge_gradient_share}
         self._window: deque[_Pending] = deque(maxlen=2 * self.context_slices + 1)
         self._undecided = 0  # pending slices at the end of the window
 
@@ -200,7 +244,12 @@ class DepthContext:
 
     def push(self, grey, *, valid=None, payload=None) -> list[tuple[object, SegmentedSlice]]:
         """Add the next slice; returns ``(payload, SegmentedSlice)`` of the slices now decided."""
-        self._window.append(_Pending(np.asarray(grey), valid, payload))
+        grey = _check_slice("grey", grey).astype(np.float32, copy=False)
+        if self._window and grey.shape != self._window[-1].grey.shape:
+            raise SliceShapeError(f"grey: shape {grey.shape} differs from the previous slice's {self._window[-1].grey.shape}")
+        valid = None if valid is None else _check_slice("valid", valid, grey.shape).astype(bool, copy=False)
+        reference = _smooth(grey, 1.0) if self.context_slices else None
+        self._window.append(_Pending(grey, reference, valid, payload))
         self._undecided += 1
         if self._undecided <= self.context_slices:
             return []
@@ -215,7 +264,8 @@ class DepthContext:
     def _decide(self, i):
         k = self.context_slices
         pending = self._window[i]
-        neighbours = [self._window[j].grey for j in range(max(i - k, 0), min(i + k + 1, len(self._window))) if j != i]
-        seg = segment_in_context(pending.grey, self.model, neighbours=neighbours, valid=pending.valid, **self.options)
+        neighbours = [(self._window[j].grey, self._window[j].reference)
+                      for j in range(max(i - k, 0), min(i + k + 1, len(self._window))) if j != i]
+        seg = _segment(pending.grey, self.model, neighbours, pending.valid, reference=pending.reference, **self.options)
         self._undecided -= 1
         return pending.payload, seg
