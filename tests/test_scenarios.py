@@ -90,25 +90,34 @@ def test_pore_models_keep_the_fraction_and_differ(model):
     near_field = ndimage.distance_transform_edt(field != 3)
     if model == "interface":  # pores hug the particles
         assert near[labels == 1].mean() < 0.7 * near_field[field == 1].mean()
+    else:  # spherical voids of the pore size (0.1 um = 5 px; default half the particle radius)
+        assert 4.0 <= ndimage.distance_transform_edt(labels == 1).max() <= 7.5
 
 
-def test_cap_margins_circle_are_not_sample():
-    s = scenario(4, cap_px=24, fiducial=True, margins_px=(0, 10, 12, 0), circle_share=1.05)
-    r = render_scenario(s)
+def test_cap_and_margins_are_not_sample():
+    r = render_scenario(scenario(4, cap_px=24, fiducial=True, margins_px=(0, 10, 12, 0)))
     t = r.truth
-    assert t.cap_px >= 24 and np.all(t.labels[:, :t.cap_px] == 0)
-    # Margins are black in every raw slice; the truth is 0 where the raw margin lands after the drift.
+    assert t.cap_px >= 24 and t.fiducial and np.all(t.labels[:, :t.cap_px] == 0)
+    # Margins are black in every raw slice; on the canvas they sit where the drift moves them
+    # (canvas pixel Y, X shows raw pixel Y - dy, X - dx).
     assert np.all(r.slices[:, -10:] == 0) and np.all(r.slices[:, :, :12] == 0)
-    for k in (0, 20, 39):
+    for k in range(0, 40, 13):
         dy, dx = np.rint(t.drift_px[k]).astype(int)
-        assert np.all(t.labels[k, :, :12 + dx] == 0) if 12 + dx > 0 else True
-        # Corners are outside the circular field.
-        assert r.slices[k, 0, -1] == 0 and t.labels[k, 0, -1] == 0 or t.cap_px > 0
-    assert r.slices[:, 0, 0].max() == 0  # corner, outside the circle
-    corner = t.labels[:, -3:, -3:]
-    assert np.all(corner == 0)
-    # Sample in the middle.
-    assert np.all(t.labels[:, 60, 48] > 0)
+        assert np.all(t.labels[k, :, :12 + dx] == 0) and np.all(t.labels[k, 96 - 10 + dy:] == 0)
+        assert np.all(t.labels[k, t.cap_px + 5:96 - 10 + dy - 5, 12 + dx + 5:-5] > 0)
+
+
+def test_circular_field_is_not_sample():
+    r = render_scenario(scenario(4, circle_share=1.0))
+    t = r.truth
+    yy, xx = np.mgrid[:96, :96]
+    outside = np.hypot(yy - 47.5, xx - 47.5) > 48
+    assert np.all(r.slices[:, outside] == 0)
+    for k in range(0, 40, 13):
+        # The circle moves with the drift on the canvas: well outside it is 0, well inside it sample.
+        dy, dx = t.drift_px[k]
+        r_canvas = np.hypot(yy - 47.5 - dy, xx - 47.5 - dx)
+        assert np.all(t.labels[k][r_canvas > 49.5] == 0) and np.all(t.labels[k][r_canvas < 46] > 0)
 
 
 def test_drops_are_darker_and_charging_brighter():
