@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from scipy import ndimage
+from scipy import ndimage, signal
 
 from processing.io import write_fei_project, write_slice
 from processing.phases import DEFAULT_PHASE_NAMES
@@ -51,6 +51,8 @@ _RENDER_PAD = 8
 _MAX_PARTICLES = 1_000_000
 # Slices behind a pore that shine through it (weights exp(-j / 2) beyond that are < 3 %).
 _PORE_BACK_DEPTH = 6
+_PARTICLE_SHAPES = ("sphere", "ellipsoid", "faceted")
+_PORE_MODELS = ("field", "voids", "interface")
 # Protective cap (Pt/C deposit): grain correlation (px) and contrast (share of the level span).
 _CAP_GRAIN_PX = 1.0
 _CAP_GRAIN_CONTRAST = 0.15
@@ -73,28 +75,66 @@ def _check_fractions(fractions):
     return dict(zip(names, values))
 
 
-def _stamp_spheres(field, centres, radii, spacing):
-    """Lower `field` to min(|x - c|^2 / r^2) around each sphere, in place.
+def _random_rotation(rng):
+    """A uniformly random 3-D rotation matrix (rows are the new axes)."""
+    q, r = np.linalg.qr(rng.standard_normal((3, 3)))
+    q = q * np.sign(np.diag(r))
+    return q if np.linalg.det(q) > 0 else -q
 
-    A sphere whose centre already lies inside a stamped particle (field < 1)
-    is skipped: this keeps particles from piling up into clusters much bigger
-    than the requested size.
+
+def _particle_axes(shape_name, radius, aspect, rng):
+    """Rows ``n`` such that the particle is ``max or sum of (n . v)^2 <= 1``, and its reach (um).
+
+    Spheres: the identity over `radius`. Ellipsoids: a random rotation with semi-axes
+    ``radius * (aspect^(2/3), aspect^(-1/3), aspect^(-1/3))`` (the sphere's volume). Faceted:
+    three orthogonal slab normals plus three random ones, each at a distance drawn in
+    ``[0.8, 1] * radius`` (a polyhedron of up to 12 faces, inside the cube of half-width `radius`).
+    """
+    if shape_name == "sphere":
+        return np.eye(3) / radius, _REACH * radius
+    rot = _random_rotation(rng)
+    if shape_name == "ellipsoid":
+        semi = radius * np.array([aspect ** (2 / 3), aspect ** (-1 / 3), aspect ** (-1 / 3)])
+        return rot / semi[:, None], _REACH * semi.max()
+    extra = rng.standard_normal((3, 3))
+    normals = np.concatenate([rot, extra / np.linalg.norm(extra, axis=1, keepdims=True)])
+    return normals / (radius * rng.uniform(0.8, 1.0, (6, 1))), _REACH * math.sqrt(3) * radius
+
+
+def _stamp_spheres(field, centres, radii, spacing, *, shape_name="sphere", aspect=1.0, rng=None):
+    """Lower `field` to the normalised squared distance to each particle, in place.
+
+    Spheres give ``|x - c|^2 / r^2``; ellipsoids the same in their own axes; faceted particles
+    the largest ``(n . (x - c))^2`` over their facet normals (see :func:`_particle_axes`), so
+    that ``field <= 1`` is the particle in every case. A particle whose centre already lies
+    inside a stamped particle (field < 1) is skipped: this keeps particles from piling up into
+    clusters much bigger than the requested size.
     """
     shape = field.shape
     for centre, radius in zip(centres, radii):
         idx = np.floor(centre / spacing).astype(int)
         if np.all((idx >= 0) & (idx < shape)) and field[tuple(idx)] < 1.0:
             continue
-        reach = _REACH * radius
+        axes_rows, reach = _particle_axes(shape_name, radius, aspect, rng)
         lo = np.maximum(np.floor((centre - reach) / spacing).astype(int), 0)
         hi = np.minimum(np.ceil((centre + reach) / spacing).astype(int) + 1, shape)
         if np.any(hi <= lo):
             continue
-        axes = [
-            (((np.arange(lo[a], hi[a]) + 0.5) * spacing[a] - centre[a]) / radius) ** 2
-            for a in range(3)
-        ]
-        d2 = (axes[0][:, None, None] + axes[1][None, :, None] + axes[2][None, None, :]).astype(np.float32)
+        offsets = [(np.arange(lo[a], hi[a]) + 0.5) * spacing[a] - centre[a] for a in range(3)]
+        if shape_name == "sphere":
+            axes = [(o / radius) ** 2 for o in offsets]
+            d2 = (axes[0][:, None, None] + axes[1][None, :, None] + axes[2][None, None, :]).astype(np.float32)
+        else:
+            d2 = None
+            for n in axes_rows:
+                proj = ((n[0] * offsets[0])[:, None, None] + (n[1] * offsets[1])[None, :, None]
+                        + (n[2] * offsets[2])[None, None, :]).astype(np.float32) ** 2
+                if d2 is None:
+                    d2 = proj
+                elif shape_name == "ellipsoid":
+                    d2 += proj
+                else:
+                    np.maximum(d2, proj, out=d2)
         box = field[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]]
         np.minimum(box, d2, out=box)
 
@@ -118,13 +158,16 @@ def generate_microstructure(
     polydispersity=0.3,
     pore_size_um=None,
     gradient=0.0,
+    particle_shape="sphere",
+    aspect=2.0,
+    pore_model="field",
     rng=None,
 ):
     """Generate a labelled 3-phase composite electrode (active, electrolyte, pore).
 
-    Active material is a set of polydisperse, possibly overlapping spheres
-    (ellipsoids in voxels when the spacing is anisotropic); pores are a
-    smooth random field thresholded inside the non-active space; electrolyte
+    Active material is a set of polydisperse, possibly overlapping particles
+    (spheres, randomly oriented ellipsoids or faceted polyhedra); pores are
+    chosen inside the non-active space by one of several models; electrolyte
     fills the rest. The phase fractions are exact up to one voxel per
     threshold (they are quantiles of continuous fields), whatever the
     particle size.
@@ -150,6 +193,17 @@ def generate_microstructure(
         ``active * (1 - gradient / 2)`` at the first slice to
         ``active * (1 + gradient / 2)`` at the last (negative values reverse
         the trend). 0 gives a statistically homogeneous volume.
+    particle_shape : {"sphere", "ellipsoid", "faceted"}, optional
+        Shape of the active particles: spheres; ellipsoids of the sphere's
+        volume with axis ratio `aspect`, randomly oriented; faceted polyhedra
+        (up to 12 random facets) of about the sphere's size.
+    aspect : float, optional
+        Ratio of the long to the short axes of the ellipsoids, >= 1.
+    pore_model : {"field", "voids", "interface"}, optional
+        ``"field"``: the highest values of a smooth random field (sponge-like
+        pores); ``"voids"``: overlapping spherical voids of radius
+        `pore_size_um`; ``"interface"``: the free space closest to the
+        particles (delamination gaps hugging the particle surfaces).
     rng : None, int or numpy.random.Generator, optional
         Seed or generator.
 
@@ -186,6 +240,12 @@ def generate_microstructure(
         pore_size_um = particle_radius_um / 2
     if not (np.isfinite(pore_size_um) and pore_size_um > 0):
         raise ValueError(f"pore_size_um must be > 0, got {pore_size_um!r}")
+    if particle_shape not in _PARTICLE_SHAPES:
+        raise ValueError(f"particle_shape must be one of {_PARTICLE_SHAPES}, got {particle_shape!r}")
+    if not (np.isfinite(aspect) and aspect >= 1):
+        raise ValueError(f"aspect must be >= 1, got {aspect!r}")
+    if pore_model not in _PORE_MODELS:
+        raise ValueError(f"pore_model must be one of {_PORE_MODELS}, got {pore_model!r}")
     phi = fr["active"]
     phi_lo, phi_hi = sorted((phi * (1 - gradient / 2), phi * (1 + gradient / 2)))
     if not (np.isfinite(gradient) and phi_lo >= 0 and phi_hi <= 0.95):
@@ -200,7 +260,8 @@ def generate_microstructure(
     else:
         phi_z = np.full(1, phi)
 
-    field = _active_distance_field(shape, spacing, phi_z, particle_radius_um, polydispersity, rng)
+    field = _active_distance_field(shape, spacing, phi_z, particle_radius_um, polydispersity, rng,
+                                   shape_name=particle_shape, aspect=aspect)
     active = _threshold_active(field, phi_z, particle_radius_um / spacing[0], graded=gradient != 0)
     del field
 
@@ -208,7 +269,7 @@ def generate_microstructure(
     labels[active] = 3
     n_pore = int(round(fr["pore"] * active.size))
     if n_pore > 0:
-        noise = _smooth_noise(shape, spacing, pore_size_um, rng)
+        noise = _pore_score(pore_model, active, spacing, pore_size_um, n_pore / max(1, (~active).sum()), rng)
         free = ~active
         values = noise[free]
         n_pore = min(n_pore, values.size)
@@ -221,7 +282,30 @@ def generate_microstructure(
     return labels
 
 
-def _active_distance_field(shape, spacing, phi_z, radius, cv, rng):
+def _pore_score(model, active, spacing, size_um, share, rng):
+    """Score of every voxel for being pore, (Z, Y, X) float32: the highest free ones become pore.
+
+    `share` is the pore share of the free (non-active) space, which sets the density of the
+    void centres so that the voids come out about `size_um` in radius.
+    """
+    noise = _smooth_noise(active.shape, spacing, size_um, rng)
+    if model == "field":
+        return noise
+    if model == "interface":
+        # Closeness to the particles, roughened by the field.
+        distance = ndimage.distance_transform_edt(~active, sampling=spacing).astype(np.float32)
+        return np.float32(-1.0 / size_um) * distance + np.float32(0.5) * noise
+    # Voids: equal spheres around random centres are the voxels nearest to a centre, so the
+    # quantile of the distance to the nearest centre cuts spheres of one radius (slightly roughened).
+    density = -math.log1p(-min(share, 0.95)) / (4 / 3 * math.pi * size_um**3)
+    n = max(1, int(rng.poisson(density * np.prod(np.array(active.shape) * spacing))))
+    seeds = np.ones(active.shape, dtype=bool)
+    seeds[tuple(rng.integers(0, active.shape[a], n) for a in range(3))] = False
+    distance = ndimage.distance_transform_edt(seeds, sampling=spacing).astype(np.float32)
+    return np.float32(-1.0 / size_um) * distance + np.float32(0.05) * noise
+
+
+def _active_distance_field(shape, spacing, phi_z, radius, cv, rng, *, shape_name="sphere", aspect=1.0):
     """Normalised squared distance to the nearest particle centre, (Z, Y, X) float32.
 
     Candidate spheres are added in batches (a Boolean-model estimate of how
@@ -251,7 +335,7 @@ def _active_distance_field(shape, spacing, phi_z, radius, cv, rng):
             keep = rng.uniform(0, weight_max, n) < weight_z[zi]
             centres = centres[keep]
         radii = _draw_radii(len(centres), radius, cv, rng)
-        _stamp_spheres(field, centres, radii, spacing)
+        _stamp_spheres(field, centres, radii, spacing, shape_name=shape_name, aspect=aspect, rng=rng)
         covered = float(np.count_nonzero(field <= 1.0)) / field.size
     return field
 
@@ -335,7 +419,8 @@ class SyntheticAcquisition:
     offset: np.ndarray
 
 
-def simulate_drift(n_slices, *, drift_px_per_slice=1.2, jump_probability=0.01, jump_px=15.0, rng=None):
+def simulate_drift(n_slices, *, drift_px_per_slice=1.2, jump_probability=0.01, jump_px=15.0, memory=1.0,
+                   rng=None):
     """Stage drift: a 2-D random walk with occasional jumps.
 
     Parameters
@@ -348,6 +433,11 @@ def simulate_drift(n_slices, *, drift_px_per_slice=1.2, jump_probability=0.01, j
         Probability, per slice, of an extra jump.
     jump_px : float, optional
         Length (px) of a jump, in a random direction.
+    memory : float, optional
+        Share of the previous position kept at each step, in (0, 1]: 1 is a
+        free random walk; below 1 the stage is pulled back towards the start
+        (the microscope's own drift correction re-centring the region), so
+        long runs stay within about ``drift_px_per_slice / sqrt(1 - memory**2)``.
     rng : None, int or numpy.random.Generator, optional
 
     Returns
@@ -365,13 +455,17 @@ def simulate_drift(n_slices, *, drift_px_per_slice=1.2, jump_probability=0.01, j
         raise ValueError(f"jump_probability must be in [0, 1], got {jump_probability!r}")
     if not jump_px >= 0:
         raise ValueError(f"jump_px must be >= 0, got {jump_px!r}")
+    if not 0 < memory <= 1:
+        raise ValueError(f"memory must be in (0, 1], got {memory!r}")
     rng = np.random.default_rng(rng)
     steps = rng.normal(0.0, drift_px_per_slice, size=(n_slices, 2)) if drift_px_per_slice > 0 else np.zeros((n_slices, 2))
     jumps = rng.uniform(size=n_slices) < jump_probability
     angles = rng.uniform(0, 2 * np.pi, size=n_slices)
     steps += jumps[:, None] * jump_px * np.stack([np.sin(angles), np.cos(angles)], axis=1)
     steps[0] = 0.0
-    return np.cumsum(steps, axis=0)
+    if memory == 1:
+        return np.cumsum(steps, axis=0)
+    return signal.lfilter([1.0], [1.0, -memory], steps, axis=0)
 
 
 def _px(values):
@@ -432,6 +526,8 @@ def render_acquisition(
     field_shape=None,
     cap_px=0,
     fiducial=False,
+    curtain_angle_deg=0.0,
+    gain_profile=None,
     rng=None,
 ):
     """Render labels as raw FIB-SEM slices, with the truth kept aside.
@@ -492,6 +588,12 @@ def render_acquisition(
     field_shape : tuple of 2 int, optional
         ``(H, W)`` of the slices. Default: the labels' ``(Y, X)`` minus twice
         the margin the drift needs.
+    curtain_angle_deg : float, optional
+        Angle of the curtain stripes from vertical, in degrees (|angle| < 45):
+        a tilted stripe runs down and to the right for a positive angle.
+    gain_profile : (Z,) array of float, optional
+        Extra per-slice gain multiplying the brightness walk, before the noise
+        (a slow ramp over the run, sudden drops of a few slices). Default 1.
     cap_px : int, optional
         Height (px) of the protective cap at the top of the canvas; 0 (default) for none. The
         cap's grain has a correlation of ~1 px and a standard deviation of 15 % of the level span.
@@ -535,8 +637,14 @@ def render_acquisition(
         raise ValueError(f"cap_px must be >= 0, got {cap_px!r}")
     if fiducial and cap_px < 8:
         raise ValueError(f"fiducial needs a cap of at least 8 px (cap_px), got cap_px={cap_px!r}")
+    if not (np.isfinite(curtain_angle_deg) and abs(curtain_angle_deg) < 45):
+        raise ValueError(f"curtain_angle_deg must be within (-45, 45) degrees, got {curtain_angle_deg!r}")
     rng = np.random.default_rng(rng)
     n_slices = labels.shape[0]
+    if gain_profile is not None:
+        gain_profile = np.asarray(gain_profile, dtype=float)
+        if gain_profile.shape != (n_slices,) or not np.all(np.isfinite(gain_profile) & (gain_profile > 0)):
+            raise ValueError(f"gain_profile must be ({n_slices},) positive values, got shape {gain_profile.shape}")
     if drift_px is None:
         drift = simulate_drift(n_slices, drift_px_per_slice=drift_px_per_slice,
                                jump_probability=jump_probability, jump_px=jump_px, rng=rng)
@@ -574,9 +682,14 @@ def render_acquisition(
     lut = np.concatenate([[0.0], levels8]) * scale
     span = float(levels8.max() - levels8.min()) * scale
     gain = 1.0 + _ar1_walk(n_slices, brightness_drift, rng)
+    if gain_profile is not None:
+        gain = gain * gain_profile
     offset = _ar1_walk(n_slices, brightness_drift / 2, rng) * span
     curtains = _curtain_profiles(n_slices, field[1], rng) * (curtaining * span / 2)
     top_fade = np.linspace(0.5, 1.0, field[0])[:, None]
+    # Column of the stripe profile each pixel sees: a tilted stripe moves sideways with depth.
+    tilt = math.tan(math.radians(curtain_angle_deg))
+    stripe_x = np.arange(field[1])[None, :] - tilt * (np.arange(field[0])[:, None] - field[0] / 2)
     active_label = hi_label if levels8.size >= 3 else None
     maxval = float(np.iinfo(dtype).max)
     background = _background_fields(n_slices, rng) * (charging * span) if charging > 0 else None
@@ -619,7 +732,10 @@ def render_acquisition(
                 # Dense particles shadow the milling: stripes strengthen below them.
                 seen = np.cumsum(crop[pad:pad + field[0], pad:pad + field[1]] == active_label, axis=0)
                 strength = top_fade * (1.0 + seen / field[0])
-            grey = grey + strength * curtains[k][None, :]
+            if tilt == 0:
+                grey = grey + strength * curtains[k][None, :]
+            else:
+                grey = grey + strength * np.interp(stripe_x, np.arange(field[1]), curtains[k], period=field[1])
         grey = gain[k] * grey + offset[k]
         if background is not None:
             grey = grey + ndimage.zoom(background[k], np.array(field) / background.shape[1:], order=3, grid_mode=True, mode="nearest")
@@ -660,7 +776,7 @@ def _cap_plane(shape, levels, margin, field, fiducial, rng):
 
 
 def write_acquisition(acq, folder, *, layout="fei", pixel_size_um=0.02, slice_spacing_um=0.05,
-                      z_jitter_um=0.0, detector="SESI", rng=None):
+                      z_jitter_um=0.0, z_um=None, pixel_scale=None, detector="SESI", rng=None):
     """Write the slices of `acq` the way the microscope software does.
 
     Parameters
@@ -668,12 +784,19 @@ def write_acquisition(acq, folder, *, layout="fei", pixel_size_um=0.02, slice_sp
     acq : SyntheticAcquisition
     folder : str or os.PathLike
         Project (FEI) or destination (Zeiss) folder; created if missing.
-    layout : {"fei", "zeiss"}, optional
+    layout : {"fei", "zeiss", "tescan"}, optional
         ``"fei"``: ``<folder>/Images/SEM Image/SEM Image - SliceImage - 001.tif``
         plus ``<folder>/EMProject.emxml`` holding the slice spacing.
         ``"zeiss"``: ``<folder>/<detector>/slice_00001_z=0.0000um.tif``.
+        ``"tescan"``: ``<folder>/slice_00001.tif`` with a ``-tif.hdr`` sidecar
+        (no slice spacing anywhere: the user has to state it).
     pixel_size_um : float or (float, float), optional
         Pixel size ``(dy, dx)`` written into the TIFF metadata.
+    z_um : (Z,) array of float, optional
+        Zeiss only: the z of every slice (non-uniform steps, dropped slices),
+        written into the names instead of ``k * slice_spacing_um``.
+    pixel_scale : (Z,) array of float, optional
+        Per-slice factor on `pixel_size_um` (a magnification change); default 1.
     slice_spacing_um : float, optional
         Nominal distance between slices (FEI project file; Zeiss file names).
     z_jitter_um : float, optional
@@ -690,15 +813,23 @@ def write_acquisition(acq, folder, *, layout="fei", pixel_size_um=0.02, slice_sp
     list of pathlib.Path
         The slice files, in slice order (indices start at 1).
     """
-    if layout not in ("fei", "zeiss"):
-        raise ValueError(f"layout must be 'fei' or 'zeiss', got {layout!r}")
+    if layout not in ("fei", "zeiss", "tescan"):
+        raise ValueError(f"layout must be 'fei', 'zeiss' or 'tescan', got {layout!r}")
     if not (np.isfinite(slice_spacing_um) and slice_spacing_um > 0):
         raise ValueError(f"slice_spacing_um must be > 0, got {slice_spacing_um!r}")
     if not 0 <= z_jitter_um < slice_spacing_um / 2:
         raise ValueError(f"z_jitter_um must be in [0, slice_spacing_um / 2), got {z_jitter_um!r}")
     n_slices = len(acq.slices)
-    z_um = np.arange(n_slices) * slice_spacing_um
-    if z_jitter_um > 0:
+    scale = np.ones(n_slices) if pixel_scale is None else np.asarray(pixel_scale, dtype=float)
+    if scale.shape != (n_slices,) or not np.all(np.isfinite(scale) & (scale > 0)):
+        raise ValueError(f"pixel_scale must be ({n_slices},) positive factors, got {pixel_scale!r}")
+    if z_um is not None:
+        z_um = np.array(z_um, dtype=float)
+        if z_um.shape != (n_slices,) or not np.all(np.diff(z_um) > 0):
+            raise ValueError(f"z_um must be ({n_slices},) increasing positions, got shape {z_um.shape}")
+    elif layout == "zeiss":
+        z_um = np.arange(n_slices) * slice_spacing_um
+    if z_jitter_um > 0 and layout == "zeiss":
         z_um[1:] += np.random.default_rng(rng).normal(0.0, z_jitter_um, n_slices - 1).clip(
             -0.49 * slice_spacing_um, 0.49 * slice_spacing_um)
     root = Path(folder)
@@ -706,9 +837,10 @@ def write_acquisition(acq, folder, *, layout="fei", pixel_size_um=0.02, slice_sp
         target = root / "Images" / "SEM Image"
         write_fei_project(root, slice_spacing_um=slice_spacing_um)
     else:
-        target = root / detector
+        target = root / detector if layout == "zeiss" else root
+    size = np.broadcast_to(np.asarray(pixel_size_um, dtype=float), (2,))
     return [
-        write_slice(target, k + 1, pixels, layout=layout, pixel_size_um=pixel_size_um,
+        write_slice(target, k + 1, pixels, layout=layout, pixel_size_um=tuple(size * scale[k]),
                     z_um=float(z_um[k]) if layout == "zeiss" else None)
         for k, pixels in enumerate(acq.slices)
     ]
