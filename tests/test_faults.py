@@ -35,7 +35,7 @@ import zmq
 
 from agent.config import Config
 from agent.pipeline import Agent
-from agent.store import PROVENANCE_LOG, VolumeStore
+from agent.store import VolumeStore, provenance_log_path
 from processing.errors import RevwatchError
 from processing.io import slice_file_name, write_slice
 from processing.synthetic import generate_microstructure, render_acquisition
@@ -479,7 +479,7 @@ def revwatch_run(config: Config, *extra: str, **popen) -> subprocess.Popen:
 def committed(volume: Path) -> int:
     """Slices committed so far (lines of the provenance log), read without opening the volume."""
     try:
-        return sum(1 for line in (volume / PROVENANCE_LOG).read_bytes().splitlines() if b'"kind": "slice"' in line)
+        return sum(1 for line in provenance_log_path(volume).read_bytes().splitlines() if b'"kind": "slice"' in line)
     except FileNotFoundError:
         return 0
 
