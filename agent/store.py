@@ -176,6 +176,7 @@ class VolumeStore:
         self._indices = {r["index"] for r in self._slices}
         self._since_compact = 0
         self._uncompacted = False
+        self._labels_scale_stale = False
 
     # -- creation and resume ---------------------------------------------------------------
 
@@ -527,6 +528,31 @@ class VolumeStore:
             self._run.update(attrs)
             self._write_attrs()
 
+    def set_z_spacing(self, dz_um, *, how=None):
+        """Change the volume's z step (``multiscales`` scale and ``revwatch.spacing_um``).
+
+        The true slice positions arrive slice by slice, so the step the volume states follows
+        them. Kept in memory at once (:attr:`spacing_um`), written with the next compaction,
+        :meth:`flush` or :meth:`close` (not on every append: the attributes grow with the depth).
+
+        Parameters
+        ----------
+        dz_um : float
+            z step in micrometres, > 0.
+        how : dict, optional
+            JSON-able statement of how the step was chosen, kept as ``revwatch.z_spacing``.
+        """
+        self._check_writable()
+        dz_um = float(dz_um)
+        if not (math.isfinite(dz_um) and dz_um > 0):
+            raise ValueError(f"dz_um must be a positive step in um, got {dz_um!r}")
+        with self._lock:
+            self._run["spacing_um"] = [dz_um, *self._run["spacing_um"][1:]]
+            if how is not None:
+                self._run["z_spacing"] = _to_json(dict(how))
+            self._uncompacted = True
+            self._labels_scale_stale = True
+
     def flush(self):
         """Copy the provenance log into the volume's attributes (``revwatch.slices``/``skipped``)."""
         if self._read_only:
@@ -600,5 +626,12 @@ class VolumeStore:
             self._root.attrs.put(attrs)
         except OSError as exc:
             raise StoreError(self.path, f"cannot write the attributes: {exc}") from exc
+        if self._labels_scale_stale:
+            labels = self._root["labels"][LABEL_NAME]
+            try:
+                labels.attrs.update({"multiscales": _multiscales(LABEL_NAME, self._run["spacing_um"])})
+            except OSError as exc:
+                raise StoreError(self.path, f"cannot write the labels' attributes: {exc}") from exc
+            self._labels_scale_stale = False
         self._since_compact = 0
         self._uncompacted = False
