@@ -459,7 +459,6 @@ class Agent:
             self._store.record_skipped(**{k: v for k, v in skipped.items() if v is not None})
         self._pending_skips.clear()
         self._analysis.attach(self._store)
-        log.info("created volume %s: canvas %s, spacing %s um", self.volume_path, first.grey.shape, spacing)
 
     def _open_store_if_resuming(self) -> None:
         if not self.volume_path.exists():
