@@ -461,14 +461,14 @@ class SliceWatcher:
                     IndexOrderer._call(self._on_rejected, Path(path), reason)
                 return
             del self._finished[path]  # rejected before, written again since: look at it again
-        if not self._in_slice_folder(path):
-            return
         index = slice_index_from_name(os.path.basename(path))
         if index is None:
             if path not in self._unindexed:
                 self._unindexed.add(path)
                 logger.warning("rejected %s: no slice index in the file name", path)
                 IndexOrderer._call(self._on_rejected, Path(path), "no slice index in the file name")
+            return
+        if not self._in_slice_folder(path):
             return
         if self.orderer.is_released(path, index):
             return  # resume: already in the volume, no need to read it again
