@@ -20,7 +20,7 @@ log = logging.getLogger(__name__)
 _EPILOG = """\
 examples:
   revwatch demo                                   everything at once on generated data
-  revwatch run "D:/ASV/cathode-01" --exit-when-representative
+  revwatch run "D:/ASV/cathode-01" --detector "SEM Image" --exit-when-representative
   revwatch monitor tcp://127.0.0.1:5556           live dashboard of a running agent
   revwatch replay stack.tif --to incoming/ --interval-s 2
   revwatch metrics cathode-01.revwatch.ome.zarr   Table 1 + REV report of a volume
@@ -64,6 +64,8 @@ def _run_overrides(args: argparse.Namespace) -> list[str]:
         out.append(f"acquisition.folder={_toml_str(args.folder)}")
     if args.volume is not None:
         out.append(f"volume.path={_toml_str(args.volume)}")
+    if args.detector is not None:
+        out.append(f"acquisition.detector={_toml_str(args.detector)}")
     if args.polling:
         out.append("acquisition.polling=true")
     if args.endpoint is not None:
@@ -189,6 +191,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", parents=logging_options, help="watch an acquisition folder and process slices as they arrive")
     p.add_argument("folder", nargs="?", type=Path, help="folder the microscope writes into (or acquisition.folder)")
     p.add_argument("--volume", type=Path, help="OME-Zarr volume to write or resume (default: beside the folder)")
+    p.add_argument("--detector", help="the detector folder whose slices make the volume, when FOLDER holds several "
+                   "(e.g. 'SEM Image'; acquisition.detector)")
     p.add_argument("--polling", action="store_true", help="poll the folder (network shares without file events)")
     p.add_argument("--endpoint", help="ZeroMQ PUB endpoint (default tcp://127.0.0.1:5556)")
     p.add_argument("--scheduler", help="run the metrics on a dask.distributed cluster at tcp://HOST:PORT")

@@ -100,6 +100,7 @@ def _stack_pixel_size_um(source: Path, metadata_um, given_um: float | None) -> t
 
 
 def _stack_jobs(source: Path, dest: Path, pixel_size_um: float | None) -> Iterator[Callable[[], Path]]:
+    """Check the stack's geometry now; the returned jobs write its pages as FEI slices."""
     with tifffile.TiffFile(source) as tif:
         n_pages = len(tif.pages)
     if n_pages < 2:
@@ -109,21 +110,25 @@ def _stack_jobs(source: Path, dest: Path, pixel_size_um: float | None) -> Iterat
     log.info("replaying %s: %d slices, pixel %.4g x %.4g nm (%s), slice spacing %s", source, n_pages,
              size_um[0] * 1000, size_um[1] * 1000, "metadata" if metadata_um else "given",
              f"{spacing_um * 1000:.4g} nm (metadata, written as EMProject.emxml)" if spacing_um else "unknown")
-    if spacing_um is not None:
-        dest.mkdir(parents=True, exist_ok=True)
-        write_fei_project(dest, slice_spacing_um=spacing_um)
-    for page in range(n_pages):
 
-        def job(page=page):
-            pixels = np.asarray(tifffile.imread(source, key=page))
-            if pixels.dtype not in (np.uint8, np.uint16):
-                raise ReplayError(
-                    f"replay source {source}: page {page} has dtype {pixels.dtype}; "
-                    "slices must be 8- or 16-bit grey levels"
-                )
-            return write_slice(dest, page + 1, pixels, layout="fei", pixel_size_um=size_um)
+    def jobs():
+        if spacing_um is not None:
+            dest.mkdir(parents=True, exist_ok=True)
+            write_fei_project(dest, slice_spacing_um=spacing_um)
+        for page in range(n_pages):
 
-        yield job
+            def job(page=page):
+                pixels = np.asarray(tifffile.imread(source, key=page))
+                if pixels.dtype not in (np.uint8, np.uint16):
+                    raise ReplayError(
+                        f"replay source {source}: page {page} has dtype {pixels.dtype}; "
+                        "slices must be 8- or 16-bit grey levels"
+                    )
+                return write_slice(dest, page + 1, pixels, layout="fei", pixel_size_um=size_um)
+
+            yield job
+
+    return jobs()  # the checks above run now, before anything is written
 
 
 def replay(
