@@ -171,6 +171,11 @@ class AnalysisWorker:
                     self._cond.notify_all()
 
     def _update(self, depth: int, *, final: bool) -> None:
+        # The volume's z step follows the true slice positions (agent.pipeline): measure with today's.
+        spacing = tuple(self._store.spacing_um)
+        if spacing != tuple(self._analysis.spacing_um):
+            self._analysis.spacing_um = spacing
+            self._rev.spacing = spacing
         metrics = self._analysis.update(depth, full=final)
         self.events.emit("metrics", metrics)
         rev = self._rev.update(CommittedView(self._store.labels, depth), values=self._analysis.rev_values(metrics))

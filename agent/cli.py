@@ -20,11 +20,29 @@ log = logging.getLogger(__name__)
 _EPILOG = """\
 examples:
   revwatch demo                                   everything at once on generated data
-  revwatch run "D:/ASV/cathode-01" --exit-when-representative
+  revwatch run "D:/ASV/cathode-01" --detector "SEM Image" --exit-when-representative
   revwatch monitor tcp://127.0.0.1:5556           live dashboard of a running agent
   revwatch replay stack.tif --to incoming/ --interval-s 2
   revwatch metrics cathode-01.revwatch.ome.zarr   Table 1 + REV report of a volume
 """
+
+
+_LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+
+def _logging_options(*, in_subcommand: bool) -> argparse.ArgumentParser:
+    """``-v`` and ``--log-level``, accepted before and after the sub-command.
+
+    In the sub-command's parser the defaults are suppressed, so that an option given before the
+    sub-command is not reset by the sub-parser.
+    """
+    parent = argparse.ArgumentParser(add_help=False)
+    default = {"default": argparse.SUPPRESS} if in_subcommand else {}
+    parent.add_argument("-v", "--verbose", action="count", help="more log output (-v: debug for `run`, info for the "
+                        "others; -vv: debug)", **({"default": 0} if not in_subcommand else default))
+    parent.add_argument("--log-level", type=str.upper, choices=_LOG_LEVELS, help="log level (wins over -v); default "
+                        "INFO for `run` (what the agent does), WARNING for the other commands", **default)
+    return parent
 
 
 def _add_config_options(p: argparse.ArgumentParser) -> None:
@@ -46,6 +64,8 @@ def _run_overrides(args: argparse.Namespace) -> list[str]:
         out.append(f"acquisition.folder={_toml_str(args.folder)}")
     if args.volume is not None:
         out.append(f"volume.path={_toml_str(args.volume)}")
+    if args.detector is not None:
+        out.append(f"acquisition.detector={_toml_str(args.detector)}")
     if args.polling:
         out.append("acquisition.polling=true")
     if args.endpoint is not None:
@@ -99,7 +119,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
         args.source,
         args.to,
         interval_s=args.interval_s,
-        pixel_size_um=args.pixel_size_nm / 1000.0,
+        pixel_size_um=None if args.pixel_size_nm is None else args.pixel_size_nm / 1000.0,
         limit=args.limit,
         on_slice=None if args.quiet else progress,
     )
@@ -159,17 +179,20 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
+        parents=[_logging_options(in_subcommand=False)],
         prog="revwatch",
         description="Align, segment and measure FIB-SEM slices as they arrive; say when the volume is representative.",
         epilog=_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    logging_options = [_logging_options(in_subcommand=True)]
 
-    p = sub.add_parser("run", help="watch an acquisition folder and process slices as they arrive")
+    p = sub.add_parser("run", parents=logging_options, help="watch an acquisition folder and process slices as they arrive")
     p.add_argument("folder", nargs="?", type=Path, help="folder the microscope writes into (or acquisition.folder)")
     p.add_argument("--volume", type=Path, help="OME-Zarr volume to write or resume (default: beside the folder)")
+    p.add_argument("--detector", help="the detector folder whose slices make the volume, when FOLDER holds several "
+                   "(e.g. 'SEM Image'; acquisition.detector)")
     p.add_argument("--polling", action="store_true", help="poll the folder (network shares without file events)")
     p.add_argument("--endpoint", help="ZeroMQ PUB endpoint (default tcp://127.0.0.1:5556)")
     p.add_argument("--scheduler", help="run the metrics on a dask.distributed cluster at tcp://HOST:PORT")
@@ -181,7 +204,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_options(p)
     p.set_defaults(func=cmd_run)
 
-    p = sub.add_parser("monitor", help="live terminal dashboard of a running agent")
+    p = sub.add_parser("monitor", parents=logging_options, help="live terminal dashboard of a running agent")
     p.add_argument("endpoint", nargs="?", default="tcp://127.0.0.1:5556", help="the agent's PUB endpoint")
     p.add_argument("--once", action="store_true", help="print one snapshot and exit")
     p.add_argument("--timeout-s", type=float, default=10.0, help="with --once: how long to wait for the agent")
@@ -189,16 +212,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--snapshot-endpoint", help="the agent's snapshot socket (default: the PUB port + 1)")
     p.set_defaults(func=cmd_monitor)
 
-    p = sub.add_parser("replay", help="copy an existing stack into a folder at a cadence (simulates an acquisition)")
+    p = sub.add_parser("replay", parents=logging_options, help="copy an existing stack into a folder at a cadence (simulates an acquisition)")
     p.add_argument("source", type=Path, help="a folder of slice TIFFs or a multi-page TIFF")
     p.add_argument("--to", type=Path, required=True, help="destination folder (the one the agent watches)")
     p.add_argument("--interval-s", type=float, default=1.0, help="seconds between slices (default 1)")
-    p.add_argument("--pixel-size-nm", type=float, default=10.0, help="pixel size written for a multi-page TIFF source")
+    p.add_argument("--pixel-size-nm", type=float, help="pixel size of a multi-page TIFF source whose metadata has none "
+                   "(required then; never invented)")
     p.add_argument("--limit", type=int, help="replay at most this many slices")
     p.add_argument("--quiet", action="store_true", help="do not print each slice")
     p.set_defaults(func=cmd_replay)
 
-    p = sub.add_parser("demo", help="generate an acquisition, replay it, run the agent and show it live")
+    p = sub.add_parser("demo", parents=logging_options, help="generate an acquisition, replay it, run the agent and show it live")
     p.add_argument("--slices", type=int, default=300, help="slices to generate (default 300)")
     p.add_argument("--size-px", type=int, default=256, help="slice edge in pixels (default 256)")
     p.add_argument("--interval-s", type=float, default=0.02, help="seconds between slices (default 0.02)")
@@ -207,7 +231,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--endpoint", help="also publish on this ZeroMQ endpoint (default: a free loopback port)")
     p.set_defaults(func=cmd_demo)
 
-    p = sub.add_parser("metrics", help="Table 1 metrics and REV report of a finished volume or a label TIFF")
+    p = sub.add_parser("metrics", parents=logging_options, help="Table 1 metrics and REV report of a finished volume or a label TIFF")
     p.add_argument("volume", type=Path, help="a revwatch OME-Zarr volume, or a multi-page TIFF of labels")
     p.add_argument("--json", action="store_true", help="print the `metrics` document as JSON")
     p.add_argument("--spacing-um", type=float, nargs=3, metavar=("DZ", "DY", "DX"), help="voxel size of a label TIFF")
@@ -225,26 +249,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tolerance", type=float, default=0.05, help="REV tolerance (default 0.05)")
     p.set_defaults(func=cmd_metrics)
 
-    p = sub.add_parser("bench", help="per-stage throughput on this machine")
+    p = sub.add_parser("bench", parents=logging_options, help="per-stage throughput on this machine")
     p.add_argument("--quick", action="store_true", help="a short run (fewer, smaller slices)")
     p.add_argument("--slices", type=int, default=None, help="slices per size")
     p.set_defaults(func=cmd_bench)
 
-    p = sub.add_parser("keys", help="create CURVE key pairs for a non-loopback agent")
+    p = sub.add_parser("keys", parents=logging_options, help="create CURVE key pairs for a non-loopback agent")
     p.add_argument("folder", type=Path, help="where to write the keys")
     p.add_argument("--client", action="append", metavar="NAME", help="client key pair to create (repeatable; default 'client')")
     p.add_argument("--force", action="store_true", help="overwrite existing keys")
     p.set_defaults(func=cmd_keys)
 
-    p = sub.add_parser("doctor", help="check a configuration and this machine, and say what to fix")
+    p = sub.add_parser("doctor", parents=logging_options, help="check a configuration and this machine, and say what to fix")
     p.add_argument("--expected-slices", type=int, default=2000, help="slices the run may reach (sizes the disk check)")
     _add_config_options(p)
     p.set_defaults(func=cmd_doctor)
     return parser
 
 
-def _setup_logging(verbosity: int, log_file: Path | None = None) -> None:
-    level = logging.WARNING if verbosity == 0 else logging.INFO if verbosity == 1 else logging.DEBUG
+def _log_level(command: str, verbosity: int, log_level: str | None) -> int:
+    """The console log level: `--log-level`, else the command's default lowered by each ``-v``."""
+    if log_level is not None:
+        return getattr(logging, log_level)
+    default = logging.INFO if command == "run" else logging.WARNING
+    return max(logging.DEBUG, default - 10 * verbosity)
+
+
+def _setup_logging(level: int, log_file: Path | None = None) -> None:
     handlers = [logging.StreamHandler()]
     if log_file is not None:
         file_handler = logging.FileHandler(log_file, encoding="utf-8")
@@ -258,7 +289,7 @@ def _setup_logging(verbosity: int, log_file: Path | None = None) -> None:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``revwatch`` console script."""
     args = build_parser().parse_args(argv)
-    _setup_logging(args.verbose, getattr(args, "log_file", None))
+    _setup_logging(_log_level(args.command, args.verbose, args.log_level), getattr(args, "log_file", None))
     try:
         return args.func(args)
     except RevwatchError as exc:

@@ -38,7 +38,18 @@ class AcquisitionConfig(_Section):
     incomplete_timeout_s: float = Field(600.0, gt=0, description="a file that never becomes readable is reported after this")
     gap_timeout_s: float = Field(300.0, gt=0, description="how long to wait for a missing slice index before skipping it")
     pixel_size_nm: float | None = Field(None, gt=0, description="pixel size; None = from the slice metadata")
-    slice_spacing_nm: float | None = Field(None, gt=0, description="slice thickness; None = from the project or file names")
+    slice_spacing_nm: float | None = Field(
+        None, gt=0, description="nominal slice thickness; None = from the project (EMProject.emxml); z in the file "
+        "names (Atlas) takes precedence: z = index x spacing only for slices without their own z",
+    )
+    force_pixel_size: bool = Field(
+        False, description="use pixel_size_nm even where the slice metadata says otherwise (logged); "
+        "false = a mismatch over 1 % refuses the run",
+    )
+    detector: str | None = Field(
+        None, description="the detector folder whose slices make the volume (name or relative path, e.g. "
+        "'SEM Image' or 'Images/SEM Image'); None = the folder must hold one detector's slices",
+    )
 
 
 class VolumeConfig(_Section):

@@ -25,6 +25,7 @@ from rich.console import Console
 from rich.table import Table
 
 from agent.config import Config
+from agent.watch import detector_matches
 from processing.errors import RevwatchError
 from processing.io import (
     is_slice_file,
@@ -41,7 +42,10 @@ __all__ = [
     "FAIL",
     "check_folder",
     "find_slices",
+    "check_detector",
     "check_slices",
+    "pixel_size_mismatch",
+    "start_checks",
     "check_spacing",
     "check_volume_writable",
     "check_volume_resume",
@@ -184,7 +188,70 @@ def find_slices(folder, *, max_entries: int = _MAX_ENTRIES) -> dict[Path, list[P
     return groups
 
 
-def check_slices(groups: dict[Path, list[Path]], *, pixel_size_nm: float | None = None):
+def _relative(folder: Path, path: Path) -> str:
+    try:
+        return path.relative_to(folder).as_posix()
+    except ValueError:
+        return str(path)
+
+
+def check_detector(folder, groups: dict[Path, list[Path]], *, detector: str | None = None):
+    """One detector per volume: the one slice folder the run will use.
+
+    Parameters
+    ----------
+    folder : str or os.PathLike
+        The acquisition folder.
+    groups : dict of Path to list of Path
+        From :func:`find_slices`.
+    detector : str, optional
+        ``acquisition.detector``: the folder name or relative path to use.
+
+    Returns
+    -------
+    check : Check
+    groups : dict of Path to list of Path
+        Only the chosen folder's slices (all of `groups` when the check fails).
+    """
+    name = "detector"
+    folder = Path(folder)
+    found = ", ".join(f"'{_relative(folder, d)}' ({len(v)} slices)" for d, v in groups.items())
+    example = f'acquisition.detector = "{next(iter(groups)).name}"' if groups else ""
+    if detector is not None:
+        chosen = {d: v for d, v in groups.items() if detector_matches(_relative(folder, d), detector)}
+        if len(chosen) == 1:
+            (d, files), = chosen.items()
+            return Check(name, OK, f"{detector!r}: '{_relative(folder, d)}' ({len(files)} slices)"), chosen
+        if not groups:
+            return Check(name, OK, f"{detector!r} (no slices yet; other folders' slices will be ignored)"), {}
+        if not chosen:
+            return Check(name, FAIL, f"acquisition.detector = {detector!r}: no slice folder of that name; found {found}",
+                         "set acquisition.detector to one of the folders found"), groups
+        return Check(name, FAIL, f"acquisition.detector = {detector!r} matches several folders: "
+                     + ", ".join(f"'{_relative(folder, d)}'" for d in chosen),
+                     "give the folder's relative path, e.g. " + example), groups
+    if len(groups) > 1:
+        return Check(name, FAIL, f"slices of several detectors would mix into one volume: {found}",
+                     f"set acquisition.detector to the one to use, e.g. {example}"), groups
+    if groups:
+        (d, files), = groups.items()
+        return Check(name, OK, f"one slice folder: '{_relative(folder, d)}'"), groups
+    return Check(name, OK, "no slices yet: the run takes the first slice's folder (set acquisition.detector if "
+                 "the project will hold several detectors)"), groups
+
+
+def pixel_size_mismatch(configured_nm: float, metadata_um) -> str | None:
+    """Why a configured pixel size does not fit the metadata's (more than 1 % apart), or None."""
+    if metadata_um is None:
+        return None
+    metadata_nm = 1000.0 * float(metadata_um[1])
+    if abs(metadata_nm - configured_nm) <= 0.01 * metadata_nm:
+        return None
+    return (f"acquisition.pixel_size_nm = {configured_nm:g} nm but the slice metadata says {metadata_nm:.4g} nm "
+            f"({1000 * metadata_um[0]:.4g} x {metadata_nm:.4g} nm)")
+
+
+def check_slices(groups: dict[Path, list[Path]], *, pixel_size_nm: float | None = None, force_pixel_size: bool = False):
     """Slices found, the first one readable, its pixel size known.
 
     Parameters
@@ -193,6 +260,9 @@ def check_slices(groups: dict[Path, list[Path]], *, pixel_size_nm: float | None 
         From :func:`find_slices`.
     pixel_size_nm : float, optional
         ``acquisition.pixel_size_nm``; None means the metadata must carry it.
+    force_pixel_size : bool, optional
+        ``acquisition.force_pixel_size``: a configured size that differs from the metadata is a
+        warning, not a failure.
 
     Returns
     -------
@@ -217,14 +287,18 @@ def check_slices(groups: dict[Path, list[Path]], *, pixel_size_nm: float | None 
     detail = f"{total} slice files in {folders}; {path.name}: {y} x {x} px {first.pixels.dtype}"
     if pixel_size_nm is not None:
         detail += f", pixel {pixel_size_nm:g} nm (configured)"
+        mismatch = pixel_size_mismatch(pixel_size_nm, first.pixel_size_um)
+        if mismatch and not force_pixel_size:
+            return Check(name, FAIL, f"{detail}: {mismatch}",
+                         "remove acquisition.pixel_size_nm to use the metadata, or set acquisition.force_pixel_size "
+                         "= true to use the configured value"), first
+        if mismatch:
+            return Check(name, WARN, f"{detail}: {mismatch}; the configured value is used (force_pixel_size)"), first
     elif first.pixel_size_um is not None:
         detail += f", pixel {first.pixel_size_um[1] * 1000:.4g} nm (metadata)"
     else:
         return Check(name, FAIL, detail + ", no pixel size in the metadata",
                      "set acquisition.pixel_size_nm"), first
-    if len(groups) > 1:
-        return Check(name, WARN, detail + ": slices in several folders (several detectors?) would mix in one volume",
-                     "point acquisition.folder at one detector's folder, e.g. '<project>/Images/SEM Image'"), first
     return Check(name, OK, detail), first
 
 
@@ -541,6 +615,28 @@ def check_machine() -> Check:
 # -- all together ----------------------------------------------------------------------------
 
 
+def _acquisition_checks(acq):
+    """Detector, first slice (pixel size) and slice spacing of an existing acquisition folder."""
+    groups = find_slices(acq.folder)
+    detector_check, groups = check_detector(acq.folder, groups, detector=acq.detector)
+    slices_check, first = check_slices(groups, pixel_size_nm=acq.pixel_size_nm, force_pixel_size=acq.force_pixel_size)
+    return [detector_check, slices_check, check_spacing(acq.folder, groups, slice_spacing_nm=acq.slice_spacing_nm)], first
+
+
+def start_checks(config: Config) -> list[Check]:
+    """What ``revwatch run`` checks before it starts: the folder, its detectors, the pixel size and
+    slice spacing of the slices already there, and the volume to resume. Only looks (no file written,
+    no socket bound)."""
+    acq = config.acquisition
+    checks = [check_folder(acq.folder)]
+    if checks[0].status != FAIL:
+        checks += _acquisition_checks(acq)[0]
+    volume = config.volume_path()
+    if volume is not None:
+        checks.append(check_volume_resume(volume, phase_names=config.phases.names)[0])
+    return checks
+
+
 def doctor_checks(config: Config, *, expected_slices: int = 2000, scheduler_timeout_s: float = 5.0) -> list[Check]:
     """Run every check for `config`.
 
@@ -562,9 +658,8 @@ def doctor_checks(config: Config, *, expected_slices: int = 2000, scheduler_time
     checks = [check_folder(acq.folder)]
     first = None
     if checks[0].status != FAIL:
-        groups = find_slices(acq.folder)
-        slices_check, first = check_slices(groups, pixel_size_nm=acq.pixel_size_nm)
-        checks += [slices_check, check_spacing(acq.folder, groups, slice_spacing_nm=acq.slice_spacing_nm)]
+        acquisition_checks, first = _acquisition_checks(acq)
+        checks += acquisition_checks
     volume = config.volume_path()
     if volume is None:
         checks.append(Check("volume location", FAIL, "no volume.path and no acquisition folder to put it beside",

@@ -11,13 +11,24 @@ Threads, each with one job:
 
 The volume is the critical sink: a failed append stops the run with a clear error. A failing
 publisher, monitor or metrics job is reported as an ``error`` document and the slices keep
-flowing. Every skipped input (unreadable file, wrong shape, gap, duplicate) is recorded in the
-volume's attributes and published: nothing is dropped silently.
+flowing. Every skipped input (unreadable file, wrong shape, gap, duplicate, another pixel size)
+is recorded in the volume's attributes and published: nothing is dropped silently.
+
+Geometry: the pixel size is the metadata's (or the configured one, which must agree within 1 %
+unless ``acquisition.force_pixel_size``), and every slice's metadata is checked against the first
+slice's: a slice at another magnification is refused. The z of every slice is its true position
+(:mod:`processing.zaxis`), kept in its provenance; the volume's z step is the mean true step of
+its slices, re-stated as slices arrive. A change of step is reported (``error`` kind ``z_step``).
+
+Start: :meth:`Agent.preflight` checks everything that can be known before a slice arrives and
+reports every problem in one message; the first slice's checks (pixel size, z) also come in one
+message. A refused start leaves no file behind.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import queue
 import shlex
@@ -33,19 +44,28 @@ import numpy as np
 
 from agent.analysis_worker import AnalysisWorker
 from agent.config import Config, ConfigError
+from agent.doctor import FAIL, pixel_size_mismatch, start_checks
 from agent.events import EventStream, JsonLinesSink
 from agent.publish import Publisher
 from agent.store import StoreError, VolumeStore
 from agent.watch import SliceWatcher
 from processing.chain import SliceChain
-from processing.errors import RevwatchError, SliceReadError, SliceShapeError
+from processing.errors import SliceReadError, SliceShapeError
 from processing.io import SliceImage, read_fei_project_spacing_um, read_slice
+from processing.zaxis import ZPositions, mean_step_um
 
 __all__ = ["Agent", "RunSummary"]
 
 log = logging.getLogger(__name__)
 
 _RATE_WINDOW = 20
+# A slice whose pixel size differs more than this from the first slice's is at another magnification.
+_PIXEL_SIZE_TOLERANCE = 0.01
+# The INFO log sums the run up every this many slices or seconds, whichever comes first.
+_SUMMARY_EVERY_SLICES = 50
+_SUMMARY_EVERY_S = 60.0
+_Z_SPACING_METHOD = ("mean true step: dz = (z_last - z_first) / (n - 1) over the volume's slices, re-stated "
+                     "as slices arrive; not resampled; each slice's true z is in revwatch.slices[i].z_um")
 
 
 @dataclass(frozen=True)
@@ -102,6 +122,14 @@ class Agent:
         self._done_times: deque = deque(maxlen=_RATE_WINDOW)
         self._hook_ran = False
         self._pending_skips: list[dict] = []  # skipped before the volume exists (calibration)
+        self._nominal_step_um, self._nominal_source = self._nominal_step()
+        self._z = ZPositions(nominal_step_um=self._nominal_step_um)
+        self._z_source: str | None = None
+        self._z_first_um: float | None = None
+        self._pixel_reference: tuple[float, float] | None = None  # the first slice's metadata
+        self._first_checked = False
+        self._calibration_received = 0
+        self._summary_at = (time.monotonic(), 0)
 
     # -- inputs from the watcher (its thread): only queue them -----------------------------
 
@@ -137,8 +165,42 @@ class Agent:
         """
         if stop_event is not None:
             self._stop = stop_event
-        if not self.folder.is_dir():
-            raise RevwatchError(f"acquisition folder {self.folder} does not exist (or is not a folder)")
+        self.preflight()
+        events_log = self.volume_path.with_name(self.volume_path.name + ".events.jsonl")
+        new_events_log = not events_log.exists()
+        try:
+            self._run(events_log, idle_exit_s)
+        except ConfigError:
+            if self._store is None and new_events_log:
+                events_log.unlink(missing_ok=True)  # a refused start leaves nothing behind
+            raise
+        return RunSummary(
+            run_id=self.events.run_id,
+            volume=self.volume_path,
+            depth_slices=self._store.depth if self._store else 0,
+            slices_processed=self._processed,
+            slices_skipped=self._skipped,
+            stop=self.events.latest("stop"),
+        )
+
+    def preflight(self) -> None:
+        """Check, before any slice is needed, everything that can be known; report every problem at once.
+
+        The folder, its detector folders, the pixel size and slice spacing of the slices already
+        there (with the project's ``EMProject.emxml``) and the volume to resume.
+
+        Raises
+        ------
+        ConfigError
+            One message listing every problem and what to do about it.
+        """
+        failed = [c for c in start_checks(self.config) if c.status == FAIL]
+        if failed:
+            lines = [f"  - {c.name}: {c.detail}" + (f" -> {c.fix}" if c.fix else "") for c in failed]
+            raise ConfigError(f"cannot start ({len(failed)} problem{'s' * (len(failed) > 1)}):\n" + "\n".join(lines))
+        log.info("start checks passed: folder %s, volume %s", self.folder, self.volume_path)
+
+    def _run(self, events_log: Path, idle_exit_s: float | None) -> None:
         cfg = self.config
         with contextlib.ExitStack() as stack:
             publisher = Publisher(
@@ -152,7 +214,7 @@ class Agent:
             stack.callback(publisher.close)
             self._open_store_if_resuming()
             stack.callback(self._close_store)
-            sink = JsonLinesSink(self.volume_path.with_name(self.volume_path.name + ".events.jsonl"))
+            sink = JsonLinesSink(events_log)
             self.events.subscribe(sink, name="json-lines log")
             stack.callback(sink.close)
             self._analysis = AnalysisWorker(
@@ -175,6 +237,8 @@ class Agent:
                 incomplete_timeout_s=cfg.acquisition.incomplete_timeout_s,
                 gap_timeout_s=cfg.acquisition.gap_timeout_s,
                 done=self._store.done if self._store else None,
+                detector=cfg.acquisition.detector,
+                slice_folder=Path(self._store.slices[0]["source"]).parent if self._store and self._store.depth else None,
             )
             watcher.start()
             stack.callback(watcher.stop)
@@ -183,14 +247,6 @@ class Agent:
             self._status(state="waiting")
             self._loop(watcher, idle_exit_s)
             self._finish()
-        return RunSummary(
-            run_id=self.events.run_id,
-            volume=self.volume_path,
-            depth_slices=self._store.depth if self._store else 0,
-            slices_processed=self._processed,
-            slices_skipped=self._skipped,
-            stop=self.events.latest("stop"),
-        )
 
     def _install_signal_handlers(self, stack: contextlib.ExitStack) -> None:
         if threading.current_thread() is not threading.main_thread():
@@ -250,13 +306,96 @@ class Agent:
             except SliceReadError as exc:
                 self._skip(reason=exc.reason, index=index, file=path)
                 return
-            self._process(image)
+            image = self._admit(image)
+            if image is not None:
+                self._process(image)
         elif kind == "rejected":
             _, path, reason = item
             self._skip(reason=reason, file=path)
         else:
             _, index, reason = item
             self._skip(reason=reason, index=index)
+
+    # -- geometry: pixel size and true z ---------------------------------------------------
+
+    def _nominal_step(self) -> tuple[float | None, str]:
+        """The nominal slice spacing (um) and where it comes from: configured, else the project."""
+        acq = self.config.acquisition
+        project_um = read_fei_project_spacing_um(self.folder) if self.folder.is_dir() else None
+        if acq.slice_spacing_nm is not None:
+            configured_um = acq.slice_spacing_nm / 1000.0
+            if project_um is not None and abs(project_um - configured_um) > 0.01 * project_um:
+                log.warning("acquisition.slice_spacing_nm = %g nm differs from the project's ZCutSpacing %.4g nm: "
+                            "the configured value is used", acq.slice_spacing_nm, project_um * 1000)
+            return configured_um, "acquisition.slice_spacing_nm"
+        if project_um is not None:
+            return project_um, "EMProject.emxml ZCutSpacing"
+        return None, ""
+
+    def _check_first_slice(self, image: SliceImage) -> None:
+        """Everything the first slice tells, checked at once: pixel size and z (one message)."""
+        self._first_checked = True
+        acq = self.config.acquisition
+        if self._nominal_step_um is None:  # the project file may have been written since the start
+            self._nominal_step_um, self._nominal_source = self._nominal_step()
+            self._z.nominal_step_um = self._nominal_step_um
+        problems = []
+        if acq.pixel_size_nm is None and image.pixel_size_um is None and self._pixel_reference is None:
+            problems.append(f"no pixel size in the metadata of {image.source} -> set acquisition.pixel_size_nm")
+        if acq.pixel_size_nm is not None:
+            mismatch = pixel_size_mismatch(acq.pixel_size_nm, image.pixel_size_um)
+            if mismatch and acq.force_pixel_size:
+                log.warning("%s (%s): the configured value is used (acquisition.force_pixel_size)", mismatch, image.source)
+            elif mismatch:
+                problems.append(f"{mismatch} ({image.source}) -> remove acquisition.pixel_size_nm to use the metadata, "
+                                "or set acquisition.force_pixel_size = true")
+        if self._z.z_of(image.index, image.z_um) is None:
+            problems.append(f"no slice spacing: no z in the file name {Path(image.source).name}, no EMProject.emxml "
+                            f"in or above {self.folder} -> set acquisition.slice_spacing_nm")
+        if problems:
+            raise ConfigError(f"cannot use the first slice ({len(problems)} problem{'s' * (len(problems) > 1)}):\n"
+                              + "\n".join(f"  - {p}" for p in problems))
+        source = "file names" if image.z_um is not None else self._nominal_source
+        log.info("first slice %s: %d x %d px %s, pixel %s, z from the %s", Path(image.source).name,
+                 *image.pixels.shape, image.pixels.dtype,
+                 f"{acq.pixel_size_nm:g} nm (configured)" if acq.pixel_size_nm is not None
+                 else f"{image.pixel_size_um[1] * 1000:.4g} nm (metadata)", source)
+
+    def _admit(self, image: SliceImage) -> SliceImage | None:
+        """Check a slice's geometry; the slice with its true z, or None when refused (recorded)."""
+        if not self._first_checked:
+            self._check_first_slice(image)
+        size = image.pixel_size_um
+        reference = self._pixel_reference
+        if size is not None and reference is None:
+            self._pixel_reference = reference = tuple(size)
+        elif size is not None and any(abs(a - b) > _PIXEL_SIZE_TOLERANCE * b for a, b in zip(size, reference)):
+            self._skip(kind="pixel_size", index=image.index, file=image.source,
+                       reason=f"pixel size {size[1] * 1000:.4g} nm ({size[0] * 1000:.4g} x {size[1] * 1000:.4g}) differs "
+                              f"from the volume's {reference[1] * 1000:.4g} nm by more than 1 %: magnification changed?")
+            return None
+        try:
+            position = self._z.place(image.index, image.z_um)
+        except ValueError as exc:
+            self._skip(kind="z", index=image.index, file=image.source, reason=str(exc))
+            return None
+        if self._z_source is None:
+            self._z_source = "file names" if image.z_um is not None else self._nominal_source
+        if position.change is not None:
+            log.warning("%s", position.change)
+            self.events.emit("error", {"kind": "z_step", "message": position.change, "file": image.source,
+                                       "index": image.index, "critical": False})
+        return dataclasses.replace(image, z_um=position.z_um)
+
+    def _restate_z_spacing(self) -> None:
+        """The volume's z step follows the true positions of its slices."""
+        depth = self._store.depth
+        last = self._store.slices[-1].get("z_um") if depth else None
+        if depth < 2 or self._z_first_um is None or last is None:
+            return
+        dz = mean_step_um(self._z_first_um, last, depth)
+        if dz is not None and abs(dz - self._store.spacing_um[0]) > 1e-9 * dz:
+            self._store.set_z_spacing(dz)
 
     # -- one slice -------------------------------------------------------------------------
 
@@ -269,7 +408,12 @@ class Agent:
             self._skip(reason=str(exc), index=image.index, file=image.source)
             return
         if self._chain.calibrating:
+            self._calibration_received += 1
+            log.info("calibration: slice %d received (%d of %d)", image.index, self._calibration_received,
+                     self._chain.calibration_slices)
             self._status(state="calibrating", last=image)
+        elif done and self._store is None:
+            self._log_calibration(len(done))
         for processed in done:
             self._append(processed)
 
@@ -290,9 +434,13 @@ class Agent:
         except StoreError as exc:
             self.events.emit("error", {"kind": "store", "message": str(exc), "critical": True})
             raise
+        if self._z_first_um is None:
+            self._z_first_um = processed.z_um
+        self._restate_z_spacing()
         self._processed += 1
         self._done_times.append(time.monotonic())
         self._last = processed
+        self._log_summary()
         if not processed.drift.reliable:
             self.events.emit("error", {
                 "kind": "drift",
@@ -313,13 +461,19 @@ class Agent:
             dtype=first.grey.dtype,
             spacing_um=spacing,
             phases=self.phases,
-            run_attrs={"run_id": self.events.run_id, "folder": str(self.folder), **self._chain.state()},
+            run_attrs={
+                "run_id": self.events.run_id,
+                "folder": str(self.folder),
+                "pixel_size_um_metadata": self._pixel_reference,
+                "z_spacing": {"method": _Z_SPACING_METHOD, "z_source": self._z_source,
+                              "nominal_step_um": self._nominal_step_um},
+                **self._chain.state(),
+            },
         )
         for skipped in self._pending_skips:
             self._store.record_skipped(**{k: v for k, v in skipped.items() if v is not None})
         self._pending_skips.clear()
         self._analysis.attach(self._store)
-        log.info("created volume %s: canvas %s, spacing %s um", self.volume_path, first.grey.shape, spacing)
 
     def _open_store_if_resuming(self) -> None:
         if not self.volume_path.exists():
@@ -331,8 +485,13 @@ class Agent:
                 f"{list(self.phases.names)}: resume with the same phases, or write a new volume (volume.path)"
             )
         attrs = self._store.run_attrs
+        if attrs.get("pixel_size_um_metadata"):
+            self._pixel_reference = tuple(attrs["pixel_size_um_metadata"])
         if self._store.depth:
             last = self._store.slices[-1]
+            self._z_first_um = self._store.slices[0].get("z_um")
+            if last.get("z_um") is not None:
+                self._z.place(last["index"], last["z_um"])  # the next slice's step is measured from it
             self._chain = SliceChain.resume(
                 attrs,
                 config=self.config.processing,
@@ -346,26 +505,25 @@ class Agent:
         acq = self.config.acquisition
         if acq.pixel_size_nm is not None:
             dy = dx = acq.pixel_size_nm / 1000.0
-        elif first.pixel_size_um is not None:
-            dy, dx = first.pixel_size_um
         else:
-            raise ConfigError(
-                f"slice {first.source} carries no pixel size in its metadata: set acquisition.pixel_size_nm"
-            )
-        if acq.slice_spacing_nm is not None:
-            dz = acq.slice_spacing_nm / 1000.0
-        else:
-            dz = self._chain.slice_spacing_um or read_fei_project_spacing_um(self.folder)
-            if dz is None:
-                raise ConfigError(
-                    f"no slice spacing found (no EMProject.emxml in {self.folder}, no z in the file names): "
-                    "set acquisition.slice_spacing_nm"
-                )
+            dy, dx = self._pixel_reference or first.pixel_size_um  # checked at the first slice
+        dz = self._z.mean_step_um
+        if dz is None:
+            raise ConfigError(f"slice {first.source}: one slice with a z of its own says nothing of the z step: "
+                              "set acquisition.slice_spacing_nm")
         return (float(dz), float(dy), float(dx))
+
+    def _log_calibration(self, n_slices: int) -> None:
+        state = self._chain.state()
+        roi = state.get("roi")
+        thresholds = (state.get("phase_model") or {}).get("thresholds") or []
+        log.info("calibrated on %d slices: alignment region %s; phase thresholds %s (grey levels)", n_slices,
+                 "whole slice" if roi is None else f"rows {roi[0]}-{roi[1]}, columns {roi[2]}-{roi[3]}",
+                 [round(float(t), 1) for t in thresholds])
 
     # -- skipped inputs and status -----------------------------------------------------------
 
-    def _skip(self, *, reason: str, index: int | None = None, file=None) -> None:
+    def _skip(self, *, reason: str, index: int | None = None, file=None, kind: str = "input") -> None:
         self._skipped += 1
         where = f"slice {index}" if index is not None else ""
         where += f" ({file})" if file is not None else ""
@@ -374,13 +532,31 @@ class Agent:
             self._store.record_skipped(reason=reason, index=index, file=file, time_unix_s=time.time())
         else:
             self._pending_skips.append({"reason": reason, "index": index, "file": file, "time_unix_s": time.time()})
-        body = {"kind": "input", "message": f"skipped {where.strip()}: {reason}", "critical": False}
+        body = {"kind": kind, "message": f"skipped {where.strip()}: {reason}", "critical": False}
         if index is not None:
             body["index"] = int(index)
         if file is not None:
             body["file"] = str(file)
         self.events.emit("error", body)
         self._status(state="processing" if self._processed else "waiting")
+
+    def _log_summary(self, *, force: bool = False) -> None:
+        """One INFO line every few slices or seconds: what the run has done."""
+        now = time.monotonic()
+        since, count = self._summary_at
+        if not force and self._processed - count < _SUMMARY_EVERY_SLICES and now - since < _SUMMARY_EVERY_S:
+            return
+        self._summary_at = (now, self._processed)
+        rate = (self._processed - count) / (now - since) if now > since else 0.0
+        done = self._last
+        log.info("%d slices processed, %d skipped, volume %d slices (%.3g um deep, dz %.4g nm), %.2f slices/s; "
+                 "last slice %s, drift (y, x) %s px, confidence %.2f",
+                 self._processed, self._skipped, self._store.depth if self._store else 0,
+                 self._store.depth * self._store.spacing_um[0] if self._store else 0.0,
+                 self._store.spacing_um[0] * 1000 if self._store else float("nan"), rate,
+                 done.index if done else None,
+                 tuple(round(v, 2) for v in done.drift.shift_px) if done else None,
+                 done.drift.confidence if done else float("nan"))
 
     def _status(self, *, state: str, last=None) -> None:
         times = self._done_times
@@ -427,6 +603,8 @@ class Agent:
             self._analysis.notify(self._store.depth, final=True)
             self._analysis.wait_idle()
         self._run_stop_hook()
+        if self._processed:
+            self._log_summary(force=True)
         self._status(state="stopped")
 
     def _close_store(self) -> None:

@@ -9,7 +9,10 @@ Layout (readable by ome-zarr-py and napari)::
       labels/.zattrs              {"labels": ["phases"]}
       labels/phases/.zattrs       multiscales + image-label (colors, properties = phase names)
       labels/phases/0/            labels (Z, Y, X) uint8, 0 = unassigned
-      revwatch-provenance.jsonl   commit log: one JSON line per slice or skipped input
+    run.ome.zarr.provenance.jsonl commit log beside the volume: one JSON line per slice or skipped input
+
+The commit log lives beside the volume, not inside it: zarr (and so ome-zarr and napari) warns
+about every file in a group that is not part of the hierarchy.
 
 Chunking: ``(cz, Y, X)``: whole slices, ``cz`` slices per chunk with ``cz`` chosen so that a
 grey chunk holds about 1 MiB (1 for 8-bit slices of 1 Mpx and more, at most 32). Appending a
@@ -24,7 +27,7 @@ Crash safety (SIGKILL at any instant, then :meth:`VolumeStore.open`):
 1. the pixels are written first: arrays grown by one slice (``resize``) and the slice written;
    zarr's ``LocalStore`` writes every key to a temporary file and renames it over the old one,
    so a chunk or a ``.zarray`` is either old or new, never torn;
-2. the slice is committed last, by appending one line to ``revwatch-provenance.jsonl``. That
+2. the slice is committed last, by appending one line to the commit log. That
    log is the source of truth: ``depth`` is the number of committed slices. On open, a torn last
    line is cut, arrays longer than the committed depth are trimmed and leftover temporary files
    are removed, so every committed slice is there exactly once and nothing else is.
@@ -57,12 +60,12 @@ from numcodecs import Blosc
 from processing.errors import RevwatchError, SliceShapeError
 from processing.phases import Phases
 
-__all__ = ["StoreError", "VolumeStore", "PROVENANCE_LOG", "NGFF_VERSION"]
+__all__ = ["StoreError", "VolumeStore", "PROVENANCE_LOG_SUFFIX", "NGFF_VERSION", "provenance_log_path"]
 
 logger = logging.getLogger(__name__)
 
 NGFF_VERSION = "0.4"
-PROVENANCE_LOG = "revwatch-provenance.jsonl"
+PROVENANCE_LOG_SUFFIX = ".provenance.jsonl"
 LABEL_NAME = "phases"
 _CHUNK_TARGET_BYTES = 1 << 20
 _MAX_SLICES_PER_CHUNK = 32
@@ -113,6 +116,12 @@ def _to_json(value) -> dict:
     return json.loads(json.dumps(value, default=_json_default, allow_nan=False))
 
 
+def provenance_log_path(volume) -> Path:
+    """The commit log of the volume at `volume`: ``<volume>.provenance.jsonl`` beside it."""
+    volume = Path(volume)
+    return volume.with_name(volume.name + PROVENANCE_LOG_SUFFIX)
+
+
 def _slices_per_chunk(canvas_shape, dtype) -> int:
     slice_bytes = canvas_shape[0] * canvas_shape[1] * np.dtype(dtype).itemsize
     return int(min(_MAX_SLICES_PER_CHUNK, max(1, _CHUNK_TARGET_BYTES // slice_bytes)))
@@ -158,7 +167,7 @@ class VolumeStore:
         self._read_only = read_only
         self._compact_every = int(compact_every)
         self._lock = threading.Lock()
-        self._log_path = self.path / PROVENANCE_LOG
+        self._log_path = provenance_log_path(self.path)
         attrs = dict(root.attrs.get("revwatch") or {})
         self._slices = list(attrs.pop("slices", []))
         self._skipped = list(attrs.pop("skipped", []))
@@ -167,6 +176,7 @@ class VolumeStore:
         self._indices = {r["index"] for r in self._slices}
         self._since_compact = 0
         self._uncompacted = False
+        self._labels_scale_stale = False
 
     # -- creation and resume ---------------------------------------------------------------
 
@@ -259,9 +269,11 @@ class VolumeStore:
                 }
             )
             staged = cls(staging, root, read_only=False, compact_every=compact_every)
+            staged._log_path = provenance_log_path(path)
             staged._run = run
             staged._write_attrs()
-            staged._log_path.touch()
+            # A log left beside by a volume deleted since belongs to no volume: start empty.
+            provenance_log_path(path).write_bytes(b"")
             if path.is_dir():
                 path.rmdir()  # empty, checked above
             os.rename(staging, path)
@@ -342,7 +354,7 @@ class VolumeStore:
             except (ValueError, KeyError) as exc:
                 # Only the last line can be torn (killed during its write): cut it.
                 if good + len(line) != len(raw):
-                    raise StoreError(self.path, f"{PROVENANCE_LOG} is corrupt at byte {good}: {exc}") from None
+                    raise StoreError(self.path, f"{self._log_path.name} is corrupt at byte {good}: {exc}") from None
                 logger.warning("volume %s: dropping a torn provenance line (%d bytes)", self.path, len(line))
                 if not self._read_only:
                     with open(self._log_path, "r+b") as fh:
@@ -516,6 +528,31 @@ class VolumeStore:
             self._run.update(attrs)
             self._write_attrs()
 
+    def set_z_spacing(self, dz_um, *, how=None):
+        """Change the volume's z step (``multiscales`` scale and ``revwatch.spacing_um``).
+
+        The true slice positions arrive slice by slice, so the step the volume states follows
+        them. Kept in memory at once (:attr:`spacing_um`), written with the next compaction,
+        :meth:`flush` or :meth:`close` (not on every append: the attributes grow with the depth).
+
+        Parameters
+        ----------
+        dz_um : float
+            z step in micrometres, > 0.
+        how : dict, optional
+            JSON-able statement of how the step was chosen, kept as ``revwatch.z_spacing``.
+        """
+        self._check_writable()
+        dz_um = float(dz_um)
+        if not (math.isfinite(dz_um) and dz_um > 0):
+            raise ValueError(f"dz_um must be a positive step in um, got {dz_um!r}")
+        with self._lock:
+            self._run["spacing_um"] = [dz_um, *self._run["spacing_um"][1:]]
+            if how is not None:
+                self._run["z_spacing"] = _to_json(dict(how))
+            self._uncompacted = True
+            self._labels_scale_stale = True
+
     def flush(self):
         """Copy the provenance log into the volume's attributes (``revwatch.slices``/``skipped``)."""
         if self._read_only:
@@ -583,11 +620,18 @@ class VolumeStore:
     def _write_attrs(self):
         attrs = {
             "multiscales": _multiscales(self.path.name, self._run["spacing_um"]),
-            "revwatch": {**self._run, "slices": self._slices, "skipped": self._skipped, "provenance_log": PROVENANCE_LOG},
+            "revwatch": {**self._run, "slices": self._slices, "skipped": self._skipped, "provenance_log": self._log_path.name},
         }
         try:
             self._root.attrs.put(attrs)
         except OSError as exc:
             raise StoreError(self.path, f"cannot write the attributes: {exc}") from exc
+        if self._labels_scale_stale:
+            labels = self._root["labels"][LABEL_NAME]
+            try:
+                labels.attrs.update({"multiscales": _multiscales(LABEL_NAME, self._run["spacing_um"])})
+            except OSError as exc:
+                raise StoreError(self.path, f"cannot write the labels' attributes: {exc}") from exc
+            self._labels_scale_stale = False
         self._since_compact = 0
         self._uncompacted = False

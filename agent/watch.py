@@ -16,6 +16,12 @@ Two pieces:
   (:func:`processing.io.is_slice_file`: other extensions, hidden and temporary files) are
   ignored; a TIFF without an index in its name is reported once.
 
+One detector per volume: an acquisition folder may hold several detectors' slices (Auto Slice &
+View ``Images/SEM Image``, ``Images/ETD Image``; Atlas ``<dest>/<detector>/``), each numbered
+from 1. With ``detector`` set, only slices in a folder of that name (or relative path) are used,
+the others ignored; in any case the slices of a run come from one folder, the first one a slice
+came from (``slice_folder``): a slice file elsewhere is rejected once, with the reason.
+
 Nothing is dropped silently: every rejected file goes to ``on_rejected(path, reason)``, every
 skipped index to ``on_gap(index, reason)``, and both are logged as warnings.
 Callbacks run on the watcher's own thread, one at a time, ``on_ready`` in index order; keep them
@@ -42,7 +48,7 @@ from watchdog.observers.polling import PollingObserver
 from processing.errors import SliceReadError
 from processing.io import is_slice_file, read_slice, slice_index_from_name
 
-__all__ = ["IndexOrderer", "SliceWatcher"]
+__all__ = ["IndexOrderer", "SliceWatcher", "detector_matches"]
 
 logger = logging.getLogger(__name__)
 
@@ -53,6 +59,22 @@ _MAX_RETRY_S = 5.0
 _NATURAL_FIRST_INDEX = 1
 # Event types that say a file's content or name changed (opening and reading it do not).
 _CHANGE_EVENTS = frozenset({"created", "modified", "closed", "moved"})
+
+
+def detector_matches(relative_folder, detector) -> bool:
+    """True when `relative_folder` (a slice folder relative to the acquisition folder) is `detector`'s.
+
+    `detector` names the folder (``"SEM Image"``) or its relative path (``"Images/SEM Image"``);
+    case-insensitive, either slash.
+
+    Examples
+    --------
+    >>> detector_matches("Images/SEM Image", "sem image"), detector_matches("Images/ETD Image", "SEM Image")
+    (True, False)
+    """
+    parts = [p.lower() for p in str(relative_folder).replace("\\", "/").split("/") if p not in ("", ".")]
+    wanted = [p.lower() for p in str(detector).replace("\\", "/").split("/") if p]
+    return bool(parts) and bool(wanted) and parts[-len(wanted):] == wanted
 
 
 def _positive(name, value):
@@ -285,6 +307,10 @@ class SliceWatcher:
         See :class:`IndexOrderer`.
     start_index, done : optional
         See :class:`IndexOrderer` (resume: pass the indices and sources already in the volume).
+    detector : str, optional
+        Use only slices in a folder of this name or relative path (see :func:`detector_matches`).
+    slice_folder : str or os.PathLike, optional
+        The one folder this run's slices come from (resume); default: the first slice's folder.
 
     Examples
     --------
@@ -306,6 +332,8 @@ class SliceWatcher:
         gap_timeout_s: float = 300.0,
         start_index: int | None = None,
         done: Mapping[int, str] | Iterable[int] | None = None,
+        detector: str | None = None,
+        slice_folder=None,
     ):
         self.folder = Path(folder).absolute()
         if not self.folder.is_dir():
@@ -331,6 +359,9 @@ class SliceWatcher:
         self._tracked = {}  # path -> _Tracked (worker thread only)
         self._finished = {}  # path -> (signature, released) once offered or rejected
         self._unindexed = set()
+        self._detector = detector
+        self._slice_folder = None if slice_folder is None else os.path.abspath(slice_folder)
+        self._elsewhere = set()
         self._changed_after_release = set()
         self._heap = []  # (due, seq, path)
         self._seq = itertools.count()
@@ -437,12 +468,32 @@ class SliceWatcher:
                 logger.warning("rejected %s: no slice index in the file name", path)
                 IndexOrderer._call(self._on_rejected, Path(path), "no slice index in the file name")
             return
+        if not self._in_slice_folder(path):
+            return
         if self.orderer.is_released(path, index):
             return  # resume: already in the volume, no need to read it again
         self._seen += 1
         self._tracked[path] = tracked = _Tracked(index=index)
         self.orderer.announce(index)
         self._schedule(path, tracked, time.monotonic())
+
+    def _in_slice_folder(self, path):
+        """One detector per volume: True when `path` is in this run's slice folder."""
+        folder = os.path.dirname(path)
+        if self._detector is not None and not detector_matches(os.path.relpath(folder, self.folder), self._detector):
+            return False  # another detector's slice: not part of this volume
+        if self._slice_folder is None:
+            self._slice_folder = folder
+            logger.info("slices come from %s", folder)
+        if folder == self._slice_folder:
+            return True
+        if path not in self._elsewhere:
+            self._elsewhere.add(path)
+            reason = (f"slice file in {folder}, but this run's slices come from {self._slice_folder}: several "
+                      "detectors? set acquisition.detector to the one this volume is for")
+            logger.warning("rejected %s: %s", path, reason)
+            IndexOrderer._call(self._on_rejected, Path(path), reason)
+        return False
 
     def _schedule(self, path, tracked, due):
         tracked.due = due

@@ -45,6 +45,8 @@ __all__ = [
     "slice_file_name",
     "read_fei_project_spacing_um",
     "write_fei_project",
+    "tescan_sidecars",
+    "read_stack_geometry_um",
 ]
 
 logger = logging.getLogger(__name__)
@@ -370,7 +372,7 @@ def _pixel_size_from(tif, path):
         size = _tescan_pixel_size_um(text, "TESCAN tag 50431")
         if size:
             return size
-    for hdr in (path.with_name(f"{path.stem}-tif.hdr"), path.with_name(f"{path.stem}-TIF.hdr"), path.with_suffix(".hdr")):
+    for hdr in tescan_sidecars(path):
         if hdr.is_file():
             try:
                 text = hdr.read_text(encoding="utf-8", errors="replace")
@@ -379,6 +381,59 @@ def _pixel_size_from(tif, path):
                 continue
             return _tescan_pixel_size_um(text, hdr.name)
     return None
+
+
+def tescan_sidecars(path) -> list[Path]:
+    """The TESCAN sidecar files of slice `path` that exist: ``<stem>-tif.hdr`` (as TESCAN names
+    them), ``<stem>-TIF.hdr``, or ``<stem>.hdr``, in that order of preference."""
+    path = Path(path)
+    names = (f"{path.stem}-tif.hdr", f"{path.stem}-TIF.hdr", f"{path.stem}.hdr")
+    return [path.with_name(name) for name in names if path.with_name(name).is_file()]
+
+
+# TIFF ResolutionUnit 3 = centimetre; 2 (inch) is a print setting, never a microscope's pixel.
+_RESOLUTION_UNIT_UM = {3: 1e4}
+
+
+def _resolution_um(page, unit_um):
+    """(dy, dx) in um from the X/YResolution tags (pixels per unit) and a unit in um, or None."""
+    sizes = []
+    for tag in ("YResolution", "XResolution"):
+        value = page.tags.get(tag)
+        if value is None:
+            return None
+        numerator, denominator = value.value
+        if not numerator or not denominator:
+            return None
+        sizes.append(_checked_size_um(unit_um * denominator / numerator * 1e-6, f"TIFF {tag}"))
+    return None if None in sizes else tuple(sizes)
+
+
+def read_stack_geometry_um(path) -> tuple[tuple[float, float] | None, float | None]:
+    """Pixel size ``(dy, dx)`` and z spacing (um) of a multi-page TIFF stack, each None when absent.
+
+    The pixel size comes from the instrument tags of the first page (as :func:`read_slice`), else
+    from the X/YResolution tags with the ImageJ unit (``micron``, ``nm``, ...) or a centimetre
+    resolution unit; a resolution in inches (a print setting) is no pixel size. The z spacing is
+    the ImageJ ``spacing`` (in the ImageJ unit).
+    """
+    path = Path(path)
+    with tifffile.TiffFile(path) as tif:
+        page = tif.pages.first
+        size = _pixel_size_from(tif, path)
+        imagej = tif.imagej_metadata or {}
+        unit = str(imagej.get("unit", "")).strip().replace("\\u00B5", "µ").replace("micron", "um").replace("μ", "µ")
+        unit_um = _UNIT_TO_UM.get(unit) or _UNIT_TO_UM.get(unit.lower())
+        resolution_unit = int(getattr(page.tags.get("ResolutionUnit"), "value", 1))
+        if size is None:
+            if unit_um is not None:
+                size = _resolution_um(page, unit_um)
+            elif resolution_unit in _RESOLUTION_UNIT_UM:
+                size = _resolution_um(page, _RESOLUTION_UNIT_UM[resolution_unit])
+        spacing = None
+        if unit_um is not None and imagej.get("spacing"):
+            spacing = _checked_size_um(float(imagej["spacing"]) * unit_um * 1e-6, "ImageJ spacing")
+    return size, spacing
 
 
 def _one_channel(pixels, axes, path):

@@ -17,11 +17,13 @@ def test_defaults_are_valid_and_in_one_place():
     assert config.phases.to_phases().labels == {"pore": 1, "electrolyte": 2, "active": 3}
 
 
-def test_example_file_matches_defaults_except_folder():
+def test_example_file_matches_defaults_except_folder_and_detector():
+    """The example names a project folder, so also the detector whose slices make the volume."""
     example = load_config(EXAMPLE)
     assert example.acquisition.folder == Path("D:/ASV/cathode-01")
-    assert example.model_dump(exclude={"acquisition": {"folder"}}) == Config().model_dump(
-        exclude={"acquisition": {"folder"}}
+    assert example.acquisition.detector == "SEM Image"
+    assert example.model_dump(exclude={"acquisition": {"folder", "detector"}}) == Config().model_dump(
+        exclude={"acquisition": {"folder", "detector"}}
     )
 
 

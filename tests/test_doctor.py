@@ -19,6 +19,7 @@ from agent.doctor import (
     PACKAGES,
     WARN,
     Check,
+    check_detector,
     check_disk,
     check_folder,
     check_machine,
@@ -125,10 +126,28 @@ def test_atlas_spacing_from_names_and_two_detectors(small_acquisition, tmp_path)
     assert check.status == OK and "pixel 10 nm (metadata)" in check.detail
     spacing = check_spacing(tmp_path, groups)
     assert spacing.status == OK and "Atlas" in spacing.detail
-    # A second detector's slices beside the first would mix into one volume.
+    # A second detector's slices beside the first would mix into one volume: refused, with the list.
     shutil.copytree(tmp_path / "SESI", tmp_path / "EsB")
-    two, _ = check_slices(find_slices(tmp_path))
-    assert two.status == WARN and "several folders" in two.detail and "32 slice files" in two.detail
+    groups = find_slices(tmp_path)
+    two, _ = check_detector(tmp_path, groups)
+    assert two.status == FAIL and "several detectors" in two.detail
+    assert "'SESI' (16 slices)" in two.detail and "'EsB' (16 slices)" in two.detail and "acquisition.detector" in two.fix
+    # The configured detector picks one folder (by name, any case); an unknown one lists what is there.
+    picked, chosen = check_detector(tmp_path, groups, detector="esb")
+    assert picked.status == OK and list(chosen) == [tmp_path / "EsB"]
+    wrong, _ = check_detector(tmp_path, groups, detector="InLens")
+    assert wrong.status == FAIL and "'InLens'" in wrong.detail and "'SESI'" in wrong.detail and "'EsB'" in wrong.detail
+
+
+def test_configured_pixel_size_against_metadata(small_fei_project):
+    """A configured pixel size 1 % or more off the metadata fails, naming both; force_pixel_size makes it a warning."""
+    groups = find_slices(small_fei_project)
+    same, _ = check_slices(groups, pixel_size_nm=20.1)  # 0.5 % off: the same
+    assert same.status == OK
+    off, _ = check_slices(groups, pixel_size_nm=25.0)
+    assert off.status == FAIL and "25 nm" in off.detail and "metadata says 20 nm" in off.detail
+    forced, _ = check_slices(groups, pixel_size_nm=25.0, force_pixel_size=True)
+    assert forced.status == WARN and "configured value is used" in forced.detail
 
 
 def test_no_spacing_anywhere_fails_unless_configured(small_fei_project, tmp_path):
@@ -350,7 +369,7 @@ def test_run_doctor_ready_then_port_taken(small_fei_project, tmp_path):
     config = _config(small_fei_project, tmp_path / "v.ome.zarr", port)
     checks = doctor_checks(config, expected_slices=50)
     names = [c.name for c in checks]
-    assert names == ["acquisition folder", "slices", "slice spacing", "volume location", "volume resume", "free disk",
+    assert names == ["acquisition folder", "detector", "slices", "slice spacing", "volume location", "volume resume", "free disk",
                      "publish security", "publish port", "snapshot port", "dask scheduler", "python packages",
                      "machine"]
     disk = checks[names.index("free disk")]

@@ -19,13 +19,14 @@ from processing.metrics import table1
 from processing.phases import Phases
 from processing.rev import table1_metrics
 from processing.synthetic import generate_microstructure
+from shared_data import require_shared_data
 
 SPACING = (0.05, 0.04, 0.04)
 # Scrambled on purpose: the TIFF's values have nothing to do with revwatch's labels.
 SOURCE_OF = {1: 7, 2: 0, 3: 3}  # revwatch label (pore, electrolyte, active) -> TIFF value
 UNMAPPED = 200
 PHASE_ITEMS = ["7=pore", "0=electrolyte", "3=active"]
-NMC = Path("/work/shared/data/nmc_cathode_xct_labels/nmc-1-cal_generatedCBD_bridge.tif")
+NMC_RELATIVE = "nmc_cathode_xct_labels/nmc-1-cal_generatedCBD_bridge.tif"
 COMMON = {"protocol": "revwatch/1", "run_id": "test", "seq": 1, "time_unix_s": 0.0}
 
 
@@ -237,19 +238,19 @@ def test_revwatch_volume_refuses_tiff_options(truth, tmp_path, capsys):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not NMC.is_file(), reason=f"the NREL NMC label volume is not here ({NMC})")
 def test_real_nmc_volume(capsys, tmp_path):
     """The NREL nmc-1-cal volume (251 x 301 x 301), 0.398 um voxels assumed (not stated upstream)."""
+    nmc = require_shared_data(NMC_RELATIVE)
     png = tmp_path / "nmc_rev.png"
     t0 = time.perf_counter()
-    rc = main(["metrics", str(NMC), "--spacing-um", "0.398", "0.398", "0.398", "--phase", "0=pore",
+    rc = main(["metrics", str(nmc), "--spacing-um", "0.398", "0.398", "0.398", "--phase", "0=pore",
                "--phase", "1=active", "--phase", "2=electrolyte", "--plot", str(png)])
     seconds = time.perf_counter() - t0
     out, _ = capsys.readouterr()
     with capsys.disabled():
-        print(out, f"\nrevwatch metrics on {NMC.name}: {seconds:.1f} s")
+        print(out, f"\nrevwatch metrics on {nmc.name}: {seconds:.1f} s")
     assert rc == 0 and png.stat().st_size > 0
-    source = tifffile.imread(NMC)
+    source = tifffile.imread(nmc)
     for value, name in ((0, "pore"), (1, "active"), (2, "electrolyte")):
         line = next(line for line in out.splitlines() if f"│ {name} " in line)
         assert line.rstrip(" │").endswith(f"{100 * np.count_nonzero(source == value) / source.size:.1f}")

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import zarr
 
-from agent.store import PROVENANCE_LOG, StoreError, VolumeStore
+from agent.store import StoreError, VolumeStore, provenance_log_path
 from processing.errors import RevwatchError, SliceShapeError
 from processing.phases import Phases
 
@@ -135,6 +135,25 @@ def test_opens_with_ome_zarr_reader_with_scale_and_labels(tmp_path):
     np.testing.assert_array_equal(np.asarray(label.data[0][2]), slice_data(3)[1])
 
 
+def test_opens_with_zarr_and_ome_zarr_without_warnings(tmp_path, caplog, recwarn):
+    """Nothing but the hierarchy inside the volume: zarr warns about any other file (it did about the log)."""
+    from ome_zarr.format import FormatV04
+    from ome_zarr.io import parse_url
+    from ome_zarr.reader import Reader
+
+    path = tmp_path / "run.ome.zarr"
+    with new_store(path) as store:
+        fill(store, [1, 2])
+    assert provenance_log_path(path).is_file() and provenance_log_path(path).parent == path.parent
+    caplog.set_level("WARNING")
+    root = zarr.open(path, mode="r")
+    assert sorted(name for name, _ in root.members(max_depth=None)) == ["0", "labels", "labels/phases", "labels/phases/0"]
+    nodes = list(Reader(parse_url(str(path), fmt=FormatV04()))())
+    assert len(nodes) >= 2 and np.asarray(nodes[0].data[0]).shape == (2, *CANVAS)
+    assert [str(w.message) for w in recwarn] == []
+    assert [r.getMessage() for r in caplog.records if r.levelno >= 30] == []
+
+
 def test_validates_against_ngff_04_models(tmp_path):
     models = pytest.importorskip("ome_zarr_models.v04", reason="ome-zarr-models (NGFF schema models) not installed")
     path = tmp_path / "run.ome.zarr"
@@ -162,7 +181,7 @@ def test_create_refuses_existing_volume(tmp_path):
     path = tmp_path / "v.ome.zarr"
     path.mkdir()  # an empty folder is fine
     new_store(path).close()
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["v.ome.zarr"]  # no staging left
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["v.ome.zarr", "v.ome.zarr.provenance.jsonl"]  # no staging left
     with pytest.raises(StoreError, match="already exists"):
         new_store(path)
     with pytest.raises(StoreError, match="not a Zarr"):
@@ -210,7 +229,7 @@ def test_killed_mid_append_resumes_with_every_slice_once(tmp_path, mode):
         assert store.depth == 3 and store.grey.shape[0] == 3
         fill(store, [4, 5])
     assert_volume_holds(path, [1, 2, 3, 4, 5])
-    lines = (path / PROVENANCE_LOG).read_text().splitlines()
+    lines = provenance_log_path(path).read_text().splitlines()
     assert [json.loads(line)["index"] for line in lines] == [1, 2, 3, 4, 5]
 
 
@@ -276,9 +295,9 @@ def test_resume_from_attributes_when_log_is_missing(tmp_path):
     with new_store(path) as store:
         fill(store, [1, 2])
         store.record_skipped(file="/acq/junk.tif", reason="not a complete slice")
-    (path / PROVENANCE_LOG).unlink()
+    provenance_log_path(path).unlink()
     with VolumeStore.open(path) as store:
         assert store.skipped == [{"reason": "not a complete slice", "file": "/acq/junk.tif"}]
         fill(store, [3])
-    assert (path / PROVENANCE_LOG).is_file()
+    assert provenance_log_path(path).is_file()
     assert_volume_holds(path, [1, 2, 3])

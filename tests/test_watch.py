@@ -123,13 +123,35 @@ def test_backlog_and_out_of_order_burst_released_in_index_order(tmp_path):
     assert rec.rejected == [] and rec.gaps == []
 
 
+def test_slices_of_one_folder_only(tmp_path):
+    """One detector per volume: slices in another folder than the first slice's are rejected once;
+    with a detector named, the other detectors' slices are ignored."""
+    rec = Recorder()
+    with watcher(tmp_path, rec):
+        (tmp_path / "SEM Image").mkdir()
+        (tmp_path / "ETD Image").mkdir()
+        first = write_tiff(tmp_path / "SEM Image", 1)
+        rec.wait_for(lambda r: r.ready)
+        other = write_tiff(tmp_path / "ETD Image", 2)
+        write_tiff(tmp_path / "SEM Image", 2)
+        rec.wait_for(lambda r: len(r.ready) == 2 and r.rejected)
+    assert [p for p, _, _ in rec.ready] == [first, tmp_path / "SEM Image" / fei_name(2)]
+    assert rec.rejected == [(other, rec.rejected[0][1])] and "several detectors" in rec.rejected[0][1]
+
+    chosen = Recorder()
+    with SliceWatcher(tmp_path, on_ready=chosen.on_ready, on_rejected=chosen.on_rejected, settle_s=0.05,
+                      gap_timeout_s=0.2, detector="etd image"):
+        chosen.wait_for(lambda r: r.ready)
+        time.sleep(0.3)
+    assert [p for p, _, _ in chosen.ready] == [other] and chosen.rejected == []
+
+
 def test_duplicate_index_reported_not_released(tmp_path):
     rec = Recorder()
     with watcher(tmp_path, rec):
         first = write_tiff(tmp_path, 1)
         rec.wait_for(lambda r: r.ready)
-        (tmp_path / "again").mkdir()
-        second = write_tiff(tmp_path / "again", 1)
+        second = write_tiff(tmp_path, 1, name="slice_0001.tif")  # another name, the same index
         write_tiff(tmp_path, 2)
         rec.wait_for(lambda r: len(r.ready) == 2 and r.rejected)
     assert [(p, i) for p, i, _ in rec.ready] == [(first, 1), (tmp_path / fei_name(2), 2)]

@@ -25,11 +25,14 @@ import numpy as np
 import psutil
 from scipy import ndimage
 
-from agent.analysis import VolumeAnalysis
-from processing.metrics import local_thickness, local_thickness_summary, table1
-from processing.phases import Phases
+sys.path.insert(0, str(Path(__file__).absolute().parents[1]))  # tests/: the shared-data helper
 
-NMC = Path("/work/shared/data/nmc_cathode_xct_labels/nmc-1-cal_generatedCBD_bridge.tif")
+from agent.analysis import VolumeAnalysis  # noqa: E402
+from processing.metrics import local_thickness, local_thickness_summary, table1  # noqa: E402
+from processing.phases import Phases  # noqa: E402
+from shared_data import shared_data  # noqa: E402
+
+NMC = shared_data("nmc_cathode_xct_labels/nmc-1-cal_generatedCBD_bridge.tif")
 NMC_VOXEL_UM = 0.398  # assumed: NREL nmc-1-cal X-ray CT (not stated in the file)
 
 

@@ -30,7 +30,7 @@ import numpy as np
 import psutil
 
 from agent.replay import replay
-from agent.store import PROVENANCE_LOG, VolumeStore
+from agent.store import VolumeStore, provenance_log_path
 from processing.io import write_slice
 from processing.synthetic import generate_microstructure, render_acquisition
 
@@ -67,7 +67,7 @@ def free_port() -> int:
 
 def committed(volume: Path) -> int:
     try:
-        with open(volume / PROVENANCE_LOG, "rb") as fh:
+        with open(provenance_log_path(volume), "rb") as fh:
             return sum(1 for line in fh if line.startswith(b'{"kind": "slice"'))
     except FileNotFoundError:
         return 0
