@@ -586,8 +586,8 @@ class DriftTracker:
         aligned = np.asarray(aligned)
         if aligned.ndim != 2:
             raise SliceShapeError(f"aligned: expected a 2-D slice, got shape {aligned.shape}")
-        self._shape = aligned.shape
         self._bin = self._choose_bin(aligned.shape)
+        self._shape = aligned.shape
         binned = _bin(aligned.astype(np.float32), self._bin)
         covered = _bin((aligned > 0).astype(np.float32), self._bin) > 0.99
         fill = binned[covered].mean() if covered.any() else 0.0
@@ -598,8 +598,9 @@ class DriftTracker:
         self.n_slices = 1
 
     def _start(self, pixels):
-        self._shape = pixels.shape
+        # the bin first: a refused region leaves the tracker unstarted (the same error next time)
         self._bin = self._choose_bin(pixels.shape)
+        self._shape = pixels.shape
         self._update_references(_bin(pixels, self._bin), (0.0, 0.0))
         self._shift = (0.0, 0.0)
         self.n_slices = 1
@@ -651,7 +652,7 @@ def _band_correlation(reference, moving):
     return float((a * b).sum() / den) if den > 0 else 0.0
 
 
-def find_reference_band(slices, *, band_rows=16, tolerance=0.8):
+def find_reference_band(slices, *, band_rows=16, tolerance=0.8, min_rows=32):
     """Rows of the canvas whose content does not change along z (protective cap, fiducial).
 
     The slices are registered to the first one on the whole frame; then, band of rows by band
@@ -661,6 +662,12 @@ def find_reference_band(slices, *, band_rows=16, tolerance=0.8):
     Bands of z-invariant content keep their correlation; bands of evolving microstructure lose
     it. The longest run of invariant bands is returned, to pass as ``DriftTracker(roi=...)``.
 
+    A run is only trusted when it stands out: it must be at least `min_rows` rows high, and the
+    rest of the slice must be seen to change (the median ratio of the other bands below
+    `tolerance`); otherwise (e.g. large particles that barely change over the first slices, where
+    a few rows pass by chance) the band is rejected with a warning and None is returned, so that
+    the run registers on the whole slice.
+
     Parameters
     ----------
     slices : sequence of (Y, X) arrays
@@ -668,16 +675,17 @@ def find_reference_band(slices, *, band_rows=16, tolerance=0.8):
         far enough apart for the microstructure to change (about a particle radius in z: with
         0.5 um particles and 50 nm slices, 10 slices).
     band_rows : int, optional
-        Height of the bands that are compared (the shortest band returned), in rows; >= 8.
+        Height of the bands that are compared, in rows; >= 8.
     tolerance : float, optional
         A band is z-invariant when its first-to-last correlation is at least this share of its
         first-to-second correlation (0 < tolerance < 1).
+    min_rows : int, optional
+        Shortest band returned, in rows (>= 16, the least :class:`DriftTracker` registers on).
 
     Returns
     -------
     (y0, y1, x0, x1) tuple of int or None
-        The band on the canvas of the first slice (full width), or None when no band of
-        `band_rows` rows is invariant.
+        The band on the canvas of the first slice (full width), or None when no band passes.
 
     Raises
     ------
@@ -692,6 +700,36 @@ def find_reference_band(slices, *, band_rows=16, tolerance=0.8):
         raise ValueError(f"band_rows: expected an integer in [8, {slices[0].shape[0] // 2}], got {band_rows!r}")
     if not 0 < tolerance < 1:
         raise ValueError(f"tolerance: expected 0 < t < 1, got {tolerance!r}")
+    if not (isinstance(min_rows, (int, np.integer)) and min_rows >= 16):
+        raise ValueError(f"min_rows: expected an integer >= 16, got {min_rows!r}")
+    starts, ratio = _band_ratios(slices, band_rows)
+    height = slices[0].shape[0]
+    # a row is invariant when every band covering it is (the bands overlap by half)
+    covering = np.zeros(height, dtype=int)
+    passing = np.zeros(height, dtype=int)
+    for y0, r in zip(starts, ratio):
+        covering[y0:y0 + band_rows] += 1
+        passing[y0:y0 + band_rows] += r >= tolerance
+    invariant = (covering > 0) & (passing == covering)
+    runs, n = ndimage.label(invariant)
+    if n == 0:
+        return None
+    lengths = ndimage.sum_labels(invariant, runs, index=np.arange(1, n + 1))
+    rows = np.flatnonzero(runs == int(np.argmax(lengths)) + 1)
+    y0, y1 = int(rows[0]), int(rows[-1]) + 1
+    outside = [r for s, r in zip(starts, ratio) if s + band_rows <= y0 or s >= y1]
+    rest = float(np.median(outside)) if outside else 1.0
+    if y1 - y0 < min_rows or rest >= tolerance:
+        logger.warning(
+            "reference band rows %d-%d rejected (%d rows, need %d; the rest of the slice keeps %.0f %% of its "
+            "correlation, a z-invariant band must stand out below %.0f %%): registering on the whole slice",
+            y0, y1, y1 - y0, min_rows, 100 * rest, 100 * tolerance)
+        return None
+    return y0, y1, 0, int(slices[0].shape[1])
+
+
+def _band_ratios(slices, band_rows):
+    """Start rows of the bands and, per band, the first-to-last over first-to-second correlation."""
     tracker = DriftTracker(min_confidence=0.0)
     shifts = [tracker.update(s).shift_px for s in slices]
     first = slices[0].astype(np.float32)
@@ -711,16 +749,4 @@ def find_reference_band(slices, *, band_rows=16, tolerance=0.8):
             corr.append(_band_correlation(first[y0:y0 + band_rows, c0:c1], moving))
         near, far = corr
         ratio.append(far / near if near > 0.05 else 0.0)
-    # a row is invariant when every band covering it is (the bands overlap by half)
-    covering = np.zeros(height, dtype=int)
-    passing = np.zeros(height, dtype=int)
-    for y0, r in zip(starts, ratio):
-        covering[y0:y0 + band_rows] += 1
-        passing[y0:y0 + band_rows] += r >= tolerance
-    invariant = (covering > 0) & (passing == covering)
-    runs, n = ndimage.label(invariant)
-    if n == 0:
-        return None
-    lengths = ndimage.sum_labels(invariant, runs, index=np.arange(1, n + 1))
-    rows = np.flatnonzero(runs == int(np.argmax(lengths)) + 1)
-    return int(rows[0]), int(rows[-1]) + 1, 0, int(first.shape[1])
+    return list(starts), ratio
