@@ -333,6 +333,131 @@ def phase_correlate(reference, moving, *, upsample=1, lowpass=0.25, whiten=1.0, 
                       workers=workers)
 
 
+class _CapTemplate:
+    """Registration on the cap's z-invariant features, insensitive to its changing grain.
+
+    A Pt/C cap is a 3-D deposit: its grain changes from slice to slice, but its interface with
+    the sample, a fiducial mark milled into it and the trench's side walls do not. The template
+    is a running mean of the registered cap bands on the canvas, from which the changing grain
+    averages out; each raw slice is registered onto it by Gauss-Newton steps (Lucas-Kanade with
+    gain and offset) weighted by the template's own gradients, so only its lasting features
+    count. The standard error of each axis comes from the fit's residual: an axis without
+    lasting features (no fiducial, no wall: x) gets a large one and is not used.
+    """
+
+    # rows of sample below the interface in the band (the sample changes: keep it short)
+    BELOW = -2
+    WEIGHT = 0.1
+    # an axis counts when its standard error (px) is below this
+    MAX_SIGMA_PX = 0.5
+    # low-pass of template and slices (px): above the grain's size, below the features'
+    SMOOTH_PX = 2.0
+    # pixels per independent residual (grain and blur correlate neighbours)
+    CORRELATED_PX = 10.0  # calibrated: the standard error then matches the error on the benchmark
+
+    def __init__(self, interface_row, weight=None):
+        self.interface_row = int(interface_row)
+        self.weight = float(self.WEIGHT if weight is None else weight)
+        self.template = None  # (rows, X) float64, canvas rows 0 .. interface + BELOW
+        self._slices = 0
+
+    def start(self, canvas_slice):
+        """Template from a slice already on the canvas."""
+        pixels = np.asarray(canvas_slice, dtype=np.float64)
+        self.template = pixels[:self.interface_row + self.BELOW + int(np.ceil(3 * self.SMOOTH_PX))].copy()
+        self._slices = 1
+
+    def _warp(self, pixels, shift, grid):
+        """Raw `pixels` sampled at canvas positions `grid` for `shift`; NaN outside the slice."""
+        pos = [grid[0] - shift[0], grid[1] - shift[1]]
+        inside = ((pos[0] >= 0) & (pos[0] <= pixels.shape[0] - 1) & (pos[1] >= 0) & (pos[1] <= pixels.shape[1] - 1))
+        out = ndimage.map_coordinates(pixels, pos, order=1, mode="nearest")
+        out[~inside] = np.nan
+        return out
+
+    def measure(self, pixels, guess):
+        """((dy, dx), (sigma_y, sigma_x)) of a raw slice, from `guess` (dy, dx); None if lost.
+
+        Gauss-Newton from `guess`; when that does not converge, an integer search of +-3 px
+        around it on low-passed copies first.
+        """
+        rows, width = self.template.shape
+        # away from the template's borders, where its low-pass differs from the slice's
+        margin = int(np.ceil(3 * self.SMOOTH_PX))
+        y0, y1 = margin, self.interface_row + self.BELOW
+        grid = np.mgrid[y0:y1, margin:width - margin].astype(np.float64)
+        guess = np.asarray(guess, dtype=float)
+        top = max(0, int(np.floor(y0 - guess[0])) - 8)  # the raw rows the band can come from
+        crop = np.asarray(pixels[top:min(pixels.shape[0], int(np.ceil(y1 - guess[0])) + 8)], dtype=np.float64)
+        if crop.shape[0] < 8:
+            return None
+        grid[0] -= top
+        # a young template still holds the grain of its few slices: low-pass it a little
+        fine = self.template if self._slices >= 10 else ndimage.gaussian_filter(self.template, 1.0, mode="nearest")
+        fine = fine[y0:y1, margin:width - margin]
+        found = self._refine(crop, guess, grid, fine)
+        if found is not None:
+            return found
+        t = ndimage.gaussian_filter(self.template, self.SMOOTH_PX, mode="nearest")[y0:y1, margin:width - margin]
+        smooth = ndimage.gaussian_filter(crop, self.SMOOTH_PX, mode="nearest")
+        best, best_r = None, -np.inf
+        for oy in range(-3, 4):
+            for ox in range(-3, 4):
+                w = self._warp(smooth, guess + (oy, ox), grid)
+                ok = np.isfinite(w)
+                if ok.sum() < 0.5 * w.size:
+                    continue
+                r = float(np.corrcoef(w[ok], t[ok])[0, 1])
+                if r > best_r:
+                    best, best_r = guess + (oy, ox), r
+        return None if best is None else self._refine(crop, best, grid, fine)
+
+    def _refine(self, crop, shift, grid, template):
+        """Gauss-Newton steps from `shift`; None unless they converge within 2 px of it."""
+        gy, gx = np.gradient(template)
+        start = shift.copy()
+        for _ in range(10):
+            w = self._warp(crop, shift, grid)
+            ok = np.isfinite(w)
+            if ok.sum() < 0.5 * w.size:
+                return None
+            # the noisy slice regressed on the clean template: p(y - s) ~ alpha (t + ds . grad t) + beta
+            design = np.stack([template[ok], np.ones(int(ok.sum())), gy[ok], gx[ok]], axis=1)
+            coef, *_ = np.linalg.lstsq(design, w[ok], rcond=None)
+            if coef[0] <= 1e-6:
+                return None
+            step = np.clip(coef[2:] / coef[0], -1.0, 1.0)
+            shift = shift + step
+            if np.abs(step).max() < 2e-3:
+                break
+        if np.abs(step).max() > 0.05:
+            return None
+        if np.abs(shift - start).max() > 2.0:
+            return None
+        residual = w[ok] - design @ coef
+        # the grain and the blur correlate the residual over a few pixels: fewer independent ones
+        cov = np.linalg.pinv(design.T @ design) * float(residual @ residual) / max(ok.sum() - 4, 1) * self.CORRELATED_PX
+        sigma = np.sqrt(np.clip(np.diag(cov)[2:], 0.0, None)) / coef[0]
+        return (float(shift[0]), float(shift[1])), (float(sigma[0]), float(sigma[1]))
+
+    def update(self, pixels, shift):
+        """Blend the slice's band, registered with `shift`, into the template."""
+        t = self.template
+        grid = np.mgrid[0:t.shape[0], 0:t.shape[1]].astype(np.float64)
+        w = self._warp(np.asarray(pixels, dtype=np.float64), shift, grid)
+        ok = np.isfinite(w)
+        if ok.sum() < 0.5 * w.size:
+            return
+        # onto the template's grey scale (brightness drift): the noisy slice regressed on the
+        # clean template, so that the noise does not flatten the template
+        a, b = np.polyfit(t[ok], w[ok], 1)
+        if a <= 1e-6:
+            return
+        self._slices += 1
+        weight = max(self.weight, 1.0 / self._slices)  # a plain mean over the first slices
+        t[ok] = (1 - weight) * t[ok] + weight * (w[ok] - b) / a
+
+
 class DriftTracker:
     """Cumulative drift of each slice, registered on the canvas against two references.
 
@@ -379,10 +504,18 @@ class DriftTracker:
         Make the correlation insensitive to vertical stripes (curtaining).
     workers : int, optional
         Threads for the FFTs (default 2).
+    interface_row : int, optional
+        Canvas row of the interface between the protective cap (above) and the sample. Then y
+        comes from the interface (row profile, a strong horizontal edge) and x from the column
+        profile of the cap rows when it holds a fiducial mark (or other vertical features),
+        both registered on running templates: the cap's grain may change from slice to slice
+        (a Pt/C deposit is 3-D). x falls back on the registration on `roi` when the cap shows
+        no such feature.
     """
 
     def __init__(self, *, roi=None, upsample=1, bin=None, reference_weight=0.5, min_confidence=0.5,
-                 max_rejected=5, keyframe=True, lowpass=0.1, whiten=1.0, destripe=True, workers=2):
+                 max_rejected=5, keyframe=True, lowpass=0.1, whiten=1.0, destripe=True, workers=2,
+                 interface_row=None):
         if roi is not None:
             roi = tuple(int(v) for v in roi)
             if len(roi) != 4 or roi[1] <= roi[0] or roi[3] <= roi[2] or min(roi) < 0:
@@ -401,6 +534,11 @@ class DriftTracker:
             raise ValueError(f"lowpass: expected 0 < f <= 1 cycles/px, got {lowpass!r}")
         if not 0 <= whiten <= 1:
             raise ValueError(f"whiten: expected 0 <= p <= 1, got {whiten!r}")
+        if interface_row is not None and not (isinstance(interface_row, (int, np.integer)) and interface_row >= 8):
+            raise ValueError(f"interface_row: expected an integer >= 8 (rows of cap), got {interface_row!r}")
+        self._cap = None if interface_row is None else _CapTemplate(interface_row)
+        self._cap_var = np.zeros(2)  # variance of the applied shift per axis (px^2), cap mode
+        self._cap_q = np.full(2, 0.2**2)  # variance of the correlation's step per axis (px^2)
         self.roi = roi
         self.upsample = int(upsample)
         self.bin = bin
@@ -508,10 +646,14 @@ class DriftTracker:
         offset = (int(round(prev[0] / b)), int(round(prev[1] / b)))
         measured, confidence = self._measure(binned, offset)
         reliable = measured is not None and confidence >= self.min_confidence
+        if self._cap is not None:
+            measured, confidence, reliable = self._measure_cap(pixels, measured, confidence, reliable, prev)
         if reliable:
             shift = measured
             self._rejected = 0
             self._update_references(binned, shift)
+            if self._cap is not None:
+                self._cap.update(pixels, shift)
         else:
             shift = prev
             self._rejected += 1
@@ -532,6 +674,36 @@ class DriftTracker:
             reliable=bool(reliable),
             measured_px=None if measured is None else (float(measured[0]), float(measured[1])),
         )
+
+    def _measure_cap(self, pixels, measured, confidence, reliable, prev):
+        """Fuse the correlation's shift with the cap template's (a Kalman filter per axis).
+
+        The correlation on the slice tracks the steps precisely but its cumulative error grows
+        (the sample changes); the cap template measures the shift itself, noisier but without
+        build-up. The step noise is learnt from the innovations.
+        """
+        m = np.asarray(measured if reliable else prev, dtype=float)
+        q = self._cap_q if reliable else np.full(2, 1.0)  # a prediction knows little
+        p_pred = self._cap_var + q
+        found = self._cap.measure(pixels, m)
+        if found is None:
+            self._cap_var = p_pred
+            return tuple(m), confidence, False
+        z, sigma = np.asarray(found[0]), np.asarray(found[1])
+        use = sigma < _CapTemplate.MAX_SIGMA_PX
+        r = sigma**2
+        innovation = z - m
+        gain = np.where(use, p_pred / (p_pred + r), 0.0)
+        if reliable:  # E[innovation^2] = p + q + r
+            learnt = np.clip(innovation**2 - self._cap_var - r, 0.02**2, 4.0)
+            self._cap_q = np.where(use, 0.9 * self._cap_q + 0.1 * learnt, self._cap_q)
+        self._cap_var = (1 - gain) * p_pred
+        shift = m + gain * innovation
+        if not use.all() and not reliable:
+            return (float(shift[0]), float(shift[1])), confidence, False
+        if use.all():  # confidence from the cap's standard error, on the 1 - 6 / PSR scale
+            confidence = max(confidence, float(np.clip(1.0 - np.hypot(*sigma) / _CapTemplate.MAX_SIGMA_PX, 0, 1)))
+        return (float(shift[0]), float(shift[1])), confidence, True
 
     def _measure(self, binned, offset):
         """Combined cumulative shift (px) and confidence, or (None, 0) when nothing overlaps."""
@@ -586,21 +758,26 @@ class DriftTracker:
         aligned = np.asarray(aligned)
         if aligned.ndim != 2:
             raise SliceShapeError(f"aligned: expected a 2-D slice, got shape {aligned.shape}")
-        self._shape = aligned.shape
         self._bin = self._choose_bin(aligned.shape)
+        self._shape = aligned.shape
         binned = _bin(aligned.astype(np.float32), self._bin)
         covered = _bin((aligned > 0).astype(np.float32), self._bin) > 0.99
         fill = binned[covered].mean() if covered.any() else 0.0
         self._previous = np.where(covered, binned, fill)
         self._mean = self._previous.copy()
         self._keyframe = self._previous.copy()
+        if self._cap is not None:
+            self._cap.start(aligned)
         self._shift = tuple(float(v) for v in _as_pair(shift_px, "shift_px"))
         self.n_slices = 1
 
     def _start(self, pixels):
-        self._shape = pixels.shape
+        # the bin first: a refused region leaves the tracker unstarted (the same error next time)
         self._bin = self._choose_bin(pixels.shape)
+        self._shape = pixels.shape
         self._update_references(_bin(pixels, self._bin), (0.0, 0.0))
+        if self._cap is not None:
+            self._cap.start(pixels)
         self._shift = (0.0, 0.0)
         self.n_slices = 1
 
@@ -651,7 +828,7 @@ def _band_correlation(reference, moving):
     return float((a * b).sum() / den) if den > 0 else 0.0
 
 
-def find_reference_band(slices, *, band_rows=16, tolerance=0.8):
+def find_reference_band(slices, *, band_rows=16, tolerance=0.8, min_rows=32):
     """Rows of the canvas whose content does not change along z (protective cap, fiducial).
 
     The slices are registered to the first one on the whole frame; then, band of rows by band
@@ -661,6 +838,12 @@ def find_reference_band(slices, *, band_rows=16, tolerance=0.8):
     Bands of z-invariant content keep their correlation; bands of evolving microstructure lose
     it. The longest run of invariant bands is returned, to pass as ``DriftTracker(roi=...)``.
 
+    A run is only trusted when it stands out: it must be at least `min_rows` rows high, and the
+    rest of the slice must be seen to change (the median ratio of the other bands below
+    `tolerance`); otherwise (e.g. large particles that barely change over the first slices, where
+    a few rows pass by chance) the band is rejected with a warning and None is returned, so that
+    the run registers on the whole slice.
+
     Parameters
     ----------
     slices : sequence of (Y, X) arrays
@@ -668,16 +851,17 @@ def find_reference_band(slices, *, band_rows=16, tolerance=0.8):
         far enough apart for the microstructure to change (about a particle radius in z: with
         0.5 um particles and 50 nm slices, 10 slices).
     band_rows : int, optional
-        Height of the bands that are compared (the shortest band returned), in rows; >= 8.
+        Height of the bands that are compared, in rows; >= 8.
     tolerance : float, optional
         A band is z-invariant when its first-to-last correlation is at least this share of its
         first-to-second correlation (0 < tolerance < 1).
+    min_rows : int, optional
+        Shortest band returned, in rows (>= 16, the least :class:`DriftTracker` registers on).
 
     Returns
     -------
     (y0, y1, x0, x1) tuple of int or None
-        The band on the canvas of the first slice (full width), or None when no band of
-        `band_rows` rows is invariant.
+        The band on the canvas of the first slice (full width), or None when no band passes.
 
     Raises
     ------
@@ -692,6 +876,36 @@ def find_reference_band(slices, *, band_rows=16, tolerance=0.8):
         raise ValueError(f"band_rows: expected an integer in [8, {slices[0].shape[0] // 2}], got {band_rows!r}")
     if not 0 < tolerance < 1:
         raise ValueError(f"tolerance: expected 0 < t < 1, got {tolerance!r}")
+    if not (isinstance(min_rows, (int, np.integer)) and min_rows >= 16):
+        raise ValueError(f"min_rows: expected an integer >= 16, got {min_rows!r}")
+    starts, ratio = _band_ratios(slices, band_rows)
+    height = slices[0].shape[0]
+    # a row is invariant when every band covering it is (the bands overlap by half)
+    covering = np.zeros(height, dtype=int)
+    passing = np.zeros(height, dtype=int)
+    for y0, r in zip(starts, ratio):
+        covering[y0:y0 + band_rows] += 1
+        passing[y0:y0 + band_rows] += r >= tolerance
+    invariant = (covering > 0) & (passing == covering)
+    runs, n = ndimage.label(invariant)
+    if n == 0:
+        return None
+    lengths = ndimage.sum_labels(invariant, runs, index=np.arange(1, n + 1))
+    rows = np.flatnonzero(runs == int(np.argmax(lengths)) + 1)
+    y0, y1 = int(rows[0]), int(rows[-1]) + 1
+    outside = [r for s, r in zip(starts, ratio) if s + band_rows <= y0 or s >= y1]
+    rest = float(np.median(outside)) if outside else 1.0
+    if y1 - y0 < min_rows or rest >= tolerance:
+        logger.warning(
+            "reference band rows %d-%d rejected (%d rows, need %d; the rest of the slice keeps %.0f %% of its "
+            "correlation, a z-invariant band must stand out below %.0f %%): registering on the whole slice",
+            y0, y1, y1 - y0, min_rows, 100 * rest, 100 * tolerance)
+        return None
+    return y0, y1, 0, int(slices[0].shape[1])
+
+
+def _band_ratios(slices, band_rows):
+    """Start rows of the bands and, per band, the first-to-last over first-to-second correlation."""
     tracker = DriftTracker(min_confidence=0.0)
     shifts = [tracker.update(s).shift_px for s in slices]
     first = slices[0].astype(np.float32)
@@ -711,16 +925,4 @@ def find_reference_band(slices, *, band_rows=16, tolerance=0.8):
             corr.append(_band_correlation(first[y0:y0 + band_rows, c0:c1], moving))
         near, far = corr
         ratio.append(far / near if near > 0.05 else 0.0)
-    # a row is invariant when every band covering it is (the bands overlap by half)
-    covering = np.zeros(height, dtype=int)
-    passing = np.zeros(height, dtype=int)
-    for y0, r in zip(starts, ratio):
-        covering[y0:y0 + band_rows] += 1
-        passing[y0:y0 + band_rows] += r >= tolerance
-    invariant = (covering > 0) & (passing == covering)
-    runs, n = ndimage.label(invariant)
-    if n == 0:
-        return None
-    lengths = ndimage.sum_labels(invariant, runs, index=np.arange(1, n + 1))
-    rows = np.flatnonzero(runs == int(np.argmax(lengths)) + 1)
-    return int(rows[0]), int(rows[-1]) + 1, 0, int(first.shape[1])
+    return list(starts), ratio

@@ -15,6 +15,7 @@ microscope's own field-of-view re-centring prevents it in practice).
 
 import numpy as np
 import pytest
+from scipy import ndimage
 
 from processing.align import DriftTracker, find_reference_band
 from processing.synthetic import generate_microstructure, render_acquisition, simulate_drift
@@ -31,6 +32,53 @@ def _capped_acquisition(n, size, *, seed, radius_um=0.5, noise=16.0, fiducial=Fa
                                      rng=rng)
     return render_acquisition(labels, drift_px=d, noise_sigma=noise, field_shape=(size, size), cap_px=CAP_PX,
                               fiducial=fiducial, rng=rng)
+
+
+def changing_cap(acq, cap_px, *, fiducial=True, noise=16.0, blur_px=1.0, rng=None):
+    """`acq` (rendered without a cap) with a cap whose grain is drawn anew in every slice.
+
+    A real Pt/C cap is a 3-D deposit: its grain changes from slice to slice like the sample's,
+    so only its interface with the sample (row `cap_px` of the canvas) and the fiducial cross
+    (as :func:`render_acquisition` draws it: centred in the cap rows at three quarters of the
+    width, arms ``0.35 * cap_px``, width ``max(2, cap_px // 10)``) are z-invariant. The cap of
+    each slice is drawn at its true drift (4x4 supersampled coverage, blur, gain, offset, noise);
+    the truth drift is unchanged.
+
+    Returns
+    -------
+    (Z, Y, X) ndarray
+        The slices, the dtype of ``acq.slices``.
+    """
+    rng = np.random.default_rng(rng)
+    levels = np.sort(np.asarray(acq.levels, dtype=float))
+    span = float(levels[-1] - levels[0])
+    top, bright = float(levels[-2:].mean()), float(levels[-1] + 0.3 * span)
+    n, height, width = acq.slices.shape
+    cy, cx = cap_px // 2, (3 * width) // 4
+    arm, half = int(0.35 * cap_px), max(2, cap_px // 10) // 2
+    sub = (np.arange(4) + 0.5) / 4 - 0.5
+    out = acq.slices.astype(np.float32)
+    for k in range(n):
+        dy, dx = acq.drift_px[k]
+        rows = int(min(height, np.ceil(cap_px - dy) + 4))  # raw row r shows canvas row r + dy
+        r = (np.arange(rows)[:, None] + sub[None, :]).reshape(-1)[:, None] + dy
+        c = (np.arange(width)[:, None] + sub[None, :]).reshape(-1)[None, :] + dx
+
+        def coverage(mask):
+            return mask.reshape(rows, 4, width, 4).mean(axis=(1, 3))
+
+        cap = coverage(np.broadcast_to(r < cap_px, (r.size, c.size)))
+        layer = top + ndimage.gaussian_filter(rng.standard_normal((rows, width)), 1.0) * (0.15 * span / 0.28)
+        if fiducial:
+            ay, ax = np.abs(r - cy), np.abs(c - cx)
+            cross = coverage(((ay <= half + 0.5) & (ax <= arm + 0.5)) | ((ax <= half + 0.5) & (ay <= arm + 0.5)))
+            layer = (1 - cross) * layer + cross * bright
+        layer = ndimage.gaussian_filter(layer, blur_px, mode="nearest")
+        cap = ndimage.gaussian_filter(cap, blur_px, mode="nearest")
+        layer = acq.gain[k] * layer + acq.offset[k] + rng.normal(0.0, noise, size=layer.shape)
+        out[k, :rows] = (1 - cap) * out[k, :rows] + cap * layer
+    info = np.iinfo(acq.slices.dtype)
+    return np.clip(np.rint(out), info.min, info.max).astype(acq.slices.dtype)
 
 
 def _errors(acq, **options):
