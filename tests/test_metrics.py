@@ -132,19 +132,25 @@ def test_slab_counts_add_up_exactly():
 def test_volume_fractions_exact():
     labels = composite((20, 24, 22), np.random.default_rng(2))
     labels[0, :3] = 0
-    counts = np.bincount(labels.ravel(), minlength=4) / labels.size
+    n = np.bincount(labels.ravel(), minlength=4)
+    counts = n / (labels.size - n[0])  # phases: shares of the assigned voxels
     fr = volume_fractions(labels)
-    assert fr == {"pore": counts[1], "electrolyte": counts[2], "active": counts[3], "unassigned": counts[0]}
+    assert fr == {"pore": counts[1], "electrolyte": counts[2], "active": counts[3], "unassigned": n[0] / labels.size}
+    assert_allclose(fr["pore"] + fr["electrolyte"] + fr["active"], 1.0)
     assert counts_metrics(count_volume(labels), spacing_um=(1, 2, 3))["volume_fraction"] == fr
     assert_allclose(active_electrolyte_ratio(fr), counts[3] / (counts[2] + counts[3]))
 
 
 def test_targeted_volume_ratio_of_the_paper():
-    active, electrolyte = targeted_volume_ratio()
-    assert_allclose(active, (70 / 4.6) / (70 / 4.6 + 30 / 1.88))
-    assert_allclose(active + electrolyte, 1)
+    ratio = targeted_volume_ratio({"active": 0.7, "electrolyte": 0.3}, {"active": 4.6, "electrolyte": 1.88})
+    assert_allclose(ratio["active"], (70 / 4.6) / (70 / 4.6 + 30 / 1.88))
+    assert_allclose(ratio["active"] + ratio["electrolyte"], 1)
+    three = targeted_volume_ratio({"nmc": 90, "cbd": 5, "lps": 5}, {"nmc": 4.6, "cbd": 1.5, "lps": 1.88})
+    assert_allclose(three["cbd"], (5 / 1.5) / (90 / 4.6 + 5 / 1.5 + 5 / 1.88))
     with pytest.raises(ValueError, match="densities_g_cm3"):
-        targeted_volume_ratio(densities_g_cm3=(0, 1))
+        targeted_volume_ratio({"active": 1, "electrolyte": 1}, {"active": 0, "electrolyte": 1})
+    with pytest.raises(ValueError, match="densities_g_cm3"):
+        targeted_volume_ratio({"active": 1, "electrolyte": 1}, {"active": 4.6})
 
 
 # -- local thickness ----------------------------------------------------------------------
@@ -315,8 +321,12 @@ def test_table1_document_fields_and_json():
     assert set(doc) == {
         "depth_slices", "spacing_um", "volume_fraction", "tortuosity_geometric", "local_thickness_um",
         "connected_share", "interconnected_share", "surface_area_per_cell_volume_um-1",
-        "surface_area_per_phase_volume_um-1", "coverage_share", "inner_porosity_share",
+        "surface_area_per_phase_volume_um-1", "coverage_share", "inner_porosity_share", "face_valid_share",
+        "sampling_error",
     }
+    assert doc["face_valid_share"] == 1.0
+    # one chunk, every voxel measured: nothing sampled
+    assert doc["sampling_error"]["tortuosity_geometric"]["electrolyte"] == {"y+": 0.0, "y-": 0.0}
     assert doc["depth_slices"] == 24 and doc["spacing_um"] == [0.05, 0.02, 0.02]
     assert set(doc["tortuosity_geometric"]["electrolyte"]) == {"y+", "y-"}
     assert set(doc["local_thickness_um"]["electrolyte"]) == {"mean", "std"}
@@ -324,7 +334,10 @@ def test_table1_document_fields_and_json():
     assert 0 <= doc["connected_share"]["active"] <= 1
     details = table1(labels, spacing_um=(0.05, 0.02, 0.02), details=True, transport_axis=2)
     assert set(details["tortuosity_geometric"]["electrolyte"]) == {"x+", "x-"}
-    assert details["targeted_volume_ratio"][0] == pytest.approx(0.488, abs=1e-3)
+    assert "targeted_volume_ratio" not in details  # no composition given: no study-specific constant
+    composed = table1(labels, spacing_um=(0.05, 0.02, 0.02), composition={
+        "weight_fractions": {"active": 0.7, "electrolyte": 0.3}, "densities_g_cm3": {"active": 4.6, "electrolyte": 1.88}})
+    assert composed["targeted_volume_ratio"]["active"] == pytest.approx(0.488, abs=1e-3)
 
 
 def test_table1_expensive_metrics_on_a_bounded_block():
