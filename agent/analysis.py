@@ -45,6 +45,7 @@ from __future__ import annotations
 import copy
 import logging
 import math
+import os
 
 import dask
 import dask.array as da
@@ -146,7 +147,7 @@ def _run(client, tasks, workers=None):
 def whole_volume_table1(labels, *, spacing_um, phases=Phases(), transport_axis=1, cc_face=0, network=None,
                         composition=None, chunk_voxels=CHUNK_VOXELS, halo_slices=HALO_SLICES,
                         tortuosity_max_voxels=None, thickness_max_samples=500_000, scheduler=None, workers=None,
-                        threads_per_task=1, details=False):
+                        threads_per_task=None, details=False):
     """Table 1 of a finished volume, every metric on the whole volume, one Dask task per chunk.
 
     The same numbers as :func:`processing.metrics.table1` with the same chunking (the
@@ -167,8 +168,9 @@ def whole_volume_table1(labels, *, spacing_um, phases=Phases(), transport_axis=1
         ``"tcp://host:port"`` of a dask.distributed scheduler; None: local threads.
     workers : int, optional
         Concurrent local tasks (default: Dask's, the CPU count).
-    threads_per_task : int
-        Threads of the distance transforms inside a task.
+    threads_per_task : int, optional
+        Threads of the distance transforms inside a task (default: the CPU count shared
+        by the concurrent local tasks).
 
     Returns
     -------
@@ -182,6 +184,9 @@ def whole_volume_table1(labels, *, spacing_um, phases=Phases(), transport_axis=1
                                    halo_slices=halo_slices, tortuosity_max_voxels=tortuosity_max_voxels)
     o_spacing, o_axis = oriented_geometry(spacing, axis, chunk_axis)
     samples = max(1, round(thickness_max_samples / len(plan)))
+    cpus = os.cpu_count() or 1
+    if threads_per_task is None:
+        threads_per_task = 1 if scheduler is not None else max(1, cpus // min(workers or cpus, len(plan)))
     tasks = []
     for task in plan:
         kwargs = dict(spacing_um=o_spacing, phases=phases, network=network, transport_axis=o_axis, cc_face=cc_face,
