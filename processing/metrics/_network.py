@@ -18,9 +18,9 @@ from dataclasses import dataclass
 
 import cc3d
 import numpy as np
-import skfmm
 
 from ._common import check_axis, check_labels, check_mask, check_spacing
+from ._marching import march
 
 __all__ = [
     "TortuosityResult",
@@ -185,7 +185,8 @@ def geometric_tortuosity(mask, *, spacing_um, axis=1, valid=None, lines=None):
 
     For each start-face voxel that belongs to the part of the phase connected to both
     faces, the shortest in-phase path to the opposite face is computed by fast marching
-    (scikit-fmm, second order, anisotropic spacing); the path starts at the face (half a
+    (:mod:`._marching`, second order as scikit-fmm's, anisotropic spacing, face moves);
+    start voxels the march does not reach do not percolate. The path starts at the face (half a
     voxel before the first voxel centre) and ends at the opposite face (half a voxel
     beyond the last). The tortuosity is the mean path over those voxels divided by the
     mean straight length of their lines. A straight channel gives exactly 1.
@@ -216,7 +217,6 @@ def geometric_tortuosity(mask, *, spacing_um, axis=1, valid=None, lines=None):
     if valid is not None:
         mask = mask & valid
     first, last, has = _faces(mask.shape, valid, axis)
-    through = percolating_mask(mask, axis=axis, valid=valid)
     straight = (last - first + 1) * spacing[axis]
     if lines is not None:
         lines = np.asarray(lines, dtype=bool)
@@ -224,19 +224,16 @@ def geometric_tortuosity(mask, *, spacing_um, axis=1, valid=None, lines=None):
             raise ValueError(f"lines must have shape {has.shape} (the mask without axis {axis}), got {lines.shape}")
     counted = has if lines is None else has & lines
     results = []
-    for start, target, sign in ((first, last, 1), (last, first, -1)):
+    for start, target in ((first, last), (last, first)):
         face_phase = _at(mask, start, axis) & counted
         n_face = int(np.count_nonzero(face_phase))
         if n_face == 0:
             results.append((None, None, 0, 0.0, 0.0, 0))
             continue
-        face_through = _at(through, start, axis) & counted
-        if not face_through.any():
-            results.append((None, 1.0, 0, 0.0, 0.0, n_face))
-            continue
-        dist, unreached = _distance_to_face(through, spacing, axis, target, has, sign)
-        reached = face_through & ~_at(unreached, start, axis)
-        path = _at(dist, start, axis)[reached] + 0.5 * spacing[axis]
+        dist = _distance_to_face(mask, spacing, axis, target, has)
+        start_dist = _at(dist, start, axis)
+        reached = face_phase & np.isfinite(start_dist)
+        path = start_dist[reached].astype(np.float64) + 0.5 * spacing[axis]
         n_paths = int(path.size)
         if n_paths == 0:
             results.append((None, 1.0, 0, 0.0, 0.0, n_face))
@@ -247,33 +244,17 @@ def geometric_tortuosity(mask, *, spacing_um, axis=1, valid=None, lines=None):
     return TortuosityResult(fwd, bwd, ex_f, ex_b, n_f, n_b, p_f, p_b, s_f, s_b, f_f, f_b)
 
 
-def _distance_to_face(through, spacing, axis, target, has, sign):
-    """Fast-marching distance (um) inside `through` to the face beyond `target`.
+def _distance_to_face(mask, spacing, axis, target, has):
+    """In-phase distance (um) of every voxel to the face beyond the `target` voxel of each line.
 
-    The array is padded by one voxel at both ends of `axis`; for every line a ghost
-    voxel right after its target voxel (direction `sign`) holds the zero level set, so
-    the face lies half a voxel beyond the target voxel centre.
-
-    Returns
-    -------
-    dist, unreached : (Z, Y, X) ndarrays (float, bool), on the unpadded grid.
+    The face lies half a voxel beyond the target voxel centre: target voxels of the phase
+    are the seeds, at half a voxel. Voxels not connected to the face stay at infinity.
     """
-    pad = [(0, 0)] * 3
-    pad[axis] = (1, 1)
-    region = np.pad(through, pad)
-    ghost = np.zeros(region.shape, bool)
-    # padded index of the target voxel is target + 1; its ghost is one step beyond
-    ghost_index = np.where(has, target + 1 + sign, 0)
-    on_target = _at(region, target + 1, axis) & has
-    np.put_along_axis(ghost, np.expand_dims(ghost_index, axis), np.expand_dims(on_target, axis), axis=axis)
-    region |= ghost
-    phi = np.where(ghost, -1.0, 1.0)
-    dist = skfmm.distance(np.ma.MaskedArray(phi, ~region), dx=list(spacing), order=2)
-    inner = [slice(None)] * 3
-    inner[axis] = slice(1, -1)
-    data = np.ma.getdata(dist)[tuple(inner)]
-    unreached = np.ma.getmaskarray(dist)[tuple(inner)] | ghost[tuple(inner)]
-    return data, unreached
+    lines = np.nonzero(has & _at(mask, target, axis))
+    coords = list(lines)
+    coords.insert(axis, target[lines])
+    seeds = np.ravel_multi_index(tuple(coords), mask.shape)
+    return march(mask, seeds, np.full(seeds.size, 0.5 * spacing[axis]), spacing)
 
 
 def connected_share(mask, *, axis=1, face=0, valid=None):
