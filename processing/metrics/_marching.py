@@ -68,70 +68,61 @@ def _pop(heap_t, heap_i, size):
     return t, i, size
 
 
+@numba.njit(cache=True, nogil=True, inline="always")
+def _upwind(dist, state, z, y, x, dz, dy, dx, shape, h):
+    """(coefficient, value) of the upwind term along one axis; (0, inf) when none is known."""
+    nz, ny, nx = shape
+    best = np.inf
+    best2 = np.inf
+    for s in (-1, 1):
+        z1, y1, x1 = z + s * dz, y + s * dy, x + s * dx
+        if not (0 <= z1 < nz and 0 <= y1 < ny and 0 <= x1 < nx) or state[z1, y1, x1] != _KNOWN:
+            continue
+        t1 = dist[z1, y1, x1]
+        if t1 < best:
+            best = t1
+            best2 = np.inf
+            z2, y2, x2 = z1 + s * dz, y1 + s * dy, x1 + s * dx
+            if 0 <= z2 < nz and 0 <= y2 < ny and 0 <= x2 < nx and state[z2, y2, x2] == _KNOWN:
+                t2 = dist[z2, y2, x2]
+                if t2 <= t1:
+                    best2 = t2
+    if best == np.inf:
+        return 0.0, np.inf
+    if best2 < np.inf:
+        return 9.0 / (4.0 * h * h), (4.0 * best - best2) / 3.0
+    return 1.0 / (h * h), float(best)
+
+
 @numba.njit(cache=True, nogil=True)
 def _solve(dist, state, z, y, x, shape, spacing):
     """Upwind eikonal update of voxel (z, y, x) from its known neighbours."""
-    nz, ny, nx = shape
-    coef = np.zeros(3)
-    value = np.zeros(3)
-    count = 0
-    for a in range(3):
-        best = np.inf
-        best2 = np.inf
-        for s in (-1, 1):
-            z1, y1, x1 = z, y, x
-            z2, y2, x2 = z, y, x
-            if a == 0:
-                z1 += s
-                z2 += 2 * s
-            elif a == 1:
-                y1 += s
-                y2 += 2 * s
-            else:
-                x1 += s
-                x2 += 2 * s
-            if not (0 <= z1 < nz and 0 <= y1 < ny and 0 <= x1 < nx):
-                continue
-            if state[z1, y1, x1] != _KNOWN:
-                continue
-            t1 = dist[z1, y1, x1]
-            if t1 < best:
-                best = t1
-                best2 = np.inf
-                if 0 <= z2 < nz and 0 <= y2 < ny and 0 <= x2 < nx and state[z2, y2, x2] == _KNOWN:
-                    t2 = dist[z2, y2, x2]
-                    if t2 <= t1:
-                        best2 = t2
-        if best < np.inf:
-            h2 = spacing[a] * spacing[a]
-            if best2 < np.inf:
-                coef[count] = 9.0 / (4.0 * h2)
-                value[count] = (4.0 * best - best2) / 3.0
-            else:
-                coef[count] = 1.0 / h2
-                value[count] = best
-            count += 1
+    c0, v0 = _upwind(dist, state, z, y, x, 1, 0, 0, shape, spacing[0])
+    c1, v1 = _upwind(dist, state, z, y, x, 0, 1, 0, shape, spacing[1])
+    c2, v2 = _upwind(dist, state, z, y, x, 0, 0, 1, shape, spacing[2])
+    # sort the three terms by upwind value (inf = no term)
+    if v1 < v0:
+        c0, v0, c1, v1 = c1, v1, c0, v0
+    if v2 < v1:
+        c1, v1, c2, v2 = c2, v2, c1, v1
+        if v1 < v0:
+            c0, v0, c1, v1 = c1, v1, c0, v0
     # add the axes in increasing upwind value while they stay below the solution
-    order = np.argsort(value[:count])
-    a_sum = 0.0
-    b_sum = 0.0
-    c_sum = -1.0
-    t = np.inf
-    for k in range(count):
-        j = order[k]
-        if value[j] >= t:
+    a_sum = c0
+    b_sum = c0 * v0
+    c_sum = c0 * v0 * v0 - 1.0
+    t = v0 + 1.0 / math.sqrt(c0)
+    for c, v in ((c1, v1), (c2, v2)):
+        if v >= t:
             break
-        a_sum += coef[j]
-        b_sum += coef[j] * value[j]
-        c_sum += coef[j] * value[j] * value[j]
-        disc = b_sum * b_sum - a_sum * c_sum
+        a_n = a_sum + c
+        b_n = b_sum + c * v
+        c_n = c_sum + c * v * v
+        disc = b_n * b_n - a_n * c_n
         if disc < 0:
-            break
+            break  # second-order terms can make it unsolvable: keep the solution so far
+        a_sum, b_sum, c_sum = a_n, b_n, c_n
         t = (b_sum + math.sqrt(disc)) / a_sum
-    if t == np.inf:
-        # second-order terms can make the system unsolvable: first order from the nearest
-        j = order[0]
-        t = value[j] + 1.0 / math.sqrt(coef[j])
     return t
 
 
