@@ -358,13 +358,13 @@ def _line_ids(comp, index, has, axis):
     return ids
 
 
-def _thickness_partial(block, core, label, spacing, samples, threads):
+def _thickness_partial(block, core, label, spacing, samples, threads, all_valid=False):
     """Local-thickness sums over the core rows of one chunk (halo around it).
 
     The row step keeps about `samples` phase voxels in the core; the kept rows are
     split into replicate groups along the chunk axis (sampling error)."""
     c0, c1 = core
-    valid = block != UNASSIGNED
+    valid = None if all_valid else block != UNASSIGNED
     mask = block == label
     n_phase = int(np.count_nonzero(mask[c0:c1]))
     bin_um = min(spacing) / _BINS_PER_VOXEL
@@ -441,8 +441,15 @@ def chunk_partial(block, *, core, spacing_um, phases=Phases(), network=None, tra
     n_values = n_label_values(phases)
     previous = block[c0 - 1] if with_previous else None
     out = {"counts": slab_counts(chunk, previous_slice=previous, n_values=n_values)}
-    valid = chunk != UNASSIGNED
-    f_first, f_last, has = transport_lines(valid, axis)
+    # an all-assigned block (the common case) needs no valid mask at all
+    all_valid = int(block.min()) > UNASSIGNED
+    if all_valid:
+        lines = chunk.shape[:axis] + chunk.shape[axis + 1:]
+        f_first = np.zeros(lines, np.int64)
+        f_last = np.full(lines, chunk.shape[axis] - 1, np.int64)
+        has = np.ones(lines, bool)
+    else:
+        f_first, f_last, has = transport_lines(chunk != UNASSIGNED, axis)
     out["face_lines"] = (int(np.count_nonzero(has)), int(has.size))
     cc_index = f_first if cc_face == 0 else f_last
 
@@ -475,16 +482,17 @@ def chunk_partial(block, *, core, spacing_um, phases=Phases(), network=None, tra
         components[("inner",)] = _components(chunk != active, on_border,
                                               lambda comp, n: np.bincount(comp[is_pore], minlength=n + 1))
     out["components"] = components
-    out["thickness"] = {name: _thickness_partial(block, core, phases.label(name), spacing, thickness_samples, threads)
+    out["thickness"] = {name: _thickness_partial(block, core, phases.label(name), spacing, thickness_samples, threads,
+                                                 all_valid)
                         for name in network.thickness}
     out["tortuosity"] = {}
     if tortuosity:
         lines = np.zeros(block.shape[:axis] + block.shape[axis + 1:], bool)
         lines[c0:c1] = True
-        block_valid = block != UNASSIGNED
+        block_valid = None if all_valid else block != UNASSIGNED
         for name in network.tortuosity:
             out["tortuosity"][name] = geometric_tortuosity(block == phases.label(name), spacing_um=spacing, axis=axis,
-                                                           valid=block_valid, lines=lines)
+                                                           valid=block_valid, lines=lines, threads=threads)
     out["voxels_core"] = int(chunk.size)
     return out
 

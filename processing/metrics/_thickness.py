@@ -225,12 +225,20 @@ def local_thickness(mask, *, spacing_um, voxel_correction=True, step=1, threads=
     bounds = np.linspace(0, mask.shape[0], n_threads + 1).astype(int)
     _in_threads(n_threads, lambda t: _maximal_ball_centres(
         dist, *spacing, _CENTRE_TOLERANCE * min(spacing), bounds[t], bounds[t + 1], keep))
-    cz, cy, cx = np.nonzero(keep)
-    radii = dist[cz, cy, cx].astype(np.float64)
-    own = dist[::step, ::step]
-    del keep, dist
+    # centres as int32 / float32 (the centre list is the largest array after the distance map)
+    flat = np.flatnonzero(keep)
+    del keep
+    radii = dist.ravel()[flat]
+    own = dist[::step, ::step].copy() if step > 1 else dist
+    del dist
     order = np.argsort(-radii, kind="stable")
-    cz, cy, cx, radii = cz[order], cy[order], cx[order], radii[order]
+    flat, radii = flat[order], radii[order].astype(np.float64)
+    del order
+    cz, rest = np.divmod(flat, mask.shape[1] * mask.shape[2])
+    del flat
+    cy, cx = np.divmod(rest, mask.shape[2])
+    del rest
+    cz, cy, cx = cz.astype(np.int32), cy.astype(np.int32), cx.astype(np.int32)
     radius = np.zeros(rows.shape, np.float32)
     # threads paint interleaved sampled planes: disjoint writes, shared balls
     _in_threads(n_threads, lambda t: _paint_balls(
