@@ -261,3 +261,22 @@ def test_real_nmc_volume(capsys, tmp_path):
     for value, name in ((0, "pore"), (1, "active"), (2, "electrolyte")):
         line = next(line for line in out.splitlines() if f"│ {name} " in line)
         assert line.rstrip(" │").endswith(f"{100 * np.count_nonzero(source == value) / source.size:.1f}")
+
+
+def test_network_phases_and_composition_from_the_command_line(truth, label_tiff, tmp_path, capsys):
+    cfg = tmp_path / "c.toml"
+    cfg.write_text("[composition]\nweight_fractions = {active = 0.7, electrolyte = 0.3}\n"
+                   "densities_g_cm3 = {active = 4.6, electrolyte = 1.88}\n"
+                   "[analysis]\nthickness_phases = [\"pore\"]\n")
+    rc, out, _ = run_cli(capsys, *tiff_args(label_tiff), "--json", "--no-rev", "--config", cfg,
+                         "--tortuosity-phase", "pore", "--connected-phase", "electrolyte",
+                         "--tortuosity-factor-phase", "electrolyte", "--coverage-by", "pore")
+    assert rc == 0
+    doc = json.loads(out)
+    assert set(doc["tortuosity_geometric"]) == {"pore"} and set(doc["local_thickness_um"]) == {"pore"}
+    assert set(doc["connected_share"]) == {"electrolyte"} and set(doc["coverage_share"]) == {"electrolyte", "active"}
+    assert set(doc["tortuosity_factor"]) == {"electrolyte"}
+    assert doc["targeted_volume_ratio"]["active"] == pytest.approx((0.7 / 4.6) / (0.7 / 4.6 + 0.3 / 1.88))
+    validate_document({**doc, **COMMON, "topic": "metrics"}, topic="metrics")
+    rc, out, err = run_cli(capsys, *tiff_args(label_tiff), "--json", "--no-rev", "--tortuosity-phase", "cbd")
+    assert rc == 2 and out == "" and "tortuosity_phases: unknown phase names ['cbd']" in err
