@@ -1,8 +1,9 @@
-"""Table 1 of a growing label volume, with Dask, at a cost that follows the new slices.
+"""Table 1 of a label volume with Dask: growing (incremental) or finished (whole, in chunks).
 
 :class:`VolumeAnalysis` watches a ``(Z, Y, X) uint8`` label array that grows along z (the
 Zarr array of :mod:`agent.store`, a Dask array, or any array-like) and returns the
-``metrics`` document at a given depth.
+``metrics`` document at a given depth. :func:`whole_volume_table1` measures a finished
+volume the same way, every metric on the whole volume, chunk by chunk.
 
 Strategy
 --------
@@ -16,27 +17,21 @@ an update is proportional to the number of new slices, whatever the depth.
 Expensive metrics - local thickness, geometric tortuosity, connected / interconnected
 shares, inner porosity - are computed on consecutive, disjoint z-windows of
 ``window_slices`` slices (default: ``expensive_every_slices``), one window per
-``expensive_every_slices`` new slices, and pooled over all the windows computed so far
-(weighted by voxels, or by start voxels for the tortuosity). Each window costs the
-same, so the cost stays bounded as the volume grows, and memory is one window.
+``expensive_every_slices`` new slices, each a chunk of
+:func:`processing.metrics.chunk_partial` (one Dask task), added in order into a
+:class:`processing.metrics.PartialsMerger`. Each window costs the same, so the cost stays
+bounded as the volume grows, and memory is one window (plus two boundary slices per
+window for the connectivity).
 
-* Local thickness is computed with ``halo_slices`` extra slices on each side (a window
-  is evaluated once the slices after it exist), so that balls cut by the window edge
-  are not overestimated; its statistics are taken on the window only.
-* Tortuosity, connectivity and inner porosity are computed inside the window: paths
-  cannot leave it in z, connections through other windows are not seen and pores
-  touching the window's z faces do not count as enclosed. So the windowed tortuosity is
-  an upper bound of the full one and the connected shares lower bounds; the bias shrinks
-  as the window grows relative to the particle size. On the 96 x 64 x 64 synthetic
-  composites of the tests (features ~10 voxels across, 32-slice windows, two seeds),
-  against the whole volume: tortuosity +0.2 to +1 %, local thickness mean within
-  0.01 %, connected share of the active phase -0.1 point, interconnected share of a pore
-  network close to its percolation threshold -4 to -6 points. Keep windows at least
-  ~3 particle diameters thick; a phase that percolates only through long detours may
-  not percolate inside a window at all (its tortuosity is then None).
-* A window larger than ``max_window_voxels`` is restricted to a band of x columns (full
-  y, the transport axis, always); consecutive windows use consecutive bands, so the
-  whole width is visited in turn.
+* Connectivity (connected share, interconnected share, inner porosity) is exact on the
+  whole depth covered: components are joined across window faces.
+* Local thickness and tortuosity see ``halo_slices`` extra slices on each side of a
+  window (a window is evaluated once the slices after it exist): balls and paths may use
+  the margin, statistics are taken on the window's own voxels. A path confined to
+  window + halo can only be longer, so the tortuosity is an upper bound of the whole
+  volume's; on the 96 x 64 x 64 composites of the tests the two agree within 5 %.
+* A window is at most ``max_window_voxels`` voxels with its halo (the window is thinned
+  to fit, never below one slice).
 * Until the first window is complete (and with ``full=True``), the expensive metrics also
   take the incomplete last window into account, computed on the fly and not kept.
 
@@ -47,37 +42,50 @@ workers must see the same Zarr store path). Documents are the same either way.
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
+import os
 
 import dask
 import dask.array as da
 import numpy as np
 
 from processing.metrics import (
-    DIRECTION_KEYS,
-    THICKNESS_ROLES,
+    CHUNK_VOXELS,
+    HALO_SLICES,
+    NetworkPhases,
+    PartialsMerger,
     SlabCounts,
+    chunk_partial,
+    chunk_tasks,
     counts_metrics,
-    expensive_metrics,
-    geometric_tortuosity,
-    local_thickness,
+    finish_document,
+    oriented,
+    oriented_geometry,
     slab_counts,
-    thickness_statistics,
 )
 from processing.metrics._common import check_axis, check_spacing, n_label_values
 from processing.phases import Phases
 
-__all__ = ["VolumeAnalysis", "rev_values"]
+__all__ = ["VolumeAnalysis", "rev_values", "whole_volume_table1"]
 
 log = logging.getLogger(__name__)
 
 # Sampled local-thickness voxels per window and phase (the row step adapts to it).
 _THICKNESS_SAMPLES = 200_000
+# Fields of a metrics document that are not metric values (left out of the REV tracking).
+_NOT_METRICS = ("depth_slices", "spacing_um", "sampling_error", "face_valid_share", "details")
 
 
 def _read(source, lo, hi, x0, x1):
     return np.asarray(source[lo:hi, :, x0:x1])
+
+
+def _read_block(source, chunk_axis, lo, hi):
+    index = [slice(None)] * 3
+    index[chunk_axis] = slice(lo, hi)
+    return oriented(np.ascontiguousarray(np.asarray(source[tuple(index)]), dtype=np.uint8), chunk_axis)
 
 
 def _count_block(block, with_previous, n_values):
@@ -87,59 +95,8 @@ def _count_block(block, with_previous, n_values):
     return slab_counts(block, n_values=n_values)
 
 
-def _thickness_sums(block, halo_before, n_window, label, spacing):
-    """(n, sum, sum of squares) of the local thickness over the window rows of `block`."""
-    mask = block == label
-    n_phase = int(np.count_nonzero(mask[halo_before:halo_before + n_window]))
-    if n_phase == 0:
-        return 0, 0.0, 0.0
-    step = max(1, math.ceil(math.sqrt(n_phase / _THICKNESS_SAMPLES)))
-    thickness = local_thickness(mask, spacing_um=spacing, step=step, threads=1)
-    rows = np.arange(thickness.shape[0]) * step
-    keep = (rows >= halo_before) & (rows < halo_before + n_window)
-    stats = thickness_statistics(thickness[keep], mask[::step, ::step][keep])
-    n = stats["voxels"]
-    if n == 0:
-        return 0, 0.0, 0.0
-    return n, stats["mean"] * n, (stats["std"] ** 2 + stats["mean"] ** 2) * n
-
-
-def _window_sums(block, halo_before, n_window, phases, spacing, axis, cc_face):
-    """Pooled sums of the expensive metrics of one window (see the module notes)."""
-    window = np.ascontiguousarray(block[halo_before:halo_before + n_window], dtype=np.uint8)
-    doc = expensive_metrics(window, spacing_um=spacing, phases=phases, transport_axis=axis, cc_face=cc_face,
-                            tortuosity_phases=(), thickness_phases=(), threads=1)
-    sums = {"tortuosity": {}, "thickness": {}, "connected": {}, "interconnected": {}, "inner": None}
-    electrolyte = phases.roles.get("electrolyte")
-    for name in [electrolyte] if electrolyte else []:
-        tau = geometric_tortuosity(window == phases.label(name), spacing_um=spacing, axis=axis)
-        sums["tortuosity"][name] = (
-            (tau.forward or 0.0) * tau.paths_forward, tau.paths_forward,
-            (tau.backward or 0.0) * tau.paths_backward, tau.paths_backward,
-        )
-    for name in [phases.roles[r] for r in THICKNESS_ROLES if r in phases.roles]:
-        sums["thickness"][name] = _thickness_sums(block, halo_before, n_window, phases.label(name), spacing)
-    for key, field in (("connected", "connected_share"), ("interconnected", "interconnected_share")):
-        for name, share in doc[field].items():
-            n = int(np.count_nonzero(window == phases.label(name)))
-            sums[key][name] = ((share or 0.0) * n, n)
-    pore = phases.label_of_role("pore")
-    if pore is not None and doc["inner_porosity_share"] is not None:
-        n = int(np.count_nonzero(window == pore))
-        sums["inner"] = (doc["inner_porosity_share"] * n, n)
-    return sums
-
-
-def _merge(total, part):
-    """Add the sums of `part` into `total` (same nested layout)."""
-    if total is None:
-        return part
-    if isinstance(part, dict):
-        keys = set(total) | set(part)
-        return {k: _merge(total.get(k), part.get(k)) for k in keys}
-    if part is None:
-        return total
-    return tuple(a + b for a, b in zip(total, part))
+def _partial(block, core, kwargs):
+    return chunk_partial(np.ascontiguousarray(block, dtype=np.uint8), core=core, **kwargs)
 
 
 def _ratio(num, den):
@@ -150,7 +107,8 @@ def rev_values(metrics):
     """Flatten a ``metrics`` document into ``{"field.phase[.key]": value}`` for the REV tracker.
 
     Only finite numbers are kept, e.g. ``"volume_fraction.pore"``,
-    ``"tortuosity_geometric.electrolyte.y+"``, ``"local_thickness_um.electrolyte.mean"``.
+    ``"tortuosity_geometric.electrolyte.y+"``, ``"local_thickness_um.electrolyte.mean"``;
+    fields that are not metrics (``sampling_error``, ``face_valid_share``, ...) are left out.
     """
     out = {}
 
@@ -162,9 +120,93 @@ def rev_values(metrics):
             out[prefix] = float(value)
 
     for field, value in metrics.items():
-        if field not in ("depth_slices", "spacing_um") and not field.startswith("expensive_"):
+        if field not in _NOT_METRICS and not field.startswith("expensive_"):
             walk(field, value)
     return out
+
+
+def _client(scheduler):
+    if scheduler is None:
+        return None
+    if not (isinstance(scheduler, str) and scheduler.startswith("tcp://")):
+        raise ValueError(f"scheduler must be None or 'tcp://host:port', got {scheduler!r}")
+    from distributed import Client  # noqa: PLC0415 - only when a cluster is asked for
+
+    log.info("analysis on dask.distributed scheduler %s", scheduler)
+    return Client(scheduler, set_as_default=False)
+
+
+def _run(client, tasks, workers=None):
+    if not tasks:
+        return []
+    if client is not None:
+        return client.gather(client.compute(tasks))
+    return list(dask.compute(*tasks, scheduler="threads", num_workers=workers))
+
+
+def whole_volume_table1(labels, *, spacing_um, phases=Phases(), transport_axis=1, cc_face=0, network=None,
+                        composition=None, chunk_voxels=CHUNK_VOXELS, halo_slices=HALO_SLICES,
+                        tortuosity_max_voxels=None, thickness_max_samples=500_000, scheduler=None, workers=None,
+                        threads_per_task=None, details=False):
+    """Table 1 of a finished volume, every metric on the whole volume, one Dask task per chunk.
+
+    The same numbers as :func:`processing.metrics.table1` with the same chunking (the
+    chunks are measured by :func:`processing.metrics.chunk_partial` and added in order);
+    each task reads only its chunk and halo from `labels`, so the peak memory follows
+    ``chunk_voxels`` times the number of concurrent tasks, not the volume.
+
+    Parameters
+    ----------
+    labels : (Z, Y, X) array-like of uint8
+        NumPy, Zarr or anything sliceable (read chunk by chunk).
+    spacing_um, phases, transport_axis, cc_face, composition, chunk_voxels, halo_slices, tortuosity_max_voxels, thickness_max_samples, details
+        See :func:`processing.metrics.table1`.
+    network : processing.metrics.NetworkPhases, optional
+        Phase selection (default :meth:`NetworkPhases.resolve`); its tortuosity factor,
+        if any, reads the whole volume.
+    scheduler : str, optional
+        ``"tcp://host:port"`` of a dask.distributed scheduler; None: local threads.
+    workers : int, optional
+        Concurrent local tasks (default: Dask's, the CPU count).
+    threads_per_task : int, optional
+        Threads of the distance transforms inside a task (default: the CPU count shared
+        by the concurrent local tasks).
+
+    Returns
+    -------
+    dict
+        The ``metrics`` document.
+    """
+    spacing = check_spacing(spacing_um)
+    axis = check_axis(transport_axis)
+    network = network or NetworkPhases.resolve(phases)
+    chunk_axis, plan = chunk_tasks(labels.shape, transport_axis=axis, chunk_voxels=chunk_voxels,
+                                   halo_slices=halo_slices, tortuosity_max_voxels=tortuosity_max_voxels)
+    o_spacing, o_axis = oriented_geometry(spacing, axis, chunk_axis)
+    samples = max(1, round(thickness_max_samples / len(plan)))
+    cpus = os.cpu_count() or 1
+    if threads_per_task is None:
+        threads_per_task = 1 if scheduler is not None else max(1, cpus // min(workers or cpus, len(plan)))
+    tasks = []
+    for task in plan:
+        kwargs = dict(spacing_um=o_spacing, phases=phases, network=network, transport_axis=o_axis, cc_face=cc_face,
+                      first=task["first"], last=task["last"], with_previous=task["with_previous"],
+                      thickness_samples=samples, tortuosity=task["tortuosity"], threads=threads_per_task)
+        block = dask.delayed(_read_block, pure=False)(labels, chunk_axis, task["lo"], task["hi"])
+        tasks.append(dask.delayed(_partial, pure=False)(block, task["core"], kwargs))
+    client = _client(scheduler)
+    try:
+        partials = _run(client, tasks, workers)
+    finally:
+        if client is not None:
+            client.close()
+    merger = PartialsMerger(spacing_um=spacing, phases=phases, network=network, transport_axis=axis)
+    for partial in partials:
+        merger.add(partial)
+    doc = merger.document(depth_slices=labels.shape[0], details=details)
+    whole = np.asarray(labels) if network.tortuosity_factor else None
+    return finish_document(doc, whole, spacing_um=spacing, phases=phases, network=network, transport_axis=axis,
+                           composition=composition, details=details, threads=threads_per_task)
 
 
 class VolumeAnalysis:
@@ -183,6 +225,9 @@ class VolumeAnalysis:
         (z cannot be the transport axis of a volume that grows along z.)
     cc_face : int
         0 or -1.
+    network : processing.metrics.NetworkPhases, optional
+        The phase of each network metric (default: the reference study's); a tortuosity
+        factor is not computed while the volume grows.
     scheduler : str, optional
         None for in-process threads, or ``"tcp://host:port"`` of a dask.distributed
         scheduler.
@@ -191,9 +236,9 @@ class VolumeAnalysis:
     window_slices : int, optional
         Thickness of the expensive-metric windows (default `expensive_every_slices`).
     halo_slices : int
-        Extra slices on both sides of a window for the local thickness.
+        Extra slices on both sides of a window for the local thickness and tortuosity.
     max_window_voxels : int
-        Voxel budget of a window (x band beyond it, see the module notes).
+        Voxel budget of a window with its halo (the window is thinned to fit).
     slab_slices : int
         Slices per counting task.
     expensive_from_slice : int
@@ -201,9 +246,9 @@ class VolumeAnalysis:
         to leave the slices already analysed to the cheap metrics only).
     """
 
-    def __init__(self, labels, *, spacing_um, phases=Phases(), transport_axis=1, cc_face=0, scheduler=None,
-                 expensive_every_slices=32, window_slices=None, halo_slices=8, max_window_voxels=32_000_000,
-                 slab_slices=16, expensive_from_slice=0):
+    def __init__(self, labels, *, spacing_um, phases=Phases(), transport_axis=1, cc_face=0, network=None,
+                 scheduler=None, expensive_every_slices=32, window_slices=None, halo_slices=8,
+                 max_window_voxels=64_000_000, slab_slices=16, expensive_from_slice=0):
         if getattr(labels, "ndim", None) != 3:
             raise ValueError(f"labels must be a (Z, Y, X) array, got {type(labels).__name__} "
                              f"with shape {getattr(labels, 'shape', None)}")
@@ -217,16 +262,20 @@ class VolumeAnalysis:
         if cc_face not in (0, -1):
             raise ValueError(f"cc_face must be 0 or -1, got {cc_face!r}")
         self.cc_face = cc_face
+        network = network or NetworkPhases.resolve(phases)
+        self.network = NetworkPhases(network.tortuosity, network.thickness, network.connected,
+                                     network.interconnected, (), network.coverage_by)
         for name, value in (("expensive_every_slices", expensive_every_slices), ("halo_slices", halo_slices + 1),
                             ("max_window_voxels", max_window_voxels), ("slab_slices", slab_slices)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
         self.every = expensive_every_slices
-        self.window = window_slices or expensive_every_slices
-        if not isinstance(self.window, int) or self.window < 1:
+        window = window_slices or expensive_every_slices
+        if not isinstance(window, int) or window < 1:
             raise ValueError(f"window_slices must be a positive integer, got {window_slices!r}")
+        slice_voxels = int(labels.shape[1]) * int(labels.shape[2])
+        self.window = max(1, min(window, max_window_voxels // max(slice_voxels, 1) - 2 * halo_slices))
         self.halo = halo_slices
-        self.max_window_voxels = max_window_voxels
         self.slab = slab_slices
         if isinstance(expensive_from_slice, bool) or not isinstance(expensive_from_slice, int) \
                 or expensive_from_slice < 0:
@@ -237,35 +286,28 @@ class VolumeAnalysis:
         self._counts: SlabCounts | None = None
         self._counted = 0
         self._windows_done = 0
-        self._window_sums = None
+        self._merger = self._new_merger()
         self._depth = 0
-        self._client = None
-        if scheduler is not None:
-            if not (isinstance(scheduler, str) and scheduler.startswith("tcp://")):
-                raise ValueError(f"scheduler must be None or 'tcp://host:port', got {scheduler!r}")
-            from distributed import Client  # noqa: PLC0415 - only when a cluster is asked for
+        self._client = _client(scheduler)
 
-            self._client = Client(scheduler, set_as_default=False)
-            log.info("analysis on dask.distributed scheduler %s", scheduler)
+    def _new_merger(self):
+        return PartialsMerger(spacing_um=self.spacing_um, phases=self.phases, network=self.network,
+                              transport_axis=self.transport_axis)
 
     # -- plumbing -------------------------------------------------------------------------
 
-    def _block(self, lo, hi, x0=None, x1=None):
-        """Slices [lo, hi) (columns [x0, x1)) as a Dask dependency, read only when run.
+    def _block(self, lo, hi):
+        """Slices [lo, hi) as a Dask dependency, read only when run.
 
         A Dask array is sliced lazily; anything else (Zarr) is read by the task itself,
         so only the requested slices are read, never whole Dask chunks around them.
         """
         if isinstance(self._labels, da.Array):
-            return self._labels[lo:hi, :, x0:x1]
-        return dask.delayed(_read, pure=False)(self._labels, lo, hi, x0, x1)
+            return self._labels[lo:hi]
+        return dask.delayed(_read, pure=False)(self._labels, lo, hi, None, None)
 
     def _compute(self, tasks):
-        if not tasks:
-            return []
-        if self._client is not None:
-            return self._client.gather(self._client.compute(tasks))
-        return list(dask.compute(*tasks, scheduler="threads"))
+        return _run(self._client, tasks)
 
     # -- cheap, incremental ---------------------------------------------------------------
 
@@ -279,41 +321,15 @@ class VolumeAnalysis:
 
     # -- expensive, windowed --------------------------------------------------------------
 
-    def _window_task(self, index, depth):
+    def _window_task(self, index, depth, *, last):
         z0 = self.origin + index * self.window
         z1 = min(z0 + self.window, depth)
-        lo, hi = max(z0 - self.halo, 0), min(z1 + self.halo, depth)
-        _, ny, nx = self._labels.shape
-        x0, x1 = 0, nx
-        fit = max(1, self.max_window_voxels // max(1, (hi - lo) * ny))
-        if fit < nx:
-            # equal bands (the same cost for every window), visited in turn
-            n_bands = math.ceil(nx / fit)
-            band = math.ceil(nx / n_bands)
-            x0 = (index % n_bands) * band
-            x1 = min(x0 + band, nx)
-        block = self._block(lo, hi, x0, x1)
-        log.debug("expensive window %d: z %d-%d (halo %d-%d), x %d-%d", index, z0, z1, lo, hi, x0, x1)
-        return dask.delayed(_window_sums, pure=False)(block, z0 - lo, z1 - z0, self.phases, self.spacing_um,
-                                          self.transport_axis, self.cc_face)
-
-    def _expensive_doc(self, sums):
-        plus, minus = DIRECTION_KEYS[self.transport_axis]
-        sums = sums or {}
-        doc = {"tortuosity_geometric": {}, "local_thickness_um": {}, "connected_share": {},
-               "interconnected_share": {}, "inner_porosity_share": None}
-        for name, (sf, nf, sb, nb) in sums.get("tortuosity", {}).items():
-            doc["tortuosity_geometric"][name] = {plus: _ratio(sf, nf), minus: _ratio(sb, nb)}
-        for name, (n, s, s2) in sums.get("thickness", {}).items():
-            mean = _ratio(s, n)
-            doc["local_thickness_um"][name] = {
-                "mean": mean, "std": None if mean is None else math.sqrt(max(s2 / n - mean * mean, 0.0))}
-        for key, field in (("connected", "connected_share"), ("interconnected", "interconnected_share")):
-            for name, (num, den) in sums.get(key, {}).items():
-                doc[field][name] = _ratio(num, den)
-        if sums.get("inner"):
-            doc["inner_porosity_share"] = _ratio(*sums["inner"])
-        return doc
+        lo, hi = max(z0 - max(self.halo, 1), 0), min(z1 + self.halo, depth)
+        log.debug("expensive window %d: z %d-%d (read %d-%d)", index, z0, z1, lo, hi)
+        kwargs = dict(spacing_um=self.spacing_um, phases=self.phases, network=self.network,
+                      transport_axis=self.transport_axis, cc_face=self.cc_face, first=z0 == 0, last=last,
+                      with_previous=z0 > 0, thickness_samples=_THICKNESS_SAMPLES, tortuosity=True, threads=1)
+        return dask.delayed(_partial, pure=False)(self._block(lo, hi), (z0 - lo, z1 - lo), kwargs)
 
     # -- public ---------------------------------------------------------------------------
 
@@ -325,7 +341,7 @@ class VolumeAnalysis:
         depth : int, optional
             Committed slices (default: the array's length). Must not decrease.
         full : bool
-            Also pool the incomplete last window into the expensive metrics (end of run).
+            Also add the incomplete last window into the expensive metrics (end of run).
 
         Returns
         -------
@@ -343,24 +359,34 @@ class VolumeAnalysis:
         # Windows whose halo after them is acquired are final; they are computed once.
         ready = max(0, (depth - self.origin - self.halo) // self.window)
         new_windows = list(range(self._windows_done, ready))
-        window_tasks = [self._window_task(k, depth) for k in new_windows]
+        window_tasks = [self._window_task(k, depth, last=False) for k in new_windows]
         want_tail = (full or ready == 0) and self.origin + ready * self.window < depth
-        tail_task = [self._window_task(ready, depth)] if want_tail else []
+        tail_task = [self._window_task(ready, depth, last=True)] if want_tail else []
         results = self._compute(tasks + window_tasks + tail_task)
-        counts, windows, tail = results[:len(tasks)], results[len(tasks):len(tasks) + len(window_tasks)], \
-            results[len(tasks) + len(window_tasks):]
+        counts = results[:len(tasks)]
+        windows = results[len(tasks):len(tasks) + len(window_tasks)]
+        tail = results[len(tasks) + len(window_tasks):]
         for part in counts:
             self._counts = part if self._counts is None else self._counts + part
         self._counted = depth
         for part in windows:
-            self._window_sums = _merge(self._window_sums, part)
+            self._merger.add(part)
         self._windows_done = ready
-        sums = self._window_sums
-        for part in tail:
-            sums = _merge(sums, part)
+        merger = self._merger
+        if tail:
+            merger = copy.deepcopy(self._merger)
+            merger.add(tail[0])
         doc = {"depth_slices": depth, "spacing_um": list(self.spacing_um)}
-        doc.update(counts_metrics(self._counts, spacing_um=self.spacing_um, phases=self.phases))
-        doc.update(self._expensive_doc(sums))
+        doc.update(counts_metrics(self._counts, spacing_um=self.spacing_um, phases=self.phases,
+                                  coverage_by=self.network.coverage_by))
+        if merger.chunks:
+            expensive = merger.document(depth_slices=depth)
+            for field in ("tortuosity_geometric", "local_thickness_um", "connected_share", "interconnected_share",
+                          "inner_porosity_share", "face_valid_share", "sampling_error"):
+                doc[field] = expensive[field]
+        else:
+            doc.update(tortuosity_geometric={}, local_thickness_um={}, connected_share={}, interconnected_share={},
+                       inner_porosity_share=None, face_valid_share=None, sampling_error={})
         covered = depth if tail else min(depth, self.origin + ready * self.window)
         doc["expensive_depth_slices"] = max(0, covered - self.origin)
         doc["expensive_windows"] = ready + len(tail)

@@ -105,6 +105,7 @@ class AnalysisWorker:
                 spacing_um=store.spacing_um,
                 phases=self.phases,
                 transport_axis=transport_axis,
+                network=cfg.analysis.network(self.phases),
                 scheduler=cfg.analysis.scheduler,
                 expensive_every_slices=cfg.analysis.expensive_every_slices,
             )

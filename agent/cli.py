@@ -141,8 +141,23 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_metrics(args: argparse.Namespace) -> int:
+    from agent.config import load_config
     from agent.report import metrics_report
 
+    # [analysis] network phases and [composition] of a configuration; the options win
+    cfg = load_config(args.config) if args.config else None
+    network = {}
+    if cfg is not None:
+        a = cfg.analysis
+        network = dict(tortuosity=a.tortuosity_phases, thickness=a.thickness_phases, connected=a.connected_phases,
+                       interconnected=a.interconnected_phases, tortuosity_factor=a.tortuosity_factor_phases or None,
+                       coverage_by=a.coverage_by)
+    for key in ("tortuosity", "thickness", "connected", "interconnected", "tortuosity_factor"):
+        given = getattr(args, f"{key}_phase")
+        if given:
+            network[key] = [] if given == ["none"] else given
+    if args.coverage_by:
+        network["coverage_by"] = args.coverage_by
     return metrics_report(
         args.volume,
         json_output=args.json,
@@ -152,6 +167,12 @@ def cmd_metrics(args: argparse.Namespace) -> int:
         plot=args.plot,
         rev=not args.no_rev,
         tolerance=args.tolerance,
+        network_phases=network,
+        composition=None if cfg is None else cfg.composition.as_dict(),
+        scheduler=args.scheduler or (cfg.analysis.scheduler if cfg else None),
+        chunk_voxels=args.chunk_voxels or (cfg.analysis.chunk_voxels if cfg else None),
+        halo_slices=cfg.analysis.halo_slices if cfg else None,
+        tortuosity_max_voxels=args.tortuosity_max_voxels,
     )
 
 
@@ -247,6 +268,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plot", type=Path, help="write the REV curves as a PNG here")
     p.add_argument("--no-rev", action="store_true", help="skip the REV report")
     p.add_argument("--tolerance", type=float, default=0.05, help="REV tolerance (default 0.05)")
+    p.add_argument("--config", type=Path, help="read [analysis] network phases and [composition] from this file")
+    for key, default in (("tortuosity", "the electrolyte"), ("thickness", "electrolyte and active"),
+                         ("connected", "the active phase"), ("interconnected", "the pore"),
+                         ("tortuosity-factor", "none")):
+        p.add_argument(f"--{key}-phase", dest=f"{key.replace('-', '_')}_phase", action="append", metavar="NAME",
+                       help=f"phase of the {key.replace('-', ' ')} (repeatable; 'none' for none; default {default})")
+    p.add_argument("--coverage-by", metavar="NAME", help="covering phase of the coverage (default the electrolyte)")
+    p.add_argument("--scheduler", help="compute the chunks on a dask.distributed cluster at tcp://HOST:PORT")
+    p.add_argument("--chunk-voxels", type=int, help="chunk size of the whole-volume metrics (default 64000000)")
+    p.add_argument("--tortuosity-max-voxels", type=int,
+                   help="geometric tortuosity on a systematic sample of chunks within this budget (error published)")
     p.set_defaults(func=cmd_metrics)
 
     p = sub.add_parser("bench", parents=logging_options, help="per-stage throughput on this machine")

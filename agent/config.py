@@ -118,6 +118,50 @@ class AnalysisConfig(_Section):
     scheduler: str | None = Field(None, description="dask.distributed address (tcp://host:port); None = in-process threads")
     every_slices: int = Field(4, ge=1, description="refresh the metrics after this many new slices")
     expensive_every_slices: int = Field(32, ge=1, description="refresh tortuosity and local thickness after this many")
+    # The phase of each network metric; None = the reference study's (by role).
+    tortuosity_phases: list[str] | None = Field(None, description="geometric tortuosity; None = the electrolyte")
+    thickness_phases: list[str] | None = Field(None, description="local thickness; None = electrolyte and active")
+    connected_phases: list[str] | None = Field(None, description="share connected to the current collector; "
+                                               "None = the active phase")
+    interconnected_phases: list[str] | None = Field(None, description="share in the largest cluster; None = the pore")
+    coverage_by: str | None = Field(None, description="covering phase of the coverage; None = the electrolyte")
+    tortuosity_factor_phases: list[str] = Field(
+        default_factory=list, description="tortuosity factor (steady diffusion, TauFactor's) of these phases, "
+        "for finished volumes (revwatch metrics); empty = not computed")
+    chunk_voxels: int = Field(64_000_000, ge=1, description="chunk of the whole-volume metrics (memory bound)")
+    halo_slices: int = Field(16, ge=0, description="margin of a chunk for local thickness and tortuosity")
+
+    def network(self, phases: Phases):
+        """The :class:`processing.metrics.NetworkPhases` of this section for `phases`."""
+        from processing.metrics import NetworkPhases  # noqa: PLC0415 - keeps config import light
+
+        return NetworkPhases.resolve(phases, tortuosity=self.tortuosity_phases, thickness=self.thickness_phases,
+                                     connected=self.connected_phases, interconnected=self.interconnected_phases,
+                                     tortuosity_factor=self.tortuosity_factor_phases, coverage_by=self.coverage_by)
+
+
+class CompositionConfig(_Section):
+    """The weighed composition of the sample: gives the targeted volume ratio (omitted when not given)."""
+
+    weight_fractions: dict[str, float] | None = Field(
+        None, description="weight fraction (or parts) per component, e.g. {active = 0.7, electrolyte = 0.3}")
+    densities_g_cm3: dict[str, float] | None = Field(None, description="density per component, same keys")
+
+    @model_validator(mode="after")
+    def _check(self):
+        if (self.weight_fractions is None) != (self.densities_g_cm3 is None):
+            raise ValueError("give both weight_fractions and densities_g_cm3, or neither")
+        if self.weight_fractions is not None:
+            from processing.metrics import targeted_volume_ratio  # noqa: PLC0415
+
+            targeted_volume_ratio(self.weight_fractions, self.densities_g_cm3)
+        return self
+
+    def as_dict(self) -> dict | None:
+        """``{"weight_fractions", "densities_g_cm3"}`` for :func:`processing.metrics.table1`, or None."""
+        if self.weight_fractions is None:
+            return None
+        return {"weight_fractions": dict(self.weight_fractions), "densities_g_cm3": dict(self.densities_g_cm3)}
 
 
 class RevConfig(_Section):
@@ -157,8 +201,17 @@ class Config(_Section):
     phases: PhasesConfig = Field(default_factory=PhasesConfig)
     processing: ProcessingConfig = Field(default_factory=ProcessingConfig)
     analysis: AnalysisConfig = Field(default_factory=AnalysisConfig)
+    composition: CompositionConfig = Field(default_factory=CompositionConfig)
     rev: RevConfig = Field(default_factory=RevConfig)
     publish: PublishConfig = Field(default_factory=PublishConfig)
+
+    @model_validator(mode="after")
+    def _analysis_phases(self):
+        try:
+            self.analysis.network(self.phases.to_phases())
+        except ValueError as exc:
+            raise ValueError(f"analysis: {exc}") from None
+        return self
 
     def volume_path(self) -> Path | None:
         """The run's volume: ``volume.path``, else ``<folder>.revwatch.ome.zarr`` beside the folder."""

@@ -364,8 +364,24 @@ def _num(value, digits=2):
     return "—" if value is None else f"{value:.{digits}f}"
 
 
-def render_table1(doc, phases: Phases, *, title="Table 1"):
+def _with_error(value, error, digits=2):
+    """A value with its sampling error when it was estimated from a sample."""
+    if value is None or not error:
+        return _num(value, digits)
+    return f"{value:.{digits}f} ± {error:.{digits}f}"
+
+
+def render_table1(doc, phases: Phases, *, title="Table 1", composition=None):
     """Table 1 of a ``metrics`` document (from ``table1(..., details=True)``) in the paper's layout.
+
+    Parameters
+    ----------
+    doc : dict
+    phases : Phases
+    title : str
+    composition : dict, optional
+        ``{"weight_fractions", "densities_g_cm3"}`` the document's ``targeted_volume_ratio``
+        came from (shown beside it); the targeted ratio is shown only when the document has it.
 
     Returns
     -------
@@ -374,8 +390,6 @@ def render_table1(doc, phases: Phases, *, title="Table 1"):
         network" and "Specific surface (um^-1)".
     """
     from rich.table import Table
-
-    from processing.metrics import targeted_volume_ratio
 
     roles = phases.roles
     active, electrolyte, pore = roles.get("active"), roles.get("electrolyte"), roles.get("pore")
@@ -394,36 +408,54 @@ def render_table1(doc, phases: Phases, *, title="Table 1"):
 
     fractions = doc["volume_fraction"]
     vf = [(name, _pct(fractions.get(name))) for name in phases.names]
-    vf.append(("Unassigned", _pct(fractions.get("unassigned"))))
+    vf.append(("Unassigned (% of all voxels; phases are % of the assigned)", _pct(fractions.get("unassigned"))))
     ratio = doc.get("active_electrolyte_ratio")
-    if active and electrolyte:
-        if ratio is not None:
-            vf.append((f"{active}:{electrolyte} ratio", f"{100 * ratio:.0f}:{100 * (1 - ratio):.0f}"))
-        a, e = targeted_volume_ratio()
-        vf.append((f"{active}:{electrolyte} targeted (70:30 wt%, 4.6 / 1.88 g/cm3)", f"{100 * a:.0f}:{100 * e:.0f}"))
+    if active and electrolyte and ratio is not None:
+        vf.append((f"{active}:{electrolyte} ratio", f"{100 * ratio:.0f}:{100 * (1 - ratio):.0f}"))
+    targeted = doc.get("targeted_volume_ratio")
+    if targeted:
+        label = "targeted volume ratio " + ":".join(targeted)
+        if composition:
+            weights = ":".join(f"{v:g}" for v in composition["weight_fractions"].values())
+            densities = " / ".join(f"{v:g}" for v in composition["densities_g_cm3"].values())
+            label += f" ({weights} by weight, {densities} g/cm3)"
+        vf.append((label, ":".join(f"{100 * v:.0f}" for v in targeted.values())))
     section("Volume fraction (%)", vf)
 
     excluded = (doc.get("details") or {}).get("tortuosity_excluded_share", {})
+    errors = doc.get("sampling_error") or {}
     ionic = []
     for name, taus in doc.get("tortuosity_geometric", {}).items():
         for direction, tau in taus.items():
             ex = excluded.get(name, {}).get(direction)
             note = "" if ex is None else f" ({_pct(ex)}% of face voxels not percolating)"
-            ionic.append((f"τ {direction} tortuosity {name}{note}", _num(tau)))
+            ionic.append((f"τ {direction} tortuosity {name}{note}",
+                          _with_error(tau, errors.get("tortuosity_geometric", {}).get(name, {}).get(direction))))
+    for name, taus in (doc.get("tortuosity_factor") or {}).items():
+        for direction, tau in taus.items():
+            ionic.append((f"τ {direction} tortuosity factor {name} (diffusion)", _num(tau)))
     thickness = doc.get("local_thickness_um", {})
-    if electrolyte in thickness:
-        ionic.append((f"Average local thickness {electrolyte} (μm)", _num(thickness[electrolyte]["mean"])))
-        ionic.append((f"Std dev. local thickness {electrolyte} (μm)", _num(thickness[electrolyte]["std"])))
+    thickness_error = errors.get("local_thickness_um", {})
+    thickness_rows = [name for name in thickness if name != active]
+    for name in thickness_rows:
+        ionic.append((f"Average local thickness {name} (μm)",
+                      _with_error(thickness[name]["mean"], thickness_error.get(name, {}).get("mean"))))
+        ionic.append((f"Std dev. local thickness {name} (μm)", _num(thickness[name]["std"])))
     section("Ionic network", ionic)
 
-    electronic = []
+    electronic = [(f"% connected {name}", _pct(share)) for name, share in doc.get("connected_share", {}).items()]
+    if doc.get("face_valid_share") is not None and doc["face_valid_share"] < 1:
+        electronic.append(("% of the current-collector face assigned", _pct(doc["face_valid_share"])))
+    # the covering phase is the one phase without a coverage of its own
+    uncovered = [name for name in phases.names if name not in doc.get("coverage_share", {})]
+    covering = uncovered[0] if len(uncovered) == 1 else None
     if active:
-        electronic.append((f"% connected {active}", _pct(doc.get("connected_share", {}).get(active))))
         electronic.append((f"A_{active}/V_cell (μm⁻¹)", _num(doc.get("surface_area_per_cell_volume_um-1", {}).get(active))))
-        if electrolyte:
-            electronic.append((f"% coverage {active} by {electrolyte}", _pct(doc.get("coverage_share", {}).get(active))))
+        if covering:
+            electronic.append((f"% coverage {active} by {covering}", _pct(doc.get("coverage_share", {}).get(active))))
         if active in thickness:
-            electronic.append((f"Average local thickness {active} (μm)", _num(thickness[active]["mean"])))
+            electronic.append((f"Average local thickness {active} (μm)",
+                               _with_error(thickness[active]["mean"], thickness_error.get(active, {}).get("mean"))))
             electronic.append((f"Std dev. local thickness {active} (μm)", _num(thickness[active]["std"])))
     section("Electronic network", electronic)
 
@@ -605,7 +637,9 @@ def plot_rev(report, path, *, spacing_um, title=""):
 
 
 def metrics_report(volume, *, json_output=False, spacing_um=None, phase_map=(), transport_axis="y", plot=None,
-                   rev=True, tolerance=0.05, console=None, err_console=None) -> int:
+                   rev=True, tolerance=0.05, network_phases=None, composition=None, scheduler=None,
+                   chunk_voxels=None, halo_slices=None, tortuosity_max_voxels=None, console=None,
+                   err_console=None) -> int:
     """``revwatch metrics VOLUME``: print Table 1 (and the REV report) of a volume.
 
     Parameters
@@ -627,6 +661,18 @@ def metrics_report(volume, *, json_output=False, spacing_um=None, phase_map=(), 
         Add the REV report.
     tolerance : float
         REV tolerance, in (0, 1).
+    network_phases : dict, optional
+        The phase names of the network metrics, keys ``tortuosity``, ``thickness``,
+        ``connected``, ``interconnected``, ``tortuosity_factor`` (lists) and
+        ``coverage_by``; a key absent or None keeps the reference study's default
+        (:class:`processing.metrics.NetworkPhases`).
+    composition : dict, optional
+        ``{"weight_fractions": {...}, "densities_g_cm3": {...}}``: adds the targeted
+        volume ratio (not shown otherwise).
+    scheduler : str, optional
+        ``tcp://host:port`` of a dask.distributed scheduler; default local threads.
+    chunk_voxels, halo_slices, tortuosity_max_voxels : int, optional
+        Chunking of the whole-volume metrics (:func:`processing.metrics.table1`).
     console, err_console : rich.console.Console, optional
         Where the tables and the progress go (default stdout and stderr).
 
@@ -642,7 +688,8 @@ def metrics_report(volume, *, json_output=False, spacing_um=None, phase_map=(), 
     """
     from rich.console import Console
 
-    from processing.metrics import table1
+    from agent.analysis import whole_volume_table1
+    from processing.metrics import CHUNK_VOXELS, HALO_SLICES, NetworkPhases
 
     if transport_axis not in ("z", "y", "x"):
         raise MetricsInputError(f"--transport-axis {transport_axis!r}: expected z, y or x")
@@ -659,11 +706,19 @@ def metrics_report(volume, *, json_output=False, spacing_um=None, phase_map=(), 
     console = console or Console()
     err_console = err_console or Console(stderr=True)
     data = load_volume(volume, spacing_um=spacing_um, phase_map=phase_map)
+    try:
+        network = NetworkPhases.resolve(data.phases, **(network_phases or {}))
+    except (ValueError, TypeError) as exc:
+        raise MetricsInputError(f"network metric phases: {exc}") from None
     axis = "zyx".index(transport_axis)
     shape = " x ".join(map(str, data.labels.shape))
     t0 = time.perf_counter()
     with err_console.status(f"Table 1 of {shape} voxels (tortuosity, local thickness, connectivity) ..."):
-        doc = table1(data.labels, spacing_um=data.spacing_um, phases=data.phases, transport_axis=axis, details=True)
+        doc = whole_volume_table1(
+            data.labels, spacing_um=data.spacing_um, phases=data.phases, transport_axis=axis, network=network,
+            composition=composition, scheduler=scheduler, details=True,
+            chunk_voxels=chunk_voxels or CHUNK_VOXELS, halo_slices=HALO_SLICES if halo_slices is None else halo_slices,
+            tortuosity_max_voxels=tortuosity_max_voxels)
     seconds = time.perf_counter() - t0
     log.info("Table 1 of %s (%s voxels) in %.1f s", data.source, shape, seconds)
     report = None
@@ -684,7 +739,7 @@ def metrics_report(volume, *, json_output=False, spacing_um=None, phase_map=(), 
     dz, dy, dx = data.spacing_um
     title = (f"Table 1: {data.source}\n{shape} voxels of {dz:g} x {dy:g} x {dx:g} μm, "
              f"transport along {transport_axis}, computed in {seconds:.1f} s")
-    console.print(render_table1(doc, data.phases, title=title))
+    console.print(render_table1(doc, data.phases, title=title, composition=composition))
     if report is not None:
         console.print(render_rev(report, spacing_um=data.spacing_um))
         if plot is not None:

@@ -126,3 +126,34 @@ def test_distributed_cluster_gives_the_same_numbers(zarr_volume):
                             scheduler=cluster.scheduler_address) as va:
             remote = va.update(40, full=True)
     assert remote == local
+
+
+def test_whole_volume_table1_equals_table1_and_runs_on_a_cluster(tmp_path):
+    from agent.analysis import whole_volume_table1
+
+    labels = composite((40, 36, 32), 4)
+    labels[:, :5] = 0  # a cap on the current-collector face
+    arr = zarr.create_array(tmp_path / "v.zarr", shape=labels.shape, chunks=(8, 36, 32), dtype="uint8")
+    arr[:] = labels
+    kwargs = dict(spacing_um=SPACING, chunk_voxels=36 * 32 * 12, halo_slices=6)
+    ref = table1(labels, **kwargs)
+    local = whole_volume_table1(arr, **kwargs)
+    assert local == ref  # same chunks, same numbers: reading from Zarr and Dask change nothing
+    assert local["connected_share"]["active"] > 0.5
+    distributed = pytest.importorskip("distributed")
+    with distributed.LocalCluster(n_workers=2, processes=True, threads_per_worker=1, dashboard_address=None,
+                                  host="127.0.0.1") as cluster:
+        remote = whole_volume_table1(arr, scheduler=cluster.scheduler_address, **kwargs)
+    assert remote == local
+
+
+def test_windows_join_components_across_their_faces():
+    # a phase that is one connected whole only through several windows
+    labels = np.full((48, 20, 12), 2, np.uint8)
+    labels[:, 0:3, 2:5] = 3        # touches the current collector
+    labels[40:48, 0:12, 2:5] = 3   # joins it to the far arm in the last window
+    labels[:, 9:12, 2:5] = 3       # far arm
+    va = VolumeAnalysis(labels, spacing_um=(1, 1, 1), expensive_every_slices=16, halo_slices=2)
+    doc = va.update(48, full=True)
+    assert doc["connected_share"]["active"] == pytest.approx(1.0)
+    assert doc["connected_share"]["active"] == table1(labels, spacing_um=(1, 1, 1))["connected_share"]["active"]

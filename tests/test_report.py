@@ -64,8 +64,8 @@ def test_tiff_json_fractions_exact_and_mapping_honoured(truth, label_tiff, capsy
     assert rc == 0
     doc = json.loads(out)  # stdout holds the document and nothing else
     counts = np.bincount(truth.ravel(), minlength=4)
-    for name, label in Phases().labels.items():
-        assert doc["volume_fraction"][name] == counts[label] / truth.size
+    for name, label in Phases().labels.items():  # phases: shares of the assigned voxels
+        assert doc["volume_fraction"][name] == counts[label] / (truth.size - counts[0])
     assert doc["volume_fraction"]["unassigned"] == counts[0] / truth.size == 4 * 6 * 9 / truth.size
     assert doc["depth_slices"] == truth.shape[0] and doc["spacing_um"] == list(SPACING)
     # Every other metric, by phase name, equals Table 1 of the unscrambled volume.
@@ -90,7 +90,8 @@ def test_tiff_json_rev_report_follows_the_volume(truth, label_tiff, capsys):
         assert entry["value"] == doc["volume_fraction"][name]
         # Running value on the first k slices: the fraction counted on them, independently.
         for k, value in zip(entry["running"]["depth_slices"], entry["running"]["values"]):
-            assert value == pytest.approx(np.count_nonzero(truth[:k] == Phases().label(name)) / truth[:k].size, abs=1e-12)
+            assert value == pytest.approx(np.count_nonzero(truth[:k] == Phases().label(name))
+                                          / np.count_nonzero(truth[:k]), abs=1e-12)
         assert entry["running"]["depth_slices"][-1] == truth.shape[0]
         curve = entry["curve"]
         assert len(curve["edges_um"]) == len(curve["relative_std"]) == len(curve["n_samples"])
@@ -121,14 +122,21 @@ def test_revwatch_volume_prints_table1_of_committed_slices(truth, tmp_path):
         assert section in text
     for name, label in Phases().labels.items():
         line = next(line for line in text.splitlines() if f"│ {name} " in line)
-        assert line.rstrip(" │").endswith(f"{100 * counts[label] / truth.size:.1f}")
+        assert line.rstrip(" │").endswith(f"{100 * counts[label] / (truth.size - counts[0]):.1f}")
     doc = table1(truth, spacing_um=SPACING, phases=Phases())
     assert f"{doc['surface_area_per_cell_volume_um-1']['active']:.2f}" in text
     assert f"{100 * doc['connected_share']['active']:.1f}" in text
     assert f"{doc['tortuosity_geometric']['electrolyte']['y+']:.2f}" in text
     ratio = counts[3] / (counts[2] + counts[3])
     assert f"active:electrolyte ratio" in text and f"{100 * ratio:.0f}:{100 * (1 - ratio):.0f}" in text
-    assert "49:51" in text  # 70:30 wt% with 4.6 and 1.88 g/cm3
+    assert "targeted" not in text and "4.6" not in text  # no composition configured: no targeted ratio
+    composition = {"weight_fractions": {"active": 0.7, "electrolyte": 0.3},
+                   "densities_g_cm3": {"active": 4.6, "electrolyte": 1.88}}
+    console = Console(record=True, width=160)
+    metrics_report(path, rev=False, composition=composition, console=console, err_console=Console(file=io.StringIO()))
+    text = console.export_text()
+    line = next(line for line in text.splitlines() if "targeted volume ratio active:electrolyte" in line)
+    assert "(0.7:0.3 by weight, 4.6 / 1.88 g/cm3)" in line and line.rstrip(" │").endswith("49:51")
 
 
 def test_revwatch_volume_rev_table_and_plot(truth, tmp_path):
@@ -254,3 +262,22 @@ def test_real_nmc_volume(capsys, tmp_path):
     for value, name in ((0, "pore"), (1, "active"), (2, "electrolyte")):
         line = next(line for line in out.splitlines() if f"│ {name} " in line)
         assert line.rstrip(" │").endswith(f"{100 * np.count_nonzero(source == value) / source.size:.1f}")
+
+
+def test_network_phases_and_composition_from_the_command_line(truth, label_tiff, tmp_path, capsys):
+    cfg = tmp_path / "c.toml"
+    cfg.write_text("[composition]\nweight_fractions = {active = 0.7, electrolyte = 0.3}\n"
+                   "densities_g_cm3 = {active = 4.6, electrolyte = 1.88}\n"
+                   "[analysis]\nthickness_phases = [\"pore\"]\n")
+    rc, out, _ = run_cli(capsys, *tiff_args(label_tiff), "--json", "--no-rev", "--config", cfg,
+                         "--tortuosity-phase", "pore", "--connected-phase", "electrolyte",
+                         "--tortuosity-factor-phase", "electrolyte", "--coverage-by", "pore")
+    assert rc == 0
+    doc = json.loads(out)
+    assert set(doc["tortuosity_geometric"]) == {"pore"} and set(doc["local_thickness_um"]) == {"pore"}
+    assert set(doc["connected_share"]) == {"electrolyte"} and set(doc["coverage_share"]) == {"electrolyte", "active"}
+    assert set(doc["tortuosity_factor"]) == {"electrolyte"}
+    assert doc["targeted_volume_ratio"]["active"] == pytest.approx((0.7 / 4.6) / (0.7 / 4.6 + 0.3 / 1.88))
+    validate_document({**doc, **COMMON, "topic": "metrics"}, topic="metrics")
+    rc, out, err = run_cli(capsys, *tiff_args(label_tiff), "--json", "--no-rev", "--tortuosity-phase", "cbd")
+    assert rc == 2 and out == "" and "tortuosity_phases: unknown phase names ['cbd']" in err

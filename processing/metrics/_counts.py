@@ -84,6 +84,7 @@ def _count_kernel(lab, skip_first, n_values, directions):
             for x in range(nx):
                 voxels[lab[z, y, x]] += 1
     cross = np.zeros((directions.shape[0], n_values, n_values), np.int64)
+    pairs = np.zeros(directions.shape[0], np.int64)
     for d in range(directions.shape[0]):
         oz, oy, ox = directions[d, 0], directions[d, 1], directions[d, 2]
         # In-plane pairs of the previous slice were counted with the slab before.
@@ -91,6 +92,7 @@ def _count_kernel(lab, skip_first, n_values, directions):
         y0, y1 = max(0, -oy), ny - max(0, oy)
         x0, x1 = max(0, -ox), nx - max(0, ox)
         counts = cross[d]
+        n_pairs = 0
         for z in range(z0, nz - oz):
             for y in range(y0, y1):
                 row_a = lab[z, y]
@@ -98,9 +100,13 @@ def _count_kernel(lab, skip_first, n_values, directions):
                 for x in range(x0, x1):
                     a = row_a[x]
                     b = row_b[x + ox]
+                    # test lines run inside the assigned region only (label 0 is outside)
+                    if a != 0 and b != 0:
+                        n_pairs += 1
                     if a != b:
                         counts[a, b] += 1
-    return voxels, cross
+        pairs[d] = n_pairs
+    return voxels, cross, pairs
 
 
 @dataclass(frozen=True)
@@ -119,7 +125,8 @@ class SlabCounts:
         ``crossings[d, a, b]``: neighbour pairs along ``DIRECTIONS[d]`` whose first voxel
         has label ``a`` and second label ``b`` (a != b).
     pairs : (13,) ndarray of int64
-        Neighbour pairs along each direction (test-line segments), both voxels inside.
+        Neighbour pairs along each direction with both voxels assigned (test-line
+        segments inside the valid region).
     """
 
     shape_yx: tuple[int, int]
@@ -152,10 +159,10 @@ class SlabCounts:
         spacing_um : sequence of 3 float
             Voxel size (dz, dy, dx) in um.
         edge_correction : bool
-            True (default) estimates the area as (surface density) x (volume), where the
-            density is crossings per test-line length inside the slab: unbiased for a
-            statistically homogeneous microstructure, whose test lines are cut short at
-            the borders. False returns the area of the interfaces inside the box (exact
+            True (default) estimates the area as (surface density) x (assigned volume),
+            where the density is crossings per test-line length inside the assigned
+            region: unbiased for a statistically homogeneous microstructure, whose test
+            lines are cut short at the borders and at unassigned voxels. False returns the area of the interfaces inside the box (exact
             in the limit for an object away from the borders, e.g. one sphere).
 
         Returns
@@ -166,26 +173,17 @@ class SlabCounts:
         spacing = np.asarray(check_spacing(spacing_um))
         weights = crofton_weights(spacing)
         step_um = np.linalg.norm(DIRECTIONS * spacing, axis=1)
-        n_total = self.voxels.sum()
+        n_assigned = self.voxels[1:].sum()
         voxel_um3 = float(np.prod(spacing))
         # S_V = 2 sum c_d n_d / (pairs_d |d|), and A = S_V * V with V = voxels * voxel volume.
         scale = np.zeros(len(DIRECTIONS))
         ok = self.pairs > 0
         if edge_correction:
-            scale[ok] = 2.0 * weights[ok] * n_total * voxel_um3 / (self.pairs[ok] * step_um[ok])
+            scale[ok] = 2.0 * weights[ok] * n_assigned * voxel_um3 / (self.pairs[ok] * step_um[ok])
         else:
             scale[ok] = 2.0 * weights[ok] * voxel_um3 / step_um[ok]
         ordered = np.tensordot(scale, self.crossings, axes=1)
         return ordered + ordered.T
-
-
-def _pair_counts(n_slices, ny, nx, with_previous):
-    """Neighbour pairs per direction in a slab (plus the straddling pairs)."""
-    pairs = np.empty(len(DIRECTIONS), np.int64)
-    for d, (oz, oy, ox) in enumerate(DIRECTIONS):
-        nzp = n_slices if (oz and with_previous) else n_slices - oz
-        pairs[d] = max(nzp, 0) * (ny - abs(oy)) * (nx - abs(ox))
-    return pairs
 
 
 def slab_counts(labels, *, previous_slice=None, n_values):
@@ -223,6 +221,6 @@ def slab_counts(labels, *, previous_slice=None, n_values):
             raise ValueError(f"previous_slice holds value {int(prev.max())} >= n_values {n_values}")
         lab = np.concatenate([prev[None], lab])
         skip = 1
-    voxels, crossings = _count_kernel(lab, skip, n_values, DIRECTIONS)
+    voxels, crossings, pairs = _count_kernel(lab, skip, n_values, DIRECTIONS)
     nz, ny, nx = lab.shape
-    return SlabCounts((ny, nx), nz - skip, voxels, crossings, _pair_counts(nz - skip, ny, nx, skip == 1))
+    return SlabCounts((ny, nx), nz - skip, voxels, crossings, pairs)

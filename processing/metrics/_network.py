@@ -4,20 +4,29 @@ Connectivity uses face neighbours (6-connectivity) throughout: two voxels of a p
 touching only along an edge or at a corner are, at the voxel scale, a segmentation
 accident more often than a conducting contact, and fast marching (tortuosity) moves
 through faces too, so both metrics see the same network.
+
+Valid region: unassigned voxels (label 0: protective cap, drift border) are outside the
+domain, neither a phase nor a wall. The two transport faces are therefore the first and
+the last *valid* voxel of every line along the transport axis (:func:`transport_lines`),
+not the planes at index 0 and -1: a cap of unassigned rows on the current-collector face
+moves that face down to the first assigned row of each column.
 """
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import cc3d
 import numpy as np
-import skfmm
 
 from ._common import check_axis, check_labels, check_mask, check_spacing
+from ._marching import march
 
 __all__ = [
     "TortuosityResult",
+    "transport_lines",
+    "face_valid_share",
     "geometric_tortuosity",
     "percolating_mask",
     "connected_share",
@@ -32,18 +41,93 @@ def _components(mask):
     return cc3d.connected_components(mask, connectivity=_CONNECTIVITY)
 
 
-def _face(array, axis, index):
-    return np.take(array, index, axis=axis)
+def _valid_or_all(valid, shape):
+    if valid is None:
+        return None
+    valid = check_mask(valid, name="valid")
+    if valid.shape != shape:
+        raise ValueError(f"valid must have the shape of the mask {shape}, got {valid.shape}")
+    return valid
 
 
-def percolating_mask(mask, *, axis=1):
-    """Phase voxels connected (6-connectivity) to both faces of `axis`.
+def transport_lines(valid, axis):
+    """First and last valid voxel of every line along `axis`.
+
+    Parameters
+    ----------
+    valid : (Z, Y, X) ndarray of bool or None
+        Assigned voxels; None means all.
+    axis : int
+        0 (z), 1 (y) or 2 (x).
+
+    Returns
+    -------
+    first, last : ndarray of int64
+        Index along `axis` of the first and last valid voxel of each line (the array's
+        shape without `axis`); meaningless where `has` is False.
+    has : ndarray of bool
+        Lines holding at least one valid voxel.
+    """
+    if valid is None:
+        raise ValueError("valid must be a (Z, Y, X) boolean array")
+    n = valid.shape[axis]
+    has = valid.any(axis=axis)
+    first = np.argmax(valid, axis=axis).astype(np.int64)
+    last = n - 1 - np.argmax(np.flip(valid, axis=axis), axis=axis).astype(np.int64)
+    return first, last, has
+
+
+def face_valid_share(valid, *, axis=1):
+    """Share of the transport face whose lines hold at least one assigned voxel.
+
+    The face of the metrics is the first valid voxel of each line (module notes); lines
+    with no valid voxel at all (a drift border spanning the whole depth) have no face.
+
+    Parameters
+    ----------
+    valid : (Z, Y, X) ndarray of bool
+    axis : int
+
+    Returns
+    -------
+    float
+        In [0, 1].
+    """
+    valid = check_mask(valid, name="valid")
+    axis = check_axis(axis, name="axis")
+    return float(np.count_nonzero(valid.any(axis=axis)) / (valid.size // valid.shape[axis]))
+
+
+def _at(array, index, axis):
+    """Values of `array` at `index` (one per line along `axis`)."""
+    return np.take_along_axis(array, np.expand_dims(index, axis), axis=axis).squeeze(axis)
+
+
+def _faces(shape, valid, axis):
+    """(first, last, has) of the lines; the array's end planes when `valid` is None."""
+    if valid is None:
+        lines = shape[:axis] + shape[axis + 1:]
+        return (np.zeros(lines, np.int64), np.full(lines, shape[axis] - 1, np.int64), np.ones(lines, bool))
+    return transport_lines(valid, axis)
+
+
+def _touching(comp, index, has, axis):
+    ids = _at(comp, index, axis)[has]
+    ids = np.unique(ids)
+    return ids[ids > 0]
+
+
+def percolating_mask(mask, *, axis=1, valid=None):
+    """Phase voxels connected (6-connectivity) to both transport faces.
 
     Parameters
     ----------
     mask : (Z, Y, X) ndarray of bool
     axis : int
         0 (z), 1 (y) or 2 (x).
+    valid : (Z, Y, X) ndarray of bool, optional
+        Assigned voxels (default all): the faces are the first and last valid voxel of
+        each line along `axis`.
 
     Returns
     -------
@@ -51,10 +135,12 @@ def percolating_mask(mask, *, axis=1):
     """
     mask = check_mask(mask)
     axis = check_axis(axis, name="axis")
+    valid = _valid_or_all(valid, mask.shape)
+    if valid is not None:
+        mask = mask & valid
+    first, last, has = _faces(mask.shape, valid, axis)
     comp = _components(mask)
-    first = np.unique(_face(comp, axis, 0))
-    last = np.unique(_face(comp, axis, -1))
-    through = np.intersect1d(first[first > 0], last[last > 0])
+    through = np.intersect1d(_touching(comp, first, has, axis), _touching(comp, last, has, axis))
     return np.isin(comp, through)
 
 
@@ -65,14 +151,20 @@ class TortuosityResult:
     Attributes
     ----------
     forward, backward : float or None
-        Mean shortest in-phase path from the face at index 0 to the last face
-        (``forward``, "+") and back ("-"), over the start-face voxels that percolate,
-        divided by the straight thickness. None when nothing percolates.
+        Mean shortest in-phase path from the first face to the last one (``forward``,
+        "+") and back ("-"), over the start-face voxels that percolate, divided by the
+        mean straight length of their lines. None when nothing percolates.
     excluded_share_forward, excluded_share_backward : float or None
         Share of the phase voxels of the start face that do not reach the other face
         (excluded from the mean). None when the face holds no phase.
     paths_forward, paths_backward : int
-        Number of start voxels averaged (to pool results of several subvolumes).
+        Number of start voxels averaged.
+    path_um_forward, path_um_backward : float
+        Sum of their path lengths (um), to pool several subvolumes exactly.
+    straight_um_forward, straight_um_backward : float
+        Sum of the straight lengths of their lines (um).
+    face_voxels_forward, face_voxels_backward : int
+        Phase voxels on the start face.
     """
 
     forward: float | None
@@ -81,37 +173,24 @@ class TortuosityResult:
     excluded_share_backward: float | None
     paths_forward: int = 0
     paths_backward: int = 0
+    path_um_forward: float = 0.0
+    path_um_backward: float = 0.0
+    straight_um_forward: float = 0.0
+    straight_um_backward: float = 0.0
+    face_voxels_forward: int = 0
+    face_voxels_backward: int = 0
 
 
-def _path_lengths_to_face(through, spacing, axis, target_index):
-    """Shortest in-phase distance (um) from every voxel of `through` to a face of `axis`.
-
-    The source is a ghost layer beyond the target face, so the zero level set is the
-    face itself (half a voxel outside the last voxel centres).
-    """
-    pad = [(0, 0)] * 3
-    pad[axis] = (1, 0) if target_index == 0 else (0, 1)
-    region = np.pad(through, pad)
-    ghost = [slice(None)] * 3
-    ghost[axis] = 0 if target_index == 0 else -1
-    region[tuple(ghost)] = _face(through, axis, target_index)
-    phi = np.ones(region.shape)
-    phi[tuple(ghost)] = -1.0
-    dist = skfmm.distance(np.ma.MaskedArray(phi, ~region), dx=list(spacing), order=2)
-    inner = [slice(None)] * 3
-    inner[axis] = slice(1, None) if target_index == 0 else slice(0, -1)
-    return np.ma.getdata(dist)[tuple(inner)], np.ma.getmaskarray(dist)[tuple(inner)]
-
-
-def geometric_tortuosity(mask, *, spacing_um, axis=1):
+def geometric_tortuosity(mask, *, spacing_um, axis=1, valid=None, lines=None, threads=1):
     """Geometric tortuosity of a phase along `axis`, in both directions.
 
-    For each voxel of the start face that belongs to the part of the phase connected to
-    both faces, the shortest in-phase path to the opposite face is computed by fast
-    marching (scikit-fmm, second order, anisotropic spacing); the path starts at the
-    face (half a voxel before the first voxel centre) and ends at the opposite face. The
-    tortuosity is the mean path length over those voxels divided by the thickness along
-    `axis`. A straight channel gives exactly 1.
+    For each start-face voxel that belongs to the part of the phase connected to both
+    faces, the shortest in-phase path to the opposite face is computed by fast marching
+    (:mod:`._marching`, second order as scikit-fmm's, anisotropic spacing, face moves);
+    start voxels the march does not reach do not percolate. The path starts at the face (half a
+    voxel before the first voxel centre) and ends at the opposite face (half a voxel
+    beyond the last). The tortuosity is the mean path over those voxels divided by the
+    mean straight length of their lines. A straight channel gives exactly 1.
 
     Parameters
     ----------
@@ -121,6 +200,14 @@ def geometric_tortuosity(mask, *, spacing_um, axis=1):
         Voxel size (dz, dy, dx) in um.
     axis : int
         Transport axis: 0 (z), 1 (y, default, the paper's) or 2 (x).
+    valid : (Z, Y, X) ndarray of bool, optional
+        Assigned voxels (default all); the faces are the first and last valid voxel of
+        each line along `axis`, the straight length of a line runs between them.
+    lines : ndarray of bool, optional
+        The lines (shape of `mask` without `axis`) whose start voxels are averaged;
+        default all. A subvolume computed with a margin around it counts its own lines.
+    threads : int
+        2 or more marches the two directions at once (twice the distance-map memory).
 
     Returns
     -------
@@ -129,36 +216,55 @@ def geometric_tortuosity(mask, *, spacing_um, axis=1):
     mask = check_mask(mask)
     spacing = check_spacing(spacing_um)
     axis = check_axis(axis, name="axis")
-    through = percolating_mask(mask, axis=axis)
-    thickness = mask.shape[axis] * spacing[axis]
-    results = []
-    for start, target in ((0, -1), (-1, 0)):
-        face_phase = _face(mask, axis, start)
+    valid = _valid_or_all(valid, mask.shape)
+    if valid is not None:
+        mask = mask & valid
+    first, last, has = _faces(mask.shape, valid, axis)
+    straight = (last - first + 1) * spacing[axis]
+    if lines is not None:
+        lines = np.asarray(lines, dtype=bool)
+        if lines.shape != has.shape:
+            raise ValueError(f"lines must have shape {has.shape} (the mask without axis {axis}), got {lines.shape}")
+    counted = has if lines is None else has & lines
+
+    def one(start, target):
+        face_phase = _at(mask, start, axis) & counted
         n_face = int(np.count_nonzero(face_phase))
         if n_face == 0:
-            results.append((None, None, 0))
-            continue
-        face_through = _face(through, axis, start)
-        n_through = int(np.count_nonzero(face_through))
-        excluded = 1.0 - n_through / n_face
-        if n_through == 0:
-            results.append((None, excluded, 0))
-            continue
-        dist, unreached = _path_lengths_to_face(through, spacing, axis, target)
-        # Percolating voxels are all reachable; the mask guards against skfmm leaving one.
-        reached = ~_face(unreached, axis, start)[face_through]
-        start_dist = _face(dist, axis, start)[face_through][reached]
-        n_through = int(start_dist.size)
-        if n_through == 0:
-            results.append((None, excluded, 0))
-            continue
-        mean_path = float(start_dist.mean()) + 0.5 * spacing[axis]
-        results.append((mean_path / thickness, excluded, n_through))
-    (fwd, ex_f, n_f), (bwd, ex_b, n_b) = results
-    return TortuosityResult(fwd, bwd, ex_f, ex_b, n_f, n_b)
+            return None, None, 0, 0.0, 0.0, 0
+        start_dist = _at(_distance_to_face(mask, spacing, axis, target, has), start, axis)
+        reached = face_phase & np.isfinite(start_dist)
+        path = start_dist[reached].astype(np.float64) + 0.5 * spacing[axis]
+        n_paths = int(path.size)
+        if n_paths == 0:
+            return None, 1.0, 0, 0.0, 0.0, n_face
+        path_sum, straight_sum = float(path.sum()), float(straight[reached].sum())
+        return path_sum / straight_sum, 1.0 - n_paths / n_face, n_paths, path_sum, straight_sum, n_face
+
+    directions = ((first, last), (last, first))
+    if threads and threads > 1:
+        with ThreadPoolExecutor(2) as pool:  # the march releases the GIL
+            results = list(pool.map(lambda d: one(*d), directions))
+    else:
+        results = [one(*d) for d in directions]
+    (fwd, ex_f, n_f, p_f, s_f, f_f), (bwd, ex_b, n_b, p_b, s_b, f_b) = results
+    return TortuosityResult(fwd, bwd, ex_f, ex_b, n_f, n_b, p_f, p_b, s_f, s_b, f_f, f_b)
 
 
-def connected_share(mask, *, axis=1, face=0):
+def _distance_to_face(mask, spacing, axis, target, has):
+    """In-phase distance (um) of every voxel to the face beyond the `target` voxel of each line.
+
+    The face lies half a voxel beyond the target voxel centre: target voxels of the phase
+    are the seeds, at half a voxel. Voxels not connected to the face stay at infinity.
+    """
+    lines = np.nonzero(has & _at(mask, target, axis))
+    coords = list(lines)
+    coords.insert(axis, target[lines])
+    seeds = np.ravel_multi_index(tuple(coords), mask.shape)
+    return march(mask, seeds, np.full(seeds.size, 0.5 * spacing[axis]), spacing)
+
+
+def connected_share(mask, *, axis=1, face=0, valid=None):
     """Share of a phase connected (6-connectivity) to one face (the current collector).
 
     Parameters
@@ -168,7 +274,10 @@ def connected_share(mask, *, axis=1, face=0):
     axis : int
         Axis normal to the face: 0 (z), 1 (y, default) or 2 (x).
     face : int
-        0 (default) for the face at index 0 of `axis`, -1 for the last one.
+        0 (default) for the face at the start of `axis`, -1 for the end.
+    valid : (Z, Y, X) ndarray of bool, optional
+        Assigned voxels (default all): the face is the first (or last) valid voxel of
+        each line along `axis`.
 
     Returns
     -------
@@ -179,12 +288,15 @@ def connected_share(mask, *, axis=1, face=0):
     axis = check_axis(axis, name="axis")
     if face not in (0, -1):
         raise ValueError(f"face must be 0 or -1, got {face!r}")
+    valid = _valid_or_all(valid, mask.shape)
+    if valid is not None:
+        mask = mask & valid
     total = int(np.count_nonzero(mask))
     if total == 0:
         return None
+    first, last, has = _faces(mask.shape, valid, axis)
     comp = _components(mask)
-    touching = np.unique(_face(comp, axis, face))
-    touching = touching[touching > 0]
+    touching = _touching(comp, first if face == 0 else last, has, axis)
     sizes = np.bincount(comp.ravel())
     return float(sizes[touching].sum() / total)
 
@@ -218,9 +330,9 @@ def inner_porosity_share(labels, *, pore_label, active_label):
 
     A pore voxel is *inner* when its 6-connected pore component touches (by faces) only
     active voxels: no other phase, no unassigned voxel and not the volume border (a pore
-    cut by the border may open outside the imaged volume, so it is not counted as
-    enclosed). This is the paper's "NMC inner porosity" (cracks and voids inside the
-    particles), as a share of all pore voxels.
+    cut by the border, or by the unassigned region, may open outside what is known, so it
+    is not counted as enclosed). This is the paper's "NMC inner porosity" (cracks and
+    voids inside the particles), as a share of all pore voxels.
 
     Parameters
     ----------
@@ -248,7 +360,7 @@ def inner_porosity_share(labels, *, pore_label, active_label):
     border = np.zeros(n, bool)
     for axis in range(3):
         for index in (0, -1):
-            border[np.unique(_face(comp, axis, index))] = True
+            border[np.unique(np.take(comp, index, axis=axis))] = True
     enclosed = (pores == total) & ~border
     enclosed[0] = False
     return float(pores[enclosed].sum() / n_pore)

@@ -1,20 +1,28 @@
-"""Benchmark of processing.metrics and agent.analysis (issue 7), printed side by side.
+"""Benchmark of processing.metrics and agent.analysis (issues 7 and 13), printed side by side.
 
-Run: ``PYTHONPATH=. python tests/benchmarks/bench_metrics.py [--big] [--skip-porespy] [--only PART]``
+Run: ``PYTHONPATH=. python tests/benchmarks/bench_metrics.py [--only PART] [--big-shape Z Y X]``
 
-1. Incremental update of 16 new 1024x1024 slices at depth 100 and 800 (Zarr on disk,
-   one slice per chunk), with the peak resident memory of the analysis above baseline.
-2. Local thickness against ``porespy.filters.local_thickness`` on the same 256^3 phase.
-3. Full Table 1 (``processing.metrics.table1``) of 64x1024x1024 (expensive metrics on the
-   whole volume, then on a 16 Mvoxel block) and, with ``--big``, 512x1024x1024 (block).
-4. Table 1 of the real NMC volume in ../shared/data (if present).
+1. ``nmc``: full Table 1 of the real NMC volume in ../shared/data (251x301x301) against the
+   composition of peers on the same labels (porespy local thickness of the same phases, cc3d
+   connectivity, scikit-fmm geometric tortuosity in both directions, scikit-image marching cubes
+   surfaces per phase): times, speed-up (target >= 3x) and peak resident memory per voxel above
+   baseline (target <= 16 B/voxel), with the values side by side.
+2. ``big``: full Table 1 (every metric on the whole volume) of a 1000x1024x1024 tiled volume
+   read chunk by chunk from a Zarr store: on Dask threads (2 workers), then on a LocalCluster
+   (2 worker processes, ``--scheduler``): time (target <= 300 s on 2 cores), peak memory of the
+   process and its workers (target <= 4 GB) and whether both give the same numbers.
+3. ``taufactor``: tortuosity factor against the ``taufactor`` package (CPU) on straight channels
+   and on the NMC volume's pore and carbon-binder networks (target within 2 %).
+4. ``incremental``: the live analysis, 16 new 1024x1024 slices at depth 100 and 800.
 
-Volumes are tiles of a smooth random 3-phase block (fast to generate at any size).
+Volumes of part 2 and 4 are tiles of a smooth random 3-phase block (fast to generate at any size).
+Print the machine load (``uptime``) beside the figures: the machine may be shared.
 """
 
 import argparse
 import json
 import os
+import subprocess
 import sys
 import tempfile
 import threading
@@ -27,13 +35,15 @@ from scipy import ndimage
 
 sys.path.insert(0, str(Path(__file__).absolute().parents[1]))  # tests/: the shared-data helper
 
-from agent.analysis import VolumeAnalysis  # noqa: E402
-from processing.metrics import local_thickness, local_thickness_summary, table1  # noqa: E402
+from agent.analysis import VolumeAnalysis, whole_volume_table1  # noqa: E402
+from processing.metrics import NetworkPhases, table1, tortuosity_factor  # noqa: E402
 from processing.phases import Phases  # noqa: E402
 from shared_data import shared_data  # noqa: E402
 
 NMC = shared_data("nmc_cathode_xct_labels/nmc-1-cal_generatedCBD_bridge.tif")
 NMC_VOXEL_UM = 0.398  # assumed: NREL nmc-1-cal X-ray CT (not stated in the file)
+# file labels: 0 pore, 1 NMC, 2 carbon-binder (the CBD stands in for the second solid phase)
+NMC_PHASES = Phases(names=("pore", "cbd", "active"), roles={"electrolyte": "cbd"})
 
 
 def block(shape, seed=0, sigma=3.0):
@@ -53,11 +63,24 @@ def tiled(shape, tile=(64, 256, 256)):
 
 
 class PeakRss:
-    """Peak resident memory of this process while the block runs (sampled every 20 ms)."""
+    """Peak resident memory of this process and its children while the block runs (every 20 ms)."""
+
+    def __init__(self, children=False):
+        self.children = children
+
+    def _rss(self):
+        rss = self.proc.memory_info().rss
+        if self.children:
+            for child in self.proc.children(recursive=True):
+                try:
+                    rss += child.memory_info().rss
+                except psutil.Error:
+                    pass
+        return rss
 
     def __enter__(self):
         self.proc = psutil.Process()
-        self.base = self.peak = self.proc.memory_info().rss
+        self.base = self.peak = self._rss()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._sample, daemon=True)
         self._thread.start()
@@ -65,21 +88,214 @@ class PeakRss:
 
     def _sample(self):
         while not self._stop.wait(0.02):
-            self.peak = max(self.peak, self.proc.memory_info().rss)
+            self.peak = max(self.peak, self._rss())
 
     def __exit__(self, *exc):
         self._stop.set()
         self._thread.join()
 
     @property
-    def above_base_mb(self):
-        return (self.peak - self.base) / 2**20
+    def above_base(self):
+        return self.peak - self.base
+
+
+def load():
+    return subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
+
+
+def nmc_labels():
+    import tifffile
+
+    raw = tifffile.imread(NMC)
+    return np.choose(raw, [1, 3, 2]).astype(np.uint8)  # pore 1, cbd 2, active 3
+
+
+# ----------------------------------------------------------------------------- peers
+
+
+def peer_table1(labels, spacing, phases, axis=1):
+    """The same metrics by the peers the issue names, composed; returns (values, seconds per part)."""
+    import cc3d
+    import porespy as ps
+    import skfmm
+    from skimage import measure
+
+    times, values = {}, {}
+    t0 = time.perf_counter()
+    for name in ("cbd", "active"):
+        mask = labels == phases.label(name)
+        diameter = 2 * ps.filters.local_thickness(mask, sizes=25) * spacing[0]
+        values[f"thickness {name}"] = float(diameter[mask].mean())
+    times["local thickness (porespy)"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    active = labels == phases.label("active")
+    comp = cc3d.connected_components(active, connectivity=6)
+    touching = np.unique(comp[:, 0])
+    sizes = np.bincount(comp.ravel())
+    values["connected active"] = float(sizes[touching[touching > 0]].sum() / active.sum())
+    pore = labels == phases.label("pore")
+    sizes = np.bincount(cc3d.connected_components(pore, connectivity=6).ravel())[1:]
+    values["interconnected pore"] = float(sizes.max() / pore.sum())
+    comp = cc3d.connected_components(~active, connectivity=6)
+    total, pores = np.bincount(comp.ravel()), np.bincount(comp[pore], minlength=comp.max() + 1)
+    border = np.zeros(total.size, bool)
+    for ax in range(3):
+        for i in (0, -1):
+            border[np.unique(np.take(comp, i, axis=ax))] = True
+    enclosed = (pores == total) & ~border
+    enclosed[0] = False
+    values["inner porosity"] = float(pores[enclosed].sum() / pore.sum())
+    times["connectivity (cc3d)"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    mask = labels == phases.label("cbd")
+    comp = cc3d.connected_components(mask, connectivity=6)
+    through = np.intersect1d(np.unique(np.take(comp, 0, axis)), np.unique(np.take(comp, -1, axis)))
+    through = np.isin(comp, through[through > 0])
+    for key, ghost_at in (("y+", -1), ("y-", 0)):
+        region = np.pad(through, [(0, 0), (1, 1), (0, 0)])
+        phi = np.ones(region.shape)
+        g = region.shape[1] - 1 if ghost_at == -1 else 0
+        region[:, g] = through[:, ghost_at]
+        phi[:, g] = -1
+        dist = skfmm.distance(np.ma.MaskedArray(phi, ~region), dx=list(spacing), order=2)
+        start = 1 if ghost_at == -1 else region.shape[1] - 2
+        d = np.ma.getdata(dist)[:, start][through[:, start - 1]]
+        values[f"tortuosity cbd {key}"] = float((d.mean() + 0.5 * spacing[1]) / (labels.shape[1] * spacing[1]))
+    times["tortuosity (scikit-fmm)"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    for name in phases.names:
+        verts, faces, _, _ = measure.marching_cubes((labels == phases.label(name)).astype(np.float32), 0.5,
+                                                    spacing=spacing)
+        values[f"A/V_cell {name}"] = float(measure.mesh_surface_area(verts, faces) / (labels.size * np.prod(spacing)))
+    times["surfaces (marching cubes)"] = time.perf_counter() - t0
+    return values, times
+
+
+def ours_values(doc):
+    return {"thickness cbd": doc["local_thickness_um"]["cbd"]["mean"],
+            "thickness active": doc["local_thickness_um"]["active"]["mean"],
+            "connected active": doc["connected_share"]["active"],
+            "interconnected pore": doc["interconnected_share"]["pore"],
+            "inner porosity": doc["inner_porosity_share"],
+            "tortuosity cbd y+": doc["tortuosity_geometric"]["cbd"]["y+"],
+            "tortuosity cbd y-": doc["tortuosity_geometric"]["cbd"]["y-"],
+            **{f"A/V_cell {n}": v for n, v in doc["surface_area_per_cell_volume_um-1"].items()}}
+
+
+def bench_nmc(skip_peers):
+    if not NMC.exists():
+        print(f"== NMC volume skipped: {NMC} absent")
+        return
+    labels = nmc_labels()
+    spacing = (NMC_VOXEL_UM,) * 3
+    table1(labels[:40, :60, :60], spacing_um=spacing, phases=NMC_PHASES)  # JIT caches warm
+    print(f"== NMC {labels.shape} ({labels.size / 1e6:.1f} Mvoxel), voxel {NMC_VOXEL_UM} um assumed; load: {load()}")
+    with PeakRss() as mem:
+        t0 = time.perf_counter()
+        doc = table1(labels, spacing_um=spacing, phases=NMC_PHASES)
+        ours = time.perf_counter() - t0
+    print(f"revwatch table1 (whole volume, {os.cpu_count()} threads): {ours:6.1f} s, peak RSS "
+          f"+{mem.above_base / 2**20:.0f} MiB = {mem.above_base / labels.size:.1f} B/voxel (target <= 16)")
+    if skip_peers:
+        print(json.dumps(ours_values(doc), indent=1))
+        return
+    with PeakRss() as mem_peers:
+        values, times = peer_table1(labels, spacing, NMC_PHASES)
+    total = sum(times.values())
+    for part, seconds in times.items():
+        print(f"  peer {part:28s} {seconds:6.1f} s")
+    print(f"peers composed: {total:6.1f} s, peak RSS +{mem_peers.above_base / 2**20:.0f} MiB;  speed-up "
+          f"{total / ours:.2f}x (target >= 3x)")
+    mine = ours_values(doc)
+    print(f"  {'metric':24s} {'revwatch':>10s} {'peers':>10s}")
+    for key, value in values.items():
+        print(f"  {key:24s} {mine[key]:10.4f} {value:10.4f}")
+
+
+# ----------------------------------------------------------------------------- big volume
+
+
+def bench_big(shape, chunk_voxels, tortuosity_max_voxels, cluster):
+    import zarr
+
+    print(f"== whole-volume Table 1 of {shape[0]}x{shape[1]}x{shape[2]} from Zarr (chunks of {chunk_voxels / 1e6:.0f} "
+          f"Mvoxel, tortuosity budget {tortuosity_max_voxels}); load: {load()}")
+    with tempfile.TemporaryDirectory(dir=os.environ.get("BENCH_TMP")) as tmp:
+        arr = zarr.create_array(Path(tmp) / "labels.zarr", shape=shape, chunks=(16, shape[1], shape[2]), dtype="uint8")
+        tile = tiled((64, shape[1], shape[2]))
+        for z in range(0, shape[0], 64):
+            n = min(64, shape[0] - z)
+            arr[z:z + n] = tile[:n]
+        del tile
+        kwargs = dict(spacing_um=(0.02, 0.01, 0.01), chunk_voxels=chunk_voxels,
+                      tortuosity_max_voxels=tortuosity_max_voxels, details=True)
+        with PeakRss() as mem:
+            t0 = time.perf_counter()
+            doc = whole_volume_table1(arr, workers=2, **kwargs)
+            elapsed = time.perf_counter() - t0
+        print(f"threads: {elapsed:7.1f} s (target <= 300 s), peak RSS +{mem.above_base / 2**30:.2f} GiB "
+              f"(target <= 4 GB); chunks {doc['details']['chunks']}, tortuosity on {doc['details']['tortuosity_chunks']}")
+        doc.pop("details")
+        print("  ", json.dumps({k: doc[k] for k in ("tortuosity_geometric", "local_thickness_um", "connected_share",
+                                                    "interconnected_share", "inner_porosity_share", "sampling_error")}))
+        if not cluster:
+            return
+        import distributed
+
+        with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
+                                      host="127.0.0.1", memory_limit=0) as lc:
+            with PeakRss(children=True) as mem:
+                t0 = time.perf_counter()
+                remote = whole_volume_table1(arr, scheduler=lc.scheduler_address, **kwargs)
+                elapsed = time.perf_counter() - t0
+        remote.pop("details")
+        print(f"LocalCluster (2 processes): {elapsed:7.1f} s, peak RSS of client + workers "
+              f"+{mem.above_base / 2**30:.2f} GiB; same numbers as threads: {remote == doc}")
+
+
+# ----------------------------------------------------------------------------- taufactor
+
+
+def bench_taufactor(crop):
+    import taufactor as tf
+
+    print(f"== tortuosity factor against taufactor (CPU, conv_crit 1e-3); load: {load()}")
+    cases = {}
+    channels = np.zeros((40, 100, 40), bool)
+    channels[5:15, :, 5:15] = True
+    channels[20:35, :, 22:30] = True
+    cases["straight channels 40x100x40"] = channels
+    if NMC.exists():
+        labels = nmc_labels()
+        if crop:
+            labels = np.ascontiguousarray(labels[:crop, :crop, :crop])
+        shape = "x".join(map(str, labels.shape))
+        cases[f"NMC pore {shape}"] = labels == 1
+        cases[f"NMC carbon-binder {shape}"] = labels == 2
+    print(f"  {'case':36s} {'revwatch':>9s} {'s':>6s} {'taufactor':>10s} {'s':>6s} {'diff':>7s}")
+    diffs = []
+    for name, mask in cases.items():
+        t0 = time.perf_counter()
+        ours = tortuosity_factor(mask, axis=1, tol=1e-6)
+        t_ours = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        solver = tf.Solver(np.ascontiguousarray(np.moveaxis(mask, 1, 0)).astype(np.uint8), device="cpu")
+        theirs = float(np.ravel(solver.solve(verbose=False, conv_crit=1e-3, iter_limit=200_000))[0])
+        t_theirs = time.perf_counter() - t0
+        diff = ours.tau / theirs - 1 if ours.tau and theirs else float("nan")
+        diffs.append(abs(diff))
+        print(f"  {name:36s} {ours.tau or float('nan'):9.4f} {t_ours:6.1f} {theirs:10.4f} {t_theirs:6.1f} "
+              f"{100 * diff:+6.2f}%  (CG {ours.iterations} it, flux mismatch {ours.flux_mismatch:.1e})")
+    print(f"  median |diff| {100 * np.median(diffs):.2f} %, worst {100 * np.max(diffs):.2f} % (target <= 2 %)")
+
+
+# ----------------------------------------------------------------------------- incremental
 
 
 def bench_incremental():
     import zarr
 
-    print("== incremental update: 16 new 1024x1024 slices (Zarr, 1 slice per chunk)")
+    print(f"== incremental update: 16 new 1024x1024 slices (Zarr, 1 slice per chunk); load: {load()}")
     data = tiled((816, 1024, 1024))
     with tempfile.TemporaryDirectory() as tmp:
         arr = zarr.create_array(Path(tmp) / "labels.zarr", shape=data.shape, chunks=(1, 1024, 1024), dtype="uint8")
@@ -88,99 +304,38 @@ def bench_incremental():
         del data
         times = {}
         for depth in (100, 800):
-            # one 16-slice expensive window per update, as in a run with expensive_every_slices=16
             va = VolumeAnalysis(arr, spacing_um=(0.02, 0.01, 0.01), expensive_every_slices=16, halo_slices=8,
                                 expensive_from_slice=depth - 24)
-            t0 = time.perf_counter()
             va.update(depth)
-            prime = time.perf_counter() - t0
             with PeakRss() as mem:
                 t0 = time.perf_counter()
                 doc = va.update(depth + 16)
                 times[depth] = time.perf_counter() - t0
-            print(f"depth {depth:4d} -> {depth + 16}: update {times[depth]:6.2f} s  (catch-up to {depth}: "
-                  f"{prime:5.1f} s; peak RSS +{mem.above_base_mb:6.0f} MiB above {mem.base / 2**20:.0f} MiB; "
-                  f"expensive windows {doc['expensive_windows']}; tortuosity {doc['tortuosity_geometric']})")
+            print(f"depth {depth:4d} -> {depth + 16}: update {times[depth]:6.2f} s (peak RSS "
+                  f"+{mem.above_base / 2**20:6.0f} MiB; windows {doc['expensive_windows']}; "
+                  f"tortuosity {doc['tortuosity_geometric']})")
     print(f"ratio depth 800 / depth 100: {times[800] / times[100]:.2f}  (target <= 1.5)")
-
-
-def bench_local_thickness(skip_porespy):
-    print("== local thickness, 256^3 phase (40 %), isotropic")
-    rng = np.random.default_rng(0)
-    field = ndimage.gaussian_filter(rng.standard_normal((256, 256, 256), dtype=np.float32), 6)
-    mask = field > np.quantile(field, 0.6)
-    local_thickness_summary(mask[:32, :32, :32], spacing_um=(1, 1, 1))  # JIT cache warm-up
-    t0 = time.perf_counter()
-    summary = local_thickness_summary(mask, spacing_um=(1, 1, 1))
-    t_summary = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    full = local_thickness(mask, spacing_um=(1, 1, 1))
-    t_full = time.perf_counter() - t0
-    print(f"revwatch summary (step {summary['step']}): {t_summary:6.2f} s  mean {summary['mean']:.3f} "
-          f"std {summary['std']:.3f} voxels")
-    print(f"revwatch full map          : {t_full:6.2f} s  mean {full[mask].mean():.3f} std {full[mask].std():.3f}")
-    if skip_porespy:
-        return
-    import porespy as ps
-
-    t0 = time.perf_counter()
-    radius = ps.filters.local_thickness(mask)
-    t_ps = time.perf_counter() - t0
-    diam = 2 * radius[mask]
-    print(f"porespy 2*radius           : {t_ps:6.2f} s  mean {diam.mean():.3f} std {diam.std():.3f}")
-    print(f"speed-up summary {t_ps / t_summary:.1f}x, full map {t_ps / t_full:.1f}x (target >= 5x); "
-          f"mean difference {100 * (summary['mean'] / diam.mean() - 1):+.2f} % (target within 3 %)")
-
-
-def bench_table1(runs):
-    for shape, max_voxels in runs:
-        labels = tiled(shape)
-        with PeakRss() as mem:
-            t0 = time.perf_counter()
-            doc = table1(labels, spacing_um=(0.02, 0.01, 0.01), expensive_max_voxels=max_voxels)
-            elapsed = time.perf_counter() - t0
-        bound = "whole volume" if max_voxels is None else f"expensive metrics on {max_voxels / 1e6:.0f} Mvoxel block"
-        print(f"== table1 {shape[0]}x{shape[1]}x{shape[2]} ({bound}): {elapsed:6.1f} s on {os.cpu_count()} cores, "
-              f"peak RSS +{mem.above_base_mb:.0f} MiB  (target for 512x1024x1024: < 60 s)")
-        print("   tortuosity", doc["tortuosity_geometric"], "thickness", doc["local_thickness_um"])
-
-
-def bench_nmc():
-    if not NMC.exists():
-        print(f"== NMC volume skipped: {NMC} absent")
-        return
-    import tifffile
-
-    raw = tifffile.imread(NMC)
-    # file labels: 0 pore, 1 NMC, 2 carbon-binder (stands in for the second solid phase)
-    labels = np.choose(raw, [1, 3, 2]).astype(np.uint8)
-    phases = Phases(names=("pore", "electrolyte", "active"))
-    t0 = time.perf_counter()
-    doc = table1(labels, spacing_um=(NMC_VOXEL_UM,) * 3, phases=phases, details=True)
-    elapsed = time.perf_counter() - t0
-    doc["details"].pop("local_thickness_histogram")
-    print(f"== NMC {raw.shape} (voxel {NMC_VOXEL_UM} um assumed; CBD as 'electrolyte'), {elapsed:.1f} s")
-    print(json.dumps(doc, indent=1))
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--big", action="store_true", help="also time Table 1 of 512x1024x1024 (bounded block)")
-    parser.add_argument("--skip-porespy", action="store_true")
-    parser.add_argument("--only", choices=["incremental", "thickness", "table1", "nmc"])
+    parser.add_argument("--only", choices=["nmc", "big", "taufactor", "incremental"])
+    parser.add_argument("--skip-peers", action="store_true")
+    parser.add_argument("--big-shape", type=int, nargs=3, default=(1000, 1024, 1024), metavar=("Z", "Y", "X"))
+    parser.add_argument("--chunk-voxels", type=int, default=32_000_000)
+    parser.add_argument("--tortuosity-max-voxels", type=int, default=None,
+                        help="geometric tortuosity on a sample of chunks (default: every chunk)")
+    parser.add_argument("--no-cluster", action="store_true", help="skip the LocalCluster run of part 2")
+    parser.add_argument("--taufactor-crop", type=int, default=None, help="crop the NMC volume to N^3 for part 3")
     args = parser.parse_args(argv)
+    if args.only in (None, "nmc"):
+        bench_nmc(args.skip_peers)
+    if args.only in (None, "taufactor"):
+        bench_taufactor(args.taufactor_crop)
+    if args.only in (None, "big"):
+        bench_big(tuple(args.big_shape), args.chunk_voxels, args.tortuosity_max_voxels, not args.no_cluster)
     if args.only in (None, "incremental"):
         bench_incremental()
-    if args.only in (None, "thickness"):
-        bench_local_thickness(args.skip_porespy)
-    if args.only in (None, "table1"):
-        runs = [((64, 1024, 1024), None), ((64, 1024, 1024), 16_000_000)]
-        if args.big:
-            # the whole-volume expensive metrics of 512 slices take ~8x the 64-slice run
-            runs += [((512, 1024, 1024), 16_000_000)]
-        bench_table1(runs)
-    if args.only in (None, "nmc"):
-        bench_nmc()
 
 
 if __name__ == "__main__":
