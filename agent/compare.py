@@ -34,8 +34,8 @@ log = logging.getLogger(__name__)
 
 _SECTIONS = ("Volume fraction", "Ionic network", "Electronic network", "Pore network", "Specific surface", "Other")
 _FIELDS = {
-    "volume_fraction": "vol. fraction {}",
-    "active_electrolyte_ratio": "{active}:{electrolyte} ratio ({active} share)",
+    "volume_fraction": "{}",
+    "active_electrolyte_ratio": "{active} share of {active}+{electrolyte}",
     "tortuosity_geometric": "τ {1} tortuosity {0}",
     "local_thickness_um": "{1} local thickness {0}",
     "connected_share": "% connected {}",
@@ -259,7 +259,7 @@ def render_comparison(doc, *, reference=None):
     table.add_column("Metrics", style="bold")
     table.add_column("")
     for name in names:
-        table.add_column(name + (" (ref.)" if name == reference else ""), justify="right")
+        table.add_column(name + (" (ref.)" if name == reference else ""), justify="right", no_wrap=True)
     section = None
     for row in doc["rows"]:
         if section is not None and row["section"] != section:

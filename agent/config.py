@@ -99,6 +99,9 @@ class AnalysisConfig(_Section):
     scheduler: str | None = Field(None, description="dask.distributed address (tcp://host:port); None = in-process threads")
     every_slices: int = Field(4, ge=1, description="refresh the metrics after this many new slices")
     expensive_every_slices: int = Field(32, ge=1, description="refresh tortuosity and local thickness after this many")
+    pictures_every_slices: int = Field(
+        32, ge=0, description="refresh the pictures beside the volume after this many new slices; 0 = no pictures"
+    )
 
 
 class RevConfig(_Section):

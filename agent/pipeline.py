@@ -384,6 +384,7 @@ class Agent:
             "drift_confidence": done.drift.confidence if done else None,
             "uncertain_share": done.uncertain_share if done else None,
             "rate_slices_per_s": rate,
+            "pictures": self._analysis.pictures if getattr(self, "_analysis", None) else {},
         }
         self.events.emit("status", body)
 

@@ -8,9 +8,11 @@ REV analysis of the volume itself:
    (:func:`processing.rev.subvolume_curve`: the subvolume curve of Figure S8 of the reference
    paper, one :func:`processing.metrics.table1` per cube gives every metric at once);
 2. Kanit's law ``sigma^2(V) = K V^-alpha`` is fitted on the cube variances
-   (:func:`processing.rev.kanit_from_curve`) and extrapolated to the volume of the whole
-   sample: ``u = sigma(V_volume)`` is the standard uncertainty (one standard deviation) of
-   the whole-volume value. Kanit's relative error of that value is ``eps = 2 u / |value|``.
+   (:func:`processing.rev.kanit_from_curve`, exponent clipped to [0.5, 1]); the variances of
+   the three largest edges are extrapolated with it to the volume of the whole sample and
+   pooled (geometric mean weighted by their degrees of freedom): ``u = sigma(V_volume)`` is
+   the standard uncertainty (one standard deviation) of the whole-volume value. Kanit's
+   relative error of that value is ``eps = 2 u / |value|``.
 
 Two samples differ on a metric when ``|a - b| > k * sqrt(u_a^2 + u_b^2)`` (``k = 2`` by
 default: a two-sided 95 % test for one metric when both are normal).
@@ -40,10 +42,14 @@ __all__ = [
 
 UNCERTAINTY_METHOD = (
     "standard uncertainty u = sigma(V) of the whole-volume value: Kanit's law sigma^2(V) = K V^-alpha "
-    "fitted on the variances of the metric over subvolume cubes (the REV subvolume curve), extrapolated to "
-    "the volume V of the sample; Kanit relative error = 2 u / |value|"
+    "fitted on the variances of the metric over subvolume cubes (the REV subvolume curve), the variances "
+    "of the 3 largest cube edges extrapolated with it to the volume V of the sample and pooled; "
+    "Kanit relative error = 2 u / |value|"
 )
 
+# Largest cube edges whose extrapolated variances are pooled (as the REV tracker fits its
+# coarsest block sizes only: below the correlation length the variance decays differently).
+_POOLED_EDGES = 3
 # Metrics-document fields that are not Table 1 values.
 _NOT_VALUES = {"depth_slices", "spacing_um", "details", "targeted_volume_ratio", "expensive_depth_slices",
                "expensive_windows"}
@@ -233,8 +239,12 @@ def _uncertainty(name, value, curve, per_edge, volume_um3) -> MetricUncertainty:
         alpha = None
     else:
         fit = kanit_from_curve(fitted)
-        u = float(math.sqrt(fit.variance(volume_um3)))
         alpha = _finite(fit.alpha)
+        # Extrapolate each of the largest edges with the fitted exponent and pool them in log
+        # space, weighted by their degrees of freedom: the largest edge alone holds few cubes.
+        pooled = np.nonzero(usable & (stds > 0))[0][-_POOLED_EDGES:]
+        logs = 2 * np.log(stds[pooled]) + fit.alpha_used * np.log(curve.volumes_um3[pooled] / volume_um3)
+        u = float(math.exp(0.5 * np.average(logs, weights=counts[pooled] - 1)))
     rel_err = 0.0 if u == 0 else (2 * u / abs(value) if value else math.inf)
     return MetricUncertainty(uncertainty=u, relative_error=_finite(rel_err), alpha=alpha, **common)
 
