@@ -202,7 +202,7 @@ def _rev_picture(path, depth_curves, *, tolerance, spacing_um, curves=None, titl
             edges, rel = curves[name]
             axes[0, 2].plot(edges, 100 * np.asarray(rel, dtype=float), "o-", ms=3, color=line.get_color(), label=name)
     ax_err.axhline(100 * tolerance, color="k", ls="--", lw=1, label=f"tolerance {100 * tolerance:.0f}%")
-    ax_err.set_yscale("symlog", linthresh=1)
+    ax_err.set_yscale("log")
     ax_err.set_xlabel("depth z (μm)")
     ax_err.set_ylabel("relative error (%)")
     ax_err.set_title("Kanit relative error of the running value", fontsize="medium")
