@@ -184,6 +184,8 @@ def _drift_picture(path, provenance, *, spacing_um, title):
 def _rev_picture(path, depth_curves, *, tolerance, spacing_um, curves=None, title=""):
     """`depth_curves`: {metric: (N, 3) ndarray (depth slices, value, relative error)};
     `curves`: {metric: (edges_um, relative_std)} or None."""
+    from matplotlib.ticker import NullFormatter, ScalarFormatter
+
     dz = spacing_um[0]
     panels = 3 if curves else 2
     fig, axes = _figure(1, panels, (5.2 * panels, 4.0))
@@ -203,6 +205,8 @@ def _rev_picture(path, depth_curves, *, tolerance, spacing_um, curves=None, titl
             axes[0, 2].plot(edges, 100 * np.asarray(rel, dtype=float), "o-", ms=3, color=line.get_color(), label=name)
     ax_err.axhline(100 * tolerance, color="k", ls="--", lw=1, label=f"tolerance {100 * tolerance:.0f}%")
     ax_err.set_yscale("log")
+    ax_err.yaxis.set_major_formatter(ScalarFormatter())
+    ax_err.yaxis.set_minor_formatter(NullFormatter())
     ax_err.set_xlabel("depth z (μm)")
     ax_err.set_ylabel("relative error (%)")
     ax_err.set_title("Kanit relative error of the running value", fontsize="medium")
