@@ -124,7 +124,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_metrics(args: argparse.Namespace) -> int:
     from agent.report import metrics_report
 
-    status = metrics_report(
+    from agent.pictures import pictures_folder
+
+    return metrics_report(
         args.volume,
         json_output=args.json,
         spacing_um=args.spacing_um,
@@ -133,14 +135,8 @@ def cmd_metrics(args: argparse.Namespace) -> int:
         plot=args.plot,
         rev=not args.no_rev,
         tolerance=args.tolerance,
+        pictures=None if args.no_pictures else args.pictures or pictures_folder(args.volume),
     )
-    if not args.no_pictures:
-        from agent.pictures import write_volume_pictures
-
-        written = write_volume_pictures(args.volume, args.pictures, spacing_um=args.spacing_um,
-                                        phase_map=args.phase, tolerance=args.tolerance)
-        print("pictures: " + ", ".join(str(p) for p in written.values()), file=sys.stderr)
-    return status
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
@@ -251,8 +247,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-rev", action="store_true", help="skip the REV report")
     p.add_argument("--tolerance", type=float, default=0.05, help="REV tolerance (default 0.05)")
     p.add_argument("--pictures", type=Path, metavar="DIR",
-                   help="write the pictures (slice with labels, orthogonal views, drift, REV curves) here "
-                        "(default: VOLUME.pictures beside the volume)")
+                   help="write the pictures (slice with labels, orthogonal views, drift, REV curves unless --no-rev) "
+                        "here (default: VOLUME.pictures beside the volume)")
     p.add_argument("--no-pictures", action="store_true", help="do not write the pictures")
     p.set_defaults(func=cmd_metrics)
 
@@ -266,7 +262,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "A value is marked when it differs from the reference column by more than "
                     "k * sqrt(u_ref^2 + u^2).",
     )
-    p.add_argument("volumes", type=Path, nargs="+", help="revwatch OME-Zarr volumes or multi-page label TIFFs (2 or more)")
+    p.add_argument("volumes", type=Path, nargs="+",
+                   help="revwatch OME-Zarr volumes or multi-page label TIFFs (2 or more)")
     p.add_argument("--names", nargs="+", metavar="NAME", help="column names, one per volume (default: file names)")
     p.add_argument("--reference", metavar="NAME", help="column the others are tested against (default: the first)")
     p.add_argument("--k", type=float, default=2.0,
@@ -277,7 +274,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--csv", type=Path, help="also write the comparison as CSV here")
     p.add_argument("--figures", type=Path, metavar="DIR",
                    help="write rev_curves.png (Figure S8) and local_thickness.png (Figure S10) here")
-    p.add_argument("--spacing-um", type=float, nargs=3, metavar=("DZ", "DY", "DX"), help="voxel size of the label TIFFs")
+    p.add_argument("--spacing-um", type=float, nargs=3, metavar=("DZ", "DY", "DX"),
+                   help="voxel size of the label TIFFs")
     p.add_argument("--phase", action="append", default=[], metavar="LABEL=NAME",
                    help="label-to-phase mapping of the label TIFFs (as for `revwatch metrics`)")
     p.add_argument("--transport-axis", choices=("z", "y", "x"), default="y", help="transport direction (default y)")

@@ -84,7 +84,8 @@ def _label(name, roles):
     if template is None:
         return name
     if field == "active_electrolyte_ratio":
-        return template.format(active=roles.get("active", "active"), electrolyte=roles.get("electrolyte", "electrolyte"))
+        return template.format(active=roles.get("active", "active"),
+                               electrolyte=roles.get("electrolyte", "electrolyte"))
     if field == "local_thickness_um" and len(parts) == 2:
         return template.format(parts[0], {"mean": "average", "std": "std dev."}.get(parts[1], parts[1]))
     if field == "tortuosity_geometric" and len(parts) == 2:
@@ -116,7 +117,8 @@ def table_rows(names, roles) -> list[dict]:
 def _entry(u: MetricUncertainty) -> dict:
     return {"value": u.value, "uncertainty": u.uncertainty, "relative_error": u.relative_error,
             "kanit_alpha": u.alpha, "uncertainty_reason": u.reason,
-            "curve": {"edges_um": list(u.edges_um), "relative_std": [None if math.isnan(r) else r for r in u.relative_std],
+            "curve": {"edges_um": list(u.edges_um),
+                      "relative_std": [None if math.isnan(r) else r for r in u.relative_std],
                       "n_samples": list(u.n_samples)}}
 
 

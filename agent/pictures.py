@@ -9,8 +9,8 @@ Four PNGs in ``<volume>.pictures/`` (:func:`pictures_folder`):
 - ``drift.png``: the shift applied to each slice (dy, dx in pixels) against depth, from the
   provenance; unreliable estimates marked;
 - ``rev.png``: the REV curves: relative error (Kanit) and running value of every tracked metric
-  against depth, with the tolerance; for a finished volume also the subvolume curves (relative
-  std against cube edge, Figure S8 of the reference paper).
+  against depth, with the tolerance; for a finished volume the running value and the subvolume
+  curves (relative std against cube edge, Figure S8 of the reference paper) of the REV report.
 
 Every file is written to a temporary name in the same folder and renamed over the old one
 (``os.replace``): a viewer never sees a half-written picture. During a run the pictures are
@@ -187,36 +187,43 @@ def _rev_picture(path, depth_curves, *, tolerance, spacing_um, curves=None, titl
     from matplotlib.ticker import NullFormatter, ScalarFormatter
 
     dz = spacing_um[0]
-    panels = 3 if curves else 2
+    histories = {name: np.asarray(h, dtype=float).reshape(-1, 3) for name, h in depth_curves.items()}
+    with_error = any(np.isfinite(h[:, 2]).any() for h in histories.values())
+    panels = 1 + with_error + bool(curves)
     fig, axes = _figure(1, panels, (5.2 * panels, 4.0))
-    ax_err, ax_val = axes[0, 0], axes[0, 1]
-    for name, history in depth_curves.items():
-        history = np.asarray(history, dtype=float).reshape(-1, 3)
+    ax_err = axes[0, 0] if with_error else None
+    ax_val = axes[0, int(with_error)]
+    for i, (name, history) in enumerate(histories.items()):
+        colour = f"C{i % 10}"
         if history.size == 0:
             continue
         depth = history[:, 0] * dz
-        err = np.where(np.isfinite(history[:, 2]), 100 * history[:, 2], np.nan)
-        line, = ax_err.plot(depth, err, "-", label=name)
+        if with_error:
+            ax_err.plot(depth, np.where(np.isfinite(history[:, 2]), 100 * history[:, 2], np.nan), "-", color=colour,
+                        label=name)
         final = history[-1, 1]
         if np.isfinite(final) and final != 0:
-            ax_val.plot(depth, 100 * (history[:, 1] / final - 1), "-", color=line.get_color(), label=name)
+            ax_val.plot(depth, 100 * (history[:, 1] / final - 1), "-", color=colour, label=name)
         if curves and name in curves:
             edges, rel = curves[name]
-            axes[0, 2].plot(edges, 100 * np.asarray(rel, dtype=float), "o-", ms=3, color=line.get_color(), label=name)
-    ax_err.axhline(100 * tolerance, color="k", ls="--", lw=1, label=f"tolerance {100 * tolerance:.0f}%")
-    ax_err.set_yscale("log")
-    ax_err.yaxis.set_major_formatter(ScalarFormatter())
-    ax_err.yaxis.set_minor_formatter(NullFormatter())
-    ax_err.set_xlabel("depth z (μm)")
-    ax_err.set_ylabel("relative error (%)")
-    ax_err.set_title("Kanit relative error of the running value", fontsize="medium")
-    ax_err.legend(fontsize="x-small")
+            axes[0, -1].plot(edges, 100 * np.asarray(rel, dtype=float), "o-", ms=3, color=colour, label=name)
+    if with_error:
+        ax_err.axhline(100 * tolerance, color="k", ls="--", lw=1, label=f"tolerance {100 * tolerance:.0f}%")
+        ax_err.set_yscale("log")
+        ax_err.yaxis.set_major_formatter(ScalarFormatter())
+        ax_err.yaxis.set_minor_formatter(NullFormatter())
+        ax_err.set_xlabel("depth z (μm)")
+        ax_err.set_ylabel("relative error (%)")
+        ax_err.set_title("Kanit relative error of the running value", fontsize="medium")
+        ax_err.legend(fontsize="x-small")
+    else:
+        ax_val.legend(fontsize="x-small")
     ax_val.axhspan(-100 * tolerance, 100 * tolerance, color="k", alpha=0.08, lw=0)
     ax_val.set_xlabel("depth z (μm)")
     ax_val.set_ylabel("running value / latest - 1 (%)")
     ax_val.set_title(f"running value (band: ±{100 * tolerance:.0f}%)", fontsize="medium")
     if curves:
-        ax = axes[0, 2]
+        ax = axes[0, -1]
         ax.axhline(100 * tolerance, color="k", ls="--", lw=1)
         ax.set_xscale("log")
         ax.set_xlabel("subvolume edge (μm)")
@@ -395,43 +402,50 @@ class PictureWorker:
                     self._cond.notify_all()
 
 
-def write_volume_pictures(volume, folder=None, *, spacing_um=None, phase_map=(), tolerance=0.05, rng=0) -> dict:
+def write_volume_pictures(data, folder=None, *, volume=None, rev_report=None, tolerance=0.05) -> dict:
     """The pictures of a finished volume (``revwatch metrics``).
 
     Parameters
     ----------
-    volume : str or os.PathLike
-        A revwatch OME-Zarr volume (grey, labels, drift) or a label TIFF (labels only, no drift).
+    data : agent.report.LabelVolume
+        The labels, spacing and phases (:func:`agent.report.load_volume`).
     folder : str or os.PathLike, optional
         Default :func:`pictures_folder` of `volume`.
-    spacing_um, phase_map
-        For a label TIFF (:func:`agent.report.load_volume`).
+    volume : str or os.PathLike, optional
+        What `data` was read from: a revwatch volume also gives the grey levels and the drift
+        (a label TIFF has neither).
+    rev_report : dict, optional
+        From :func:`agent.report.rev_report`: the REV picture shows its running values against
+        depth and its subvolume curves (no REV picture without it).
     tolerance : float
         REV tolerance drawn.
-    rng : None, int or numpy.random.Generator
-        Seed of the subvolume cubes.
 
     Returns
     -------
     dict of str to pathlib.Path
     """
-    from agent.report import load_volume
-    from processing.rev import rev_report, table1_metrics
-
-    volume = Path(volume)
-    data = load_volume(volume, spacing_um=spacing_um, phase_map=phase_map)
     grey, provenance = None, None
-    if volume.is_dir():
+    if volume is not None and Path(volume).is_dir():
         from agent.store import VolumeStore
 
         store = VolumeStore.open(volume, read_only=True)
         grey, provenance = store.grey, store.slices
-    depth = data.labels.shape[0]
-    # The live agent's default tracked set (the cheap Table 1 metrics), replayed along z.
-    report = rev_report(data.labels, spacing_um=data.spacing_um,
-                        metrics=table1_metrics(data.phases, expensive=False), tolerance=tolerance, rng=rng)
-    curves = {name: (c.edges_um, c.relative_std) for name, c in report.curves.items()}
-    pictures = VolumePictures(folder or pictures_folder(volume), phases=data.phases, spacing_um=data.spacing_um,
-                              canvas_shape=data.labels.shape[1:], title=volume.name)
-    return pictures.update(grey, data.labels, depth, provenance=provenance, rev_history=report.depth,
+    if folder is None:
+        if volume is None:
+            raise ValueError("write_volume_pictures: give the folder or the volume it goes beside")
+        folder = pictures_folder(volume)
+    history = curves = None
+    if rev_report is not None:
+        def floats(values):
+            return np.array([np.nan if v is None else v for v in values], dtype=float)
+
+        history, curves = {}, {}
+        for name, entry in rev_report["metrics"].items():
+            running = entry["running"]
+            history[name] = np.column_stack([running["depth_slices"], floats(running["values"]),
+                                             np.full(len(running["values"]), np.nan)])
+            curves[name] = (entry["curve"]["edges_um"], floats(entry["curve"]["relative_std"]))
+    pictures = VolumePictures(folder, phases=data.phases, spacing_um=data.spacing_um,
+                              canvas_shape=data.labels.shape[1:], title=Path(volume).name if volume else "")
+    return pictures.update(grey, data.labels, data.labels.shape[0], provenance=provenance, rev_history=history,
                            tolerance=tolerance, curves=curves)

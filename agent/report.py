@@ -605,7 +605,7 @@ def plot_rev(report, path, *, spacing_um, title=""):
 
 
 def metrics_report(volume, *, json_output=False, spacing_um=None, phase_map=(), transport_axis="y", plot=None,
-                   rev=True, tolerance=0.05, console=None, err_console=None) -> int:
+                   rev=True, tolerance=0.05, pictures=None, console=None, err_console=None) -> int:
     """``revwatch metrics VOLUME``: print Table 1 (and the REV report) of a volume.
 
     Parameters
@@ -627,6 +627,9 @@ def metrics_report(volume, *, json_output=False, spacing_um=None, phase_map=(), 
         Add the REV report.
     tolerance : float
         REV tolerance, in (0, 1).
+    pictures : str or os.PathLike, optional
+        Write the pictures of the volume into this folder (:func:`agent.pictures.write_volume_pictures`,
+        with the REV curves of this report).
     console, err_console : rich.console.Console, optional
         Where the tables and the progress go (default stdout and stderr).
 
@@ -675,6 +678,11 @@ def metrics_report(volume, *, json_output=False, spacing_um=None, phase_map=(), 
             report = rev_report(data.labels, spacing_um=data.spacing_um, phases=data.phases, transport_axis=axis,
                                 tolerance=tolerance,
                                 on_progress=lambda done, total: progress.update(task, completed=done, total=total))
+    if pictures is not None:
+        from agent.pictures import write_volume_pictures
+
+        written = write_volume_pictures(data, pictures, volume=volume, rev_report=report, tolerance=tolerance)
+        err_console.print("pictures: " + ", ".join(str(p) for p in written.values()))
     if json_output:
         out = dict(doc)
         if report is not None:

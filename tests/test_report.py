@@ -242,7 +242,7 @@ def test_real_nmc_volume(capsys, tmp_path):
     """The NREL nmc-1-cal volume (251 x 301 x 301), 0.398 um voxels assumed (not stated upstream)."""
     png = tmp_path / "nmc_rev.png"
     t0 = time.perf_counter()
-    rc = main(["metrics", str(NMC), "--spacing-um", "0.398", "0.398", "0.398", "--phase", "0=pore",
+    rc = main(["metrics", str(NMC), "--no-pictures", "--spacing-um", "0.398", "0.398", "0.398", "--phase", "0=pore",
                "--phase", "1=active", "--phase", "2=electrolyte", "--plot", str(png)])
     seconds = time.perf_counter() - t0
     out, _ = capsys.readouterr()
