@@ -175,12 +175,15 @@ def compare_volumes(paths, *, names=None, spacing_um=None, phase_map=(), transpo
         raise MetricsInputError(f"--samples {n_samples!r}: expected at least 2 cubes per edge")
     if transport_axis not in ("z", "y", "x"):
         raise MetricsInputError(f"--transport-axis {transport_axis!r}: expected z, y or x")
-    tiffs = [p for p in paths if not p.is_dir()]
-    volumes = [load_volume(p, spacing_um=spacing_um if p in tiffs else None, phase_map=phase_map if p in tiffs else ())
-               for p in paths]
+    for p in paths:
+        if not p.exists():
+            raise MetricsInputError(f"{p}: no such file or folder")
     axis = "zyx".index(transport_axis)
     samples, tables, roles = [], [], {}
-    for name, data in zip(names, volumes):
+    for name, path in zip(names, paths):
+        # one volume in memory at a time; a label TIFF takes the spacing and mapping of the command
+        tiff = not path.is_dir()
+        data = load_volume(path, spacing_um=spacing_um if tiff else None, phase_map=phase_map if tiff else ())
         t0 = time.perf_counter()
         table = sample_table(data.labels, spacing_um=data.spacing_um, phases=data.phases, transport_axis=axis,
                              n_samples=n_samples, min_edge_um=min_edge_um, rng=rng)

@@ -21,6 +21,7 @@ default: a two-sided 95 % test for one metric when both are normal).
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 from dataclasses import dataclass
 
@@ -39,6 +40,8 @@ __all__ = [
     "Difference",
     "difference",
 ]
+
+logger = logging.getLogger(__name__)
 
 UNCERTAINTY_METHOD = (
     "standard uncertainty u = sigma(V) of the whole-volume value: Kanit's law sigma^2(V) = K V^-alpha "
@@ -196,14 +199,25 @@ def sample_table(labels, *, spacing_um, phases=Phases(), transport_axis=1, n_sam
     # One table1 per cube gives every metric: record them all, the curve only supplies the cubes.
     records: list[dict] = []
 
+    failed = []
+
     def measure(block, block_spacing):
-        cube = table1(np.ascontiguousarray(block), spacing_um=block_spacing, phases=phases,
-                      transport_axis=transport_axis, details=True, threads=threads)
+        try:
+            cube = table1(np.ascontiguousarray(block), spacing_um=block_spacing, phases=phases,
+                          transport_axis=transport_axis, details=True, threads=threads)
+        except ValueError as exc:
+            # A degenerate cube (e.g. one phase filling it: an infinite local thickness) has no
+            # values; it must not sink the whole table.
+            failed.append(f"{block.shape}: {exc}")
+            cube = {}
         records.append(flatten_metrics(cube))
         return math.nan  # the statistics are taken per metric below
 
     curve = subvolume_curve(labels, RevMetric("table1", measure, min_extent_um=min_edge_um), spacing_um=spacing,
                             edges_um=edges_um, n_samples=n_samples, rng=rng)
+    if failed:
+        logger.warning("%d of %d subvolume cubes gave no Table 1 (left out of the uncertainties); first: %s",
+                       len(failed), len(records), failed[0])
     bounds = np.concatenate(([0], np.cumsum(curve.n_samples)))
     per_edge = [records[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
     uncertainty = {name: _uncertainty(name, value, curve, per_edge, volume_um3) for name, value in values.items()}
