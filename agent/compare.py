@@ -42,7 +42,7 @@ _FIELDS = {
     "interconnected_share": "% interconnected {}",
     "surface_area_per_cell_volume_um-1": "A_{}/V_cell",
     "surface_area_per_phase_volume_um-1": "A_{0}/V_{0}",
-    "coverage_share": "% coverage {} by electrolyte",
+    "coverage_share": "% coverage {} by {electrolyte}",
     "inner_porosity_share": "inner porosity (% of pore in active)",
 }
 
@@ -86,6 +86,8 @@ def _label(name, roles):
     if field == "active_electrolyte_ratio":
         return template.format(active=roles.get("active", "active"),
                                electrolyte=roles.get("electrolyte", "electrolyte"))
+    if field == "coverage_share":
+        return template.format(*parts, electrolyte=roles.get("electrolyte", "electrolyte"))
     if field == "local_thickness_um" and len(parts) == 2:
         return template.format(parts[0], {"mean": "average", "std": "std dev."}.get(parts[1], parts[1]))
     if field == "tortuosity_geometric" and len(parts) == 2:
@@ -351,6 +353,8 @@ def plot_rev_curves(doc, path, *, tolerance=0.05):
     -------
     pathlib.Path
     """
+    from matplotlib.ticker import NullFormatter, ScalarFormatter
+
     rows = [r for r in doc["rows"] if any(
         any(v is not None for v in s["values"].get(r["metric"], {}).get("curve", {}).get("relative_std", []))
         for s in doc["samples"])]
@@ -364,6 +368,8 @@ def plot_rev_curves(doc, path, *, tolerance=0.05):
             ax.plot(curve["edges_um"], rel, "o-", ms=3, label=sample["name"])
         ax.axhline(100 * tolerance, color="k", ls="--", lw=1)
         ax.set_xscale("log")
+        ax.xaxis.set_major_formatter(ScalarFormatter())
+        ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_title(row["label"], fontsize="medium")
         ax.set_xlabel("subvolume edge (μm)")
         ax.set_ylabel("relative std (%)")
@@ -375,8 +381,9 @@ def plot_rev_curves(doc, path, *, tolerance=0.05):
 def plot_thickness_distributions(doc, path):
     """Local-thickness distributions per phase, the samples overlaid (Figure S10).
 
-    Volume-weighted probability density (share of the phase's voxels per μm of thickness),
-    so that samples with different histogram bins overlay.
+    Volume-weighted probability density (share of the phase's voxels per μm of thickness) on
+    common bins one voxel wide (the largest voxel edge of the samples): local thickness takes
+    voxel-quantised values, and finer bins only show that comb.
 
     Returns
     -------
@@ -386,6 +393,7 @@ def plot_thickness_distributions(doc, path):
 
     phases = list(dict.fromkeys(p for s in doc["samples"]
                                 for p in ((s["metrics"].get("details") or {}).get("local_thickness_histogram") or {})))
+    width = max(max(s["spacing_um"]) for s in doc["samples"])
     fig, axes = _figure(max(1, len(phases)), columns=2, size=(5.0, 3.5))
     if not phases:
         axes[0].text(0.5, 0.5, "no local thickness measured", ha="center", va="center", transform=axes[0].transAxes)
@@ -395,7 +403,10 @@ def plot_thickness_distributions(doc, path):
             if not hist:
                 continue
             edges, share = np.asarray(hist["edges_um"]), np.asarray(hist["share"])
-            density = share / np.diff(edges)
+            common = np.arange(0, edges[-1] + width, width)
+            share = np.bincount(np.searchsorted(common, 0.5 * (edges[:-1] + edges[1:])) - 1, weights=share,
+                                minlength=common.size - 1)[: common.size - 1]
+            edges, density = common, share / width
             mean = sample["metrics"]["local_thickness_um"][phase]["mean"]
             line, = ax.step(edges, np.append(density, density[-1]), where="post",
                             label=f"{sample['name']} (mean {mean:.2f} μm)")
