@@ -102,6 +102,7 @@ class Agent:
         self._done_times: deque = deque(maxlen=_RATE_WINDOW)
         self._hook_ran = False
         self._pending_skips: list[dict] = []  # skipped before the volume exists (calibration)
+        self._analysis: AnalysisWorker | None = None
 
     # -- inputs from the watcher (its thread): only queue them -----------------------------
 
@@ -384,7 +385,7 @@ class Agent:
             "drift_confidence": done.drift.confidence if done else None,
             "uncertain_share": done.uncertain_share if done else None,
             "rate_slices_per_s": rate,
-            "pictures": self._analysis.pictures if getattr(self, "_analysis", None) else {},
+            "pictures": self._analysis.pictures if self._analysis is not None else {},
         }
         self.events.emit("status", body)
 

@@ -681,8 +681,12 @@ def metrics_report(volume, *, json_output=False, spacing_um=None, phase_map=(), 
     if pictures is not None:
         from agent.pictures import write_volume_pictures
 
-        written = write_volume_pictures(data, pictures, volume=volume, rev_report=report, tolerance=tolerance)
-        err_console.print("pictures: " + ", ".join(str(p) for p in written.values()))
+        try:
+            written = write_volume_pictures(data, pictures, volume=volume, rev_report=report, tolerance=tolerance)
+            err_console.print("pictures: " + ", ".join(str(p) for p in written.values()))
+        except OSError as exc:  # e.g. a read-only data folder: the table is still worth having
+            log.warning("pictures not written to %s: %s", pictures, exc)
+            err_console.print(f"[yellow]pictures not written to {pictures}: {exc}[/] (--pictures DIR, --no-pictures)")
     if json_output:
         out = dict(doc)
         if report is not None:

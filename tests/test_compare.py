@@ -92,6 +92,15 @@ def test_particle_radius_difference_is_marked(compared):
     assert _pair(doc, "volume_fraction.active", "ref", "finer")["significant"] is False
 
 
+def test_rows_follow_the_sections_of_table_1(compared):
+    doc, _, _ = compared
+    sections = list(dict.fromkeys(r["section"] for r in doc["rows"]))
+    assert sections == ["Volume fraction", "Ionic network", "Electronic network", "Pore network", "Specific surface"]
+    labels = {r["metric"]: r["label"] for r in doc["rows"]}
+    assert labels["tortuosity_geometric.electrolyte.y+"] == "τ y+ tortuosity electrolyte"
+    assert labels["coverage_share.active"] == "% coverage active by electrolyte"
+
+
 def test_every_value_has_its_uncertainty_and_the_method_is_stated(compared):
     doc, _, _ = compared
     assert doc["uncertainty"]["k"] == 2.0 and "Kanit" in doc["uncertainty"]["method"]
