@@ -180,6 +180,8 @@ def compare_volumes(paths, *, names=None, spacing_um=None, phase_map=(), transpo
     for p in paths:
         if not p.exists():
             raise MetricsInputError(f"{p}: no such file or folder")
+    if (spacing_um is not None or phase_map) and all(p.is_dir() for p in paths):
+        raise MetricsInputError("--spacing-um and --phase are for label TIFFs; revwatch volumes carry their own")
     axis = "zyx".index(transport_axis)
     samples, tables, roles = [], [], {}
     for name, path in zip(names, paths):

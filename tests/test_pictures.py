@@ -235,3 +235,18 @@ def test_metrics_writes_label_pictures_beside_a_tiff(tmp_path, small_labels):
     assert sorted(p.name for p in folder.iterdir()) == ["orthogonal.png", "slice.png"]
     check_picture(folder / "slice.png", colours=True)
     assert main(argv + ["--no-pictures"]) == 0
+
+
+def test_compare_reads_revwatch_volumes(live_run, capsys):
+    """`revwatch compare` on OME-Zarr volumes (the run's, twice): equal values, nothing marked."""
+    import json
+
+    volume = str(live_run["volume"])
+    assert main(["compare", volume, volume, "--names", "a", "b", "--min-edge-um", "0.2", "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert [s["shape"] for s in doc["samples"]] == [[N_SLICES, 128, 128]] * 2
+    for row in doc["rows"]:
+        (d,) = row["differences"]
+        assert d["significant"] is not True
+        assert d["difference"] in (None, 0.0)
+    assert main(["compare", volume, volume, "--spacing-um", "1", "1", "1"]) == 2  # a volume carries its own
