@@ -6,6 +6,8 @@ Dask metrics (:class:`agent.analysis.VolumeAnalysis`) and the REV tracker
 (:class:`processing.rev.RevTracker`) on the committed part of the volume, and emits ``metrics``
 and ``rev`` documents, then the latched ``stop`` once the volume is representative. A failing
 update is published as an ``error`` document and the next one is tried: slices keep flowing.
+Every ``analysis.pictures_every_slices`` slices (and at the end) it asks the picture thread
+(:class:`agent.pictures.PictureWorker`) to redraw the pictures beside the volume.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import threading
 from agent.analysis import VolumeAnalysis
 from agent.config import Config, ConfigError
 from agent.events import EventStream
+from agent.pictures import PictureWorker
 from processing.phases import Phases
 from processing.rev import RevTracker, table1_metrics
 
@@ -85,6 +88,9 @@ class AnalysisWorker:
         self._store = None
         self._analysis: VolumeAnalysis | None = None
         self._rev: RevTracker | None = None
+        self._tracked = ()
+        self._pictures: PictureWorker | None = None
+        self._pictures_depth = 0
         self._cond = threading.Condition()
         self._wanted = 0
         self._done = 0
@@ -109,9 +115,12 @@ class AnalysisWorker:
                 scheduler=cfg.analysis.scheduler,
                 expensive_every_slices=cfg.analysis.expensive_every_slices,
             )
+            self._tracked = _tracked(cfg.rev.tracked, self.phases, transport_axis)
+            if cfg.analysis.pictures_every_slices and self._pictures is None:
+                self._pictures = PictureWorker(store, phases=self.phases)
             self._rev = RevTracker(
                 spacing_um=store.spacing_um,
-                metrics=_tracked(cfg.rev.tracked, self.phases, transport_axis),
+                metrics=self._tracked,
                 tolerance=cfg.rev.tolerance,
                 min_depth_um=cfg.rev.min_depth_um,
                 rng=0,
@@ -134,6 +143,11 @@ class AnalysisWorker:
                 lambda: not self._busy and self._done >= self._wanted and not self._final, timeout_s
             )
 
+    @property
+    def pictures(self) -> dict[str, str]:
+        """{name: path} of the pictures written beside the volume so far (empty when off)."""
+        return {} if self._pictures is None else self._pictures.paths
+
     def close(self) -> None:
         with self._cond:
             self._closing = True
@@ -141,6 +155,8 @@ class AnalysisWorker:
         self._thread.join(timeout=30)
         if self._analysis is not None:
             self._analysis.close()
+        if self._pictures is not None:
+            self._pictures.close()
 
     def _due(self) -> bool:
         if self._analysis is None or self._wanted <= self._done:
@@ -181,6 +197,12 @@ class AnalysisWorker:
         self.events.emit("metrics", metrics)
         rev = self._rev.update(CommittedView(self._store.labels, depth), values=self._analysis.rev_values(metrics))
         self.events.emit("rev", rev)
+        every = self.config.analysis.pictures_every_slices
+        if self._pictures is not None and (final or depth // every > self._pictures_depth // every
+                                           or not self._pictures_depth):
+            self._pictures_depth = depth
+            self._pictures.request(depth, rev_history={m.name: self._rev.history(m.name) for m in self._tracked},
+                                   tolerance=self.config.rev.tolerance)
         stop = self._rev.stop
         if stop is not None and not self.events.stopped:
             log.info("representative at depth %d: %s", depth, stop.get("reason"))

@@ -24,6 +24,7 @@ examples:
   revwatch monitor tcp://127.0.0.1:5556           live dashboard of a running agent
   revwatch replay stack.tif --to incoming/ --interval-s 2
   revwatch metrics cathode-01.revwatch.ome.zarr   Table 1 + REV report of a volume
+  revwatch compare a.ome.zarr b.ome.zarr --names 10min 15h --figures figs/
 """
 
 
@@ -158,6 +159,8 @@ def cmd_metrics(args: argparse.Namespace) -> int:
             network[key] = [] if given == ["none"] else given
     if args.coverage_by:
         network["coverage_by"] = args.coverage_by
+    from agent.pictures import pictures_folder
+
     return metrics_report(
         args.volume,
         json_output=args.json,
@@ -173,6 +176,26 @@ def cmd_metrics(args: argparse.Namespace) -> int:
         chunk_voxels=args.chunk_voxels or (cfg.analysis.chunk_voxels if cfg else None),
         halo_slices=cfg.analysis.halo_slices if cfg else None,
         tortuosity_max_voxels=args.tortuosity_max_voxels,
+        pictures=None if args.no_pictures else args.pictures or pictures_folder(args.volume),
+    )
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from agent.compare import compare_report
+
+    return compare_report(
+        args.volumes,
+        names=args.names,
+        spacing_um=args.spacing_um,
+        phase_map=args.phase,
+        transport_axis=args.transport_axis,
+        k=args.k,
+        n_samples=args.samples,
+        min_edge_um=args.min_edge_um,
+        reference=args.reference,
+        json_output=args.json,
+        csv_path=args.csv,
+        figures=args.figures,
     )
 
 
@@ -279,7 +302,41 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--chunk-voxels", type=int, help="chunk size of the whole-volume metrics (default 64000000)")
     p.add_argument("--tortuosity-max-voxels", type=int,
                    help="geometric tortuosity on a systematic sample of chunks within this budget (error published)")
+    p.add_argument("--pictures", type=Path, metavar="DIR",
+                   help="write the pictures (slice with labels, orthogonal views, drift, REV curves unless --no-rev) "
+                        "here (default: VOLUME.pictures beside the volume)")
+    p.add_argument("--no-pictures", action="store_true", help="do not write the pictures")
     p.set_defaults(func=cmd_metrics)
+
+    p = sub.add_parser(
+        "compare",
+        parents=logging_options,
+        help="several volumes side by side as the columns of Table 1, with uncertainties",
+        description="Table 1 of several volumes side by side (rows: metrics; columns: samples). Each value "
+                    "carries its standard uncertainty u from the REV analysis of its own volume: Kanit's law "
+                    "sigma^2(V) = K V^-alpha fitted on the variances of the metric over subvolume cubes, "
+                    "extrapolated to the volume of the sample (u = sigma(V); Kanit's relative error is 2u/value). "
+                    "A value is marked when it differs from the reference column by more than "
+                    "k * sqrt(u_ref^2 + u^2).",
+    )
+    p.add_argument("volumes", type=Path, nargs="+",
+                   help="revwatch OME-Zarr volumes or multi-page label TIFFs (2 or more)")
+    p.add_argument("--names", nargs="+", metavar="NAME", help="column names, one per volume (default: file names)")
+    p.add_argument("--reference", metavar="NAME", help="column the others are tested against (default: the first)")
+    p.add_argument("--k", type=float, default=2.0,
+                   help="coverage factor: marked when |a-b| > k*sqrt(ua^2+ub^2) (default 2)")
+    p.add_argument("--samples", type=int, default=16, help="subvolume cubes per edge (default 16)")
+    p.add_argument("--min-edge-um", type=float, default=1.0, help="smallest subvolume edge in um (default 1)")
+    p.add_argument("--json", action="store_true", help="print the comparison as JSON")
+    p.add_argument("--csv", type=Path, help="also write the comparison as CSV here")
+    p.add_argument("--figures", type=Path, metavar="DIR",
+                   help="write rev_curves.png (Figure S8) and local_thickness.png (Figure S10) here")
+    p.add_argument("--spacing-um", type=float, nargs=3, metavar=("DZ", "DY", "DX"),
+                   help="voxel size of the label TIFFs")
+    p.add_argument("--phase", action="append", default=[], metavar="LABEL=NAME",
+                   help="label-to-phase mapping of the label TIFFs (as for `revwatch metrics`)")
+    p.add_argument("--transport-axis", choices=("z", "y", "x"), default="y", help="transport direction (default y)")
+    p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("bench", parents=logging_options, help="per-stage throughput on this machine")
     p.add_argument("--quick", action="store_true", help="a short run (fewer, smaller slices)")

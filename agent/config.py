@@ -118,6 +118,9 @@ class AnalysisConfig(_Section):
     scheduler: str | None = Field(None, description="dask.distributed address (tcp://host:port); None = in-process threads")
     every_slices: int = Field(4, ge=1, description="refresh the metrics after this many new slices")
     expensive_every_slices: int = Field(32, ge=1, description="refresh tortuosity and local thickness after this many")
+    pictures_every_slices: int = Field(
+        32, ge=0, description="refresh the pictures beside the volume after this many new slices; 0 = no pictures"
+    )
     # The phase of each network metric; None = the reference study's (by role).
     tortuosity_phases: list[str] | None = Field(None, description="geometric tortuosity; None = the electrolyte")
     thickness_phases: list[str] | None = Field(None, description="local thickness; None = electrolyte and active")

@@ -17,6 +17,7 @@ import math
 import time
 from collections import deque
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from rich import box
 from rich.console import Console, Group
@@ -262,6 +263,12 @@ def _header(state: MonitorState, width: int) -> Table:
     grid.add_row(first)
     grid.add_row(f"[dim]run[/] {state.run_id or '–'}  [dim]folder[/] {st.get('folder', '–')}  "
                  f"[dim]volume[/] {st.get('volume', '–')}")
+    pictures = st.get("pictures")
+    if pictures:
+        folders = {str(Path(p).parent) for p in pictures.values()}
+        where = folders.pop() if len(folders) == 1 else ""
+        names = ", ".join(f"{Path(p).name}" if where else p for p in pictures.values())
+        grid.add_row(f"[dim]pictures[/] {where + ': ' if where else ''}{names}")
     return grid
 
 
@@ -409,7 +416,7 @@ def render(state: MonitorState, *, width: int | None = None, height: int | None 
     wide, tall = width >= 120, height >= 36
     chart_rows = (4 if tall else 2) if wide else 1
     parts = [_banner(state, width, tall=tall), _header(state, width), Text("")]
-    used = (6 if tall else 4) + 2 + 1
+    used = (6 if tall else 4) + 2 + 1 + (1 if (state.status or {}).get("pictures") else 0)
     parts.append(_traces(state, width, chart_rows))
     used += 3 if chart_rows == 1 else chart_rows + 1
     spare_for_table = 4  # title, column header, rule, last line kept free

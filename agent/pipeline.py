@@ -130,6 +130,7 @@ class Agent:
         self._first_checked = False
         self._calibration_received = 0
         self._summary_at = (time.monotonic(), 0)
+        self._analysis: AnalysisWorker | None = None
 
     # -- inputs from the watcher (its thread): only queue them -----------------------------
 
@@ -576,6 +577,7 @@ class Agent:
             "uncertain_share": done.uncertain_share if done else None,
             "label_delay_slices": self._chain.label_delay_slices if self._chain else 0,
             "rate_slices_per_s": rate,
+            "pictures": self._analysis.pictures if self._analysis is not None else {},
         }
         self.events.emit("status", body)
 

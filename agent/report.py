@@ -638,7 +638,7 @@ def plot_rev(report, path, *, spacing_um, title=""):
 
 def metrics_report(volume, *, json_output=False, spacing_um=None, phase_map=(), transport_axis="y", plot=None,
                    rev=True, tolerance=0.05, network_phases=None, composition=None, scheduler=None,
-                   chunk_voxels=None, halo_slices=None, tortuosity_max_voxels=None, console=None,
+                   chunk_voxels=None, halo_slices=None, tortuosity_max_voxels=None, pictures=None, console=None,
                    err_console=None) -> int:
     """``revwatch metrics VOLUME``: print Table 1 (and the REV report) of a volume.
 
@@ -673,6 +673,9 @@ def metrics_report(volume, *, json_output=False, spacing_um=None, phase_map=(), 
         ``tcp://host:port`` of a dask.distributed scheduler; default local threads.
     chunk_voxels, halo_slices, tortuosity_max_voxels : int, optional
         Chunking of the whole-volume metrics (:func:`processing.metrics.table1`).
+    pictures : str or os.PathLike, optional
+        Write the pictures of the volume into this folder (:func:`agent.pictures.write_volume_pictures`,
+        with the REV curves of this report).
     console, err_console : rich.console.Console, optional
         Where the tables and the progress go (default stdout and stderr).
 
@@ -730,6 +733,15 @@ def metrics_report(volume, *, json_output=False, spacing_um=None, phase_map=(), 
             report = rev_report(data.labels, spacing_um=data.spacing_um, phases=data.phases, transport_axis=axis,
                                 tolerance=tolerance,
                                 on_progress=lambda done, total: progress.update(task, completed=done, total=total))
+    if pictures is not None:
+        from agent.pictures import write_volume_pictures
+
+        try:
+            written = write_volume_pictures(data, pictures, volume=volume, rev_report=report, tolerance=tolerance)
+            err_console.print("pictures: " + ", ".join(str(p) for p in written.values()))
+        except OSError as exc:  # e.g. a read-only data folder: the table is still worth having
+            log.warning("pictures not written to %s: %s", pictures, exc)
+            err_console.print(f"[yellow]pictures not written to {pictures}: {exc}[/] (--pictures DIR, --no-pictures)")
     if json_output:
         out = dict(doc)
         if report is not None:

@@ -251,7 +251,7 @@ def test_real_nmc_volume(capsys, tmp_path):
     nmc = require_shared_data(NMC_RELATIVE)
     png = tmp_path / "nmc_rev.png"
     t0 = time.perf_counter()
-    rc = main(["metrics", str(nmc), "--spacing-um", "0.398", "0.398", "0.398", "--phase", "0=pore",
+    rc = main(["metrics", str(nmc), "--no-pictures", "--spacing-um", "0.398", "0.398", "0.398", "--phase", "0=pore",
                "--phase", "1=active", "--phase", "2=electrolyte", "--plot", str(png)])
     seconds = time.perf_counter() - t0
     out, _ = capsys.readouterr()
