@@ -101,6 +101,7 @@ class Agent:
         self._last = None
         self._done_times: deque = deque(maxlen=_RATE_WINDOW)
         self._hook_ran = False
+        self._interrupted = False
         self._pending_skips: list[dict] = []  # skipped before the volume exists (calibration)
 
     # -- inputs from the watcher (its thread): only queue them -----------------------------
@@ -196,8 +197,14 @@ class Agent:
         if threading.current_thread() is not threading.main_thread():
             return
         for sig in (signal.SIGINT, signal.SIGTERM):
-            previous = signal.signal(sig, lambda *_: self._stop.set())
+            previous = signal.signal(sig, self._interrupt)
             stack.callback(signal.signal, sig, previous)
+
+    def _interrupt(self, *_) -> None:
+        """Ctrl-C / SIGTERM: end the run now; the slices handed over are still stored, but the
+        last refresh skips the whole-volume expensive metrics (seconds at any depth)."""
+        self._interrupted = True
+        self._stop.set()
 
     def _loop(self, watcher: SliceWatcher, idle_exit_s: float | None) -> None:
         last_activity = time.monotonic()
@@ -407,7 +414,7 @@ class Agent:
             for processed in self._chain.flush():
                 self._append(processed)
         if self._store is not None:
-            self._analysis.notify(self._store.depth, final=True)
+            self._analysis.notify(self._store.depth, final=not self._interrupted)
             self._analysis.wait_idle()
         self._run_stop_hook()
         self._status(state="stopped")
