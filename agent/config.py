@@ -114,7 +114,7 @@ class RevConfig(_Section):
     confidence: float = Field(0.95, gt=0.5, lt=1, description="two-sided confidence of the bound at the planned depth")
     min_depth_um: float | None = Field(
         None, ge=0, description="never representative before this depth; None = only the floor the microstructure "
-        "sets (8 batches of 3 correlation lengths along z)",
+        "sets (6 batches of 2 correlation lengths along z)",
     )
     trend_false_alarm: float = Field(
         0.05, gt=0, lt=1, description="chance over a whole run of calling a stationary volume not stationary"

@@ -181,12 +181,12 @@ def default_tracked(phases: Phases | None = None, *, transport_axis: int = 1) ->
 
     Every volume fraction, A_active / V_cell, the coverage of the active phase by the
     electrolyte (all three slice by slice from counts) and the geometric tortuosity of the
-    conducting phase (the electrolyte) along `transport_axis`, on blocks at least four
+    conducting phase (the electrolyte) along `transport_axis`, on blocks at least two
     feature sizes thick (a path needs room to wind).
     """
     phases = Phases() if phases is None else phases
     return (*default_metrics(phases), *_surface_metrics(phases, 0.0, 2.0),
-            *_tortuosity_metric(phases, transport_axis, 0.0, 4.0))
+            *_tortuosity_metric(phases, transport_axis, 0.0, 2.0))
 
 
 def table1_metrics(
@@ -204,8 +204,8 @@ def table1_metrics(
     electrolyte along `transport_axis` (``y+``), the mean local thickness of
     the active phase, the share of active material connected to the first face
     of `transport_axis` and the interconnected share of the pore. Blocks and
-    cubes of the surface metrics are at least two feature sizes, those of the
-    expensive ones four (and at least `min_extent_um`).
+    cubes of the surface metrics and the tortuosity are at least two feature
+    sizes, those of the other expensive ones four (and at least `min_extent_um`).
 
     Parameters
     ----------
@@ -227,7 +227,7 @@ def table1_metrics(
     out = [*default_metrics(phases), *_surface_metrics(phases, min_extent_um, 2.0)]
     if not expensive:
         return tuple(out)
-    out += _tortuosity_metric(phases, transport_axis, min_extent_um, 4.0)
+    out += _tortuosity_metric(phases, transport_axis, min_extent_um, 2.0)
     active, pore = phases.roles.get("active"), phases.roles.get("pore")
 
     def mask(block, name):

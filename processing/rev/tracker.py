@@ -115,6 +115,9 @@ class RevTracker:
         Cubes read per update for the subvolume curve (``rev_edge_um``); 0 disables it.
     max_cube_voxels : int, optional
         Largest cube of the subvolume curve, in voxels.
+    max_block_voxels : int, optional
+        Largest block of a non-additive metric: blocks are the full slices when they fit,
+        else a centred window of them (the metric is then a sample of each block).
     rng : None, int or numpy.random.Generator, optional
         Seed of the cube positions.
 
@@ -139,8 +142,8 @@ class RevTracker:
         planned_depth_slices: int | None = None,
         hold_updates: int = 2,
         hold_fraction: float = 0.0,
-        min_blocks: int = 8,
-        batch_lengths: float = 3.0,
+        min_blocks: int = 6,
+        batch_lengths: float = 2.0,
         fit_levels: int = 3,
         alpha_bounds=(0.5, 1.0),
         trend_false_alarm: float = 0.05,
@@ -148,6 +151,7 @@ class RevTracker:
         min_depth_um: float | None = None,
         subvolume_samples: int = 2,
         max_cube_voxels: int = 1 << 21,
+        max_block_voxels: int = 1 << 22,
         rng=None,
     ):
         self.spacing = check_spacing(spacing_um)
@@ -197,6 +201,7 @@ class RevTracker:
         self.min_depth_um = min_depth_um
         self.subvolume_samples = int(subvolume_samples)
         self.max_cube_voxels = int(max_cube_voxels)
+        self.max_block_voxels = int(max_block_voxels)
         self._rng = np.random.default_rng(rng)
         self._states = [_MetricState(m) for m in metrics]
         self._n_values = max([2] + [m.n_values for m in metrics])
@@ -204,9 +209,11 @@ class RevTracker:
         self.depth = 0
         self.feature_size_um: float | None = None  # fixed at the first update: block thickness
         self._chord_counts = None  # (voxels (L,), axis crossings (3, L, L)) summed over the slices read
-        self._tail = None  # slices of the blocks still incomplete
+        self._tail = None  # slices of the blocks still incomplete (their window)
+        self._window = None
         self._tail_start = 0
         self._times: list[tuple[int, float]] = []
+        self._steps: list[int] = []  # slices added by the recent updates (the hold's length in slices)
         self._cube_turn = 0
         self.bytes_read = 0
         self._document: dict | None = None
@@ -288,6 +295,7 @@ class RevTracker:
             raise ValueError(f"RevTracker.update: depth went from {self.depth} to {depth} slices; it can only grow")
         if depth > self.depth:
             self._read_new(labels, depth)
+            self._steps = (self._steps + [depth - self.depth])[-16:]
         self.depth = depth
         if time_s is not None and (not self._times or depth > self._times[-1][0]):
             self._times = (self._times + [(depth, float(time_s))])[-32:]
@@ -355,6 +363,15 @@ class RevTracker:
         finite = in_plane[np.isfinite(in_plane)]
         return float(finite.max()) if finite.size else None
 
+    def _block_window(self, thickness):
+        """Centred (y, x) window of the blocks: the longer side is cut until a block holds at
+        most `max_block_voxels` (the cost of a tortuosity must not grow with the field)."""
+        ny, nx = self._xy
+        while thickness * ny * nx > self.max_block_voxels and max(ny, nx) > 8:
+            ny, nx = (ny * 3 // 4, nx) if ny >= nx else (ny, nx * 3 // 4)
+        (y0, x0) = ((self._xy[0] - ny) // 2, (self._xy[1] - nx) // 2)
+        return slice(y0, y0 + ny), slice(x0, x0 + nx)
+
     def _blocks(self, new, depth):
         """Measure the non-additive metrics on every block completed by `depth` slices."""
         blockwise = [st for st in self._states if not st.metric.additive]
@@ -364,6 +381,9 @@ class RevTracker:
         for st in blockwise:
             if st.unit is None:
                 st.unit = max(1, math.ceil(st.metric.min_extent(self.feature_size_um or 0.0) / dz - 1e-9))
+        if self._window is None:
+            self._window = self._block_window(max(st.unit for st in blockwise))
+        new = new[(slice(None), *self._window)]
         self._tail = new if self._tail is None else np.concatenate([self._tail, new])
         for st in blockwise:
             while (len(st.values) + 1) * st.unit <= depth:
@@ -507,7 +527,9 @@ class RevTracker:
             if entry["not_stationary"]:
                 failure = trend.reason
             elif not rel <= tol:
-                needed = hb.predicted_units(tol) * unit
+                # the bound must then hold over `hold_updates` updates of the recent size
+                hold = (self.hold_updates - 1) * int(np.median(self._steps)) if self._steps else 0
+                needed = hb.predicted_units(tol) * unit + hold
                 entry["slices_needed"] = max(needed, floor - self.depth, 0)
                 failure = (f"{name}: the value at the horizon ({horizon} slices) may differ by "
                            f"{rel:.1%} > {tol:.0%} (fitted drift {entry['drift_to_horizon'] or 0:+.1%}), "
