@@ -124,7 +124,9 @@ class RevConfig(_Section):
         "and the geometric tortuosity of the electrolyte",
     )
     exit_when_representative: bool = False
-    on_stop_command: str | None = Field(None, description="shell command run once when the stop is latched")
+    on_stop_command: str | None = Field(
+        None, description="command run once when the stop is latched; the stop document (JSON) is on its standard input"
+    )
 
 
 class PublishConfig(_Section):

@@ -18,6 +18,7 @@ volume's attributes and published: nothing is dropped silently.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import queue
 import shlex
@@ -404,7 +405,11 @@ class Agent:
         self._hook_ran = True
         log.info("representative: running the stop hook %r", command)
         try:
-            subprocess.Popen(shlex.split(command, posix=True))
+            # The stop document (the `stop` topic's body, JSON) on the command's standard input.
+            hook = subprocess.Popen(shlex.split(command, posix=True), stdin=subprocess.PIPE)
+            with contextlib.suppress(BrokenPipeError):
+                hook.stdin.write(json.dumps(stop).encode())
+            hook.stdin.close()
         except OSError as exc:
             self.events.emit("error", {"kind": "hook", "message": f"stop hook {command!r} failed: {exc}", "critical": False})
 
