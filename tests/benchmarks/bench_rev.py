@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import pickle
 import time
 import tracemalloc
 
@@ -47,9 +48,11 @@ DEFINITIONS = f"""Definitions
   premature      a stop shallower than the seed's oracle.
   d_ref          reference rule: the same bound (trend over H extrapolated from the slope's standard error, plus
                  the sampling of the rest) with the family's true statistics - long-run variance of each metric
-                 per unit = n * variance over the seeds of the running value at H, mean over the seeds, no fitted
-                 trend (the true one is 0), z = {stats.norm.ppf(0.5 + CONFIDENCE / 2):.2f} - at the same confidence
-                 and horizon; the smallest update depth where every metric satisfies it. It needs no floor.
+                 per unit = k x the variance of its means over slabs of k units (4 batches) pooled over all seeds
+                 and depths, mean over the seeds, no fitted trend (the true one is 0), z = {stats.norm.ppf(0.5 + CONFIDENCE / 2):.2f}
+                 - at the same confidence and horizon; the smallest update depth where every metric satisfies it.
+                 It needs no floor. (The generator makes each volume's phase fractions exact, so the running
+                 fraction at H is the same for every seed: the slab variance, not the variance at H, is used.)
   flagged        seeds ever declared 'not stationary' during the run (any metric, any update).
   saved          share of H not acquired: 1 - median stop / H.
   prediction     slices still needed, predicted at the update nearest 25/50/75 % of the stop depth, against the
@@ -104,23 +107,33 @@ def reference_depth(runs, depth_planned, names):
     z = stats.norm.ppf(0.5 + CONFIDENCE / 2)
     need = STEP
     for name in names:
-        finals = np.array([r["final"][name][0] for r in runs])
-        units = np.array([r["final"][name][1] for r in runs])
-        unit = runs[0]["final"][name][2]
-        ok = np.isfinite(finals)
-        if ok.sum() < 3:
+        unit = runs[0]["series"][name][2]
+        k = max(1, round(4 * runs[0]["batch"][name] / unit))  # slabs of 4 batches: beyond the correlations
+        means, weights = [], []
+        for r in runs:
+            v, w, _ = r["series"][name]
+            ok = np.isfinite(v) & (w > 0)
+            v, w = v[ok], w[ok]
+            n = v.size // k * k
+            if n < k:
+                continue
+            vw, ws = (v[:n] * w[:n]).reshape(-1, k).sum(axis=1), w[:n].reshape(-1, k).sum(axis=1)
+            means += list(vw / ws)
+            weights += list(ws / k)
+        if len(means) < 3:
             continue
-        n = float(np.median(units[ok]))
-        s2 = n * float(np.var(finals[ok], ddof=1))
-        mean = abs(float(np.mean(finals[ok])))
+        means, weights = np.array(means), np.array(weights)
+        mean = float(np.average(means, weights=weights))
+        # per-unit long-run variance: k units per slab, residuals linearised as in horizon_bound
+        s2 = k * float(np.mean((weights / weights.mean() * (means - mean)) ** 2))
         horizon = depth_planned / unit
         for d in range(STEP, depth_planned + 1, STEP):
-            m = d / unit
+            m = d // unit
             if m < 3:
                 continue
             sxx = m * (m * m - 1) / 12
             se = math.sqrt(s2 * ((0.5 * (horizon - m)) ** 2 / sxx + max(1 / m - 1 / horizon, 0)))
-            if z * se <= TOLERANCE * mean:
+            if z * se <= TOLERANCE * abs(mean):
                 need = max(need, d)
                 break
         else:
@@ -128,7 +141,7 @@ def reference_depth(runs, depth_planned, names):
     return need
 
 
-def run_families(seeds, graded_seeds):
+def run_families(seeds, graded_seeds, dump=None):
     print(DEFINITIONS)
     print(f"\nSlices {ROWS} x width px, spacing {SPACING} um, tolerance {TOLERANCE:.0%}, confidence {CONFIDENCE:.0%}, "
           f"tracked: {', '.join(m.name for m in default_tracked())}")
@@ -145,11 +158,14 @@ def run_families(seeds, graded_seeds):
                                              gradient=gradient, rng=seed)
             stop, flagged, depths, needed, tracker = track(labels, depth, rng=seed)
             doc = tracker.document()
-            final = {n: (tracker.history(n)[-1, 1], len(st.values), st.unit or 1)
-                     for n, st in zip(names, tracker._states)}
+            series = {n: (np.array(st.values), np.array(st.weights), st.unit or 1) for n, st in zip(names, tracker._states)}
+            batch = {n: doc["metrics"][n]["batch_slices"] for n in names}
             runs.append(dict(stop=stop, flagged=flagged, oracle=oracle(tracker, names, depths), depths=depths,
-                             needed=needed, final=final, doc=doc))
+                             needed=needed, series=series, batch=batch, doc=doc))
         per_seed = (time.perf_counter() - t0) / len(fam_seeds)
+        if dump:
+            with open(dump, "ab") as f:
+                pickle.dump((name, depth, gradient, [{k: v for k, v in r.items() if k != "doc"} for r in runs]), f)
         d_ref = reference_depth(runs, depth, names) if gradient == 0 else None
         stops = np.array([r["stop"] if r["stop"] is not None else np.nan for r in runs], float)
         never = int(np.isnan(stops).sum())
@@ -364,13 +380,14 @@ def main():
     parser.add_argument("--seeds", type=int, default=30, help="seeds per stationary family")
     parser.add_argument("--graded-seeds", type=int, default=10, help="seeds per graded family")
     parser.add_argument("--no-cost", action="store_true")
+    parser.add_argument("--dump", help="append each family's raw results (pickle) to this file")
     parser.add_argument("--no-porespy", action="store_true")
     parser.add_argument("--end-to-end", action="store_true", help="also run the agent on rendered slices")
     parser.add_argument("--only", choices=["families", "cost", "porespy", "end-to-end"])
     args = parser.parse_args()
     t0 = time.perf_counter()
     if args.only in (None, "families"):
-        run_families(list(range(args.seeds)), list(range(100, 100 + args.graded_seeds)))
+        run_families(list(range(args.seeds)), list(range(100, 100 + args.graded_seeds)), dump=args.dump)
     if args.only == "cost" or (args.only is None and not args.no_cost):
         cost()
     if args.only == "porespy" or (args.only is None and not args.no_porespy):
