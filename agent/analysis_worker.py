@@ -13,14 +13,16 @@ Every ``analysis.pictures_every_slices`` slices (and at the end) it asks the pic
 from __future__ import annotations
 
 import logging
+import math
 import threading
+import time
 
 from agent.analysis import VolumeAnalysis
 from agent.config import Config, ConfigError
 from agent.events import EventStream
 from agent.pictures import PictureWorker
 from processing.phases import Phases
-from processing.rev import RevTracker, table1_metrics
+from processing.rev import RevTracker, default_tracked, table1_metrics
 
 __all__ = ["AnalysisWorker", "CommittedView"]
 
@@ -59,14 +61,23 @@ class CommittedView:
 
 
 def _tracked(names, phases: Phases, transport_axis: int):
-    """The REV metrics to follow: the configured names, or the cheap Table 1 set by default."""
+    """The REV metrics to follow: the configured names, or the default tracked set."""
     if names is None:
-        return table1_metrics(phases, transport_axis=transport_axis, expensive=False)
+        return default_tracked(phases, transport_axis=transport_axis)
     available = {m.name: m for m in table1_metrics(phases, transport_axis=transport_axis, expensive=True)}
     unknown = sorted(set(names) - set(available))
     if unknown:
         raise ConfigError(f"rev.tracked: unknown metrics {unknown}; available: {sorted(available)}")
     return tuple(available[name] for name in names)
+
+
+def planned_slices(config: Config, dz_um: float) -> int | None:
+    """The REV horizon in slices: ``acquisition.planned_depth_um`` over the slice spacing, else
+    ``acquisition.planned_slices``, else None (unknown)."""
+    acq = config.acquisition
+    if acq.planned_depth_um is not None:
+        return max(1, math.ceil(acq.planned_depth_um / dz_um - 1e-9))
+    return acq.planned_slices
 
 
 class AnalysisWorker:
@@ -93,6 +104,7 @@ class AnalysisWorker:
         self._pictures_depth = 0
         self._cond = threading.Condition()
         self._wanted = 0
+        self._wanted_time: float | None = None  # when the last notified depth was committed (slice cadence)
         self._done = 0
         self._final = False
         self._busy = False
@@ -122,6 +134,9 @@ class AnalysisWorker:
                 spacing_um=store.spacing_um,
                 metrics=self._tracked,
                 tolerance=cfg.rev.tolerance,
+                confidence=cfg.rev.confidence,
+                planned_depth_slices=planned_slices(cfg, store.spacing_um[0]),
+                trend_false_alarm=cfg.rev.trend_false_alarm,
                 min_depth_um=cfg.rev.min_depth_um,
                 rng=0,
             )
@@ -132,7 +147,8 @@ class AnalysisWorker:
     def notify(self, depth: int, *, final: bool = False) -> None:
         """The volume now holds `depth` committed slices; `final` forces a refresh of everything."""
         with self._cond:
-            self._wanted = max(self._wanted, int(depth))
+            if int(depth) > self._wanted:
+                self._wanted, self._wanted_time = int(depth), time.monotonic()
             self._final = self._final or final
             self._cond.notify_all()
 
@@ -169,11 +185,11 @@ class AnalysisWorker:
                 self._cond.wait_for(lambda: self._closing or self._due())
                 if self._closing:
                     return
-                depth, final = self._wanted, self._final
+                depth, final, when = self._wanted, self._final, self._wanted_time
                 self._final = False
                 self._busy = True
             try:
-                self._update(depth, final=final)
+                self._update(depth, final=final, time_s=when)
             except Exception as exc:  # noqa: BLE001 - a failed refresh must never stop acquisition
                 log.exception("analysis at depth %d failed", depth)
                 self.events.emit("error", {
@@ -187,7 +203,7 @@ class AnalysisWorker:
                     self._busy = False
                     self._cond.notify_all()
 
-    def _update(self, depth: int, *, final: bool) -> None:
+    def _update(self, depth: int, *, final: bool, time_s: float | None) -> None:
         # The volume's z step follows the true slice positions (agent.pipeline): measure with today's.
         spacing = tuple(self._store.spacing_um)
         if spacing != tuple(self._analysis.spacing_um):
@@ -195,7 +211,8 @@ class AnalysisWorker:
             self._rev.spacing = spacing
         metrics = self._analysis.update(depth, full=final)
         self.events.emit("metrics", metrics)
-        rev = self._rev.update(CommittedView(self._store.labels, depth), values=self._analysis.rev_values(metrics))
+        rev = self._rev.update(CommittedView(self._store.labels, depth), values=self._analysis.rev_values(metrics),
+                               time_s=time_s)
         self.events.emit("rev", rev)
         every = self.config.analysis.pictures_every_slices
         if self._pictures is not None and (final or depth // every > self._pictures_depth // every

@@ -20,7 +20,7 @@ log = logging.getLogger(__name__)
 _EPILOG = """\
 examples:
   revwatch demo                                   everything at once on generated data
-  revwatch run "D:/ASV/cathode-01" --detector "SEM Image" --exit-when-representative
+  revwatch run "D:/ASV/cathode-01" --detector "SEM Image" --planned-depth-um 30 --exit-when-representative
   revwatch monitor tcp://127.0.0.1:5556           live dashboard of a running agent
   revwatch replay stack.tif --to incoming/ --interval-s 2
   revwatch metrics cathode-01.revwatch.ome.zarr   Table 1 + REV report of a volume
@@ -75,6 +75,10 @@ def _run_overrides(args: argparse.Namespace) -> list[str]:
         out.append(f"analysis.scheduler={_toml_str(args.scheduler)}")
     if args.exit_when_representative:
         out.append("rev.exit_when_representative=true")
+    if args.planned_depth_um is not None:
+        out.append(f"acquisition.planned_depth_um={args.planned_depth_um!r}")
+    if args.planned_slices is not None:
+        out.append(f"acquisition.planned_slices={args.planned_slices:d}")
     if args.insecure:
         out.append("publish.insecure=true")
     if args.keys_dir is not None:
@@ -241,6 +245,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--endpoint", help="ZeroMQ PUB endpoint (default tcp://127.0.0.1:5556)")
     p.add_argument("--scheduler", help="run the metrics on a dask.distributed cluster at tcp://HOST:PORT")
     p.add_argument("--exit-when-representative", action="store_true", help="publish `stop` and exit 0 once representative")
+    horizon = p.add_mutually_exclusive_group()
+    horizon.add_argument("--planned-depth-um", type=float, help="depth the acquisition is planned to reach: the REV horizon")
+    horizon.add_argument("--planned-slices", type=int, help="slices planned: the REV horizon (instead of --planned-depth-um)")
     p.add_argument("--insecure", action="store_true", help="allow a non-loopback endpoint without CURVE keys")
     p.add_argument("--keys-dir", type=Path, help="CURVE keys made by `revwatch keys` (needed off loopback)")
     p.add_argument("--idle-exit-s", type=float, default=None, help="exit after this long without a new slice")

@@ -50,6 +50,12 @@ class AcquisitionConfig(_Section):
         None, description="the detector folder whose slices make the volume (name or relative path, e.g. "
         "'SEM Image' or 'Images/SEM Image'); None = the folder must hold one detector's slices",
     )
+    # The REV horizon: the stop asks whether the value at the planned depth would differ from now.
+    planned_depth_um: float | None = Field(None, gt=0, description="depth the acquisition is planned to reach")
+    planned_slices: int | None = Field(
+        None, ge=1, description="slices planned (used when planned_depth_um is not set); "
+        "both None = unknown: the REV horizon is twice the current depth",
+    )
 
 
 class VolumeConfig(_Section):
@@ -171,12 +177,22 @@ class RevConfig(_Section):
     """The REV criteria and the stop rule."""
 
     tolerance: float = Field(0.05, gt=0, lt=1, description="relative tolerance of every tracked metric")
+    confidence: float = Field(0.95, gt=0.5, lt=1, description="two-sided confidence of the bound at the planned depth")
     min_depth_um: float | None = Field(
-        None, ge=0, description="never representative before this depth; None = as deep as the field is wide"
+        None, ge=0, description="never representative before this depth; None = only the floor the microstructure "
+        "sets (6 batches of 2 correlation lengths along z)",
     )
-    tracked: list[str] | None = Field(None, description="tracked metrics; None = the default set")
+    trend_false_alarm: float = Field(
+        0.05, gt=0, lt=1, description="chance over a whole run of calling a stationary volume not stationary"
+    )
+    tracked: list[str] | None = Field(
+        None, description="tracked metrics; None = the volume fractions, A_active/V_cell, the active coverage "
+        "and the geometric tortuosity of the electrolyte",
+    )
     exit_when_representative: bool = False
-    on_stop_command: str | None = Field(None, description="shell command run once when the stop is latched")
+    on_stop_command: str | None = Field(
+        None, description="command run once when the stop is latched; the stop document (JSON) is on its standard input"
+    )
 
 
 class PublishConfig(_Section):

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import logging
 import queue
 import shlex
@@ -121,6 +122,7 @@ class Agent:
         self._last = None
         self._done_times: deque = deque(maxlen=_RATE_WINDOW)
         self._hook_ran = False
+        self._interrupted = False
         self._pending_skips: list[dict] = []  # skipped before the volume exists (calibration)
         self._nominal_step_um, self._nominal_source = self._nominal_step()
         self._z = ZPositions(nominal_step_um=self._nominal_step_um)
@@ -253,8 +255,14 @@ class Agent:
         if threading.current_thread() is not threading.main_thread():
             return
         for sig in (signal.SIGINT, signal.SIGTERM):
-            previous = signal.signal(sig, lambda *_: self._stop.set())
+            previous = signal.signal(sig, self._interrupt)
             stack.callback(signal.signal, sig, previous)
+
+    def _interrupt(self, *_) -> None:
+        """Ctrl-C / SIGTERM: end the run now; the slices handed over are still stored, but the
+        last refresh skips the whole-volume expensive metrics (seconds at any depth)."""
+        self._interrupted = True
+        self._stop.set()
 
     def _loop(self, watcher: SliceWatcher, idle_exit_s: float | None) -> None:
         last_activity = time.monotonic()
@@ -591,7 +599,11 @@ class Agent:
         self._hook_ran = True
         log.info("representative: running the stop hook %r", command)
         try:
-            subprocess.Popen(shlex.split(command, posix=True))
+            # The stop document (the `stop` topic's body, JSON) on the command's standard input.
+            hook = subprocess.Popen(shlex.split(command, posix=True), stdin=subprocess.PIPE)
+            with contextlib.suppress(BrokenPipeError):
+                hook.stdin.write(json.dumps(stop).encode())
+            hook.stdin.close()
         except OSError as exc:
             self.events.emit("error", {"kind": "hook", "message": f"stop hook {command!r} failed: {exc}", "critical": False})
 
@@ -602,7 +614,7 @@ class Agent:
             for processed in self._chain.flush():
                 self._append(processed)
         if self._store is not None:
-            self._analysis.notify(self._store.depth, final=True)
+            self._analysis.notify(self._store.depth, final=not self._interrupted)
             self._analysis.wait_idle()
         self._run_stop_hook()
         if self._processed:

@@ -1,104 +1,281 @@
-"""Validation benchmark of the REV stop decision (processing.rev.RevTracker).
+"""Validation benchmark of the REV stop (processing.rev.RevTracker): a printed table.
 
-For stationary synthetic microstructures of several particle sizes, compares the
-depth at which the tracker stops with the *oracle depth*: the smallest depth
-after which every tracked metric stays within tolerance of its value on the
-full (much deeper) volume. A stop before the oracle depth is premature. Graded
-volumes (active fraction drifting along z) must never stop. Finally compares
-the porosity REV curve with ``porespy.metrics.rev_porosity`` on one volume.
+Families of label volumes from ``processing.synthetic.generate_microstructure``, each
+generated to exactly its planned depth H and fed to the tracker (the default tracked set,
+``processing.rev.default_tracked``) every 4 slices, as the agent does:
 
-Run::
+- stationary: three particle radii x two field widths;
+- graded: the active fraction changes linearly with depth (``gradient``), so that the value
+  at H differs from the value at H/2 by at least twice the tolerance.
 
-    PYTHONPATH=. python tests/benchmarks/bench_rev.py            # 12 seeds, 400 x 96 x 96
-    PYTHONPATH=. python tests/benchmarks/bench_rev.py --seeds 4  # quicker
+Then: the cost of an update at depth 100 and 1000 of 1024 x 1024 slices, porespy's
+``rev_porosity`` on the same cubes, and (``--end-to-end``) three seeds rendered as slices
+and run through ``revwatch run --exit-when-representative`` against the tracker alone.
+
+Run (2 shared cores: the full run takes tens of minutes; parallelism none)::
+
+    PYTHONPATH=. python tests/benchmarks/bench_rev.py                  # everything but end to end
+    PYTHONPATH=. python tests/benchmarks/bench_rev.py --seeds 4 --graded-seeds 2 --no-cost   # quick look
+    PYTHONPATH=. python tests/benchmarks/bench_rev.py --only end-to-end
 """
 
 from __future__ import annotations
 
 import argparse
+import math
+import pickle
 import time
+import tracemalloc
 
 import numpy as np
+from scipy import stats
 
-from processing.rev import RevTracker, default_metrics, subvolume_curve
+from processing.rev import RevTracker, default_metrics, default_tracked, subvolume_curve
 from processing.synthetic import generate_microstructure
 
-SPACING = (0.05, 0.04, 0.04)  # anisotropic: slices thicker than pixels
-RADII_UM = (0.06, 0.09, 0.12, 0.15)
+SPACING = (0.05, 0.05, 0.05)  # um; isotropic so that the radii below are pixels x 0.05
+ROWS = 32  # slices are ROWS x width px: a thin slab in y keeps 30 seeds per family affordable
+STEP = 4  # slices per update (the agent's analysis.every_slices)
+TOLERANCE = 0.05
+CONFIDENCE = 0.95
+MAX_BLOCK_VOXELS = 1 << 17  # tortuosity blocks: a window of at most this many voxels
+
+DEFINITIONS = f"""Definitions
+  H              planned depth; every volume is generated to exactly H slices and the tracker is told H.
+  stop           first update (every {STEP} slices) at which the tracker latches its stop; 'never' if none by H.
+  oracle         hindsight oracle of a seed: the smallest update depth from which every tracked metric's running
+                 value stays within the tolerance ({TOLERANCE:.0%}) of its value at H.
+  premature      a stop shallower than the seed's oracle.
+  d_ref          reference rule: the same bound (trend over H extrapolated from the slope's standard error, plus
+                 the sampling of the rest) with the family's true statistics - long-run variance of each metric
+                 per unit = k x the variance of its means over slabs of k units (4 batches) pooled over all seeds
+                 and depths, mean over the seeds, no fitted trend (the true one is 0), z = {stats.norm.ppf(0.5 + CONFIDENCE / 2):.2f}
+                 - at the same confidence and horizon; the smallest update depth where every metric satisfies it.
+                 It needs no floor. (The generator makes each volume's phase fractions exact, so the running
+                 fraction at H is the same for every seed: the slab variance, not the variance at H, is used.)
+  flagged        seeds ever declared 'not stationary' during the run (any metric, any update).
+  saved          share of H not acquired: 1 - median stop / H.
+  prediction     slices still needed, predicted at the update nearest 25/50/75 % of the stop depth, against the
+                 actual remainder (stop - depth): |predicted - actual| / actual."""
 
 
-def prefix_fractions(labels, phase_labels=(1, 2, 3)):
-    """(Z, P) volume fraction of each phase on labels[:d] for d = 1..Z."""
-    per_slice = np.stack([(labels == k).sum(axis=(1, 2)) for k in phase_labels], axis=1)
-    return np.cumsum(per_slice, axis=0) / (np.arange(1, labels.shape[0] + 1)[:, None] * labels[0].size)
+def families(seeds, graded_seeds):
+    """(name, H, width, radius px, gradient, seeds)."""
+    out = []
+    for r_px, depth in ((4, 320), (8, 320), (16, 640)):
+        for width in (256, 1024):
+            out.append((f"r{r_px}px w{width}", depth, width, r_px, 0.0, seeds))
+    # Active fraction a(z) = a0 (1 + g (z/H - 1/2)): running mean at H/2 is a0 (1 - g/4), at H a0,
+    # so g = +-0.5 moves it by 12.5 % >= 2 x 5 %.
+    out.append(("graded r8px w256 +", 320, 256, 8, 0.5, graded_seeds))
+    out.append(("graded r4px w256 -", 320, 256, 4, -0.5, graded_seeds))
+    return out
 
 
-def oracle_depth(prefix, tolerance):
-    """Smallest depth from which every column stays within tolerance of its last value."""
-    final = prefix[-1]
-    outside = np.any(np.abs(prefix - final) > tolerance * np.abs(final), axis=1)
+def track(labels, depth_planned, *, rng=0):
+    """Feed `labels` every STEP slices; returns (stop, per-update docs summary, final tracker)."""
+    tracker = RevTracker(spacing_um=SPACING, metrics=default_tracked(), tolerance=TOLERANCE, confidence=CONFIDENCE,
+                         planned_depth_slices=depth_planned, subvolume_samples=0, max_block_voxels=MAX_BLOCK_VOXELS,
+                         rng=rng)
+    stop, flagged, needed, depths = None, False, [], []
+    for d in range(STEP, labels.shape[0] + 1, STEP):
+        doc = tracker.update(labels[:d])
+        flagged = flagged or bool(doc["not_stationary"])
+        needed.append(doc["slices_needed"])
+        depths.append(d)
+        if stop is None and tracker.stop is not None:
+            stop = d
+    return stop, flagged, np.array(depths), needed, tracker
+
+
+def oracle(tracker, names, depths):
+    """Hindsight oracle on the update grid, from the tracker's running values."""
+    outside = np.zeros(len(depths), bool)
+    for name in names:
+        h = tracker.history(name)
+        values = h[:, 1]
+        final = values[-1]
+        outside |= ~(np.abs(values - final) <= TOLERANCE * abs(final))
     idx = np.nonzero(outside)[0]
-    return int(idx[-1] + 2) if idx.size else 1
+    if not idx.size:
+        return int(depths[0])
+    return int(depths[min(idx[-1] + 1, len(depths) - 1)])
 
 
-def stop_depth(labels, *, confidence, rng):
-    """Depth (slices) at which the tracker latches its stop, fed slice by slice; None if never."""
-    tracker = RevTracker(spacing_um=SPACING, confidence=confidence, rng=rng)
-    for depth in range(1, labels.shape[0] + 1):
-        tracker.update(labels[:depth])
-        if tracker.stop is not None:
-            return depth
-    return None
-
-
-def stationary_table(seeds, shape, confidences, radii, tolerance=0.05):
-    print(f"\nStationary volumes {shape} spacing {SPACING} um, tolerance {tolerance:.0%}, phase fractions tracked")
-    head = f"{'seed':>4} {'r_um':>5} {'oracle':>6} " + " ".join(f"{'stop@' + format(c, '.2f'):>10}" for c in confidences)
-    print(head)
-    ratios = {c: [] for c in confidences}
-    premature = {c: 0 for c in confidences}
-    never = {c: 0 for c in confidences}
-    for seed in seeds:
-        radius = radii[seed % len(radii)]
-        labels = generate_microstructure(shape, spacing_um=SPACING, particle_radius_um=radius, rng=seed)
-        oracle = oracle_depth(prefix_fractions(labels), tolerance)
-        cells = []
-        for c in confidences:
-            stop = stop_depth(labels, confidence=c, rng=seed)
-            if stop is None:
-                never[c] += 1
-                cells.append(f"{'never':>10}")
+def reference_depth(runs, depth_planned, names):
+    """d_ref: the bound with the ensemble's statistics (see DEFINITIONS)."""
+    z = stats.norm.ppf(0.5 + CONFIDENCE / 2)
+    need = STEP
+    for name in names:
+        unit = runs[0]["series"][name][2]
+        k = max(1, round(4 * runs[0]["batch"][name] / unit))  # slabs of 4 batches: beyond the correlations
+        means, weights = [], []
+        for r in runs:
+            v, w, _ = r["series"][name]
+            ok = np.isfinite(v) & (w > 0)
+            v, w = v[ok], w[ok]
+            n = v.size // k * k
+            if n < k:
                 continue
-            if stop < oracle:
-                premature[c] += 1
-            ratios[c].append(stop / oracle)
-            cells.append(f"{stop:>5} {stop / oracle:4.1f}{'!' if stop < oracle else ' '}")
-        print(f"{seed:>4} {radius:>5.2f} {oracle:>6} " + " ".join(cells))
-    for c in confidences:
-        med = np.median(ratios[c]) if ratios[c] else float("nan")
-        print(f"confidence {c:.2f}: premature stops {premature[c]}/{len(seeds)}, never stopped {never[c]}, "
-              f"median stop/oracle {med:.2f} (target <= 1.3), max {max(ratios[c], default=float('nan')):.2f}")
+            vw, ws = (v[:n] * w[:n]).reshape(-1, k).sum(axis=1), w[:n].reshape(-1, k).sum(axis=1)
+            means += list(vw / ws)
+            weights += list(ws / k)
+        if len(means) < 3:
+            continue
+        means, weights = np.array(means), np.array(weights)
+        mean = float(np.average(means, weights=weights))
+        # per-unit long-run variance: k units per slab, residuals linearised as in horizon_bound
+        s2 = k * float(np.mean((weights / weights.mean() * (means - mean)) ** 2))
+        horizon = depth_planned / unit
+        for d in range(STEP, depth_planned + 1, STEP):
+            m = d // unit
+            if m < 3:
+                continue
+            sxx = m * (m * m - 1) / 12
+            se = math.sqrt(s2 * ((0.5 * (horizon - m)) ** 2 / sxx + max(1 / m - 1 / horizon, 0)))
+            if z * se <= TOLERANCE * abs(mean):
+                need = max(need, d)
+                break
+        else:
+            need = depth_planned
+    return need
 
 
-def graded_table(seeds, shape, gradients, confidence, radii):
-    print(f"\nGraded volumes {shape}: active fraction changes by `gradient` (relative) over the depth")
-    print(f"{'seed':>4} {'gradient':>8} {'stop':>6}  first reason at the end")
-    stops = 0
-    for seed in seeds:
-        for gradient in gradients:
-            radius = radii[seed % len(radii)]
-            labels = generate_microstructure(shape, spacing_um=SPACING, particle_radius_um=radius,
+def run_families(seeds, graded_seeds, dump=None):
+    print(DEFINITIONS)
+    print(f"\nSlices {ROWS} x width px, spacing {SPACING} um, tolerance {TOLERANCE:.0%}, confidence {CONFIDENCE:.0%}, "
+          f"tracked: {', '.join(m.name for m in default_tracked())}")
+    head = (f"{'family':<20} {'H':>4} {'seeds':>5} {'d_ref':>5} {'med stop':>8} {'stop/ref':>8} {'never':>5} "
+            f"{'premat':>6} {'flagged':>7} {'stop/orc':>8} {'saved':>6} {'s/seed':>6}")
+    print(head)
+    summary = {"premature": 0, "stationary": 0, "flagged": 0, "graded_premature": 0, "graded_stops": 0,
+               "pred": {0.25: [], 0.5: [], 0.75: []}, "ratios": []}
+    names = [m.name for m in default_tracked()]
+    for name, depth, width, r_px, gradient, fam_seeds in families(seeds, graded_seeds):
+        runs, t0 = [], time.perf_counter()
+        for seed in fam_seeds:
+            labels = generate_microstructure((depth, ROWS, width), spacing_um=SPACING, particle_radius_um=r_px * SPACING[1],
                                              gradient=gradient, rng=seed)
-            tracker = RevTracker(spacing_um=SPACING, confidence=confidence, rng=seed)
-            stop = None
-            for depth in range(1, shape[0] + 1):
-                doc = tracker.update(labels[:depth])
-                if tracker.stop is not None and stop is None:
-                    stop = depth
-            stops += stop is not None
-            reason = doc["reasons"][0] if doc["reasons"] else "-"
-            print(f"{seed:>4} {gradient:>8.2f} {str(stop):>6}  {reason[:90]}")
-    print(f"graded volumes stopped: {stops} (must be 0)")
+            stop, flagged, depths, needed, tracker = track(labels, depth, rng=seed)
+            doc = tracker.document()
+            series = {n: (np.array(st.values), np.array(st.weights), st.unit or 1) for n, st in zip(names, tracker._states)}
+            batch = {n: doc["metrics"][n]["batch_slices"] for n in names}
+            runs.append(dict(stop=stop, flagged=flagged, oracle=oracle(tracker, names, depths), depths=depths,
+                             needed=needed, series=series, batch=batch, doc=doc))
+        per_seed = (time.perf_counter() - t0) / len(fam_seeds)
+        if dump:
+            with open(dump, "ab") as f:
+                pickle.dump((name, depth, gradient, [{k: v for k, v in r.items() if k != "doc"} for r in runs]), f)
+        d_ref = reference_depth(runs, depth, names) if gradient == 0 else None
+        stops = np.array([r["stop"] if r["stop"] is not None else np.nan for r in runs], float)
+        never = int(np.isnan(stops).sum())
+        premature = sum(r["stop"] is not None and r["stop"] < r["oracle"] for r in runs)
+        flagged = sum(r["flagged"] for r in runs)
+        med = float(np.nanmedian(stops)) if never < len(runs) else math.nan
+        orc = np.nanmedian([r["stop"] / r["oracle"] for r in runs if r["stop"] is not None]) if never < len(runs) else math.nan
+        ratio = med / d_ref if d_ref else math.nan
+        saved = 1 - med / depth if math.isfinite(med) else 0.0
+        print(f"{name:<20} {depth:>4} {len(runs):>5} {d_ref if d_ref else '-':>5} {med:>8.0f} {ratio:>8.2f} {never:>5} "
+              f"{premature:>6} {flagged:>7} {orc:>8.2f} {saved:>6.0%} {per_seed:>6.1f}")
+        if gradient == 0:
+            summary["stationary"] += len(runs)
+            summary["premature"] += premature
+            summary["flagged"] += flagged
+            summary["ratios"].append((name, ratio))
+            for r in runs:
+                if r["stop"] is None:
+                    continue
+                for p in summary["pred"]:
+                    k = int(np.argmin(np.abs(r["depths"] - p * r["stop"])))
+                    actual = r["stop"] - r["depths"][k]
+                    if actual <= 0:
+                        continue
+                    pred = r["needed"][k]
+                    summary["pred"][p].append(math.inf if pred is None else (pred - actual) / actual)
+        else:
+            summary["graded_premature"] += premature
+            summary["graded_stops"] += len(runs) - never
+            active = [r["doc"]["metrics"]["volume_fraction.active"] for r in runs]
+            print(f"{'':<20} not stationary at the end in {sum(a['not_stationary'] for a in active)}/{len(runs)}; "
+                  f"first reason: {runs[0]['doc']['reasons'][0][:100] if runs[0]['doc']['reasons'] else '-'}")
+    n = summary["stationary"]
+    print(f"\nTargets")
+    print(f"  premature stops, stationary: {summary['premature']}/{n} = {summary['premature'] / n:.1%} (target <= 2 %)")
+    print(f"  premature stops, graded:     {summary['graded_premature']} (target 0); graded seeds stopped at all: "
+          f"{summary['graded_stops']}")
+    worst = max(summary["ratios"], key=lambda t: t[1] if math.isfinite(t[1]) else math.inf)
+    print(f"  median stop / d_ref:         worst {worst[1]:.2f} ({worst[0]}) (target <= 1.3 in every family)")
+    print(f"  ever 'not stationary':       {summary['flagged']}/{n} = {summary['flagged'] / n:.1%} (target <= 5 %)")
+    for p, errs in summary["pred"].items():
+        if errs:
+            print(f"  prediction at {p:.0%} of the stop: median |error| {np.median(np.abs(errs)):.0%} of the slices still "
+                  f"needed, median signed {np.median(errs):+.0%} ({len(errs)} seeds; target <= 25 %)")
+    allerr = np.abs([e for errs in summary["pred"].values() for e in errs])
+    if allerr.size:
+        print(f"  prediction overall: median |error| {np.median(allerr):.0%}")
+
+
+class LazyVolume:
+    """(depth, 1024, 1024) labels made on demand from a periodic tile; counts the bytes read."""
+
+    def __init__(self, depth, tile):
+        self.tile = tile
+        self.shape = (depth, 1024, 1024)
+        self.dtype = tile.dtype
+        self.bytes_read = 0
+
+    def __getitem__(self, key):
+        key = key if isinstance(key, tuple) else (key,)
+        z = key[0]
+        zs = np.arange(*z.indices(self.shape[0])) if isinstance(z, slice) else np.array([z])
+        ty, tx = self.tile.shape[1:]
+        slab = np.tile(self.tile[zs % self.tile.shape[0]], (1, 1024 // ty, 1024 // tx))
+        out = slab[(slice(None), *key[1:])] if isinstance(z, slice) else slab[(0, *key[1:])]
+        self.bytes_read += out.nbytes
+        return out
+
+
+def cost():
+    """Bytes read per update and peak memory of an update at depth ~100 and ~1000 of 1024 x 1024 slices."""
+    tile = generate_microstructure((64, 256, 256), spacing_um=SPACING, particle_radius_um=0.4, rng=0)
+    volume = LazyVolume(1100, tile)
+    tracker = RevTracker(spacing_um=SPACING, metrics=default_tracked(), planned_depth_slices=2000, rng=0)
+    rows = {}
+    for d in range(STEP, 1100 + 1, STEP):
+        window = 100 <= d < 100 + 20 * STEP or 1000 <= d < 1000 + 20 * STEP
+        if window:
+            before = volume.bytes_read
+            tracemalloc.start()
+            t0 = time.perf_counter()
+        tracker.update(_View(volume, d))
+        if window:
+            _, peak = tracemalloc.get_traced_memory()
+            tracemalloc.stop()
+            key = 100 if d < 1000 else 1000
+            rows.setdefault(key, []).append((volume.bytes_read - before, peak, time.perf_counter() - t0))
+    print(f"\nCost of an update ({STEP} new slices of 1024 x 1024, default tracked set, 20 updates from each depth)")
+    print(f"{'depth':>6} {'MB read/update':>14} {'max MB read':>11} {'peak MB (mean)':>14} {'peak MB (max)':>13} {'s/update':>8}")
+    for key, r in rows.items():
+        b, p, t = (np.array(c, float) for c in zip(*r))
+        print(f"{key:>6} {b.mean() / 1e6:>14.1f} {b.max() / 1e6:>11.1f} {p.mean() / 1e6:>14.1f} {p.max() / 1e6:>13.1f} "
+              f"{np.median(t):>8.2f}")
+    b100, b1000 = (np.mean([x[0] for x in rows[k]]) for k in (100, 1000))
+    p100, p1000 = (np.max([x[1] for x in rows[k]]) for k in (100, 1000))
+    print(f"ratio depth 1000 / depth 100: bytes read {b1000 / b100:.2f}, peak memory {p1000 / p100:.2f} (target <= 1.5)")
+
+
+class _View:
+    """The first `depth` slices of a LazyVolume (what the store has committed)."""
+
+    def __init__(self, volume, depth):
+        self.v, self.shape, self.dtype = volume, (depth, *volume.shape[1:]), volume.dtype
+
+    def __getitem__(self, key):
+        key = key if isinstance(key, tuple) else (key,)
+        z = key[0]
+        if isinstance(z, slice):
+            z = slice(*z.indices(self.shape[0]))
+        return self.v[(z, *key[1:])]
 
 
 def porespy_comparison(shape, seed=0):
@@ -139,22 +316,84 @@ def porespy_comparison(shape, seed=0):
           f"(speed ratio {t_same / t_rw:.1f}x); revwatch REV edge (5 %) = {curve.rev_edge_um} um")
 
 
+def end_to_end(seeds=(0, 1, 2), depth=96, width=128, r_px=3):
+    """Render seeds as slices, run ``revwatch run --exit-when-representative --planned-slices H`` on them,
+    and compare its stop with the tracker alone on the labels the agent stored, fed every STEP slices."""
+    import json
+    import os
+    import subprocess
+    import sys
+    import tempfile
+    from pathlib import Path
+
+    from agent.publish import free_loopback_endpoint
+    from agent.store import VolumeStore
+    from processing.synthetic import render_acquisition, write_acquisition
+
+    spacing = (0.05, 0.02, 0.02)
+    print(f"\nEnd to end: {len(seeds)} seeds, {depth} slices of {width} x {width} px, r = {r_px} px, planned depth = "
+          f"{depth} slices, revwatch run --exit-when-representative (all slices present at start: a burst)")
+    print(f"{'seed':>4} {'agent stop':>10} {'agent updates near it':>22} {'tracker alone':>13} {'within 1 update':>15} {'exit':>4} {'s':>5}")
+    for seed in seeds:
+        gen = np.random.default_rng(seed)
+        labels = generate_microstructure((depth, width + 16, width + 16), spacing_um=spacing,
+                                         particle_radius_um=r_px * spacing[1], rng=gen)
+        acq = render_acquisition(labels, rng=gen, field_shape=(width, width))
+        with tempfile.TemporaryDirectory() as tmp:
+            folder, volume = Path(tmp) / "acq", Path(tmp) / "run.ome.zarr"
+            write_acquisition(acq, folder, layout="fei", pixel_size_um=spacing[1], slice_spacing_um=spacing[0])
+            t0 = time.perf_counter()
+            proc = subprocess.run(
+                [sys.executable, "-m", "agent.cli", "run", str(folder), "--volume", str(volume),
+                 "--exit-when-representative", "--planned-slices", str(depth), "--idle-exit-s", "20",
+                 "--endpoint", free_loopback_endpoint(), "--set", "processing.calibration_slices=4",
+                 "--set", "acquisition.settle_s=0.05"],
+                capture_output=True, text=True, env={**os.environ}, timeout=1800)
+            elapsed = time.perf_counter() - t0
+            events = [json.loads(line) for line in Path(str(volume) + ".events.jsonl").read_text().splitlines()]
+            revs = [e for e in events if e["topic"] == "rev"]
+            stop = next((e for e in events if e["topic"] == "stop"), None)
+            agent_stop = stop["depth_slices"] if stop else None
+            store = VolumeStore.open(volume, read_only=True)
+            stored = np.asarray(store.labels[:])
+            tracker = RevTracker(spacing_um=store.spacing_um, metrics=default_tracked(), planned_depth_slices=depth, rng=0)
+            alone = None
+            for d in range(STEP, stored.shape[0] + 1, STEP):
+                tracker.update(stored[:d])
+                if tracker.stop is not None:
+                    alone = d
+                    break
+            updates = sorted({e["depth_slices"] for e in revs})
+            near = [u for u in updates if agent_stop is not None and abs(u - agent_stop) <= 12]
+            if agent_stop is None or alone is None:
+                ok = agent_stop is None and alone is None
+            else:
+                k = updates.index(agent_stop)
+                lo = updates[k - 1] if k else 0
+                ok = lo <= alone <= agent_stop + STEP
+            print(f"{seed:>4} {str(agent_stop):>10} {str(near):>22} {str(alone):>13} {str(ok):>15} "
+                  f"{proc.returncode:>4} {elapsed:>5.0f}")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seeds", type=int, default=12)
-    parser.add_argument("--depth", type=int, default=400)
-    parser.add_argument("--xy", type=int, default=96)
-    parser.add_argument("--confidence", type=float, nargs="+", default=[0.95, 0.8])
-    parser.add_argument("--radii", type=float, nargs="+", default=list(RADII_UM), help="particle radii (um)")
+    parser.add_argument("--seeds", type=int, default=30, help="seeds per stationary family")
+    parser.add_argument("--graded-seeds", type=int, default=10, help="seeds per graded family")
+    parser.add_argument("--no-cost", action="store_true")
+    parser.add_argument("--dump", help="append each family's raw results (pickle) to this file")
     parser.add_argument("--no-porespy", action="store_true")
+    parser.add_argument("--end-to-end", action="store_true", help="also run the agent on rendered slices")
+    parser.add_argument("--only", choices=["families", "cost", "porespy", "end-to-end"])
     args = parser.parse_args()
-    shape = (args.depth, args.xy, args.xy)
-    seeds = list(range(args.seeds))
     t0 = time.perf_counter()
-    stationary_table(seeds, shape, args.confidence, args.radii)
-    graded_table(seeds, shape, (0.3, 0.6), args.confidence[0], args.radii)
-    if not args.no_porespy:
+    if args.only in (None, "families"):
+        run_families(list(range(args.seeds)), list(range(100, 100 + args.graded_seeds)), dump=args.dump)
+    if args.only == "cost" or (args.only is None and not args.no_cost):
+        cost()
+    if args.only == "porespy" or (args.only is None and not args.no_porespy):
         porespy_comparison((128, 128, 128))
+    if args.only == "end-to-end" or (args.only is None and args.end_to_end):
+        end_to_end()
     print(f"\ntotal {time.perf_counter() - t0:.0f} s")
 
 
