@@ -98,6 +98,8 @@ class Agent:
         self._seen = 0
         self._processed = 0
         self._skipped = 0
+        self._flagged = 0  # slices renormalised or held back by the brightness/charging check
+        self._held = 0
         self._last = None
         self._done_times: deque = deque(maxlen=_RATE_WINDOW)
         self._hook_ran = False
@@ -253,10 +255,17 @@ class Agent:
         except SliceShapeError as exc:
             self._skip(reason=str(exc), index=image.index, file=image.source)
             return
+        self._record_dropped()
         if self._chain.calibrating:
-            self._status(state="calibrating", last=image)
+            self._status(state=self._chain.calibration_state, last=image)
         for processed in done:
             self._append(processed)
+
+    def _record_dropped(self) -> None:
+        """Slices the chain gave up before calibrating (no contrast) are reported as skipped."""
+        dropped, self._chain.dropped = self._chain.dropped, []
+        for image, reason in dropped:
+            self._skip(reason=reason, index=image.index, file=image.source)
 
     def _append(self, processed) -> None:
         if self._store is None:
@@ -268,6 +277,10 @@ class Agent:
             "drift_confidence": processed.drift.confidence,
             "drift_reliable": processed.drift.reliable,
             "uncertain_share": processed.uncertain_share,
+            "quality": processed.quality,
+            "flag": processed.flag,
+            "flag_reason": processed.flag_reason,
+            "curtain": processed.curtain,
             "z_um": processed.z_um,
         }
         try:
@@ -278,7 +291,20 @@ class Agent:
         self._processed += 1
         self._done_times.append(time.monotonic())
         self._last = processed
-        if not processed.drift.reliable:
+        if processed.flag is not None:
+            self._flagged += 1
+            self._held += processed.flag == "held"
+            action = ("held back: labelled unassigned (0)" if processed.flag == "held"
+                      else "renormalised onto the reference levels")
+            self.events.emit("error", {
+                "kind": "brightness",
+                "message": f"slice {processed.index}: {processed.flag_reason}; {action}",
+                "file": processed.source,
+                "index": processed.index,
+                "action": processed.flag,
+                "critical": False,
+            })
+        elif not processed.drift.reliable:
             self.events.emit("error", {
                 "kind": "drift",
                 "message": f"slice {processed.index}: drift estimate unreliable (confidence "
@@ -383,6 +409,9 @@ class Agent:
             "drift_px": list(done.drift.shift_px) if done else None,
             "drift_confidence": done.drift.confidence if done else None,
             "uncertain_share": done.uncertain_share if done else None,
+            "quality": done.quality if done else None,
+            "slices_flagged": self._flagged,
+            "slices_held": self._held,
             "rate_slices_per_s": rate,
         }
         self.events.emit("status", body)
@@ -406,6 +435,7 @@ class Agent:
             # Fewer slices than the calibration needs arrived: calibrate on what there is.
             for processed in self._chain.flush():
                 self._append(processed)
+            self._record_dropped()
         if self._store is not None:
             self._analysis.notify(self._store.depth, final=True)
             self._analysis.wait_idle()

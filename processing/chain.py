@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from processing.align import DriftEstimate, DriftTracker, apply_shift, find_reference_band
-from processing.correct import BrightnessMonitor, CorrectionModel, fit_correction, slice_contrast
+from processing.correct import BrightnessMonitor, CorrectionModel, fit_correction, slice_structure
 from processing.errors import SliceShapeError
 from processing.io import SliceImage
 from processing.phases import Phases
@@ -26,7 +26,7 @@ __all__ = ["ProcessedSlice", "SliceChain"]
 log = logging.getLogger(__name__)
 
 _MIN_SLICES_FOR_BAND = 8
-_MIN_CONTRAST = 2.0  # smallest phase level gap over noise of a slice usable for calibration
+_MIN_CONTRAST = 1.3  # smallest structure over noise (processing.correct.slice_structure) of a usable slice
 _MAX_HELD_PER_CALIBRATION_SLICE = 4  # slices without contrast held while waiting, per calibration slice
 
 
@@ -250,9 +250,9 @@ class SliceChain:
         self._held.append((image, time.time()))
         if not self.calibrating:
             return self.flush()
-        self._contrast.append(slice_contrast(pixels, len(self.phases.names)))
+        self._contrast.append(slice_structure(pixels))
         usable = sum(c >= _MIN_CONTRAST for c in self._contrast)
-        log.info("calibration attempt on slice %d: phase contrast %.1f (%s); %d of %d usable slices, %d held",
+        log.info("calibration attempt on slice %d: structure over noise %.1f (%s); %d of %d usable slices, %d held",
                  image.index, self._contrast[-1], "usable" if self._contrast[-1] >= _MIN_CONTRAST else "no contrast",
                  usable, self.calibration_slices, len(self._held))
         if len(self._held) - usable > _MAX_HELD_PER_CALIBRATION_SLICE * self.calibration_slices:
@@ -282,7 +282,7 @@ class SliceChain:
                 self.roi = self._find_roi(usable)
                 log.info("alignment region: %s", "whole slice" if self.roi is None else f"rows {self.roi[0]}-{self.roi[1]}")
                 self.tracker = DriftTracker(roi=self.roi)
-            self.correction = fit_correction(usable, n_phases=len(self.phases.names), min_contrast=_MIN_CONTRAST,
+            self.correction = fit_correction(usable, n_phases=len(self.phases.names), min_structure=_MIN_CONTRAST,
                                              **self.correction_options)
             self.monitor = BrightnessMonitor(self.correction.levels, z_limit=self.outlier_z)
             log.info("calibrated on %d usable of %d held slices: levels %s", len(usable), len(held),

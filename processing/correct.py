@@ -44,7 +44,7 @@ __all__ = [
     "CorrectedSlice",
     "CurtainCorrection",
     "SliceQuality",
-    "slice_contrast",
+    "slice_structure",
     "stripe_angle",
     "CorrectionModel",
     "fit_correction",
@@ -58,6 +58,10 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 _CURTAIN_METHODS = (None, "column")
+# Spectral strength of the stripe direction (1 to 1.5 on clean generated and real slices, up to 2.3
+# on pystack3d slices without curtains, 3.3 to 8 with curtains) needed for band profiles.
+_MIN_BAND_STRENGTH = 3.0
+_MAX_CONTRAST = 20.0  # level gap over binned noise beyond which contrast is not compared
 _BACKGROUND_METHODS = (None, "polynomial")
 
 
@@ -236,6 +240,20 @@ def _noise_sigma(image):
     return float(1.4826 * np.median(np.abs(d - np.median(d))) / np.sqrt(2))
 
 
+def _binned(pixels):
+    """The slice binned 2 x 2 (float32): the segmentation smooths, so this is the noise it has to
+    separate the phases against."""
+    p = np.asarray(pixels)
+    h, w = (p.shape[0] // 2) * 2, (p.shape[1] // 2) * 2
+    if h < 4 or w < 4:
+        return p.astype(np.float32)
+    return p[:h, :w].astype(np.float32).reshape(h // 2, 2, w // 2, 2).mean(axis=(1, 3))
+
+
+def _binned_noise_sigma(pixels):
+    return _noise_sigma(_binned(pixels))
+
+
 def _stripe_residual(image, levels, width_px):
     """What the stripes are measured on: ``pixel - level of its phase`` (clipped to half the
     smallest level gap), or without levels the pixels minus their smoothing along x over `width_px`."""
@@ -267,6 +285,15 @@ class _Shear:
         sub = object.__new__(_Shear)
         sub.n, sub.y = self.n, self.y[rows]
         sub.index = None if self.index is None else self.index[rows]
+        return sub
+
+    def banded(self, band_of_row, n_bands):
+        """The same shear with a separate set of columns per band of rows (band index per row)."""
+        sub = object.__new__(_Shear)
+        rows, w = self.y.shape[0], (self.n if self.index is None else self.index.shape[1])
+        base = self.index if self.index is not None else np.broadcast_to(np.arange(w, dtype=np.int32), (rows, w))
+        sub.index = (base + (np.asarray(band_of_row, dtype=np.int32) * self.n)[:, None]).astype(np.int32)
+        sub.n, sub.y = self.n * n_bands, self.y
         return sub
 
     def gather(self, profile):
@@ -405,32 +432,87 @@ def stripe_angle(pixels, *, levels=None, max_angle_deg=15.0, width_px=16.0):
     image = np.asarray(_check_image(pixels), dtype=np.float32)
     if not 0 <= max_angle_deg <= 45:
         raise ValueError(f"max_angle_deg: expected 0 to 45 degrees, got {max_angle_deg!r}")
+    return _stripe_angle(image, levels, max_angle_deg, width_px)[0]
+
+
+def _stripe_angle(image, levels, max_angle_deg, width_px, fixed=None):
+    """(angle, strength) of :func:`stripe_angle`, or the strength of the `fixed` angle; strength =
+    the line's whitened spectral power over the median line's within +-max(max_angle_deg, 15)
+    degrees (about 1 to 1.5 without stripes)."""
     h, w = image.shape
-    if max_angle_deg == 0 or min(h, w) < 32:
-        return 0.0
+    if min(h, w) < 32:
+        return (fixed or 0.0), 1.0
     y0, x0 = max(0, (h - 1024) // 2), max(0, (w - 1024) // 2)
     crop = image[y0:y0 + 1024, x0:x0 + 1024]
     res = _stripe_residual(crop, levels, width_px)
-    res = (res - res.mean()) * (np.hanning(res.shape[0])[:, None] * np.hanning(res.shape[1])[None, :])
-    power = np.fft.fftshift(np.abs(np.fft.rfft2(res)) ** 2, axes=0)
+    windowed = (res - res.mean()) * (np.hanning(res.shape[0])[:, None] * np.hanning(res.shape[1])[None, :])
+    power = np.fft.fftshift(np.abs(np.fft.rfft2(windowed)) ** 2, axes=0)
     ch, cw = res.shape
     k = np.arange(1.0 / (4 * width_px), 0.25, 1.0 / min(ch, cw))
-    step = np.degrees(0.25 / (0.25 * min(ch, cw)))
-    angles = np.arange(-max_angle_deg, max_angle_deg + step / 2, step)
+    step = np.degrees(1.0 / min(ch, cw))
+    span = max(max_angle_deg, 15.0, abs(fixed or 0.0))
+    angles = np.arange(-span, span + step / 2, step)
     t = np.radians(angles)[:, None]
     ky, kx = -k[None, :] * np.sin(t) * ch + ch // 2, k[None, :] * np.cos(t) * cw
     polar = ndimage.map_coordinates(power, [ky.ravel(), kx.ravel()], order=1).reshape(ky.shape)
     score = (polar / np.maximum(np.median(polar, axis=0, keepdims=True), 1e-30)).mean(axis=1)
-    best = float(angles[np.argmax(score)])
-    if score.max() < 1.25 * score[np.argmin(np.abs(angles))]:
-        best = 0.0
+    score /= np.median(score)
+    at = lambda a: float(score[np.argmin(np.abs(angles - a))])  # noqa: E731
+    if fixed is not None:
+        return float(fixed), at(fixed)
+    inside = np.abs(angles) <= max_angle_deg
+    best = float(angles[inside][np.argmax(score[inside])])
+    if best == 0.0 or score[inside].max() < 1.25 * at(0.0):
+        return 0.0, at(0.0)
     # refine where a stripe stays within one pixel over the crop's height
-    if best == 0.0:
-        return 0.0
-    res = _stripe_residual(crop, levels, width_px)
     fine = best + np.degrees(0.5 / ch) * np.arange(-4, 5)
     amp = [_profile_rms(res, _Shear(res.shape, a), width_px) for a in fine]
-    return float(fine[int(np.argmax(amp))])
+    return float(fine[int(np.argmax(amp))]), at(best)
+
+
+def _remove_in_bands(image, unchanged, *, levels, angle_deg, width_px, k, band_px, min_reduction, valid):
+    """Curtains over part of the height: a robust profile per band of `band_px` rows along the
+    sheared columns, interpolated along y between band centres. Subtracted only when the profiles
+    of the even and of the odd rows agree (the noise differs between them, the stripes do not)
+    and the slice's stripe amplitude drops."""
+    h, w = image.shape
+    n_bands = max(2, h // band_px)
+    edges = np.linspace(0, h, n_bands + 1)
+    band_of_row = np.minimum(np.searchsorted(edges, np.arange(h), side="right") - 1, n_bands - 1)
+    shear = _Shear(image.shape, angle_deg).banded(band_of_row, n_bands)
+    res = _stripe_residual(image, levels, width_px)
+    weights = None if valid is None else np.asarray(valid, dtype=np.float32)
+    hp = []
+    for parity in (0, 1):
+        rows = slice(parity, None, 2)
+        off, _, cnt = _fit_profiles(res[rows], shear.part(rows), k=k, fade=False,
+                                    weights=None if weights is None else weights[rows])
+        off, cnt = off.reshape(n_bands, -1), cnt.reshape(n_bands, -1)
+        hp.append((np.array([_high_pass(o, c, width_px) for o, c in zip(off, cnt)]), cnt >= 0.9 * cnt.max(axis=1, keepdims=True)))
+    covered = hp[0][1] & hp[1][1]
+    held_before = float(np.sqrt((_rms(hp[0][0], covered) ** 2 + _rms(hp[1][0], covered) ** 2) / 2))
+    held_after = _rms(hp[0][0] - hp[1][0], covered)
+    unchanged = {**unchanged, "held_out_before": held_before, "held_out_after": held_after}
+    if not held_after < (1 - min_reduction) * held_before:
+        return CurtainCorrection(**unchanged, reason="no stripes shared by the halves of the slice, nor by the even "
+                                                     "and odd rows of its bands")
+    off, _, cnt = _fit_profiles(res, shear, k=k, fade=False, weights=weights)
+    profiles = np.array([_high_pass(o, c, width_px) for o, c in zip(off.reshape(n_bands, -1), cnt.reshape(n_bands, -1))])
+    # linear interpolation along y between band centres (constant beyond the outer ones)
+    centres = 0.5 * (edges[:-1] + edges[1:])
+    upper = np.clip(np.searchsorted(centres, np.arange(h)), 1, n_bands - 1)
+    t = np.clip((np.arange(h) - centres[upper - 1]) / (centres[upper] - centres[upper - 1]), 0, 1).astype(np.float32)
+    plain = _Shear(image.shape, angle_deg)
+    columns = plain.index if plain.index is not None else np.broadcast_to(np.arange(w), (h, w))
+    flat = profiles.astype(np.float32).ravel()
+    n = plain.n
+    stripes = (1 - t)[:, None] * flat[(upper - 1)[:, None] * n + columns] + t[:, None] * flat[upper[:, None] * n + columns]
+    out = image - stripes
+    before = unchanged["amplitude_before"]
+    after = stripe_amplitude(out, levels=levels, angle_deg=angle_deg, width_px=width_px)
+    if not after < before:
+        return CurtainCorrection(**unchanged, reason=f"stripe amplitude would rise ({before:.2f} -> {after:.2f})")
+    return CurtainCorrection(**{**unchanged, "pixels": out, "applied": True, "amplitude_after": after})
 
 
 @dataclass(frozen=True, eq=False)
@@ -466,7 +548,7 @@ class CurtainCorrection:
 
 
 def remove_curtaining(pixels, *, levels=None, angle_deg=0.0, max_angle_deg=15.0, width_px=16.0, fade=True,
-                      passes=2, min_reduction=0.1, valid=None):
+                      passes=2, min_reduction=0.1, band_px=128, band_min_reduction=0.5, valid=None):
     """Subtract curtaining stripes, only where that reduces them.
 
     The stripe profile is fitted along (sheared) columns to the within-phase residual ``pixel -
@@ -497,6 +579,15 @@ def remove_curtaining(pixels, *, levels=None, angle_deg=0.0, max_angle_deg=15.0,
         underestimated; later passes fit the residual of the corrected slice.
     min_reduction : float, optional
         The held-out stripe amplitude must drop by at least this share (0..1).
+    band_px : int or None, optional
+        When the whole slice fails the held-out test, curtains that run over part of the height
+        only are looked for, if the spectrum shows a dominant stripe direction (its line at least
+        twice as strong as the median line, :func:`stripe_angle`), with one profile per band of
+        this height (interpolated along y), tested on the even against the odd rows with the
+        stricter `band_min_reduction`. None: whole-slice profiles only.
+    band_min_reduction : float, optional
+        The held-out reduction the band profiles need (adjacent rows share structure, not only
+        stripes, so the bar is higher).
     valid : (Y, X) bool ndarray, optional
         Pixels used for the profile.
 
@@ -513,8 +604,9 @@ def remove_curtaining(pixels, *, levels=None, angle_deg=0.0, max_angle_deg=15.0,
         raise ValueError(f"min_reduction: expected 0 <= value < 1, got {min_reduction!r}")
     if valid is not None and np.shape(valid) != image.shape:
         raise ValueError(f"valid: expected shape {image.shape}, got {np.shape(valid)}")
+    strength = None
     if angle_deg == "auto":
-        angle_deg = stripe_angle(image, levels=levels, max_angle_deg=max_angle_deg, width_px=width_px)
+        angle_deg, strength = _stripe_angle(image, levels, max_angle_deg, width_px)
     elif not (isinstance(angle_deg, (int, float, np.floating)) and abs(angle_deg) <= 45):
         raise ValueError(f"angle_deg: expected 'auto' or degrees within +-45, got {angle_deg!r}")
     angle_deg = float(angle_deg)
@@ -543,7 +635,15 @@ def remove_curtaining(pixels, *, levels=None, angle_deg=0.0, max_angle_deg=15.0,
     held_after = _rms(hp[0][0] - hp[1][0], covered)
     unchanged.update(held_out_before=held_before, held_out_after=held_after)
     if not held_after < (1 - min_reduction) * held_before:
-        return CurtainCorrection(**unchanged, reason="no stripes shared by the top and bottom halves")
+        if band_px is None or h < 2 * band_px:
+            return CurtainCorrection(**unchanged, reason="no stripes shared by the top and bottom halves")
+        if strength is None:
+            strength = _stripe_angle(image, levels, max_angle_deg, width_px, fixed=angle_deg)[1]
+        if strength < _MIN_BAND_STRENGTH:
+            return CurtainCorrection(**unchanged, reason=f"no stripes shared by the top and bottom halves, and no "
+                                                         f"dominant stripe direction (strength {strength:.2f})")
+        return _remove_in_bands(image, unchanged, levels=levels, angle_deg=angle_deg, width_px=width_px, k=k,
+                                band_px=band_px, min_reduction=band_min_reduction, valid=valid)
 
     offset = np.zeros(shear.n)
     slope = np.zeros(shear.n)
@@ -600,27 +700,22 @@ def flatten_background(pixels, *, levels=None, order=2, step=8):
     return image - background
 
 
-def slice_contrast(pixels, n_phases, *, step=2):
-    """Separation of a slice's phases: the smallest gap between its phase modes over the noise
-    standard deviation (0 for a flat slice, about 1 for a slice of noise only).
+def slice_structure(pixels):
+    """How much a slice shows beyond noise: the standard deviation of the 2 x 2 binned slice over
+    its noise standard deviation (0 for a flat slice, about 1 for white noise only; 1.5 on the
+    noisiest real slice tried, 3 to 10 on generated ones).
 
     Parameters
     ----------
     pixels : (Y, X) ndarray
-    n_phases : int
-        Number of phases (2 to 4).
-    step : int, optional
-        Subsampling step of the histogram.
 
     Returns
     -------
     float
     """
-    pixels = _check_image(pixels)
-    found, weights = find_levels(pixels, n_phases, step=step)
-    if not np.all(np.isfinite(found)) or np.any(weights < 0.01):
-        return 0.0
-    return float(np.min(np.diff(found)) / max(_noise_sigma(pixels), 0.3))
+    binned = _binned(_check_image(pixels))[::2, ::2]
+    spread = float(np.std(binned))
+    return spread / max(_noise_sigma(_binned(pixels)), 0.3) if spread > 0 else 0.0
 
 
 @dataclass(frozen=True, eq=False)
@@ -633,11 +728,14 @@ class CorrectedSlice:
         Corrected grey levels, in the reference units.
     gain, offset : float
         Brightness map applied (``gain * raw + offset``).
+    structure : float
+        :func:`slice_structure` of the raw slice (about 1 for a blank slice of noise).
     misfit : float
         Largest distance of a mapped phase mode from its reference level, in smallest level gaps
         (inf when fewer than two modes were found; 0 without brightness matching).
     contrast : float
-        Smallest reference level gap over the noise standard deviation, after the map.
+        Smallest reference level gap over the noise standard deviation of the 2 x 2 binned slice,
+        after the map (at most 20).
     curtain : CurtainCorrection or None
         The curtaining removal and its before/after stripe amplitudes (None when off).
     """
@@ -647,6 +745,7 @@ class CorrectedSlice:
     offset: float
     misfit: float = 0.0
     contrast: float = np.inf
+    structure: float = np.inf
     curtain: CurtainCorrection | None = None
 
 
@@ -720,7 +819,10 @@ class CorrectionModel:
             gain, offset, misfit, _ = _fit_brightness(pixels, self.levels, prior, 2)
         else:
             gain, offset, misfit = 1.0, 0.0, 0.0
-        contrast = float(np.min(np.diff(self.levels)) / (gain * max(_noise_sigma(pixels), 0.3)))
+        # capped: beyond it the phases are perfectly separable, and noise-free slices would turn
+        # quantisation noise into large contrast swings
+        contrast = min(float(np.min(np.diff(self.levels)) / (gain * max(_binned_noise_sigma(pixels), 0.3))),
+                       _MAX_CONTRAST)
         image = pixels.astype(np.float32)
         image *= np.float32(gain)
         image += np.float32(offset)
@@ -732,7 +834,8 @@ class CorrectionModel:
                                         max_angle_deg=self.curtain_max_angle_deg, width_px=self.curtain_width_px,
                                         passes=self.curtain_passes)
             image = curtain.pixels
-        return CorrectedSlice(image, float(gain), float(offset), float(misfit), contrast, curtain)
+        return CorrectedSlice(image, float(gain), float(offset), float(misfit), contrast, slice_structure(pixels),
+                              curtain)
 
     def apply_stack(self, slices, *, prior=(1.0, 0.0)):
         """Correct slices in order, each one's brightness map guiding the next.
@@ -777,7 +880,7 @@ class SliceQuality:
         levels (and flattened, for charging); "held": not to be segmented (labels 0).
     reason : str
         What was found, in words ("" when good).
-    gain, contrast, misfit : float
+    gain, contrast, structure, misfit : float
         See :class:`CorrectedSlice`.
     background, streaks : float
         Spread (grey units) of the residual ``pixel - level of its phase`` over a 4 x 4 grid of
@@ -788,6 +891,7 @@ class SliceQuality:
     reason: str
     gain: float
     contrast: float
+    structure: float
     misfit: float
     background: float
     streaks: float
@@ -808,11 +912,11 @@ class BrightnessMonitor:
         Number of recent good slices in the reference.
     z_limit : float, optional
         Robust z-score beyond which a slice is an outlier.
-    min_contrast : float, optional
-        Smallest level gap over noise for the phases to count as separable.
+    min_structure : float, optional
+        Smallest :func:`slice_structure` of a slice that is not blank.
     """
 
-    def __init__(self, levels, *, window=25, z_limit=6.0, min_contrast=2.0):
+    def __init__(self, levels, *, window=25, z_limit=6.0, min_structure=1.3):
         self.levels = np.asarray(levels, dtype=float)
         if window < 3:
             raise ValueError(f"window: expected >= 3 slices, got {window!r}")
@@ -820,7 +924,7 @@ class BrightnessMonitor:
             raise ValueError(f"z_limit: expected > 0, got {z_limit!r}")
         self.gap = float(np.min(np.diff(self.levels)))
         self.z_limit = float(z_limit)
-        self.min_contrast = float(min_contrast)
+        self.min_structure = float(min_structure)
         self._good: deque = deque(maxlen=int(window))
 
     def _evenness(self, pixels):
@@ -853,11 +957,13 @@ class BrightnessMonitor:
         pixels = corrected.pixels
         gain, contrast, misfit = corrected.gain, corrected.contrast, corrected.misfit
         background, streaks = self._evenness(pixels)
-        figures = dict(gain=gain, contrast=contrast, misfit=misfit, background=background, streaks=streaks)
-        if not (np.isfinite(misfit) and contrast >= self.min_contrast):
-            why = "no phase modes found" if not np.isfinite(misfit) else f"phases not separable (contrast {contrast:.1f})"
+        figures = dict(gain=gain, contrast=contrast, structure=corrected.structure, misfit=misfit,
+                       background=background, streaks=streaks)
+        if not (np.isfinite(misfit) and corrected.structure >= self.min_structure):
+            why = ("no phase modes found" if not np.isfinite(misfit)
+                   else f"nothing above noise (structure {corrected.structure:.1f})")
             return SliceQuality("held", f"{why}: blank, saturated or charging slice", **figures), pixels
-        reasons, charging = [], False
+        reasons, charging, lost = [], False, False
         if misfit > 0.25:
             reasons.append(f"phase levels do not map onto the reference (off by {misfit:.2f} level gaps)")
         bg_limit, streak_limit = 0.15 * self.gap, 0.15 * self.gap
@@ -870,6 +976,7 @@ class BrightnessMonitor:
             ref_contrast = float(np.median([q.contrast for q in self._good]))
             if contrast < 0.6 * ref_contrast:
                 reasons.append(f"contrast dropped to {contrast / ref_contrast:.2f} of the recent slices")
+                lost = contrast < 0.4 * ref_contrast
             bg_limit = max(bg_limit, self._limit("background", 0.02 * self.gap))
             streak_limit = max(streak_limit, self._limit("streaks", 0.02 * self.gap))
         if background > bg_limit or streaks > streak_limit:
@@ -881,8 +988,8 @@ class BrightnessMonitor:
             self._good.append(quality)
             return quality, pixels
         reason = "; ".join(reasons)
-        if misfit > 0.25:
-            return SliceQuality("held", reason, **figures), pixels
+        if misfit > 0.25 or lost:
+            return SliceQuality("held", reason + ("; phases no longer separable" if lost else ""), **figures), pixels
         if charging:
             pixels = flatten_background(pixels, levels=self.levels, order=4)
             background, streaks = self._evenness(pixels)
@@ -894,20 +1001,21 @@ class BrightnessMonitor:
 
 def fit_correction(slices, *, n_phases=3, brightness=True, curtaining="column", curtain_angle="auto",
                    curtain_max_angle_deg=15.0, curtain_width_px=16.0, curtain_passes=2, background=None,
-                   background_order=2, min_contrast=2.0):
+                   background_order=2, min_structure=1.3):
     """Calibrate the corrections on the first slices of a run.
 
     Parameters
     ----------
     slices : (N, Y, X) ndarray or sequence of (Y, X) ndarray
-        The first raw slices (a few are enough; 1 works). Slices whose phases are not separable
-        (:func:`slice_contrast` below `min_contrast`: blank, charging) are left out.
+        The first raw slices (a few are enough; 1 works). Blank slices (:func:`slice_structure`
+        below `min_structure`) are left out; the levels are the median over the others, so a
+        few charging slices do not move them.
     n_phases : int, optional
         Number of phases (2 to 4).
     brightness, curtaining, curtain_angle, curtain_max_angle_deg, curtain_width_px, curtain_passes, background, background_order
         See :class:`CorrectionModel`.
-    min_contrast : float, optional
-        Smallest level gap over noise of a usable slice.
+    min_structure : float, optional
+        Smallest :func:`slice_structure` of a usable slice.
 
     Returns
     -------
@@ -916,21 +1024,22 @@ def fit_correction(slices, *, n_phases=3, brightness=True, curtaining="column", 
     Raises
     ------
     CalibrationError
-        When no slice shows `n_phases` separable grey levels.
+        When every slice is blank, or the levels found are not distinct.
     """
     slices = [np.asarray(s) for s in (slices if not isinstance(slices, np.ndarray) or slices.ndim == 3 else [slices])]
     if not slices:
         raise CalibrationError("fit_correction: no slices given")
-    found, contrasts = [], []
+    found, structure = [], []
     for s in slices:
         _check_image(s, "slices[i]")
-        contrasts.append(slice_contrast(s, n_phases))
-        if contrasts[-1] >= min_contrast:
-            found.append(find_levels(s, n_phases)[0])
+        structure.append(slice_structure(s))
+        levels, _ = find_levels(s, n_phases)
+        if structure[-1] >= min_structure and np.all(np.isfinite(levels)):
+            found.append(levels)
     if not found:
         raise CalibrationError(
-            f"fit_correction: none of the {len(slices)} slices shows {n_phases} separable grey levels "
-            f"(level gap over noise {', '.join(f'{c:.1f}' for c in contrasts)}; needs >= {min_contrast})"
+            f"fit_correction: all {len(slices)} slices are blank (structure over noise "
+            f"{', '.join(f'{c:.1f}' for c in structure)}; needs >= {min_structure})"
         )
     levels = np.median(np.array(found), axis=0)
     if not np.all(np.diff(levels) > 0):
