@@ -411,7 +411,7 @@ def stripe_angle(pixels, *, levels=None, max_angle_deg=15.0, width_px=16.0):
     Stripes at angle a put their energy on the line ``ky = -kx tan(a)`` of the spectrum: the
     (whitened) spectral power is summed along lines through the origin in ``[-max_angle_deg,
     max_angle_deg]``, the best line refined by the projection (sheared column) variance.
-    Vertical is kept unless a tilt is clearly stronger (1.25 times).
+    Vertical is kept unless a tilt is clearly stronger (1.25 times vertical, 1.6 times the median line).
 
     Parameters
     ----------
@@ -462,8 +462,8 @@ def _stripe_angle(image, levels, max_angle_deg, width_px, fixed=None):
         return float(fixed), at(fixed)
     inside = np.abs(angles) <= max_angle_deg
     best = float(angles[inside][np.argmax(score[inside])])
-    if best == 0.0 or score[inside].max() < 1.25 * at(0.0):
-        return 0.0, at(0.0)
+    if best == 0.0 or score[inside].max() < max(1.25 * at(0.0), 1.6):
+        return 0.0, at(0.0)  # no clear tilted direction (1 to 1.5 without stripes): vertical
     # refine where a stripe stays within one pixel over the crop's height
     fine = best + np.degrees(0.5 / ch) * np.arange(-4, 5)
     amp = [_profile_rms(res, _Shear(res.shape, a), width_px) for a in fine]
@@ -966,7 +966,7 @@ class BrightnessMonitor:
         reasons, charging, lost = [], False, False
         if misfit > 0.25:
             reasons.append(f"phase levels do not map onto the reference (off by {misfit:.2f} level gaps)")
-        bg_limit, streak_limit = 0.15 * self.gap, 0.15 * self.gap
+        bg_limit, streak_limit = 0.08 * self.gap, 0.08 * self.gap  # clean generated slices: 0.02 to 0.04
         if len(self._good) >= 3:
             log_gains = np.log([q.gain for q in self._good])
             reference = float(np.median(log_gains[-5:]))
