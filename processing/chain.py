@@ -280,7 +280,8 @@ class SliceChain:
         if self.calibrating:
             if self.tracker is None:
                 self.roi = self._find_roi(usable)
-                log.info("alignment region: %s", "whole slice" if self.roi is None else f"rows {self.roi[0]}-{self.roi[1]}")
+                log.info("alignment region: %s",
+                         "whole slice" if self.roi is None else f"rows {self.roi[0]}-{self.roi[1]}")
                 self.tracker = DriftTracker(roi=self.roi)
             self.correction = fit_correction(usable, n_phases=len(self.phases.names), min_structure=_MIN_CONTRAST,
                                              **self.correction_options)

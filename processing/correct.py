@@ -1,6 +1,6 @@
 """Corrections applied to each raw slice before alignment and segmentation.
 
-Three steps, each optional, and measured in ``tests/test_correct.py``:
+Each step is optional and measured in ``tests/test_correct.py``:
 
 - **brightness normalisation**: the grey level of each phase (the modes of the slice's
   histogram) is found on every slice and an affine map (gain, offset) brings them onto the
@@ -488,7 +488,8 @@ def _remove_in_bands(image, unchanged, *, levels, angle_deg, width_px, k, band_p
         off, _, cnt = _fit_profiles(res[rows], shear.part(rows), k=k, fade=False,
                                     weights=None if weights is None else weights[rows])
         off, cnt = off.reshape(n_bands, -1), cnt.reshape(n_bands, -1)
-        hp.append((np.array([_high_pass(o, c, width_px) for o, c in zip(off, cnt)]), cnt >= 0.9 * cnt.max(axis=1, keepdims=True)))
+        profiles = np.array([_high_pass(o, c, width_px) for o, c in zip(off, cnt)])
+        hp.append((profiles, cnt >= 0.9 * cnt.max(axis=1, keepdims=True)))
     covered = hp[0][1] & hp[1][1]
     held_before = float(np.sqrt((_rms(hp[0][0], covered) ** 2 + _rms(hp[1][0], covered) ** 2) / 2))
     held_after = _rms(hp[0][0] - hp[1][0], covered)
@@ -497,7 +498,8 @@ def _remove_in_bands(image, unchanged, *, levels, angle_deg, width_px, k, band_p
         return CurtainCorrection(**unchanged, reason="no stripes shared by the halves of the slice, nor by the even "
                                                      "and odd rows of its bands")
     off, _, cnt = _fit_profiles(res, shear, k=k, fade=False, weights=weights)
-    profiles = np.array([_high_pass(o, c, width_px) for o, c in zip(off.reshape(n_bands, -1), cnt.reshape(n_bands, -1))])
+    profiles = np.array([_high_pass(o, c, width_px)
+                         for o, c in zip(off.reshape(n_bands, -1), cnt.reshape(n_bands, -1))])
     # linear interpolation along y between band centres (constant beyond the outer ones)
     centres = 0.5 * (edges[:-1] + edges[1:])
     upper = np.clip(np.searchsorted(centres, np.arange(h)), 1, n_bands - 1)
@@ -506,7 +508,8 @@ def _remove_in_bands(image, unchanged, *, levels, angle_deg, width_px, k, band_p
     columns = plain.index if plain.index is not None else np.broadcast_to(np.arange(w), (h, w))
     flat = profiles.astype(np.float32).ravel()
     n = plain.n
-    stripes = (1 - t)[:, None] * flat[(upper - 1)[:, None] * n + columns] + t[:, None] * flat[upper[:, None] * n + columns]
+    below, above = flat[(upper - 1)[:, None] * n + columns], flat[upper[:, None] * n + columns]
+    stripes = (1 - t)[:, None] * below + t[:, None] * above
     out = image - stripes
     before = unchanged["amplitude_before"]
     after = stripe_amplitude(out, levels=levels, angle_deg=angle_deg, width_px=width_px)
@@ -1012,7 +1015,9 @@ def fit_correction(slices, *, n_phases=3, brightness=True, curtaining="column", 
         few charging slices do not move them.
     n_phases : int, optional
         Number of phases (2 to 4).
-    brightness, curtaining, curtain_angle, curtain_max_angle_deg, curtain_width_px, curtain_passes, background, background_order
+    brightness, curtaining, curtain_angle, curtain_max_angle_deg, curtain_width_px, curtain_passes
+        See :class:`CorrectionModel`.
+    background, background_order
         See :class:`CorrectionModel`.
     min_structure : float, optional
         Smallest :func:`slice_structure` of a usable slice.

@@ -95,7 +95,8 @@ def test_calibration_waits_for_contrast_and_keeps_every_good_slice(caplog):
     assert [p.index for p in done] == list(range(1, 18))  # nothing lost, nothing dropped
     assert chain.dropped == []
     blank_out, good = done[:5], done[5:]
-    assert all(p.flag == "held" and not p.labels.any() and p.uncertain_share == 1.0 and p.quality == 0 for p in blank_out)
+    assert all(p.flag == "held" and not p.labels.any() and p.uncertain_share == 1.0 and p.quality == 0
+               for p in blank_out)
     assert all(p.flag is None for p in good)
     truth = np.concatenate([np.zeros((5, 128, 128), np.uint8), acq.labels])
     assert _accuracy(good, truth) > 0.95

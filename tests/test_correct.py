@@ -135,7 +135,8 @@ def _tilted_stripes(shape, angle_deg, amplitude, seed):
     pad = int(np.ceil(h * abs(np.tan(np.radians(angle_deg))))) + 2
     profile = ndimage.gaussian_filter1d(np.random.default_rng(seed).standard_normal(w + 2 * pad), 2.0)
     yy, xx = np.mgrid[0:h, 0:w]
-    return amplitude / profile.std() * profile[np.rint(xx - (yy - (h - 1) / 2) * np.tan(np.radians(angle_deg))).astype(int) + pad]
+    columns = np.rint(xx - (yy - (h - 1) / 2) * np.tan(np.radians(angle_deg))).astype(int) + pad
+    return amplitude / profile.std() * profile[columns]
 
 
 @pytest.mark.parametrize("seed, noise", [(10, 8.0), (11, 16.0), (12, 24.0)])

@@ -59,7 +59,8 @@ def generator_cases(quick):
     size, n = (256, 2) if quick else (384, 3)
     cases = []
     for seed in range(2 if quick else 4):
-        labels = generate_microstructure((n, size + 24, size + 24), particle_radius_um=(0.3, 0.5, 0.8, 0.6)[seed], rng=seed)
+        labels = generate_microstructure((n, size + 24, size + 24), particle_radius_um=(0.3, 0.5, 0.8, 0.6)[seed],
+                                         rng=seed)
         zero = np.zeros((n, 2))
         kw = dict(drift_px=zero, field_shape=(size, size), rng=seed, brightness_drift=0.0)
         clean = render_acquisition(labels, noise_sigma=0, curtaining=0, **kw)
@@ -93,7 +94,8 @@ def bench_generator(quick):
             print(_row(f"{name}: input", before))
         print(_row(f"{name}: after ({variant})", after))
         ratio = after / before
-        print(f"{name + f': after / input ({variant})':<44} {np.median(ratio):6.2f} {ratio.max():6.2f} {ratio.min():6.2f}")
+        label = f"{name}: after / input ({variant})"
+        print(f"{label:<44} {np.median(ratio):6.2f} {ratio.max():6.2f} {ratio.min():6.2f}")
 
 
 def read_regions(path):
