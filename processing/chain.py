@@ -289,7 +289,7 @@ class SliceChain:
             log.info("calibrated on %d usable of %d held slices: levels %s", len(usable), len(held),
                      ", ".join(f"{v:.1f}" for v in self.correction.levels))
             aligned = [self._correct_and_align(image) for image, _ in held]
-            good = [a for a in aligned if a[4].state != "held"]
+            good = [a for a in aligned if a[4].state != "held"] or aligned  # the model needs slices
             self.phase_model = fit_phase_model(
                 [grey for grey, *_ in good], n_phases=len(self.phases.names),
                 valid=[valid for _, valid, *_ in good],
