@@ -969,7 +969,9 @@ class BrightnessMonitor:
         reasons, charging, lost = [], False, False
         if misfit > 0.25:
             reasons.append(f"phase levels do not map onto the reference (off by {misfit:.2f} level gaps)")
-        bg_limit, streak_limit = 0.08 * self.gap, 0.08 * self.gap  # clean generated slices: 0.02 to 0.04
+        # without a reference only gross unevenness counts (clean generated slices: 0.02 to 0.08 of the
+        # smallest level gap, more on small slices); then the recent good slices set the limit
+        bg_limit = streak_limit = 0.25 * self.gap
         if len(self._good) >= 3:
             log_gains = np.log([q.gain for q in self._good])
             reference = float(np.median(log_gains[-5:]))
@@ -980,8 +982,8 @@ class BrightnessMonitor:
             if contrast < 0.6 * ref_contrast:
                 reasons.append(f"contrast dropped to {contrast / ref_contrast:.2f} of the recent slices")
                 lost = contrast < 0.4 * ref_contrast
-            bg_limit = max(bg_limit, self._limit("background", 0.02 * self.gap))
-            streak_limit = max(streak_limit, self._limit("streaks", 0.02 * self.gap))
+            bg_limit = max(0.08 * self.gap, self._limit("background", 0.02 * self.gap))
+            streak_limit = max(0.08 * self.gap, self._limit("streaks", 0.02 * self.gap))
         if background > bg_limit or streaks > streak_limit:
             charging = True
             reasons.append(f"uneven brightness (charging): background spread {background:.1f}, "
