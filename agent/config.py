@@ -88,6 +88,12 @@ class ProcessingConfig(_Section):
     calibration_slices: int = Field(10, ge=1, le=200, description="slices used to fit the phase model, then fixed")
     brightness_normalisation: bool = True
     curtaining_removal: bool = True
+    curtain_angle_deg: float | Literal["auto"] = Field(
+        "auto", description="curtain angle from vertical in degrees (within +-45); 'auto' = estimated on every "
+        "slice within +-15; stripes are removed only where that reduces them")
+    outlier_z: float = Field(
+        6.0, gt=0, description="robust z-score beyond which a slice's brightness, contrast or evenness is flagged "
+        "against the recent good slices (renormalised, or held back with labels 0)")
     background_flattening: bool = False
     roi: list[int] | Literal["auto", "whole"] = Field(
         "auto",
@@ -107,6 +113,13 @@ class ProcessingConfig(_Section):
         0, ge=0, description="rows at the top of the slice showing the protective cap, not sample: labelled "
         "unassigned, and the alignment region when roi is 'auto'",
     )
+
+    @field_validator("curtain_angle_deg")
+    @classmethod
+    def _curtain_angle(cls, v):
+        if v != "auto" and not -45 <= v <= 45:
+            raise ValueError("expected 'auto' or an angle within -45..45 degrees from vertical")
+        return v
 
     @field_validator("roi")
     @classmethod

@@ -119,6 +119,8 @@ class Agent:
         self._seen = 0
         self._processed = 0
         self._skipped = 0
+        self._flagged = 0  # slices renormalised or held back by the brightness/charging check
+        self._held = 0
         self._last = None
         self._done_times: deque = deque(maxlen=_RATE_WINDOW)
         self._hook_ran = False
@@ -130,7 +132,6 @@ class Agent:
         self._z_first_um: float | None = None
         self._pixel_reference: tuple[float, float] | None = None  # the first slice's metadata
         self._first_checked = False
-        self._calibration_received = 0
         self._summary_at = (time.monotonic(), 0)
         self._analysis: AnalysisWorker | None = None
 
@@ -416,15 +417,20 @@ class Agent:
         except SliceShapeError as exc:
             self._skip(reason=str(exc), index=image.index, file=image.source)
             return
+        self._record_dropped()
         if self._chain.calibrating:
-            self._calibration_received += 1
-            log.info("calibration: slice %d received (%d of %d)", image.index, self._calibration_received,
-                     self._chain.calibration_slices)
-            self._status(state="calibrating", last=image)
+            # the chain logs each calibration attempt; the status says what it waits for
+            self._status(state=self._chain.calibration_state, last=image)
         elif done and self._store is None:
             self._log_calibration(len(done))
         for processed in done:
             self._append(processed)
+
+    def _record_dropped(self) -> None:
+        """Slices the chain gave up before calibrating (no contrast) are reported as skipped."""
+        dropped, self._chain.dropped = self._chain.dropped, []
+        for image, reason in dropped:
+            self._skip(reason=reason, index=image.index, file=image.source)
 
     def _append(self, processed) -> None:
         if self._store is None:
@@ -436,6 +442,10 @@ class Agent:
             "drift_confidence": processed.drift.confidence,
             "drift_reliable": processed.drift.reliable,
             "uncertain_share": processed.uncertain_share,
+            "quality": processed.quality,
+            "flag": processed.flag,
+            "flag_reason": processed.flag_reason,
+            "curtain": processed.curtain,
             "z_um": processed.z_um,
         }
         try:
@@ -450,7 +460,20 @@ class Agent:
         self._done_times.append(time.monotonic())
         self._last = processed
         self._log_summary()
-        if not processed.drift.reliable:
+        if processed.flag is not None:
+            self._flagged += 1
+            self._held += processed.flag == "held"
+            action = ("held back: labelled unassigned (0)" if processed.flag == "held"
+                      else "renormalised onto the reference levels")
+            self.events.emit("error", {
+                "kind": "brightness",
+                "message": f"slice {processed.index}: {processed.flag_reason}; {action}",
+                "file": processed.source,
+                "index": processed.index,
+                "action": processed.flag,
+                "critical": False,
+            })
+        elif not processed.drift.reliable:
             self.events.emit("error", {
                 "kind": "drift",
                 "message": f"slice {processed.index}: drift estimate unreliable (confidence "
@@ -584,6 +607,9 @@ class Agent:
             "drift_confidence": done.drift.confidence if done else None,
             "uncertain_share": done.uncertain_share if done else None,
             "label_delay_slices": self._chain.label_delay_slices if self._chain else 0,
+            "quality": done.quality if done else None,
+            "slices_flagged": self._flagged,
+            "slices_held": self._held,
             "rate_slices_per_s": rate,
             "pictures": self._analysis.pictures if self._analysis is not None else {},
         }
@@ -613,6 +639,7 @@ class Agent:
             # slices still waiting for their 3-D context.
             for processed in self._chain.flush():
                 self._append(processed)
+            self._record_dropped()
         if self._store is not None:
             self._analysis.notify(self._store.depth, final=not self._interrupted)
             self._analysis.wait_idle()

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import deque
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from processing.align import DriftEstimate, DriftTracker, apply_shift, find_reference_band
 from processing.context import DepthContext
-from processing.correct import CorrectionModel, fit_correction
+from processing.correct import BrightnessMonitor, CorrectionModel, fit_correction, slice_structure
 from processing.errors import SliceShapeError
 from processing.io import SliceImage
 from processing.phases import Phases
@@ -26,6 +27,8 @@ __all__ = ["ProcessedSlice", "SliceChain"]
 log = logging.getLogger(__name__)
 
 _MIN_SLICES_FOR_BAND = 8
+_MIN_CONTRAST = 1.3  # smallest structure over noise (processing.correct.slice_structure) of a usable slice
+_MAX_HELD_PER_CALIBRATION_SLICE = 4  # slices without contrast held while waiting, per calibration slice
 
 
 @dataclass(frozen=True, eq=False)
@@ -51,9 +54,20 @@ class ProcessedSlice:
     drift : DriftEstimate
         Shift applied (cumulative vs the first slice), step, confidence, reliability.
     uncertain_share : float
-        Share of the slice's valid pixels whose phase is uncertain (a segmentation quality figure).
+        Share of the slice's valid pixels whose phase is uncertain (a segmentation quality figure);
+        1 for a held slice, and for a renormalised one never below the recent good slices'.
     timings_ms : dict of str to float
         Time spent per stage (``correct``, ``align``, ``segment``).
+    flag : {None, "renormalised", "held"}
+        None for a good slice; "renormalised": a brightness, contrast or charging outlier mapped
+        back onto the reference levels; "held": not segmented (labels 0), e.g. blank or charging.
+    flag_reason : str
+        What was found ("" when good).
+    quality : float
+        0 (held) .. 1: ``1 - uncertain_share`` for a good slice, half that for a renormalised one.
+    curtain : dict or None
+        Curtaining removal: ``applied``, ``angle_deg``, ``amplitude_before``, ``amplitude_after``
+        (grey units), ``reason`` when skipped; None when off.
     """
 
     index: int
@@ -66,6 +80,10 @@ class ProcessedSlice:
     drift: DriftEstimate
     uncertain_share: float
     timings_ms: dict = field(default_factory=dict)
+    flag: str | None = None
+    flag_reason: str = ""
+    quality: float = 1.0
+    curtain: dict | None = None
 
 
 class SliceChain:
@@ -76,10 +94,17 @@ class SliceChain:
     phases : Phases
         The phases to segment, dark to bright.
     calibration_slices : int, optional
-        The phase model is fitted on this many first slices, then kept fixed. Slices are held
-        back (not returned) until then.
+        The phase model is fitted on this many first slices whose phases are separable, then kept
+        fixed. Slices are held back (not returned) until then; blank or charging slices (no
+        contrast) do not count, so calibration waits for usable ones. Once calibrated, the held
+        slices are all processed (those without contrast are held: labels 0, flagged).
     brightness_normalisation, curtaining_removal, background_flattening : bool, optional
         Corrections applied before alignment and segmentation.
+    curtain_angle : "auto" or float, optional
+        Curtain angle from vertical (degrees), "auto" = estimated on every slice.
+    outlier_z : float, optional
+        Robust z-score beyond which a slice's brightness, contrast or evenness is an outlier
+        against the recent good slices (:class:`processing.correct.BrightnessMonitor`).
     roi : (y0, y1, x0, x1), "auto" or None, optional
         Alignment region on the canvas, in pixels. ``"auto"`` looks, on the calibration slices,
         for rows that do not change along z (the protective cap, a fiducial) and registers on
@@ -106,6 +131,8 @@ class SliceChain:
         brightness_normalisation: bool = True,
         curtaining_removal: bool = True,
         background_flattening: bool = False,
+        curtain_angle="auto",
+        outlier_z: float = 6.0,
         roi=None,
         cap_rows: int = 0,
         context_slices: int = 1,
@@ -122,7 +149,13 @@ class SliceChain:
             "brightness": bool(brightness_normalisation),
             "curtaining": "column" if curtaining_removal else None,
             "background": "polynomial" if background_flattening else None,
+            "curtain_angle": curtain_angle,
         }
+        self.outlier_z = float(outlier_z)
+        self.monitor = None if correction is None else BrightnessMonitor(correction.levels, z_limit=self.outlier_z)
+        self._good_uncertain: deque = deque(maxlen=25)  # recent good slices' uncertain shares
+        self._contrast: list[float] = []  # of the held slices, while calibrating
+        self.dropped: list[tuple[SliceImage, str]] = []  # held slices given up before calibration
         self.correction = correction
         self.phase_model = phase_model
         if cap_rows < 0:
@@ -148,6 +181,8 @@ class SliceChain:
             brightness_normalisation=config.brightness_normalisation,
             curtaining_removal=config.curtaining_removal,
             background_flattening=config.background_flattening,
+            curtain_angle=config.curtain_angle_deg,
+            outlier_z=config.outlier_z,
             roi=None if config.roi == "whole" else config.roi,
             cap_rows=config.cap_rows,
             context_slices=config.context_slices,
@@ -160,6 +195,7 @@ class SliceChain:
         if state.get("phase_model") and state.get("correction"):
             chain.phase_model = PhaseModel.from_dict(state["phase_model"])
             chain.correction = CorrectionModel.from_dict(state["correction"])
+            chain.monitor = BrightnessMonitor(chain.correction.levels, z_limit=chain.outlier_z)
             chain._context = DepthContext(chain.phase_model, context_slices=chain.context_slices)
         # The region found or given when the run was calibrated, not searched for again.
         chain.roi = tuple(state["roi"]) if state.get("roi") else None
@@ -181,6 +217,16 @@ class SliceChain:
     def calibrating(self) -> bool:
         """True while slices are held back for the phase-model calibration."""
         return self.phase_model is None
+
+    @property
+    def calibration_state(self) -> str:
+        """What calibration is waiting for, in words (for the status)."""
+        if not self.calibrating:
+            return "calibrated"
+        usable = sum(c >= _MIN_CONTRAST for c in self._contrast)
+        if usable < len(self._contrast):
+            return f"calibrating: waiting for contrast ({len(self._held)} slices held, {usable} usable)"
+        return f"calibrating ({usable} of {self.calibration_slices} slices)"
 
     @property
     def label_delay_slices(self) -> int:
@@ -216,13 +262,27 @@ class SliceChain:
         if image.z_um is not None:
             self._z_um.append(image.z_um)
         self._held.append((image, time.time()))
-        if self.calibrating and len(self._held) < self.calibration_slices:
+        if not self.calibrating:
+            return self._process_held()
+        self._contrast.append(slice_structure(pixels))
+        usable = sum(c >= _MIN_CONTRAST for c in self._contrast)
+        log.info("calibration attempt on slice %d: structure over noise %.1f (%s); %d of %d usable slices, %d held",
+                 image.index, self._contrast[-1], "usable" if self._contrast[-1] >= _MIN_CONTRAST else "no contrast",
+                 usable, self.calibration_slices, len(self._held))
+        if len(self._held) - usable > _MAX_HELD_PER_CALIBRATION_SLICE * self.calibration_slices:
+            # a long blank start: give up the oldest slice without contrast rather than hold them all
+            k = next(i for i, c in enumerate(self._contrast) if c < _MIN_CONTRAST)
+            self.dropped.append((self._held.pop(k)[0], "no phase contrast before calibration (blank or charging)"))
+            self._contrast.pop(k)
+        if usable < self.calibration_slices:
             return []
         return self._process_held()
 
     def flush(self) -> list[ProcessedSlice]:
-        """Process every slice held back, calibrating first on them if needed (even if fewer than
-        asked), and decide the labels still waiting for their following slices (end of a run)."""
+        """Process every slice held back, calibrating first if needed on the usable ones (even if fewer
+        than asked), and decide the labels still waiting for their following slices (end of a run).
+        With no usable slice at all, nothing is calibrated: the held slices move to :attr:`dropped`
+        and the chain stays uncalibrated."""
         return self._process_held() + self.decide_waiting()
 
     def decide_waiting(self) -> list[ProcessedSlice]:
@@ -231,21 +291,31 @@ class SliceChain:
         return [] if self._context is None else [self._finish(*decided) for decided in self._context.flush()]
 
     def _process_held(self) -> list[ProcessedSlice]:
-        held, self._held = self._held, []
+        if self.calibrating:
+            usable = [image.pixels for (image, _), c in zip(self._held, self._contrast) if c >= _MIN_CONTRAST]
+            if not usable:
+                self.dropped.extend((image, "no phase contrast: calibration impossible") for image, _ in self._held)
+                self._held, self._contrast = [], []
+                return []
+        held, self._held, self._contrast = self._held, [], []
         if not held:
             return []
         if self.calibrating:
             if self.tracker is None:
-                self.roi = self._find_roi([image.pixels for image, _ in held])
-                log.info("alignment region: %s", "whole slice" if self.roi is None else f"rows {self.roi[0]}-{self.roi[1]}")
+                self.roi = self._find_roi(usable)
+                log.info("alignment region: %s",
+                         "whole slice" if self.roi is None else f"rows {self.roi[0]}-{self.roi[1]}")
                 self.tracker = DriftTracker(roi=self.roi)
-            self.correction = fit_correction(
-                [image.pixels for image, _ in held], n_phases=len(self.phases.names), **self.correction_options
-            )
+            self.correction = fit_correction(usable, n_phases=len(self.phases.names), min_structure=_MIN_CONTRAST,
+                                             **self.correction_options)
+            self.monitor = BrightnessMonitor(self.correction.levels, z_limit=self.outlier_z)
+            log.info("calibrated on %d usable of %d held slices: levels %s", len(usable), len(held),
+                     ", ".join(f"{v:.1f}" for v in self.correction.levels))
             aligned = [self._correct_and_align(image) for image, _ in held]
+            good = [a for a in aligned if a[4].state != "held"] or aligned  # the model needs slices
             self.phase_model = fit_phase_model(
-                [grey for grey, valid, _, _ in aligned], n_phases=len(self.phases.names),
-                valid=[valid for _, valid, _, _ in aligned],
+                [grey for grey, *_ in good], n_phases=len(self.phases.names),
+                valid=[valid for _, valid, *_ in good],
             )
             self._context = DepthContext(self.phase_model, context_slices=self.context_slices)
         else:
@@ -261,23 +331,53 @@ class SliceChain:
     def _correct_and_align(self, image: SliceImage):
         t0 = time.perf_counter()
         corrected = self.correction.apply(image.pixels, prior=self._brightness)
-        self._brightness = (corrected.gain, corrected.offset)
+        quality, pixels = self.monitor.check(corrected)
+        if quality.state == "good":
+            self._brightness = (corrected.gain, corrected.offset)  # outliers do not guide the next slice
+        else:
+            log.warning("slice %d %s: %s", image.index, quality.state, quality.reason)
         t1 = time.perf_counter()
-        drift = self.tracker.update(corrected.pixels)
-        grey, valid = apply_shift(corrected.pixels, drift.shift_px, fill=0)
+        if quality.state == "held":
+            # a blank or charging slice would mislead the registration: it keeps the last shift
+            shift = self.tracker.shift_px if self.tracker.shift_px is not None else (0.0, 0.0)
+            drift = DriftEstimate(tuple(shift), (0.0, 0.0), 0.0, False)
+        else:
+            drift = self.tracker.update(pixels)
+        grey, valid = apply_shift(pixels, drift.shift_px, fill=0)
         t2 = time.perf_counter()
-        return grey, valid, drift, {"correct": 1e3 * (t1 - t0), "align": 1e3 * (t2 - t1)}
+        c = corrected.curtain
+        curtain = None if c is None else {
+            "applied": c.applied, "angle_deg": c.angle_deg, "amplitude_before": c.amplitude_before,
+            "amplitude_after": c.amplitude_after, **({"reason": c.reason} if c.reason else {}),
+        }
+        return grey, valid, drift, {"correct": 1e3 * (t1 - t0), "align": 1e3 * (t2 - t1)}, quality, curtain
 
-    def _segment(self, image: SliceImage, arrival: float, grey, valid, drift, timings_ms) -> list[ProcessedSlice]:
-        """Hand the aligned slice to the 3-D context; returns the slices whose labels are now decided."""
+    def _segment(self, image: SliceImage, arrival: float, grey, valid, drift, timings_ms, quality, curtain
+                 ) -> list[ProcessedSlice]:
+        """Hand the aligned slice to the 3-D context; returns the slices whose labels are now decided.
+
+        A held slice (blank, charging) is not segmented and is no context for its neighbours."""
         t0 = time.perf_counter()
-        decided = self._context.push(grey, valid=valid, payload=(image, arrival, grey, drift, timings_ms))
+        decided = self._context.push(None if quality.state == "held" else grey, valid=valid,
+                                     payload=(image, arrival, grey, drift, timings_ms, quality, curtain))
         timings_ms["segment"] = 1e3 * (time.perf_counter() - t0)
         return [self._finish(*d) for d in decided]
 
     def _finish(self, payload, seg) -> ProcessedSlice:
-        image, arrival, grey, drift, timings_ms = payload
-        seg.labels[: self.cap_rows] = 0  # the cap is not sample
+        image, arrival, grey, drift, timings_ms, quality, curtain = payload
+        if seg is None:
+            labels, uncertain, score = np.zeros(grey.shape, dtype=np.uint8), 1.0, 0.0
+        else:
+            labels, uncertain = seg.labels, float(seg.uncertain_share)
+            labels[: self.cap_rows] = 0  # the cap is not sample
+            if quality.state == "good":
+                self._good_uncertain.append(uncertain)
+                score = 1.0 - uncertain
+            else:
+                # a renormalised slice never claims more confidence than the recent good ones
+                if self._good_uncertain:
+                    uncertain = max(uncertain, float(np.median(self._good_uncertain)))
+                score = 0.5 * (1.0 - uncertain)
         return ProcessedSlice(
             index=image.index,
             source=image.source,
@@ -285,10 +385,14 @@ class SliceChain:
             pixel_size_um=image.pixel_size_um,
             arrival_time_unix_s=arrival,
             grey=_to_dtype(grey, self._dtype),
-            labels=seg.labels,
+            labels=labels,
             drift=drift,
-            uncertain_share=float(seg.uncertain_share),
+            uncertain_share=uncertain,
             timings_ms=timings_ms,
+            flag=None if quality.state == "good" else quality.state,
+            flag_reason=quality.reason,
+            quality=score,
+            curtain=curtain,
         )
 
 

@@ -201,7 +201,7 @@ def _segment(grey, model, neighbours, valid, marker_margin_sigma, edge_gradient_
 
 @dataclass
 class _Pending:
-    grey: np.ndarray  # float32
+    grey: np.ndarray | None  # float32; None: a slice not to segment (e.g. held back as blank)
     reference: np.ndarray | None  # lightly smoothed, to judge agreement with neighbours
     valid: np.ndarray | None
     payload: object
@@ -236,26 +236,35 @@ class DepthContext:
         self.options = {"marker_margin_sigma": marker_margin_sigma, "edge_gradient_share": edge_gradient_share}
         self._window: deque[_Pending] = deque(maxlen=2 * self.context_slices + 1)
         self._undecided = 0  # pending slices at the end of the window
+        self._shape = None
 
     @property
     def delay_slices(self) -> int:
         """Slices pushed but not yet decided (at most ``context_slices``)."""
         return self._undecided
 
-    def push(self, grey, *, valid=None, payload=None) -> list[tuple[object, SegmentedSlice]]:
-        """Add the next slice; returns ``(payload, SegmentedSlice)`` of the slices now decided."""
-        grey = _check_slice("grey", grey).astype(np.float32, copy=False)
-        if self._window and grey.shape != self._window[-1].grey.shape:
-            raise SliceShapeError(f"grey: shape {grey.shape} differs from the previous slice's {self._window[-1].grey.shape}")
-        valid = None if valid is None else _check_slice("valid", valid, grey.shape).astype(bool, copy=False)
-        reference = _smooth(grey, 1.0) if self.context_slices else None
-        self._window.append(_Pending(grey, reference, valid, payload))
+    def push(self, grey, *, valid=None, payload=None) -> list[tuple[object, SegmentedSlice | None]]:
+        """Add the next slice; returns ``(payload, SegmentedSlice)`` of the slices now decided.
+
+        `grey` None stands for a slice not to segment (held back as blank or charging): it keeps
+        its place in the order, is decided as ``(payload, None)`` and is no neighbour of others.
+        """
+        if grey is None:
+            self._window.append(_Pending(None, None, None, payload))
+        else:
+            grey = _check_slice("grey", grey).astype(np.float32, copy=False)
+            if self._shape is not None and grey.shape != self._shape:
+                raise SliceShapeError(f"grey: shape {grey.shape} differs from the previous slices' {self._shape}")
+            self._shape = grey.shape
+            valid = None if valid is None else _check_slice("valid", valid, grey.shape).astype(bool, copy=False)
+            reference = _smooth(grey, 1.0) if self.context_slices else None
+            self._window.append(_Pending(grey, reference, valid, payload))
         self._undecided += 1
         if self._undecided <= self.context_slices:
             return []
         return [self._decide(len(self._window) - 1 - self.context_slices)]
 
-    def flush(self) -> list[tuple[object, SegmentedSlice]]:
+    def flush(self) -> list[tuple[object, SegmentedSlice | None]]:
         """Decide every pending slice with the neighbours available."""
         n = len(self._window)
         out = [self._decide(i) for i in range(n - self._undecided, n)]
@@ -264,8 +273,11 @@ class DepthContext:
     def _decide(self, i):
         k = self.context_slices
         pending = self._window[i]
-        neighbours = [(self._window[j].grey, self._window[j].reference)
-                      for j in range(max(i - k, 0), min(i + k + 1, len(self._window))) if j != i]
-        seg = _segment(pending.grey, self.model, neighbours, pending.valid, reference=pending.reference, **self.options)
         self._undecided -= 1
+        if pending.grey is None:
+            return pending.payload, None
+        neighbours = [(self._window[j].grey, self._window[j].reference)
+                      for j in range(max(i - k, 0), min(i + k + 1, len(self._window)))
+                      if j != i and self._window[j].grey is not None]
+        seg = _segment(pending.grey, self.model, neighbours, pending.valid, reference=pending.reference, **self.options)
         return pending.payload, seg

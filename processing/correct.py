@@ -1,6 +1,6 @@
 """Corrections applied to each raw slice before alignment and segmentation.
 
-Three steps, each optional and measured in ``tests/test_correct.py``:
+Each step is optional and measured in ``tests/test_correct.py``:
 
 - **brightness normalisation**: the grey level of each phase (the modes of the slice's
   histogram) is found on every slice and an affine map (gain, offset) brings them onto the
@@ -9,13 +9,19 @@ Three steps, each optional and measured in ``tests/test_correct.py``:
 - **background (charging) flattening**: a low-order 2-D polynomial fitted to the residual
   ``pixel - level of its nearest phase`` (so the microstructure itself is not fitted), then
   subtracted. pystack3d removes backgrounds with polynomial fits too.
-- **curtaining removal**: curtains are vertical stripes, constant along y over long runs. Their
-  profile is the per-column mean of the (clipped) residual ``pixel - nearest level``, computed in
-  horizontal bands and interpolated along y, so stripes that fade or strengthen down the slice
-  are followed. Using the residual instead of the raw column means keeps real structure (a
-  column crossing many bright particles) out of the profile. pystack3d uses VSNR (Gabor-filter
-  variational destriping) or a wavelet-FFT notch (Münch et al., 2009); both remove the same
-  ``ky ~ 0`` energy but cost far more per slice than this.
+- **curtaining removal**: curtains are stripes along the milling direction, near vertical
+  (straight or tilted by a few degrees; the angle is found from the slice's 2-D spectrum). Their
+  profile is a robust (Huber) location, per sheared column, of the within-phase residual
+  ``pixel - level of its phase`` (so a column crossing many bright particles does not count as a
+  stripe), with a slope along y (stripes that fade or strengthen down the slice), high-passed
+  along x (wider variations are shading). It is subtracted only where it reduces the stripes: the
+  top half's profile must explain the bottom half's stripes and vice versa (structure and noise
+  differ between the halves, curtains do not), and the stripe amplitude is measured before and
+  after on every slice. pystack3d uses VSNR (Gabor-filter variational destriping) or a
+  wavelet-FFT notch (Münch et al., 2009), applied unconditionally.
+- **slice quality** (:class:`BrightnessMonitor`): each slice's gain, contrast (level gap over
+  noise) and evenness are compared with the recent good slices; sudden drops and charging
+  slices are flagged and either renormalised (phases still separable) or held back.
 
 All functions take and return ``(Y, X)`` arrays; corrected slices are float32 in the grey
 units of the reference (the first slices).
@@ -24,7 +30,8 @@ units of the reference (the first slices).
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, dataclass
+from collections import deque
+from dataclasses import asdict, dataclass, fields
 
 import numpy as np
 from scipy import ndimage
@@ -33,7 +40,12 @@ from processing.errors import CalibrationError
 from processing.segment import fit_gray_mixture
 
 __all__ = [
+    "BrightnessMonitor",
     "CorrectedSlice",
+    "CurtainCorrection",
+    "SliceQuality",
+    "slice_structure",
+    "stripe_angle",
     "CorrectionModel",
     "fit_correction",
     "find_levels",
@@ -46,6 +58,10 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 _CURTAIN_METHODS = (None, "column")
+# Spectral strength of the stripe direction (1 to 1.5 on clean generated and real slices, up to 2.3
+# on pystack3d slices without curtains, 3.3 to 8 with curtains) needed for band profiles.
+_MIN_BAND_STRENGTH = 3.0
+_MAX_CONTRAST = 20.0  # level gap over binned noise beyond which contrast is not compared
 _BACKGROUND_METHODS = (None, "polynomial")
 
 
@@ -129,6 +145,50 @@ def find_levels(pixels, n_phases, *, init=None, step=2):
     return levels, weights
 
 
+def _map_modes(found, weights, levels, prior):
+    """Affine map of the found modes onto `levels`: (gain, offset, misfit), misfit = the largest
+    distance of a mapped mode from its level, in units of the smallest level gap; at least 1 when
+    a mode is missing (two modes always fit exactly, so the map is unchecked), inf with one mode;
+    None without any."""
+    ok = np.isfinite(found) & (weights > 0.02)
+    gain0, _ = prior
+    if ok.sum() >= 2:
+        w = weights[ok]
+        a = np.vstack([found[ok], np.ones(ok.sum())]).T * np.sqrt(w)[:, None]
+        gain, offset = np.linalg.lstsq(a, levels[ok] * np.sqrt(w), rcond=None)[0]
+        if 0.2 < gain < 5:
+            misfit = np.abs(gain * found[ok] + offset - levels[ok]).max() / np.min(np.diff(levels))
+            return float(gain), float(offset), float(misfit if ok.all() else max(misfit, 1.0))
+    if ok.sum() >= 1:
+        k = int(np.flatnonzero(ok)[np.argmax(weights[ok])])
+        return float(gain0), float(levels[k] - gain0 * found[k]), np.inf
+    return None
+
+
+def _fit_brightness(pixels, levels, prior, step):
+    """(gain, offset, misfit, found modes) of a slice; misfit as in :func:`_map_modes`.
+
+    The mixture starts from the previous slice's levels; when that fit is poor (a sudden drop
+    moves the modes far from where they were) it is redone from the slice's own quantiles and
+    the better fit kept.
+    """
+    levels = np.asarray(levels, dtype=float)
+    gain0, offset0 = (float(v) for v in prior)
+    if not gain0 > 0:
+        raise ValueError(f"prior: gain must be > 0, got {prior!r}")
+    found, weights = find_levels(pixels, levels.size, init=(levels - offset0) / gain0, step=step)
+    fit = _map_modes(found, weights, levels, (gain0, offset0))
+    if fit is None or fit[2] > 0.2 or not 0.67 < fit[0] / gain0 < 1.5:
+        cold_found, cold_weights = find_levels(pixels, levels.size, step=step)
+        cold = _map_modes(cold_found, cold_weights, levels, (gain0, offset0))
+        if cold is not None and (fit is None or cold[2] < fit[2]):
+            fit, found = cold, cold_found
+    if fit is None:
+        logger.warning("brightness: no phase mode found, keeping gain %.3f offset %.1f", gain0, offset0)
+        return gain0, offset0, np.inf, found
+    return fit[0], fit[1], fit[2], found
+
+
 def match_brightness(pixels, levels, *, prior=(1.0, 0.0), step=2):
     """Gain and offset that map the slice's phase modes onto `levels`.
 
@@ -140,7 +200,7 @@ def match_brightness(pixels, levels, *, prior=(1.0, 0.0), step=2):
         Reference levels (grey units), dark to bright.
     prior : (gain, offset), optional
         The previous slice's map; it places the search windows and is returned unchanged when
-        fewer than one mode is found.
+        no mode is found.
     step : int, optional
         Subsampling step of the histogram.
 
@@ -149,23 +209,8 @@ def match_brightness(pixels, levels, *, prior=(1.0, 0.0), step=2):
     gain, offset : float
         ``corrected = gain * pixels + offset``.
     """
-    levels = np.asarray(levels, dtype=float)
-    gain0, offset0 = (float(v) for v in prior)
-    if not gain0 > 0:
-        raise ValueError(f"prior: gain must be > 0, got {prior!r}")
-    found, weights = find_levels(pixels, levels.size, init=(levels - offset0) / gain0, step=step)
-    ok = np.isfinite(found) & (weights > 0.02)
-    if ok.sum() >= 2:
-        w = weights[ok]
-        a = np.vstack([found[ok], np.ones(ok.sum())]).T * np.sqrt(w)[:, None]
-        gain, offset = np.linalg.lstsq(a, levels[ok] * np.sqrt(w), rcond=None)[0]
-        if 0.2 < gain < 5:
-            return float(gain), float(offset)
-    if ok.sum() >= 1:
-        k = int(np.flatnonzero(ok)[np.argmax(weights[ok])])
-        return gain0, float(levels[k] - gain0 * found[k])
-    logger.warning("brightness: no phase mode found, keeping gain %.3f offset %.1f", gain0, offset0)
-    return gain0, offset0
+    gain, offset, _, _ = _fit_brightness(pixels, levels, prior, step)
+    return gain, offset
 
 
 def _residual(image, levels, clip, out=None):
@@ -187,122 +232,436 @@ def _default_clip(levels):
     return float(np.min(np.diff(np.sort(levels)))) / 2 if len(levels) > 1 else 50.0
 
 
-# Rows per block of the curtaining loops: a block of float32 rows stays in the CPU cache while
-# the residual, its column sums and the correction are computed on it.
-_BLOCK_ROWS = 64
+def _noise_sigma(image):
+    """Robust standard deviation (grey units) of the pixel noise, from differences along y (where
+    vertical stripes and most structure cancel): 1.4826 MAD / sqrt(2)."""
+    image = np.asarray(image)
+    d = np.diff(image[:, :: max(1, image.shape[1] // 512)].astype(np.float32), axis=0)
+    return float(1.4826 * np.median(np.abs(d - np.median(d))) / np.sqrt(2))
 
 
-def remove_curtaining(pixels, *, levels=None, band_px=64, passes=2, smooth_px=0.0, valid=None):
-    """Subtract vertical stripes (curtaining).
+def _binned(pixels):
+    """The slice binned 2 x 2 (float32): the segmentation smooths, so this is the noise it has to
+    separate the phases against."""
+    p = np.asarray(pixels)
+    h, w = (p.shape[0] // 2) * 2, (p.shape[1] // 2) * 2
+    if h < 4 or w < 4:
+        return p.astype(np.float32)
+    return p[:h, :w].astype(np.float32).reshape(h // 2, 2, w // 2, 2).mean(axis=(1, 3))
+
+
+def _binned_noise_sigma(pixels):
+    return _noise_sigma(_binned(pixels))
+
+
+def _stripe_residual(image, levels, width_px):
+    """What the stripes are measured on: ``pixel - level of its phase`` (clipped to half the
+    smallest level gap), or without levels the pixels minus their smoothing along x over `width_px`."""
+    if levels is not None:
+        return _residual(image, levels, _default_clip(levels))
+    image = np.asarray(image, dtype=np.float32)
+    return image - ndimage.gaussian_filter1d(image, width_px, axis=1, mode="nearest")
+
+
+class _Shear:
+    """Columns of a slice sheared along the stripe angle: pixel (y, x) lies on column
+    ``round(x - (y - yc) tan(angle)) + pad``; vertical stripes need no index (plain columns).
+
+    Attributes: ``n`` sheared columns, ``y`` the rows' position along y (-0.5 .. 0.5) as a
+    (R, 1) float32 array, ``index`` the (R, X) int32 column of each pixel (None when vertical).
+    """
+
+    def __init__(self, shape, angle_deg, rows=None):
+        h, w = shape
+        rows = np.arange(h) if rows is None else np.asarray(rows)
+        shift = np.rint((rows - (h - 1) / 2) * np.tan(np.radians(angle_deg))).astype(np.int64)
+        pad = int(np.abs(shift).max()) if shift.size else 0
+        self.n = w + 2 * pad
+        self.index = None if pad == 0 else (np.arange(w)[None, :] - shift[:, None] + pad).astype(np.int32)
+        self.y = ((rows - (h - 1) / 2) / max(h, 1)).astype(np.float32)[:, None]
+
+    def part(self, rows):
+        """The same shear restricted to a slice of its rows."""
+        sub = object.__new__(_Shear)
+        sub.n, sub.y = self.n, self.y[rows]
+        sub.index = None if self.index is None else self.index[rows]
+        return sub
+
+    def banded(self, band_of_row, n_bands):
+        """The same shear with a separate set of columns per band of rows (band index per row)."""
+        sub = object.__new__(_Shear)
+        rows, w = self.y.shape[0], (self.n if self.index is None else self.index.shape[1])
+        base = self.index if self.index is not None else np.broadcast_to(np.arange(w, dtype=np.int32), (rows, w))
+        sub.index = (base + (np.asarray(band_of_row, dtype=np.int32) * self.n)[:, None]).astype(np.int32)
+        sub.n, sub.y = self.n * n_bands, self.y
+        return sub
+
+    def gather(self, profile):
+        """(R, X) values of a (n,) column profile (broadcast along y when vertical)."""
+        p = np.asarray(profile, dtype=np.float32)
+        return p[None, :] if self.index is None else p[self.index]
+
+    def sum(self, values, y_power=0):
+        """Per-column sums of (R, X) float32 `values` (times y ** `y_power`), float64 (n,)."""
+        if self.index is None:
+            # float32 sums over at most a few thousand rows: errors far below a grey level
+            if y_power:
+                return ((self.y[:, 0] ** y_power) @ values).astype(np.float64)
+            return values.sum(axis=0).astype(np.float64)
+        v = values * self.y ** y_power if y_power else values
+        return np.bincount(self.index.ravel(), weights=v.ravel(), minlength=self.n)
+
+    def counts(self, weights=None):
+        rows = self.y.shape[0]
+        if weights is None:
+            if self.index is None:
+                return np.full(self.n, float(rows))
+            return np.bincount(self.index.ravel(), minlength=self.n).astype(float)
+        return self.sum(np.asarray(weights, dtype=np.float32))
+
+
+def _fit_profiles(res, shear, *, k, fade, iterations=3, weights=None):
+    """Robust stripe profile along sheared columns: per column an offset (and a slope along y when
+    `fade`) fitted to the residual by iteratively reweighted least squares with Huber weights of
+    scale `k` (grey units), so that pixels on phase boundaries or in the wrong phase weigh little
+    (a robust location, not a mean).
+
+    Returns
+    -------
+    offset, slope, counts : (n,) ndarray
+        ``stripe(y) = offset + slope * y`` on each sheared column; counts = pixels (weights) per column.
+    """
+    r = np.asarray(res, dtype=np.float32)
+    base = None if weights is None else np.asarray(weights, dtype=np.float32)
+    counts = shear.counts(base)
+    offset = np.zeros(shear.n)
+    slope = np.zeros(shear.n)
+    # A slope needs the column to span most of the height (sheared corner columns do not).
+    y_var = shear.sum(np.ones_like(r) if base is None else base, 2) / np.maximum(counts, 1e-12)
+    slope_ok = fade & (counts >= 0.5 * counts.max()) & (y_var > 0.02)
+    for _ in range(iterations):
+        fit = shear.gather(offset)
+        if fade:
+            fit = fit + shear.gather(slope) * shear.y
+        w = np.abs(r - fit)
+        np.maximum(w, 1e-6, out=w)
+        np.divide(np.float32(k), w, out=w)
+        np.minimum(w, 1.0, out=w)
+        if base is not None:
+            w *= base
+        wr = w * r
+        s0, t0 = shear.sum(w), shear.sum(wr)
+        mean = t0 / np.maximum(s0, 1e-12)
+        if fade:
+            s1, s2, t1 = shear.sum(w, 1), shear.sum(w, 2), shear.sum(wr, 1)
+            det = s0 * s2 - s1 * s1
+            ok = slope_ok & (det > 1e-3 * s0 * s0 * y_var)
+            safe = np.where(ok, det, 1.0)
+            offset = np.where(ok, (t0 * s2 - t1 * s1) / safe, mean)
+            slope = np.where(ok, (s0 * t1 - s1 * t0) / safe, 0.0)
+        else:
+            offset = mean
+    return offset, slope, counts
+
+
+def _high_pass(profile, counts, width_px):
+    """`profile` minus its count-weighted Gaussian smoothing over `width_px` (stripes are narrower;
+    what is wider is shading or structure, not curtaining); 0 on empty columns."""
+    w = np.asarray(counts, dtype=float)
+    low = ndimage.gaussian_filter1d(profile * w, width_px, mode="constant")
+    low /= np.maximum(ndimage.gaussian_filter1d(w, width_px, mode="constant"), 1e-12)
+    return np.where(w > 0, profile - low, 0.0)
+
+
+def _rms(profile, covered):
+    return float(np.sqrt(np.mean(profile[covered] ** 2))) if covered.any() else 0.0
+
+
+def stripe_amplitude(pixels, *, levels=None, angle_deg=0.0, width_px=16.0):
+    """Root mean square (grey units) of the stripe profile: the mean along each (sheared) column
+    of the residual ``pixels - level of its phase`` (or of the pixels), high-passed along x over
+    `width_px`. A figure of merit for curtaining (not a correction), on columns that span at
+    least 90 % of the height.
+
+    Parameters
+    ----------
+    pixels : (Y, X) ndarray
+    levels : sequence of float, optional
+        Phase levels (grey units of `pixels`).
+    angle_deg : float, optional
+        Stripe angle from vertical (degrees, positive when the stripes lean towards +x going down).
+    width_px : float, optional
+        Widest stripe counted (px).
+    """
+    image = np.asarray(_check_image(pixels), dtype=np.float32)
+    return _profile_rms(_stripe_residual(image, levels, width_px), _Shear(image.shape, angle_deg), width_px)
+
+
+def _profile_rms(res, shear, width_px):
+    """RMS of the high-passed mean profile of `res` along the columns of `shear` that span at
+    least 90 % of the height."""
+    counts = shear.counts()
+    profile = shear.sum(res) / np.maximum(counts, 1)
+    return _rms(_high_pass(profile, counts, width_px), counts >= 0.9 * res.shape[0])
+
+
+def stripe_angle(pixels, *, levels=None, max_angle_deg=15.0, width_px=16.0):
+    """Dominant stripe angle near vertical, from the 2-D spectrum of the residual.
+
+    Stripes at angle a put their energy on the line ``ky = -kx tan(a)`` of the spectrum: the
+    (whitened) spectral power is summed along lines through the origin in ``[-max_angle_deg,
+    max_angle_deg]``, the best line refined by the projection (sheared column) variance.
+    Vertical is kept unless a tilt is clearly stronger (1.25 times vertical, 1.6 times the median line).
+
+    Parameters
+    ----------
+    pixels : (Y, X) ndarray
+        A slice (the central 1024 x 1024 px are used).
+    levels : sequence of float, optional
+        Phase levels: the spectrum is taken of ``pixels - level of its phase``.
+    max_angle_deg : float, optional
+        Search range around vertical (degrees).
+    width_px : float, optional
+        Widest stripe (px): lower spatial frequencies are left out.
+
+    Returns
+    -------
+    angle_deg : float
+        Degrees from vertical, positive when the stripes lean towards +x going down.
+    """
+    image = np.asarray(_check_image(pixels), dtype=np.float32)
+    if not 0 <= max_angle_deg <= 45:
+        raise ValueError(f"max_angle_deg: expected 0 to 45 degrees, got {max_angle_deg!r}")
+    return _stripe_angle(image, levels, max_angle_deg, width_px)[0]
+
+
+def _stripe_angle(image, levels, max_angle_deg, width_px, fixed=None):
+    """(angle, strength) of :func:`stripe_angle`, or the strength of the `fixed` angle; strength =
+    the line's whitened spectral power over the median line's within +-max(max_angle_deg, 15)
+    degrees (about 1 to 1.5 without stripes)."""
+    h, w = image.shape
+    if min(h, w) < 32:
+        return (fixed or 0.0), 1.0
+    y0, x0 = max(0, (h - 1024) // 2), max(0, (w - 1024) // 2)
+    crop = image[y0:y0 + 1024, x0:x0 + 1024]
+    res = _stripe_residual(crop, levels, width_px)
+    windowed = (res - res.mean()) * (np.hanning(res.shape[0])[:, None] * np.hanning(res.shape[1])[None, :])
+    power = np.fft.fftshift(np.abs(np.fft.rfft2(windowed)) ** 2, axes=0)
+    ch, cw = res.shape
+    k = np.arange(1.0 / (4 * width_px), 0.25, 1.0 / min(ch, cw))
+    step = np.degrees(1.0 / min(ch, cw))
+    span = max(max_angle_deg, 15.0, abs(fixed or 0.0))
+    angles = np.arange(-span, span + step / 2, step)
+    t = np.radians(angles)[:, None]
+    ky, kx = -k[None, :] * np.sin(t) * ch + ch // 2, k[None, :] * np.cos(t) * cw
+    polar = ndimage.map_coordinates(power, [ky.ravel(), kx.ravel()], order=1).reshape(ky.shape)
+    score = (polar / np.maximum(np.median(polar, axis=0, keepdims=True), 1e-30)).mean(axis=1)
+    score /= np.median(score)
+    at = lambda a: float(score[np.argmin(np.abs(angles - a))])  # noqa: E731
+    if fixed is not None:
+        return float(fixed), at(fixed)
+    inside = np.abs(angles) <= max_angle_deg
+    best = float(angles[inside][np.argmax(score[inside])])
+    if best == 0.0 or score[inside].max() < max(1.25 * at(0.0), 1.6):
+        return 0.0, at(0.0)  # no clear tilted direction (1 to 1.5 without stripes): vertical
+    # refine where a stripe stays within one pixel over the crop's height
+    fine = best + np.degrees(0.5 / ch) * np.arange(-4, 5)
+    amp = [_profile_rms(res, _Shear(res.shape, a), width_px) for a in fine]
+    return float(fine[int(np.argmax(amp))]), at(best)
+
+
+def _remove_in_bands(image, unchanged, *, levels, angle_deg, width_px, k, band_px, min_reduction, valid):
+    """Curtains over part of the height: a robust profile per band of `band_px` rows along the
+    sheared columns, interpolated along y between band centres. Subtracted only when the profiles
+    of the even and of the odd rows agree (the noise differs between them, the stripes do not)
+    and the slice's stripe amplitude drops."""
+    h, w = image.shape
+    n_bands = max(2, h // band_px)
+    edges = np.linspace(0, h, n_bands + 1)
+    band_of_row = np.minimum(np.searchsorted(edges, np.arange(h), side="right") - 1, n_bands - 1)
+    shear = _Shear(image.shape, angle_deg).banded(band_of_row, n_bands)
+    res = _stripe_residual(image, levels, width_px)
+    weights = None if valid is None else np.asarray(valid, dtype=np.float32)
+    hp = []
+    for parity in (0, 1):
+        rows = slice(parity, None, 2)
+        off, _, cnt = _fit_profiles(res[rows], shear.part(rows), k=k, fade=False,
+                                    weights=None if weights is None else weights[rows])
+        off, cnt = off.reshape(n_bands, -1), cnt.reshape(n_bands, -1)
+        profiles = np.array([_high_pass(o, c, width_px) for o, c in zip(off, cnt)])
+        hp.append((profiles, cnt >= 0.9 * cnt.max(axis=1, keepdims=True)))
+    covered = hp[0][1] & hp[1][1]
+    held_before = float(np.sqrt((_rms(hp[0][0], covered) ** 2 + _rms(hp[1][0], covered) ** 2) / 2))
+    held_after = _rms(hp[0][0] - hp[1][0], covered)
+    unchanged = {**unchanged, "held_out_before": held_before, "held_out_after": held_after}
+    if not held_after < (1 - min_reduction) * held_before:
+        return CurtainCorrection(**unchanged, reason="no stripes shared by the halves of the slice, nor by the even "
+                                                     "and odd rows of its bands")
+    off, _, cnt = _fit_profiles(res, shear, k=k, fade=False, weights=weights)
+    profiles = np.array([_high_pass(o, c, width_px)
+                         for o, c in zip(off.reshape(n_bands, -1), cnt.reshape(n_bands, -1))])
+    # linear interpolation along y between band centres (constant beyond the outer ones)
+    centres = 0.5 * (edges[:-1] + edges[1:])
+    upper = np.clip(np.searchsorted(centres, np.arange(h)), 1, n_bands - 1)
+    t = np.clip((np.arange(h) - centres[upper - 1]) / (centres[upper] - centres[upper - 1]), 0, 1).astype(np.float32)
+    plain = _Shear(image.shape, angle_deg)
+    columns = plain.index if plain.index is not None else np.broadcast_to(np.arange(w), (h, w))
+    flat = profiles.astype(np.float32).ravel()
+    n = plain.n
+    below, above = flat[(upper - 1)[:, None] * n + columns], flat[upper[:, None] * n + columns]
+    stripes = (1 - t)[:, None] * below + t[:, None] * above
+    out = image - stripes
+    before = unchanged["amplitude_before"]
+    after = stripe_amplitude(out, levels=levels, angle_deg=angle_deg, width_px=width_px)
+    if not after < before:
+        return CurtainCorrection(**unchanged, reason=f"stripe amplitude would rise ({before:.2f} -> {after:.2f})")
+    return CurtainCorrection(**{**unchanged, "pixels": out, "applied": True, "amplitude_after": after})
+
+
+@dataclass(frozen=True, eq=False)
+class CurtainCorrection:
+    """A slice after curtaining removal, and the evidence for doing it or not.
+
+    Attributes
+    ----------
+    pixels : (Y, X) ndarray of float32
+        The corrected slice, or the input unchanged when `applied` is False.
+    applied : bool
+        Whether the stripes were subtracted.
+    angle_deg : float
+        Stripe angle used (degrees from vertical).
+    amplitude_before, amplitude_after : float
+        :func:`stripe_amplitude` of the input and of the output (grey units).
+    held_out_before, held_out_after : float
+        Stripe amplitude of each half of the slice (top, bottom) before and after subtracting the
+        profile estimated on the other half: the test that the stripes are real (shared by both
+        halves) and not structure or noise.
+    reason : str
+        Why it was skipped ("" when applied).
+    """
+
+    pixels: np.ndarray
+    applied: bool
+    angle_deg: float
+    amplitude_before: float
+    amplitude_after: float
+    held_out_before: float
+    held_out_after: float
+    reason: str = ""
+
+
+def remove_curtaining(pixels, *, levels=None, angle_deg=0.0, max_angle_deg=15.0, width_px=16.0, fade=True,
+                      passes=2, min_reduction=0.1, band_px=128, band_min_reduction=0.5, valid=None):
+    """Subtract curtaining stripes, only where that reduces them.
+
+    The stripe profile is fitted along (sheared) columns to the within-phase residual ``pixel -
+    level of its phase`` with a robust (Huber) location, an offset and a slope along y per column
+    (stripes that fade or strengthen down the slice), then high-passed along x over `width_px`
+    (wider variations are shading or structure). Before anything is subtracted, the profile of
+    the top half must explain the stripes of the bottom half and vice versa (held-out test):
+    structure and noise differ between the halves, curtains do not. After subtraction the
+    amplitude is measured again; the input is returned unchanged whenever the stripes would not
+    shrink.
 
     Parameters
     ----------
     pixels : (Y, X) ndarray
         A slice in the grey units of `levels`.
     levels : sequence of float, optional
-        Phase levels; the stripe profile is taken from ``pixels - nearest level`` so that
-        structure does not leak into it. Without levels the profile is the column mean minus its
-        own Gaussian smoothing over 16 px (only stripes narrower than that are removed).
-    band_px : int or None, optional
-        Height of the horizontal bands in which profiles are measured (then interpolated along
-        y); None = one profile for the whole height.
+        Phase levels. Without them the residual is the slice minus its smoothing along x.
+    angle_deg : float or "auto", optional
+        Stripe angle from vertical (degrees); "auto" estimates it (:func:`stripe_angle`).
+    max_angle_deg : float, optional
+        Search range of "auto".
+    width_px : float, optional
+        Widest stripe removed (px).
+    fade : bool, optional
+        Fit a slope along y per column.
     passes : int, optional
-        Repetitions with `levels`: strong stripes push pixels across a threshold, so the first
-        profile is underestimated; a second pass on the corrected slice recovers most of the
-        rest (measured in the tests).
-    smooth_px : float, optional
-        Gaussian smoothing of each profile along x (0 = none).
+        Strong stripes push pixels into the neighbouring phase, so the first profile is
+        underestimated; later passes fit the residual of the corrected slice.
+    min_reduction : float, optional
+        The held-out stripe amplitude must drop by at least this share (0..1).
+    band_px : int or None, optional
+        When the whole slice fails the held-out test, curtains that run over part of the height
+        only are looked for, if the spectrum shows a dominant stripe direction (its line at least
+        twice as strong as the median line, :func:`stripe_angle`), with one profile per band of
+        this height (interpolated along y), tested on the even against the odd rows with the
+        stricter `band_min_reduction`. None: whole-slice profiles only.
+    band_min_reduction : float, optional
+        The held-out reduction the band profiles need (adjacent rows share structure, not only
+        stripes, so the bar is higher).
     valid : (Y, X) bool ndarray, optional
-        Pixels to use for the profile (e.g. the aligned slice's coverage).
+        Pixels used for the profile.
 
     Returns
     -------
-    (Y, X) ndarray of float32
+    CurtainCorrection
     """
     image = np.array(_check_image(pixels), dtype=np.float32)
-    if band_px is not None and not (isinstance(band_px, (int, np.integer)) and band_px >= 8):
-        raise ValueError(f"band_px: expected an integer >= 8 or None, got {band_px!r}")
     if not (isinstance(passes, (int, np.integer)) and passes >= 1):
         raise ValueError(f"passes: expected an integer >= 1, got {passes!r}")
+    if not width_px >= 2:
+        raise ValueError(f"width_px: expected >= 2 px, got {width_px!r}")
+    if not 0 <= min_reduction < 1:
+        raise ValueError(f"min_reduction: expected 0 <= value < 1, got {min_reduction!r}")
     if valid is not None and np.shape(valid) != image.shape:
         raise ValueError(f"valid: expected shape {image.shape}, got {np.shape(valid)}")
-    _remove_stripes(image, levels, band_px, passes if levels is not None else 1, smooth_px, valid)
-    return image
-
-
-class _Bands:
-    """Horizontal bands of a slice and the linear interpolation of per-band profiles along y."""
-
-    def __init__(self, h, band_px):
-        band = h if band_px is None else min(int(band_px), h)
-        self.n = max(1, h // band)
-        self.edges = np.linspace(0, h, self.n + 1).astype(int)
-        centres = 0.5 * (self.edges[:-1] + self.edges[1:] - 1)
-        rows = np.arange(h)
-        self.upper = np.clip(np.searchsorted(centres, rows), 1, max(self.n - 1, 1))
-        if self.n > 1:
-            c0, c1 = centres[self.upper - 1], centres[self.upper]
-            self.t = np.clip((rows - c0) / (c1 - c0), 0.0, 1.0).astype(np.float32)[:, None]
-
-    def blocks(self):
-        """(band, first row, end row) of cache-sized row blocks, band by band."""
-        for b in range(self.n):
-            for r0 in range(self.edges[b], self.edges[b + 1], _BLOCK_ROWS):
-                yield b, r0, min(r0 + _BLOCK_ROWS, self.edges[b + 1])
-
-    def profile_rows(self, profiles, r0, r1):
-        """(r1 - r0, X) stripe estimate of rows r0:r1 interpolated from (n, X) `profiles`."""
-        if self.n == 1:
-            return profiles[0][None, :]
-        t, up = self.t[r0:r1], self.upper[r0:r1]
-        lower = profiles[up - 1]
-        return lower + t * (profiles[up] - lower)
-
-
-def _remove_stripes(image, levels, band_px, passes, smooth_px, valid):
-    """Subtract the stripes of float32 `image` in place (see :func:`remove_curtaining`).
-
-    Each pass measures the profiles of the residual of ``image - stripes so far`` block by block,
-    so no full-size temporary is made; the stripes are subtracted once at the end.
-    """
+    strength = None
+    if angle_deg == "auto":
+        angle_deg, strength = _stripe_angle(image, levels, max_angle_deg, width_px)
+    elif not (isinstance(angle_deg, (int, float, np.floating)) and abs(angle_deg) <= 45):
+        raise ValueError(f"angle_deg: expected 'auto' or degrees within +-45, got {angle_deg!r}")
+    angle_deg = float(angle_deg)
     h, w = image.shape
-    bands = _Bands(h, band_px)
-    total = np.zeros((bands.n, w), dtype=np.float32)
-    clip = _default_clip(levels) if levels is not None else None
-    mean = None if levels is not None else np.float32(image.mean())
-    buf = np.empty((min(_BLOCK_ROWS, h), w), dtype=np.float32)
+    before = stripe_amplitude(image, levels=levels, angle_deg=angle_deg, width_px=width_px)
+    unchanged = dict(pixels=image, applied=False, angle_deg=angle_deg, amplitude_before=before,
+                     amplitude_after=before)
+    # Huber scale: a few noise sigmas, floored for noise-free images
+    span = float(np.ptp(levels)) if levels is not None and len(levels) > 1 else float(np.ptp(image)) or 1.0
+    k = max(2.5 * _noise_sigma(image), 0.005 * span)
+    step = max(1, h // 512)  # stripes are constant along y: 512 rows estimate them well enough
+    rows = np.arange(0, h, step)
+    shear = _Shear(image.shape, angle_deg, rows)
+    weights = None if valid is None else np.asarray(valid, dtype=bool)[rows]
+    res = _stripe_residual(image[rows], levels, width_px)
+
+    # Held-out test: halves fitted separately, each checked against the other's profile.
+    half = rows.size // 2
+    hp = []
+    for part in (slice(0, half), slice(half, rows.size)):
+        off, _, cnt = _fit_profiles(res[part], shear.part(part), k=k, fade=False,
+                                    weights=None if weights is None else weights[part])
+        hp.append((_high_pass(off, cnt, width_px), cnt >= 0.9 * cnt.max()))
+    covered = hp[0][1] & hp[1][1]
+    held_before = float(np.sqrt((_rms(hp[0][0], covered) ** 2 + _rms(hp[1][0], covered) ** 2) / 2))
+    held_after = _rms(hp[0][0] - hp[1][0], covered)
+    unchanged.update(held_out_before=held_before, held_out_after=held_after)
+    if not held_after < (1 - min_reduction) * held_before:
+        if band_px is None or h < 2 * band_px:
+            return CurtainCorrection(**unchanged, reason="no stripes shared by the top and bottom halves")
+        if strength is None:
+            strength = _stripe_angle(image, levels, max_angle_deg, width_px, fixed=angle_deg)[1]
+        if strength < _MIN_BAND_STRENGTH:
+            return CurtainCorrection(**unchanged, reason=f"no stripes shared by the top and bottom halves, and no "
+                                                         f"dominant stripe direction (strength {strength:.2f})")
+        return _remove_in_bands(image, unchanged, levels=levels, angle_deg=angle_deg, width_px=width_px, k=k,
+                                band_px=band_px, min_reduction=band_min_reduction, valid=valid)
+
+    offset = np.zeros(shear.n)
+    slope = np.zeros(shear.n)
     for p in range(passes):
-        sums = np.zeros((bands.n, w), dtype=np.float64)
-        counts = np.zeros((bands.n, w), dtype=np.float64)
-        for b, r0, r1 in bands.blocks():
-            block = buf[:r1 - r0]
-            if p:
-                np.subtract(image[r0:r1], bands.profile_rows(total, r0, r1), out=block)
-            else:
-                block[...] = image[r0:r1]
-            if levels is not None:
-                _residual(block, levels, clip, out=block)
-            else:
-                block -= mean
-            if valid is None:
-                sums[b] += block.sum(axis=0)
-                counts[b] += r1 - r0
-            else:
-                m = np.asarray(valid[r0:r1], dtype=bool)
-                sums[b] += np.where(m, block, 0).sum(axis=0)
-                counts[b] += m.sum(axis=0)
-        profiles = (sums / np.maximum(counts, 1)).astype(np.float32)
-        if levels is None:
-            profiles -= ndimage.gaussian_filter1d(profiles, 16.0, axis=1, mode="nearest")
-        if smooth_px > 0:
-            profiles = ndimage.gaussian_filter1d(profiles, smooth_px, axis=1, mode="nearest")
-        profiles[counts == 0] = 0.0
-        if levels is not None:
-            # the global offset belongs to the brightness step, not to the stripes
-            profiles -= np.median(profiles, axis=1, keepdims=True)
-        total += profiles
-    for _, r0, r1 in bands.blocks():
-        image[r0:r1] -= bands.profile_rows(total, r0, r1)
+        if p:
+            res = _stripe_residual(image[rows] - shear.gather(offset) - shear.gather(slope) * shear.y, levels, width_px)
+        off, slo, cnt = _fit_profiles(res, shear, k=k, fade=fade, weights=weights)
+        offset += _high_pass(off, cnt, width_px)
+        slope += _high_pass(slo, cnt, width_px)
+    full = shear if step == 1 else _Shear(image.shape, angle_deg)
+    out = image - full.gather(offset) - full.gather(slope) * full.y
+    after = stripe_amplitude(out, levels=levels, angle_deg=angle_deg, width_px=width_px)
+    if not after < before:
+        return CurtainCorrection(**unchanged, reason=f"stripe amplitude would rise ({before:.2f} -> {after:.2f})")
+    return CurtainCorrection(out, True, angle_deg, before, after, held_before, held_after)
 
 
 def flatten_background(pixels, *, levels=None, order=2, step=8):
@@ -344,19 +703,25 @@ def flatten_background(pixels, *, levels=None, order=2, step=8):
     return image - background
 
 
-def stripe_amplitude(pixels, *, levels=None):
-    """Standard deviation (grey units) of the stripe profile: the per-column mean of the
-    residual ``pixels - nearest level`` (or of the pixels), high-passed along x over 16 px.
+def slice_structure(pixels):
+    """How much a slice shows beyond noise: the standard deviation of the 2 x 2 binned slice over
+    its noise standard deviation (0 for a flat slice, about 1 for white noise only; 1.5 on the
+    noisiest real slice tried, 3 to 10 on generated ones).
 
-    A figure of merit for curtaining (not a correction).
+    Parameters
+    ----------
+    pixels : (Y, X) ndarray
+
+    Returns
+    -------
+    float
     """
-    image = np.asarray(_check_image(pixels), dtype=np.float32)
-    res = _residual(image, levels, _default_clip(levels)) if levels is not None else image
-    prof = res.mean(axis=0)
-    return float(np.std(prof - ndimage.gaussian_filter1d(prof, 16.0, mode="nearest")))
+    binned = _binned(_check_image(pixels))[::2, ::2]
+    spread = float(np.std(binned))
+    return spread / max(_noise_sigma(_binned(pixels)), 0.3) if spread > 0 else 0.0
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class CorrectedSlice:
     """A corrected slice and what was done to it.
 
@@ -366,11 +731,25 @@ class CorrectedSlice:
         Corrected grey levels, in the reference units.
     gain, offset : float
         Brightness map applied (``gain * raw + offset``).
+    structure : float
+        :func:`slice_structure` of the raw slice (about 1 for a blank slice of noise).
+    misfit : float
+        Largest distance of a mapped phase mode from its reference level, in smallest level gaps
+        (inf when fewer than two modes were found; 0 without brightness matching).
+    contrast : float
+        Smallest reference level gap over the noise standard deviation of the 2 x 2 binned slice,
+        after the map (at most 20).
+    curtain : CurtainCorrection or None
+        The curtaining removal and its before/after stripe amplitudes (None when off).
     """
 
     pixels: np.ndarray
     gain: float
     offset: float
+    misfit: float = 0.0
+    contrast: float = np.inf
+    structure: float = np.inf
+    curtain: CurtainCorrection | None = None
 
 
 @dataclass(frozen=True)
@@ -384,9 +763,15 @@ class CorrectionModel:
     brightness : bool
         Match each slice's phase modes to `levels`.
     curtaining : {"column", None}
-        Curtaining removal method.
-    band_px : int or None
-        Band height of the stripe profiles (see :func:`remove_curtaining`).
+        Curtaining removal: robust within-phase stripe profiles along the stripe angle, applied
+        only where they reduce the stripes (see :func:`remove_curtaining`).
+    curtain_angle : "auto" or float
+        Stripe angle from vertical (degrees); "auto" estimates it on every slice within
+        +-`curtain_max_angle_deg`.
+    curtain_max_angle_deg : float
+        Search range of the "auto" angle.
+    curtain_width_px : float
+        Widest stripe removed (px).
     curtain_passes : int
         Passes of the curtaining removal.
     background : {"polynomial", None}
@@ -398,7 +783,9 @@ class CorrectionModel:
     levels: tuple
     brightness: bool = True
     curtaining: str | None = "column"
-    band_px: int | None = 64
+    curtain_angle: str | float = "auto"
+    curtain_max_angle_deg: float = 15.0
+    curtain_width_px: float = 16.0
     curtain_passes: int = 2
     background: str | None = None
     background_order: int = 2
@@ -411,6 +798,9 @@ class CorrectionModel:
             raise ValueError(f"curtaining: expected one of {_CURTAIN_METHODS}, got {self.curtaining!r}")
         if self.background not in _BACKGROUND_METHODS:
             raise ValueError(f"background: expected one of {_BACKGROUND_METHODS}, got {self.background!r}")
+        if self.curtain_angle != "auto" and not (isinstance(self.curtain_angle, (int, float))
+                                                  and abs(self.curtain_angle) <= 45):
+            raise ValueError(f"curtain_angle: expected 'auto' or degrees within +-45, got {self.curtain_angle!r}")
 
     def apply(self, pixels, *, prior=(1.0, 0.0)):
         """Correct one raw slice.
@@ -420,7 +810,7 @@ class CorrectionModel:
         pixels : (Y, X) ndarray
             Raw slice.
         prior : (gain, offset), optional
-            The previous slice's brightness map (:attr:`CorrectedSlice.gain`, ``.offset``); it
+            A recent good slice's brightness map (:attr:`CorrectedSlice.gain`, ``.offset``); it
             guides the search of the phase modes.
 
         Returns
@@ -428,15 +818,27 @@ class CorrectionModel:
         CorrectedSlice
         """
         pixels = _check_image(pixels)
-        gain, offset = match_brightness(pixels, self.levels, prior=prior) if self.brightness else (1.0, 0.0)
+        if self.brightness:
+            gain, offset, misfit, _ = _fit_brightness(pixels, self.levels, prior, 2)
+        else:
+            gain, offset, misfit = 1.0, 0.0, 0.0
+        # capped: beyond it the phases are perfectly separable, and noise-free slices would turn
+        # quantisation noise into large contrast swings
+        contrast = min(float(np.min(np.diff(self.levels)) / (gain * max(_binned_noise_sigma(pixels), 0.3))),
+                       _MAX_CONTRAST)
         image = pixels.astype(np.float32)
         image *= np.float32(gain)
         image += np.float32(offset)
         if self.background is not None:
             image = flatten_background(image, levels=self.levels, order=self.background_order)
+        curtain = None
         if self.curtaining is not None:
-            _remove_stripes(image, self.levels, self.band_px, self.curtain_passes, 0.0, None)
-        return CorrectedSlice(image, float(gain), float(offset))
+            curtain = remove_curtaining(image, levels=self.levels, angle_deg=self.curtain_angle,
+                                        max_angle_deg=self.curtain_max_angle_deg, width_px=self.curtain_width_px,
+                                        passes=self.curtain_passes)
+            image = curtain.pixels
+        return CorrectedSlice(image, float(gain), float(offset), float(misfit), contrast, slice_structure(pixels),
+                              curtain)
 
     def apply_stack(self, slices, *, prior=(1.0, 0.0)):
         """Correct slices in order, each one's brightness map guiding the next.
@@ -465,22 +867,162 @@ class CorrectionModel:
 
     @classmethod
     def from_dict(cls, data):
-        """Inverse of :meth:`to_dict`."""
-        return cls(**data)
+        """Inverse of :meth:`to_dict` (keys of older versions, e.g. ``band_px``, are ignored)."""
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
 
 
-def fit_correction(slices, *, n_phases=3, brightness=True, curtaining="column", band_px=64, curtain_passes=2,
-                   background=None, background_order=2):
+@dataclass(frozen=True)
+class SliceQuality:
+    """Whether a slice's brightness and contrast can be trusted, against the recent good slices.
+
+    Attributes
+    ----------
+    state : {"good", "renormalised", "held"}
+        "renormalised": an outlier whose phases are still separable, mapped onto the reference
+        levels (and flattened, for charging); "held": not to be segmented (labels 0).
+    reason : str
+        What was found, in words ("" when good).
+    gain, contrast, structure, misfit : float
+        See :class:`CorrectedSlice`.
+    background, streaks : float
+        Spread (grey units) of the residual ``pixel - level of its phase`` over a 4 x 4 grid of
+        tiles (smooth charging) and over rows after their smoothing (charging streaks).
+    """
+
+    state: str
+    reason: str
+    gain: float
+    contrast: float
+    structure: float
+    misfit: float
+    background: float
+    streaks: float
+
+
+class BrightnessMonitor:
+    """Flags slices whose brightness, contrast or evenness departs from the recent good slices.
+
+    A slow drift moves the running reference with it; a sudden drop, a loss of contrast or a
+    charging slice stands out against it by a robust z-score (median and MAD of the last good
+    slices, with floors so that a quiet run does not flag noise).
+
+    Parameters
+    ----------
+    levels : sequence of float
+        Reference phase levels (the correction model's).
+    window : int, optional
+        Number of recent good slices in the reference.
+    z_limit : float, optional
+        Robust z-score beyond which a slice is an outlier.
+    min_structure : float, optional
+        Smallest :func:`slice_structure` of a slice that is not blank.
+    """
+
+    def __init__(self, levels, *, window=25, z_limit=6.0, min_structure=1.3):
+        self.levels = np.asarray(levels, dtype=float)
+        if window < 3:
+            raise ValueError(f"window: expected >= 3 slices, got {window!r}")
+        if not z_limit > 0:
+            raise ValueError(f"z_limit: expected > 0, got {z_limit!r}")
+        self.gap = float(np.min(np.diff(self.levels)))
+        self.z_limit = float(z_limit)
+        self.min_structure = float(min_structure)
+        self._good: deque = deque(maxlen=int(window))
+
+    def _evenness(self, pixels):
+        res = _residual(np.asarray(pixels[::2, ::2], dtype=np.float32), self.levels, self.gap / 2)
+        h, w = res.shape
+        tiles = [np.median(t) for band in np.array_split(res, 4, axis=0) for t in np.array_split(band, 4, axis=1)]
+        rows = np.median(res, axis=1)
+        rows = rows - ndimage.gaussian_filter1d(rows, 8.0, mode="nearest")
+        return float(np.std(tiles)), float(np.sqrt(np.mean(rows ** 2)))
+
+    def _limit(self, name, floor):
+        """Upper limit of an evenness figure: median + z * max(MAD scale, floor) of the good slices."""
+        v = np.array([getattr(q, name) for q in self._good])
+        return float(np.median(v) + self.z_limit * max(1.4826 * np.median(np.abs(v - np.median(v))), floor))
+
+    def check(self, corrected):
+        """Assess one corrected slice; good slices join the reference.
+
+        Parameters
+        ----------
+        corrected : CorrectedSlice
+
+        Returns
+        -------
+        quality : SliceQuality
+        pixels : (Y, X) ndarray of float32
+            The slice to segment: `corrected.pixels`, or flattened when a charging slice could be
+            renormalised.
+        """
+        pixels = corrected.pixels
+        gain, contrast, misfit = corrected.gain, corrected.contrast, corrected.misfit
+        background, streaks = self._evenness(pixels)
+        figures = dict(gain=gain, contrast=contrast, structure=corrected.structure, misfit=misfit,
+                       background=background, streaks=streaks)
+        if not (np.isfinite(misfit) and corrected.structure >= self.min_structure):
+            why = ("no phase modes found" if not np.isfinite(misfit)
+                   else f"nothing above noise (structure {corrected.structure:.1f})")
+            return SliceQuality("held", f"{why}: blank, saturated or charging slice", **figures), pixels
+        reasons, charging, lost = [], False, False
+        if misfit > 0.25:
+            reasons.append(f"phase levels do not map onto the reference (off by {misfit:.2f} level gaps)")
+        # without a reference only gross unevenness counts (clean generated slices: 0.02 to 0.08 of the
+        # smallest level gap, more on small slices); then the recent good slices set the limit
+        bg_limit = streak_limit = 0.25 * self.gap
+        if len(self._good) >= 3:
+            log_gains = np.log([q.gain for q in self._good])
+            reference = float(np.median(log_gains[-5:]))
+            scale = max(0.03, 2 * 1.4826 * float(np.median(np.abs(np.diff(log_gains) - np.median(np.diff(log_gains))))))
+            if abs(np.log(gain) - reference) > self.z_limit * scale:
+                reasons.append(f"brightness jump: gain x{gain / np.exp(reference):.2f} against the recent slices")
+            ref_contrast = float(np.median([q.contrast for q in self._good]))
+            if contrast < 0.6 * ref_contrast:
+                reasons.append(f"contrast dropped to {contrast / ref_contrast:.2f} of the recent slices")
+                lost = contrast < 0.4 * ref_contrast
+            bg_limit = max(0.08 * self.gap, self._limit("background", 0.02 * self.gap))
+            streak_limit = max(0.08 * self.gap, self._limit("streaks", 0.02 * self.gap))
+        if background > bg_limit or streaks > streak_limit:
+            charging = True
+            reasons.append(f"uneven brightness (charging): background spread {background:.1f}, "
+                           f"streaks {streaks:.1f} grey levels")
+        if not reasons:
+            quality = SliceQuality("good", "", **figures)
+            self._good.append(quality)
+            return quality, pixels
+        reason = "; ".join(reasons)
+        if misfit > 0.25 or lost:
+            return SliceQuality("held", reason + ("; phases no longer separable" if lost else ""), **figures), pixels
+        if charging:
+            pixels = flatten_background(pixels, levels=self.levels, order=4)
+            background, streaks = self._evenness(pixels)
+            figures.update(background=background, streaks=streaks)
+            if background > bg_limit or streaks > streak_limit:
+                return SliceQuality("held", reason + "; still uneven after flattening", **figures), pixels
+        return SliceQuality("renormalised", reason, **figures), pixels
+
+
+def fit_correction(slices, *, n_phases=3, brightness=True, curtaining="column", curtain_angle="auto",
+                   curtain_max_angle_deg=15.0, curtain_width_px=16.0, curtain_passes=2, background=None,
+                   background_order=2, min_structure=1.3):
     """Calibrate the corrections on the first slices of a run.
 
     Parameters
     ----------
     slices : (N, Y, X) ndarray or sequence of (Y, X) ndarray
-        The first raw slices (a few are enough; 1 works).
+        The first raw slices (a few are enough; 1 works). Blank slices (:func:`slice_structure`
+        below `min_structure`) are left out; the levels are the median over the others, so a
+        few charging slices do not move them.
     n_phases : int, optional
         Number of phases (2 to 4).
-    brightness, curtaining, band_px, curtain_passes, background, background_order
+    brightness, curtaining, curtain_angle, curtain_max_angle_deg, curtain_width_px, curtain_passes
         See :class:`CorrectionModel`.
+    background, background_order
+        See :class:`CorrectionModel`.
+    min_structure : float, optional
+        Smallest :func:`slice_structure` of a usable slice.
 
     Returns
     -------
@@ -489,21 +1031,26 @@ def fit_correction(slices, *, n_phases=3, brightness=True, curtaining="column", 
     Raises
     ------
     CalibrationError
-        When the slices do not show `n_phases` distinct grey levels.
+        When every slice is blank, or the levels found are not distinct.
     """
     slices = [np.asarray(s) for s in (slices if not isinstance(slices, np.ndarray) or slices.ndim == 3 else [slices])]
     if not slices:
         raise CalibrationError("fit_correction: no slices given")
-    found = []
+    found, structure = [], []
     for s in slices:
         _check_image(s, "slices[i]")
+        structure.append(slice_structure(s))
         levels, _ = find_levels(s, n_phases)
-        if np.all(np.isfinite(levels)):
+        if structure[-1] >= min_structure and np.all(np.isfinite(levels)):
             found.append(levels)
     if not found:
-        raise CalibrationError(f"fit_correction: none of the {len(slices)} slices shows {n_phases} grey-level modes")
+        raise CalibrationError(
+            f"fit_correction: all {len(slices)} slices are blank (structure over noise "
+            f"{', '.join(f'{c:.1f}' for c in structure)}; needs >= {min_structure})"
+        )
     levels = np.median(np.array(found), axis=0)
     if not np.all(np.diff(levels) > 0):
         raise CalibrationError(f"fit_correction: phase levels are not distinct: {levels.tolist()}")
-    return CorrectionModel(tuple(levels), brightness=brightness, curtaining=curtaining, band_px=band_px,
+    return CorrectionModel(tuple(levels), brightness=brightness, curtaining=curtaining, curtain_angle=curtain_angle,
+                           curtain_max_angle_deg=curtain_max_angle_deg, curtain_width_px=curtain_width_px,
                            curtain_passes=curtain_passes, background=background, background_order=background_order)

@@ -59,3 +59,142 @@ def test_a_slice_of_another_shape_is_refused_without_changing_the_chain(capped):
     with pytest.raises(SliceShapeError, match=r"\(128, 128\)"):
         chain.push(SliceImage(capped.slices[3][:128, :128].copy(), 4, "odd.tif", None, None))
     assert len(push_all(chain, capped.slices[3:5], start=4)) == 2
+
+
+def _rendered(n, size, *, seed, **options):
+    from processing.synthetic import generate_microstructure, render_acquisition
+
+    labels = generate_microstructure((n, size + 24, size + 24), spacing_um=(0.05, 0.02, 0.02), particle_radius_um=0.4,
+                                     rng=seed)
+    return render_acquisition(labels, field_shape=(size, size), drift_px=np.zeros((n, 2)), rng=seed, **options)
+
+
+def _accuracy(processed, truth):
+    """Share of assigned pixels labelled right, each slice compared at the shift the chain applied
+    (so that alignment errors do not count)."""
+    from scipy import ndimage
+
+    right = total = 0
+    for p in processed:
+        t = ndimage.shift(truth[p.index - 1], p.drift.shift_px, order=0)
+        m = p.labels > 0
+        right += int(np.count_nonzero(p.labels[m] == t[m]))
+        total += int(np.count_nonzero(m))
+    return right / total
+
+
+def test_calibration_waits_for_contrast_and_keeps_every_good_slice(caplog):
+    acq = _rendered(12, 128, seed=5)
+    blank = np.random.default_rng(1).normal(110, 16, (5, 128, 128)).clip(0, 255).astype(np.uint8)
+    chain = SliceChain(phases=Phases(), calibration_slices=4)
+    states = []
+    with caplog.at_level("INFO", logger="processing.chain"):
+        done = push_all(chain, list(blank) + list(acq.slices[:3]))
+        states.append(chain.calibration_state)
+        done += push_all(chain, acq.slices[3:], start=9) + chain.flush()
+    assert done[:1] and not chain.calibrating
+    assert states == ["calibrating: waiting for contrast (8 slices held, 3 usable)"]
+    assert len([r for r in caplog.records if "calibration attempt" in r.getMessage()]) == 9  # one per slice held
+    assert [p.index for p in done] == list(range(1, 18))  # nothing lost, nothing dropped
+    assert chain.dropped == []
+    blank_out, good = done[:5], done[5:]
+    assert all(p.flag == "held" and not p.labels.any() and p.uncertain_share == 1.0 and p.quality == 0
+               for p in blank_out)
+    assert all(p.flag is None for p in good)
+    truth = np.concatenate([np.zeros((5, 128, 128), np.uint8), acq.labels])
+    assert _accuracy(good, truth) > 0.95
+
+
+def test_a_long_blank_start_drops_the_oldest_blank_slices_and_says_so():
+    chain = SliceChain(phases=Phases(), calibration_slices=2)
+    blank = np.random.default_rng(2).normal(110, 16, (11, 64, 64)).clip(0, 255).astype(np.uint8)
+    assert push_all(chain, blank) == [] and chain.calibrating
+    # at most 4 blank slices per calibration slice are held; the oldest ones are handed back
+    assert [image.index for image, _ in chain.dropped] == [1, 2, 3]
+    assert all("no phase contrast" in reason for _, reason in chain.dropped)
+    chain.dropped.clear()
+    assert chain.flush() == [] and chain.calibrating  # nothing to calibrate on: all reported
+    assert len(chain.dropped) == 8
+
+
+def test_brightness_drops_and_charging_are_flagged_and_never_more_confident():
+    acq = _rendered(36, 160, seed=6, brightness_drift=0.0)
+    slices = acq.slices.astype(float)
+    rng = np.random.default_rng(3)
+    drops = [14, 15, 27]  # 1-based indices below are these + 1
+    for k in drops:
+        slices[k] = 0.4 * acq.slices[k] + rng.normal(0, 3.0, slices[k].shape)
+    yy, xx = np.mgrid[0:160, 0:160]
+    slices[21] += 90 * np.exp(-((yy - 50) ** 2 + (xx - 100) ** 2) / (2 * 35 ** 2))
+    chain = SliceChain(phases=Phases(), calibration_slices=4, roi=None)
+    done = push_all(chain, np.clip(np.rint(slices), 0, 255).astype(np.uint8)) + chain.flush()
+    flagged = {p.index - 1: p for p in done if p.flag}
+    assert sorted(flagged) == sorted(drops + [21]), {k: p.flag_reason for k, p in flagged.items()}
+    assert "charging" in flagged[21].flag_reason
+    good = [p for p in done if p.flag is None]
+    typical = np.median([p.uncertain_share for p in good])
+    assert all(p.uncertain_share >= typical and p.quality < min(q.quality for q in good) for p in flagged.values())
+    # renormalised slices are still labelled about right
+    renormalised = [p for p in flagged.values() if p.flag == "renormalised"]
+    assert renormalised and _accuracy(renormalised, acq.labels) > 0.85
+
+
+@pytest.mark.slow
+def test_slow_drift_of_30_percent_over_1000_slices_keeps_the_labels():
+    acq = _rendered(60, 96, seed=7, brightness_drift=0.0, levels=(35, 90, 150), curtaining=0.05)
+    order = np.r_[np.arange(60), np.arange(58, 0, -1)]  # ping-pong: neighbours stay neighbours
+    index = np.resize(order, 1000)
+    gain = 1.0 + 0.3 * np.sin(np.linspace(0, 3 * np.pi, 1000))  # +30 %, -30 %, +30 % over 1000 slices
+    rng = np.random.default_rng(4)
+
+    def run(gains):
+        chain = SliceChain(phases=Phases(), calibration_slices=4, roi=(0, 1 << 20, 0, 1 << 20))
+        done = []
+        for k, (i, g) in enumerate(zip(index, gains)):
+            pixels = np.clip(np.rint(acq.slices[i] * g + rng.normal(0, 2.0, (96, 96))), 0, 255).astype(np.uint8)
+            done += chain.push(SliceImage(pixels, k + 1, f"s{k + 1}.tif", (0.02, 0.02), None))
+        return done + chain.flush()
+
+    truth = acq.labels[index]
+    steady, drifting = run(np.ones(1000)), run(gain)
+    assert [p.index for p in drifting] == list(range(1, 1001))
+    assert sum(p.flag is not None for p in drifting) <= 2
+    assert abs(_accuracy(drifting, truth) - _accuracy(steady, truth)) < 0.01
+
+
+def test_the_agent_reports_waiting_calibration_and_flagged_slices(tmp_path):
+    from agent.pipeline import Agent
+    from agent.publish import free_loopback_endpoint
+    from processing.io import write_slice
+    from test_system import agent_config
+
+    acq = _rendered(14, 96, seed=8, brightness_drift=0.0)
+    blank = np.random.default_rng(5).normal(110, 16, (3, 96, 96)).clip(0, 255).astype(np.uint8)
+    dropped = np.clip(0.4 * acq.slices[9].astype(float), 0, 255).astype(np.uint8)
+    folder = tmp_path / "acq"
+    folder.mkdir()
+    for i, pixels in enumerate([*blank, *acq.slices[:9], dropped, *acq.slices[10:]], start=1):
+        write_slice(folder, i, pixels, pixel_size_um=0.02)
+    config = agent_config(folder, tmp_path / "v.zarr", free_loopback_endpoint(),
+                          acquisition={"pixel_size_nm": 20.0, "slice_spacing_nm": 50.0},
+                          processing={"calibration_slices": 3, "roi": "whole"})
+    agent = Agent(config)
+    docs = []
+    agent.events.subscribe(lambda name, doc: docs.append((name, doc)), name="test")
+    summary = agent.run(idle_exit_s=1.5)
+    states = [d.get("state") for n, d in docs if n == "status"]
+    assert "calibrating: waiting for contrast (3 slices held, 0 usable)" in states
+    errors = [d for n, d in docs if n == "error" and d["kind"] == "brightness"]
+    assert sorted(d["index"] for d in errors) == [1, 2, 3, 13]
+    assert {d["action"] for d in errors if d["index"] <= 3} == {"held"}
+    last = [d for n, d in docs if n == "status"][-1]
+    assert last["slices_flagged"] == 4 and last["slices_held"] >= 3 and summary.depth_slices == 17
+    from agent.store import VolumeStore
+
+    store = VolumeStore.open(tmp_path / "v.zarr")
+    try:
+        flags = {i + 1: s.get("flag") for i, s in enumerate(store.slices)}
+        assert flags[1] == "held" and flags[13] is not None and flags[5] is None
+        assert not np.asarray(store.labels[0]).any()
+    finally:
+        store.close()
