@@ -15,10 +15,11 @@ import numpy as np
 
 from processing.align import DriftEstimate, DriftTracker, apply_shift, find_reference_band
 from processing.correct import CorrectionModel, fit_correction
-from processing.errors import SliceShapeError
+from processing.errors import CalibrationError, SliceShapeError
 from processing.io import SliceImage
+from processing.mask import RegionMask
 from processing.phases import Phases
-from processing.segment import PhaseModel, fit_phase_model
+from processing.segment import PhaseModel, calibrate_phases
 
 __all__ = ["ProcessedSlice", "SliceChain"]
 
@@ -92,6 +93,20 @@ class SliceChain:
         A model fitted earlier (resume): no calibration.
     correction : CorrectionModel, optional
         Corrections fitted earlier (resume).
+    region : RegionMask, optional
+        The valid region of each slice (automatic flat margins and the user's overrides);
+        pixels outside it are labelled 0 and left out of the calibration. Rows found
+        z-invariant with ``roi="auto"`` (cap, fiducial band) are left out too. Default: the
+        automatic detection only.
+    training_labels : (Y, X) ndarray of int, optional
+        Sparse phase labels drawn on the first slice: segment with the trainable pixel
+        classifier instead of the grey-level model.
+
+    Attributes
+    ----------
+    phase_check : processing.phases.PhaseCheck or None
+        After calibration: the configured phases compared with the grey classes of the data
+        (its ``warnings`` say every mismatch).
     """
 
     def __init__(
@@ -106,6 +121,8 @@ class SliceChain:
         cap_rows: int = 0,
         phase_model: PhaseModel | None = None,
         correction: CorrectionModel | None = None,
+        region: RegionMask | None = None,
+        training_labels=None,
     ):
         if calibration_slices < 1:
             raise ValueError(f"calibration_slices must be >= 1, got {calibration_slices!r}")
@@ -127,14 +144,20 @@ class SliceChain:
             roi = tuple(int(v) for v in roi)
         self.roi = roi
         self.tracker = None if roi == "auto" else DriftTracker(roi=roi)
+        self.region = RegionMask() if region is None else region
+        self.training_labels = training_labels
+        self.phase_check = None
+        self._nonsample_rows: tuple[int, int] | None = None  # z-invariant band found with roi "auto"
         self._brightness = (1.0, 0.0)  # the previous slice's (gain, offset): guides the next match
         self._held: list[tuple[SliceImage, float]] = []
         self._z_um: list[float] = []
         self._dtype = None
 
     @classmethod
-    def from_config(cls, config, *, phases: Phases) -> SliceChain:
-        """A chain set up from the ``[processing]`` section of the configuration."""
+    def from_config(cls, config, *, phases: Phases, region: RegionMask | None = None,
+                    training_labels=None) -> SliceChain:
+        """A chain set up from the ``[processing]`` section of the configuration (the valid
+        region and training labels are read by the agent)."""
         return cls(
             phases=phases,
             calibration_slices=config.calibration_slices,
@@ -143,12 +166,20 @@ class SliceChain:
             background_flattening=config.background_flattening,
             roi=None if config.roi == "whole" else config.roi,
             cap_rows=config.cap_rows,
+            region=region,
+            training_labels=training_labels,
         )
 
     @classmethod
-    def resume(cls, state: dict, *, config, phases: Phases, last_aligned: np.ndarray, last_shift_px) -> SliceChain:
+    def resume(cls, state: dict, *, config, phases: Phases, last_aligned: np.ndarray, last_shift_px,
+               region: RegionMask | None = None) -> SliceChain:
         """A chain that continues a run from its saved :meth:`state` and its last stored slice."""
-        chain = cls.from_config(config, phases=phases)
+        chain = cls.from_config(config, phases=phases, region=region)
+        if (state.get("phase_model") or {}).get("pixel_classifier"):
+            raise CalibrationError("a run segmented with the pixel classifier cannot be resumed (the classifier "
+                                   "is not stored): write a new volume (volume.path)")
+        if state.get("nonsample_rows"):
+            chain._nonsample_rows = tuple(state["nonsample_rows"])
         if state.get("phase_model") and state.get("correction"):
             chain.phase_model = PhaseModel.from_dict(state["phase_model"])
             chain.correction = CorrectionModel.from_dict(state["correction"])
@@ -164,7 +195,9 @@ class SliceChain:
         """What a resumed run needs (JSON-able): the calibrated corrections, phase model and ROI."""
         return {
             "roi": None if self.roi is None or self.roi == "auto" else list(self.roi),
-            "phase_model": None if self.phase_model is None else self.phase_model.to_dict(),
+            "phase_model": None if self.phase_model is None else (
+                self.phase_model.to_dict() if isinstance(self.phase_model, PhaseModel) else {"pixel_classifier": True}),
+            "nonsample_rows": None if self._nonsample_rows is None else list(self._nonsample_rows),
             "correction": None if self.correction is None else self.correction.to_dict(),
         }
 
@@ -215,14 +248,17 @@ class SliceChain:
             if self.tracker is None:
                 self.roi = self._find_roi([image.pixels for image, _ in held])
                 log.info("alignment region: %s", "whole slice" if self.roi is None else f"rows {self.roi[0]}-{self.roi[1]}")
+                if self.roi is not None and not self.cap_rows:
+                    # z-invariant rows are cap or fiducial, not sample: out of calibration and labels
+                    self._nonsample_rows = (self.roi[0], self.roi[1])
                 self.tracker = DriftTracker(roi=self.roi)
             self.correction = fit_correction(
                 [image.pixels for image, _ in held], n_phases=len(self.phases.names), **self.correction_options
             )
             aligned = [self._correct_and_align(image) for image, _ in held]
-            self.phase_model = fit_phase_model(
-                [grey for grey, valid, _, _ in aligned], n_phases=len(self.phases.names),
-                valid=[valid for _, valid, _, _ in aligned],
+            self.phase_model, self.phase_check = calibrate_phases(
+                [grey for grey, _, _, _ in aligned], self.phases,
+                valid=[valid for _, valid, _, _ in aligned], training_labels=self.training_labels,
             )
         else:
             aligned = [self._correct_and_align(image) for image, _ in held]
@@ -241,6 +277,13 @@ class SliceChain:
         t1 = time.perf_counter()
         drift = self.tracker.update(corrected.pixels)
         grey, valid = apply_shift(corrected.pixels, drift.shift_px, fill=0)
+        if not self.region.is_trivial:
+            # found and drawn in the slice's own frame, moved with it onto the canvas
+            region = self.region.valid(image.pixels)
+            if not region.all():
+                valid &= apply_shift(region.view(np.uint8), drift.shift_px, fill=0, order=0)[0] > 0
+        if self._nonsample_rows is not None:
+            valid[self._nonsample_rows[0]:self._nonsample_rows[1]] = False
         t2 = time.perf_counter()
         return grey, valid, drift, {"correct": 1e3 * (t1 - t0), "align": 1e3 * (t2 - t1)}
 

@@ -42,6 +42,7 @@ __all__ = [
     "fit_gray_mixture",
     "PixelClassifier",
     "fit_pixel_classifier",
+    "calibrate_phases",
 ]
 
 logger = logging.getLogger(__name__)
@@ -248,6 +249,10 @@ class PhaseModel:
         phases to count as a rim; about the width of a blurred edge (2 for blur ~1 px).
     uncertain_bounds : tuple of (float, float)
         Grey intervals (smoothed image) whose pixels count as uncertain.
+    label_values : tuple of int
+        Label of each fitted class, dark to bright, when the data show fewer classes than the
+        configured phases (``()`` = classes 1..n are labels 1..n): the phases the data do not
+        show stay empty instead of being invented (:func:`calibrate_phases`).
     """
 
     thresholds: tuple
@@ -258,6 +263,7 @@ class PhaseModel:
     rim_fix: bool = True
     uncertain_bounds: tuple = ()
     rim_px: int = 2
+    label_values: tuple = ()
 
     @property
     def n_phases(self):
@@ -324,6 +330,8 @@ class PhaseModel:
             else:
                 n_counted += sub.size
             n_uncertain += int(np.count_nonzero(uncertain))
+        if self.label_values:
+            labels = np.array((0, *self.label_values), dtype=np.uint8)[labels]
         if valid is not None:
             np.multiply(labels, valid, out=labels)
         return SegmentedSlice(labels, n_uncertain / n_counted if n_counted else 0.0)
@@ -370,6 +378,7 @@ class PhaseModel:
             "rim_fix": self.rim_fix,
             "rim_px": self.rim_px,
             "uncertain_bounds": [list(b) for b in self.uncertain_bounds],
+            "label_values": list(self.label_values),
         }
 
     @classmethod
@@ -385,6 +394,7 @@ class PhaseModel:
                 rim_fix=bool(data.get("rim_fix", True)),
                 rim_px=int(data.get("rim_px", 2)),
                 uncertain_bounds=tuple(tuple(float(v) for v in b) for b in data.get("uncertain_bounds", ())),
+                label_values=tuple(int(v) for v in data.get("label_values", ())),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise CalibrationError(f"PhaseModel.from_dict: invalid model {data!r}: {exc}") from exc
@@ -561,3 +571,75 @@ def fit_pixel_classifier(image, sparse_labels, *, sigma_min=1.0, sigma_max=16.0,
                                                sigma_min=sigma_min, sigma_max=sigma_max))
     fit_segmenter(sparse_labels, clf.features(image), forest)
     return clf
+
+
+def calibrate_phases(slices, phases, *, valid=None, training_labels=None, rng=0, **options):
+    """Fit the segmentation model on the calibration slices and check it against the data.
+
+    The grey classes the data show (:func:`processing.phases.estimate_grey_classes`) are
+    compared with the named phases (:func:`processing.phases.check_phases`); every mismatch is a
+    warning of the returned check. When the data show fewer separable classes than names, the
+    grey-level model is fitted with the classes found and the names left over stay empty (no
+    invented phase); when they show more, the names are kept and the check says what is mixed.
+
+    Parameters
+    ----------
+    slices : sequence of (Y, X) ndarray
+        Corrected calibration slices.
+    phases : Phases
+        Names (dark to bright) and roles.
+    valid : sequence of (Y, X) bool ndarray, optional
+        The valid region of each slice.
+    training_labels : (Y, X) ndarray of int, optional
+        Sparse labels (phase label 1..n, 0 = not labelled) drawn on ``slices[0]``: fit the
+        trainable pixel classifier instead of the grey-level model.
+    rng : None, int or numpy.random.Generator, optional
+        Seed of the pixel classifier.
+    **options
+        Passed to :func:`fit_phase_model`.
+
+    Returns
+    -------
+    model : PhaseModel or PixelClassifier
+    check : processing.phases.PhaseCheck
+
+    Raises
+    ------
+    CalibrationError
+        The model cannot be fitted (see :func:`fit_phase_model`, :func:`fit_pixel_classifier`).
+    """
+    from dataclasses import replace
+
+    from processing.phases import check_phases, estimate_grey_classes
+
+    slices = [np.asarray(s) for s in ([slices] if isinstance(slices, np.ndarray) and slices.ndim == 2 else slices)]
+    n = len(phases.names)
+    estimate = estimate_grey_classes(slices, valid=valid, smooth_px=options.get("smooth_px", 1.0))
+    if training_labels is not None:
+        training_labels = np.asarray(training_labels)
+        if training_labels.size and int(training_labels.max()) > n:
+            raise CalibrationError(f"training labels go up to {int(training_labels.max())}, but {n} phases are named")
+        check = check_phases(estimate, phases)
+        missing = [name for i, name in enumerate(phases.names) if not np.any(training_labels == i + 1)]
+        train_valid = valid[0] if valid is not None else None
+        sparse = training_labels if train_valid is None else np.where(train_valid, training_labels, 0)
+        model = fit_pixel_classifier(slices[0], sparse, rng=rng)
+        notes = [f"the training labels have no pixel of {', '.join(repr(m) for m in missing)}: the classifier "
+                 "never outputs it"] if missing else []
+        for note in notes:
+            logger.warning("phase model: %s", note)
+        # the grey-level count is evidence, not a rule, for a classifier trained on texture too
+        return model, replace(check, warnings=check.warnings + tuple(notes), n_fit=n,
+                              label_values=tuple(range(1, n + 1)), empty_names=tuple(missing))
+    try:
+        model = fit_phase_model(slices, n_phases=n, valid=valid, **options)
+        levels = model.levels
+    except CalibrationError:
+        model, levels = None, None
+    check = check_phases(estimate, phases, model_levels=levels)
+    if check.n_fit != n:
+        model = replace(fit_phase_model(slices, n_phases=check.n_fit, valid=valid, **options),
+                        label_values=check.label_values)
+    elif model is None:
+        model = fit_phase_model(slices, n_phases=n, valid=valid, **options)  # raises with the reason
+    return model, check
