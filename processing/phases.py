@@ -124,15 +124,18 @@ class GreyClass:
         Share (0..1) of the valid pixels.
     edge_share : float
         Share (0..1) of its pixels within ``edge_px`` of a strong edge.
+    core_share : float
+        Share (0..1) of its pixels that survive a one-pixel erosion of the class (a rim one or
+        two pixels wide keeps almost none).
     halo : bool
-        Mostly edge halo (``edge_share`` above the limit): the rim or halo between other
-        phases, not a phase.
+        Edge halo or partial-volume rim, not a phase: mostly near strong edges, or a rim.
     """
 
     level: float
     sigma: float
     share: float
     edge_share: float
+    core_share: float
     halo: bool
 
 
@@ -190,7 +193,7 @@ class ClassEstimate:
         for i, c in enumerate(self.classes):
             note = "  <- edge halo, not a phase" if c.halo else ""
             lines.append(f"  class {i + 1}: level {c.level:8.1f}  sigma {c.sigma:6.1f}  share {100 * c.share:5.1f} %"
-                         f"  near edges {100 * c.edge_share:5.1f} %{note}")
+                         f"  near edges {100 * c.edge_share:5.1f} %  core {100 * c.core_share:5.1f} %{note}")
         if self.separation:
             lines.append("  separation (Ashman's D, > 2 is clean): " + ", ".join(f"{d:.1f}" for d in self.separation))
         lines.append("  BIC k=1..%d: " % len(self.bic) + ", ".join(f"{b:.4g}" for b in self.bic))
@@ -214,6 +217,8 @@ class PhaseCheck:
         it stay empty.
     empty_names : tuple of str
         Names that no class of the data takes.
+    notes : tuple of str
+        What is worth knowing but is no mismatch (a halo class that takes no name).
     """
 
     estimate: ClassEstimate
@@ -221,6 +226,7 @@ class PhaseCheck:
     n_fit: int
     label_values: tuple
     empty_names: tuple = ()
+    notes: tuple = ()
 
     @property
     def ok(self) -> bool:
@@ -248,7 +254,7 @@ def _merge(mu, sigma, weight, i):
 
 
 def estimate_grey_classes(slices, *, valid=None, smooth_px=1.0, max_classes=5, min_separation=2.0,
-                          edge_px=2, halo_share=0.6, edge_contrast=0.1):
+                          edge_px=1, halo_share=0.6, min_core=0.3, edge_contrast=0.1):
     """How many separable grey classes the calibration slices show, with the evidence.
 
     Parameters
@@ -267,6 +273,8 @@ def estimate_grey_classes(slices, *, valid=None, smooth_px=1.0, max_classes=5, m
         Distance (pixels) from a strong edge within which a pixel counts as near the edge.
     halo_share : float, optional
         A class with more than this share of its pixels near strong edges is edge halo.
+    min_core : float, optional
+        A class of which less than this share survives a one-pixel erosion is a rim (halo).
     edge_contrast : float, optional
         A strong edge: gradient (of the slice smoothed at 2 px) above this share of the
         contrast between the darkest and brightest class, per pixel, and above 3 times the
@@ -331,10 +339,9 @@ def estimate_grey_classes(slices, *, valid=None, smooth_px=1.0, max_classes=5, m
             break
         mu, sigma, weight = _merge(mu, sigma, weight, i)
     thresholds = _bayes_thresholds(mu, sigma, weight) if mu.size > 1 else []
-    edge_share = np.zeros(mu.size)
+    edge_share, core_share = np.zeros(mu.size), np.ones(mu.size)
     if mu.size > 1:
-        near = np.zeros(mu.size)
-        total = np.zeros(mu.size)
+        near, core, total = np.zeros(mu.size), np.zeros(mu.size), np.zeros(mu.size)
         contrast = float(mu[-1] - mu[0])
         for s, sm, m in list(zip(slices, smoothed, masks))[:4]:  # a few slices are evidence enough
             wide = ndimage.gaussian_filter(s.astype(np.float32), 2.0)
@@ -342,12 +349,16 @@ def estimate_grey_classes(slices, *, valid=None, smooth_px=1.0, max_classes=5, m
             # strong: well above the contrast's share and the noise's own gradients (median)
             strong = grad > max(edge_contrast * contrast, 3.0 * float(np.median(grad[m])))
             edges = ndimage.binary_dilation(strong, iterations=edge_px)
-            cls = np.searchsorted(np.asarray(thresholds), sm[m])
+            cls_image = np.searchsorted(np.asarray(thresholds), sm)
+            cls = cls_image[m]
             total += np.bincount(cls, minlength=mu.size)
             near += np.bincount(cls[edges[m]], minlength=mu.size)
-        edge_share = near / np.maximum(total, 1)
+            for k in range(mu.size):
+                core[k] += np.count_nonzero(ndimage.binary_erosion(cls_image == k) & m)
+        edge_share, core_share = near / np.maximum(total, 1), core / np.maximum(total, 1)
     classes = tuple(GreyClass(float(mu[i]), float(sigma[i]), float(weight[i]), float(edge_share[i]),
-                              bool(edge_share[i] > halo_share)) for i in range(mu.size))
+                              float(core_share[i]), bool(edge_share[i] > halo_share or core_share[i] < min_core))
+                    for i in range(mu.size))
     n_classes = sum(not c.halo for c in classes)
     return ClassEstimate(
         classes=classes,
@@ -405,12 +416,12 @@ def check_phases(estimate: ClassEstimate, phases: Phases, *, model_levels=None, 
     found = estimate.phase_classes
     m = len(found)
     levels = ", ".join(f"{c.level:.0f}" for c in found)
-    warnings = []
-    for c in estimate.classes:
-        if c.halo:
-            warnings.append(f"a grey class at level {c.level:.0f} ({100 * c.share:.1f} % of the pixels) is mostly edge "
-                            f"halo ({100 * c.edge_share:.0f} % of its pixels near strong edges): it is not counted as "
-                            "a phase; it goes to its neighbours")
+    notes = [f"a grey class at level {c.level:.0f} ({100 * c.share:.1f} % of the pixels) is edge halo or a "
+             f"partial-volume rim ({100 * c.edge_share:.0f} % of its pixels near strong edges, {100 * c.core_share:.0f} % "
+             "left after a one-pixel erosion): not a phase; its pixels go to its neighbours"
+             for c in estimate.classes if c.halo]
+    # a halo is a mismatch when a grey-level model with one class per name would give it a name
+    warnings = list(notes) if notes and m < n <= len(estimate.classes) else []
     n_fit, label_values, empty = n, tuple(range(1, n + 1)), ()
     if m > n:
         brightest = found[-1]
@@ -450,4 +461,4 @@ def check_phases(estimate: ClassEstimate, phases: Phases, *, model_levels=None, 
     for w in warnings:
         log.warning("phase model: %s", w)
     return PhaseCheck(estimate=estimate, warnings=tuple(warnings), n_fit=n_fit, label_values=label_values,
-                      empty_names=empty)
+                      empty_names=empty, notes=tuple(n for n in notes if n not in warnings))
