@@ -31,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
+from agent.calibrate import phase_check_documents, region_mask_from_config, training_labels_from_config
 from agent.analysis_worker import AnalysisWorker
 from agent.config import Config, ConfigError
 from agent.events import EventStream, JsonLinesSink
@@ -38,7 +39,7 @@ from agent.publish import Publisher
 from agent.store import StoreError, VolumeStore
 from agent.watch import SliceWatcher
 from processing.chain import SliceChain
-from processing.errors import RevwatchError, SliceReadError, SliceShapeError
+from processing.errors import CalibrationError, RevwatchError, SliceReadError, SliceShapeError
 from processing.io import SliceImage, read_fei_project_spacing_um, read_slice
 
 __all__ = ["Agent", "RunSummary"]
@@ -102,6 +103,7 @@ class Agent:
         self._done_times: deque = deque(maxlen=_RATE_WINDOW)
         self._hook_ran = False
         self._pending_skips: list[dict] = []  # skipped before the volume exists (calibration)
+        self._phase_check_reported = False
 
     # -- inputs from the watcher (its thread): only queue them -----------------------------
 
@@ -248,15 +250,32 @@ class Agent:
     def _process(self, image: SliceImage) -> None:
         try:
             if self._chain is None:
-                self._chain = SliceChain.from_config(self.config.processing, phases=self.phases)
+                self._chain = SliceChain.from_config(self.config.processing, phases=self.phases,
+                                                     region=region_mask_from_config(self.config),
+                                                     training_labels=training_labels_from_config(self.config))
             done = self._chain.push(image)
         except SliceShapeError as exc:
             self._skip(reason=str(exc), index=image.index, file=image.source)
             return
         if self._chain.calibrating:
             self._status(state="calibrating", last=image)
+        self._report_phase_check()
         for processed in done:
             self._append(processed)
+
+    def _report_phase_check(self) -> None:
+        """Once, after calibration: every mismatch of the phase model as an ``error`` document;
+        with ``phases.on_mismatch = "refuse"`` the run stops before a slice is stored."""
+        check = self._chain.phase_check if self._chain is not None else None
+        if check is None or self._phase_check_reported:
+            return
+        self._phase_check_reported = True
+        refuse = self.config.phases.on_mismatch == "refuse" and not check.ok
+        for body in phase_check_documents(check):
+            self.events.emit("error", {**body, "critical": refuse})
+        if refuse:
+            raise CalibrationError("the calibration slices do not show the named phases (phases.on_mismatch = "
+                                   "'refuse'):\n  " + "\n  ".join(check.warnings))
 
     def _append(self, processed) -> None:
         if self._store is None:
@@ -324,6 +343,7 @@ class Agent:
                 phases=self.phases,
                 last_aligned=np.asarray(self._store.grey[self._store.depth - 1]),
                 last_shift_px=tuple(last.get("shift_px", (0.0, 0.0))),
+                region=region_mask_from_config(self.config),
             )
         log.info("resuming volume %s at depth %d", self.volume_path, self._store.depth)
 
@@ -404,7 +424,9 @@ class Agent:
     def _finish(self) -> None:
         if self._chain is not None and self._chain.calibrating:
             # Fewer slices than the calibration needs arrived: calibrate on what there is.
-            for processed in self._chain.flush():
+            done = self._chain.flush()
+            self._report_phase_check()
+            for processed in done:
                 self._append(processed)
         if self._store is not None:
             self._analysis.notify(self._store.depth, final=True)

@@ -282,6 +282,7 @@ class SliceChain:
             region = self.region.valid(image.pixels)
             if not region.all():
                 valid &= apply_shift(region.view(np.uint8), drift.shift_px, fill=0, order=0)[0] > 0
+        valid[: self.cap_rows] = False  # the cap is not sample: unassigned, and out of the calibration
         if self._nonsample_rows is not None:
             valid[self._nonsample_rows[0]:self._nonsample_rows[1]] = False
         t2 = time.perf_counter()
@@ -290,7 +291,6 @@ class SliceChain:
     def _segment(self, image: SliceImage, arrival: float, grey, valid, drift, timings_ms) -> ProcessedSlice:
         t0 = time.perf_counter()
         seg = self.phase_model.segment(grey, valid=valid)
-        seg.labels[: self.cap_rows] = 0  # the cap is not sample
         timings_ms["segment"] = 1e3 * (time.perf_counter() - t0)
         return ProcessedSlice(
             index=image.index,

@@ -43,6 +43,7 @@ __all__ = [
     "PixelClassifier",
     "fit_pixel_classifier",
     "calibrate_phases",
+    "sparse_labels_from_rectangles",
 ]
 
 logger = logging.getLogger(__name__)
@@ -573,6 +574,44 @@ def fit_pixel_classifier(image, sparse_labels, *, sigma_min=1.0, sigma_max=16.0,
     return clf
 
 
+def sparse_labels_from_rectangles(shape, rectangles, phases):
+    """A sparse label image from rectangles of known phase (training labels for the classifier).
+
+    Parameters
+    ----------
+    shape : (int, int)
+        The slice's shape (Y, X).
+    rectangles : dict of str to list of (y0, y1, x0, x1)
+        Phase name -> rectangles (pixels, ``[y0, y1) x [x0, x1)``) that show only that phase.
+    phases : processing.phases.Phases
+        The named phases (label of each name).
+
+    Returns
+    -------
+    (Y, X) ndarray of uint8
+        The phase's label inside its rectangles, 0 elsewhere.
+
+    Raises
+    ------
+    ValueError
+        An unknown phase name, a malformed or empty rectangle, or rectangles of two phases that overlap.
+    """
+    out = np.zeros(tuple(shape), dtype=np.uint8)
+    for name, rects in rectangles.items():
+        if name not in phases.names:
+            raise ValueError(f"rectangles: unknown phase {name!r}; phases are {phases.names!r}")
+        for rect in rects:
+            y0, y1, x0, x1 = (int(v) for v in rect)
+            if not (0 <= y0 < y1 <= shape[0] and 0 <= x0 < x1 <= shape[1]):
+                raise ValueError(f"rectangles: {name!r} rectangle {list(rect)} is empty or outside the slice {tuple(shape)}")
+            box = out[y0:y1, x0:x1]
+            label = phases.label(name)
+            if np.any((box > 0) & (box != label)):
+                raise ValueError(f"rectangles: {name!r} rectangle {list(rect)} overlaps another phase's")
+            box[...] = label
+    return out
+
+
 def calibrate_phases(slices, phases, *, valid=None, training_labels=None, rng=0, **options):
     """Fit the segmentation model on the calibration slices and check it against the data.
 
@@ -590,9 +629,10 @@ def calibrate_phases(slices, phases, *, valid=None, training_labels=None, rng=0,
         Names (dark to bright) and roles.
     valid : sequence of (Y, X) bool ndarray, optional
         The valid region of each slice.
-    training_labels : (Y, X) ndarray of int, optional
-        Sparse labels (phase label 1..n, 0 = not labelled) drawn on ``slices[0]``: fit the
-        trainable pixel classifier instead of the grey-level model.
+    training_labels : (Y, X) ndarray of int, or dict of str to list of rectangles, optional
+        Sparse labels (phase label 1..n, 0 = not labelled) drawn on ``slices[0]``, or rectangles
+        per phase name (:func:`sparse_labels_from_rectangles`): fit the trainable pixel
+        classifier instead of the grey-level model.
     rng : None, int or numpy.random.Generator, optional
         Seed of the pixel classifier.
     **options
@@ -616,7 +656,11 @@ def calibrate_phases(slices, phases, *, valid=None, training_labels=None, rng=0,
     n = len(phases.names)
     estimate = estimate_grey_classes(slices, valid=valid, smooth_px=options.get("smooth_px", 1.0))
     if training_labels is not None:
+        if isinstance(training_labels, dict):
+            training_labels = sparse_labels_from_rectangles(slices[0].shape, training_labels, phases)
         training_labels = np.asarray(training_labels)
+        if training_labels.shape != slices[0].shape:
+            raise CalibrationError(f"training labels are {training_labels.shape}, the slices {slices[0].shape}")
         if training_labels.size and int(training_labels.max()) > n:
             raise CalibrationError(f"training labels go up to {int(training_labels.max())}, but {n} phases are named")
         check = check_phases(estimate, phases)
