@@ -58,23 +58,28 @@ def flat_margins(pixels, *, window_px=5, flat_tol=0.01, min_area=0.002):
     flat = spread <= flat_tol * max(float(hi - lo), 1e-6)
     if np.issubdtype(pixels.dtype, np.integer):
         flat &= pixels < np.iinfo(pixels.dtype).max  # a saturated phase is sample
-    labels, n = ndimage.label(flat)
+    # regions of two fills that touch (a black margin beside the fill of a circular field) are
+    # split by the pixels whose window sees both: join across that gap
+    reach = window_px // 2 + 1
+    labels, n = ndimage.label(ndimage.binary_dilation(flat, iterations=reach))
     if n == 0:
         return np.zeros(pixels.shape, bool)
     border = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
-    areas = np.bincount(labels.ravel(), minlength=n + 1)
+    areas = np.bincount(labels[flat], minlength=n + 1)
     keep = np.zeros(n + 1, bool)
     keep[border] = True
     keep &= areas >= min_area * pixels.size
     keep[0] = False
-    out = keep[labels]
+    out = keep[labels] & flat
     if out.any():
         # the window's reach: the flat test misses a region's outer pixels; take back those at
-        # the region's grey level
+        # the grey level of their own flat region
         tol = flat_tol * max(float(hi - lo), 1e-6)
-        ring = ndimage.binary_dilation(out, iterations=window_px // 2) & ~out
-        level = np.median(values[out])
-        out |= ring & (np.abs(values - level) <= tol)
+        parts, n_parts = ndimage.label(out)
+        for c in range(1, n_parts + 1):
+            region = parts == c
+            near = ndimage.binary_dilation(region, iterations=reach) & ~out
+            out |= near & (np.abs(values - np.median(values[region])) <= tol)
     return out
 
 
