@@ -167,7 +167,8 @@ def calibrate_slices(images, config, *, out=None):
         raise CalibrationError("no slice to calibrate on")
     phases = config.phases.to_phases()
     chain = SliceChain.from_config(config.processing, phases=phases, region=region_mask_from_config(config),
-                                   training_labels=training_labels_from_config(config))
+                                   training_labels=training_labels_from_config(config),
+                                   smooth_px=config.phases.smooth_px)
     chain.calibration_slices = len(images)
     done = []
     for image in images:

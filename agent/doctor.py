@@ -567,6 +567,8 @@ def check_phase_model(config: Config, groups: dict[Path, list[Path]]) -> Check:
     found = report.check.estimate
     detail = (f"{found.n_classes} separable grey class(es) in the first {len(paths)} slices (levels "
               + ", ".join(f"{c.level:.0f}" for c in found.phase_classes) + f"); named: {named}")
+    if report.check.notes:
+        detail += ". Notes: " + " ".join(report.check.notes)
     if report.check.ok:
         return Check(name, OK, detail)
     return Check(name, WARN, detail + ". " + " ".join(report.check.warnings),

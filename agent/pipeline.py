@@ -252,7 +252,8 @@ class Agent:
             if self._chain is None:
                 self._chain = SliceChain.from_config(self.config.processing, phases=self.phases,
                                                      region=region_mask_from_config(self.config),
-                                                     training_labels=training_labels_from_config(self.config))
+                                                     training_labels=training_labels_from_config(self.config),
+                                                     smooth_px=self.config.phases.smooth_px)
             done = self._chain.push(image)
         except SliceShapeError as exc:
             self._skip(reason=str(exc), index=image.index, file=image.source)

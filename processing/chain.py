@@ -98,9 +98,11 @@ class SliceChain:
         pixels outside it are labelled 0 and left out of the calibration. Rows found
         z-invariant with ``roi="auto"`` (cap, fiducial band) are left out too. Default: the
         automatic detection only.
-    training_labels : (Y, X) ndarray of int, optional
-        Sparse phase labels drawn on the first slice: segment with the trainable pixel
-        classifier instead of the grey-level model.
+    training_labels : (Y, X) ndarray of int, or dict of str to rectangles, optional
+        Sparse phase labels drawn on the first slice, or rectangles per phase name: segment
+        with the trainable pixel classifier instead of the grey-level model.
+    smooth_px : float, optional
+        Gaussian pre-filter of the grey-level model, pixels (raise it for very noisy slices).
 
     Attributes
     ----------
@@ -123,6 +125,7 @@ class SliceChain:
         correction: CorrectionModel | None = None,
         region: RegionMask | None = None,
         training_labels=None,
+        smooth_px: float = 1.0,
     ):
         if calibration_slices < 1:
             raise ValueError(f"calibration_slices must be >= 1, got {calibration_slices!r}")
@@ -146,6 +149,7 @@ class SliceChain:
         self.tracker = None if roi == "auto" else DriftTracker(roi=roi)
         self.region = RegionMask() if region is None else region
         self.training_labels = training_labels
+        self.smooth_px = float(smooth_px)
         self.phase_check = None
         self._nonsample_rows: tuple[int, int] | None = None  # z-invariant band found with roi "auto"
         self._brightness = (1.0, 0.0)  # the previous slice's (gain, offset): guides the next match
@@ -155,7 +159,7 @@ class SliceChain:
 
     @classmethod
     def from_config(cls, config, *, phases: Phases, region: RegionMask | None = None,
-                    training_labels=None) -> SliceChain:
+                    training_labels=None, smooth_px: float = 1.0) -> SliceChain:
         """A chain set up from the ``[processing]`` section of the configuration (the valid
         region and training labels are read by the agent)."""
         return cls(
@@ -168,6 +172,7 @@ class SliceChain:
             cap_rows=config.cap_rows,
             region=region,
             training_labels=training_labels,
+            smooth_px=smooth_px,
         )
 
     @classmethod
@@ -259,6 +264,7 @@ class SliceChain:
             self.phase_model, self.phase_check = calibrate_phases(
                 [grey for grey, _, _, _ in aligned], self.phases,
                 valid=[valid for _, valid, _, _ in aligned], training_labels=self.training_labels,
+                smooth_px=self.smooth_px,
             )
         else:
             aligned = [self._correct_and_align(image) for image, _ in held]

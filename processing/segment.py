@@ -293,6 +293,10 @@ class PhaseModel:
                 raise SliceShapeError(f"valid: shape {valid.shape} differs from pixels {pixels.shape}")
         h, w = pixels.shape
         order = _binomial_order(self.smooth_px) if self.smooth_px > 0 else 0
+        # wide kernels (sigma > ~1.6 px) would overflow the integer sums: smooth in float32 first
+        float_px = self.smooth_px if 255 * 4**order >= 2**32 else 0.0
+        reach = int(np.ceil(4 * float_px)) if float_px else order // 2
+        order = 0 if float_px else order
         norm = 4**order  # sum of the 2-D binomial kernel
         kind = np.uint16 if 255 * norm < 2**16 else np.uint32
         base, scale = self._quantisation()
@@ -307,14 +311,17 @@ class PhaseModel:
         rims = self.rim_fix and self.n_phases >= 3
         # Row blocks that stay in the CPU cache through every step; each carries a halo of the
         # rows its smoothing and rim windows reach, so the labels equal whole-slice ones.
-        halo = order // 2 + (self.rim_px if rims else 0)
+        halo = reach + (self.rim_px if rims else 0)
         rows = 2 * max(8, _BLOCK_PIXELS // (2 * w))  # even: the 2 x 2 uncertainty grid is global
         labels = np.empty((h, w), dtype=np.uint8)
         n_uncertain = n_counted = 0
         for r0 in range(0, h, rows):
             r1 = min(r0 + rows, h)
             e0, e1 = max(r0 - halo, 0), min(r1 + halo, h)
-            smooth = self._quantised_smooth(pixels[e0:e1], base, scale, order, kind)
+            block_pixels = pixels[e0:e1]
+            if float_px:
+                block_pixels = ndimage.gaussian_filter(block_pixels.astype(np.float32), float_px, mode="nearest")
+            smooth = self._quantised_smooth(block_pixels, base, scale, order, kind)
             block = _classify(smooth, thresholds)
             if rims:
                 self._fix_rims(block, smooth, to_smooth)
