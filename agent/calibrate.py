@@ -117,6 +117,8 @@ class CalibrationReport:
         Share of the valid pixels of the calibration slices given each name.
     masked_share : float
         Share of the pixels outside the valid region.
+    labels : (Y, X) ndarray of uint8
+        Labels of the slice shown in the overlay (the middle calibration slice), on the canvas.
     histogram_png, overlay_png : Path or None
     """
 
@@ -125,6 +127,7 @@ class CalibrationReport:
     names: tuple
     shares: dict
     masked_share: float
+    labels: np.ndarray
     histogram_png: Path | None = None
     overlay_png: Path | None = None
 
@@ -178,17 +181,16 @@ def calibrate_slices(images, config, *, out=None):
     valid = labels > 0
     counts = np.bincount(labels[valid].ravel(), minlength=len(phases.names) + 1)
     shares = {name: float(counts[i + 1] / max(valid.sum(), 1)) for i, name in enumerate(phases.names)}
-    report = CalibrationReport(check=chain.phase_check, model=chain.phase_model, names=phases.names, shares=shares,
-                               masked_share=float(1 - valid.mean()))
-    if out is None:
-        return report
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     middle = done[len(done) // 2]
-    hist_png = _plot_histogram(chain.phase_check, chain.phase_model, phases, out / "calibration_histogram.png")
-    overlay_png = _plot_overlay(middle, phases, out / "calibration_overlay.png")
-    return CalibrationReport(check=report.check, model=report.model, names=report.names, shares=shares,
-                             masked_share=report.masked_share, histogram_png=hist_png, overlay_png=overlay_png)
+    pngs = {}
+    if out is not None:
+        out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
+        pngs = {"histogram_png": _plot_histogram(chain.phase_check, chain.phase_model, phases,
+                                                 out / "calibration_histogram.png"),
+                "overlay_png": _plot_overlay(middle, phases, out / "calibration_overlay.png")}
+    return CalibrationReport(check=chain.phase_check, model=chain.phase_model, names=phases.names, shares=shares,
+                             masked_share=float(1 - valid.mean()), labels=middle.labels, **pngs)
 
 
 def _plot_histogram(check, model, phases, path: Path) -> Path:

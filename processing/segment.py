@@ -664,7 +664,10 @@ def calibrate_phases(slices, phases, *, valid=None, training_labels=None, rng=0,
     estimate = estimate_grey_classes(slices, valid=valid, smooth_px=options.get("smooth_px", 1.0))
     if training_labels is not None:
         if isinstance(training_labels, dict):
-            training_labels = sparse_labels_from_rectangles(slices[0].shape, training_labels, phases)
+            try:
+                training_labels = sparse_labels_from_rectangles(slices[0].shape, training_labels, phases)
+            except ValueError as exc:
+                raise CalibrationError(f"training labels: {exc}") from None
         training_labels = np.asarray(training_labels)
         if training_labels.shape != slices[0].shape:
             raise CalibrationError(f"training labels are {training_labels.shape}, the slices {slices[0].shape}")
