@@ -91,3 +91,29 @@ def test_phase_model_documents_are_valid_error_documents():
                      "critical": False}]
     schema = json.loads(open("agent/schemas/error.json").read())
     assert set(docs[0]) <= set(schema["properties"]) and set(schema["required"]) <= set(docs[0])
+
+
+@pytest.mark.parametrize("on_mismatch", ["warn", "refuse"])
+def test_agent_reports_the_phase_model_mismatch_at_calibration(two_phase_project, tmp_path, on_mismatch):
+    from agent.pipeline import Agent
+    from agent.publish import free_loopback_endpoint
+    from processing.errors import CalibrationError
+
+    root, _ = two_phase_project
+    config = load_config(None, [f'acquisition.folder="{root.as_posix()}"',
+                                f'volume.path="{(tmp_path / "v.ome.zarr").as_posix()}"',
+                                f'publish.endpoint="{free_loopback_endpoint()}"', "processing.calibration_slices=4",
+                                f'phases.on_mismatch="{on_mismatch}"', "acquisition.settle_s=0.05"])
+    agent = Agent(config)
+    seen = []
+    agent.events.subscribe(lambda name, doc: seen.append((name, doc)), name="test")
+    if on_mismatch == "refuse":
+        with pytest.raises(CalibrationError, match="do not show the named phases"):
+            agent.run(idle_exit_s=3.0)
+        assert not (tmp_path / "v.ome.zarr").exists()  # nothing stored
+    else:
+        summary = agent.run(idle_exit_s=3.0)
+        assert summary.slices_processed == 6
+    errors = [d for n, d in seen if n == "error" and d["kind"] == "phase_model"]
+    assert any("no phase is invented" in d["message"] for d in errors)
+    assert all(d["critical"] == (on_mismatch == "refuse") for d in errors)
