@@ -52,16 +52,29 @@ def flat_margins(pixels, *, window_px=5, flat_tol=0.01, min_area=0.002):
         raise ValueError(f"window_px: expected an integer >= 3, got {window_px!r}")
     if not 0 <= flat_tol < 1:
         raise ValueError(f"flat_tol: expected 0 <= t < 1, got {flat_tol!r}")
+    from processing.segment import _square_reduce
+
+    sub = pixels[::4, ::4]  # the grey range, from a sixteenth of the pixels
+    lo, hi = np.percentile(sub, [1, 99])
+    tol = flat_tol * max(float(hi - lo), 1e-6)
+    # a margin touches the border: where no border window is flat (the usual slice), stop here
+    w = window_px
+    strips = (pixels[:w], pixels[-w:], pixels[:, :w].T, pixels[:, -w:].T)
+    if not any(np.any((_square_reduce(b, w, np.maximum).astype(np.float32)
+                       - _square_reduce(b, w, np.minimum)) <= tol) for b in strips):
+        return np.zeros(pixels.shape, bool)
+    native = pixels if pixels.dtype.kind in "ui" else pixels.astype(np.float32)  # reduce in the slice's own dtype
+    spread = (_square_reduce(native, window_px, np.maximum).astype(np.float32)
+              - _square_reduce(native, window_px, np.minimum))
+    flat = spread <= tol
     values = pixels.astype(np.float32)
-    lo, hi = np.percentile(values, [1, 99])
-    spread = ndimage.maximum_filter(values, window_px) - ndimage.minimum_filter(values, window_px)
-    flat = spread <= flat_tol * max(float(hi - lo), 1e-6)
     if np.issubdtype(pixels.dtype, np.integer):
         flat &= pixels < np.iinfo(pixels.dtype).max  # a saturated phase is sample
     # regions of two fills that touch (a black margin beside the fill of a circular field) are
     # split by the pixels whose window sees both: join across that gap
     reach = window_px // 2 + 1
-    labels, n = ndimage.label(ndimage.binary_dilation(flat, iterations=reach))
+    size = 2 * reach + 1
+    labels, n = ndimage.label(_square_reduce(flat.view(np.uint8), size, np.maximum))
     if n == 0:
         return np.zeros(pixels.shape, bool)
     border = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
@@ -73,13 +86,12 @@ def flat_margins(pixels, *, window_px=5, flat_tol=0.01, min_area=0.002):
     out = keep[labels] & flat
     if out.any():
         # the window's reach: the flat test misses a region's outer pixels; take back those at
-        # the grey level of their own flat region
-        tol = flat_tol * max(float(hi - lo), 1e-6)
+        # the grey level of the flat region next to them (two fills may touch: region by region)
         parts, n_parts = ndimage.label(out)
-        for c in range(1, n_parts + 1):
-            region = parts == c
-            near = ndimage.binary_dilation(region, iterations=reach) & ~out
-            out |= near & (np.abs(values - np.median(values[region])) <= tol)
+        level = np.zeros(n_parts + 1, np.float32)
+        level[1:] = ndimage.mean(values, parts, index=np.arange(1, n_parts + 1))  # flat: mean = any value
+        near = _square_reduce(parts.astype(np.uint16 if n_parts < 2**16 else np.int32), size, np.maximum)
+        out |= (near > 0) & (np.abs(values - level[near]) <= tol)
     return out
 
 

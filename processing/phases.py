@@ -343,7 +343,9 @@ def estimate_grey_classes(slices, *, valid=None, smooth_px=1.0, max_classes=5, m
     if mu.size > 1:
         near, core, total = np.zeros(mu.size), np.zeros(mu.size), np.zeros(mu.size)
         contrast = float(mu[-1] - mu[0])
-        for s, sm, m in list(zip(slices, smoothed, masks))[:4]:  # a few slices are evidence enough
+        for s, sm, m in zip(slices, smoothed, masks):
+            if total.sum() >= 2_000_000:
+                break  # a few million pixels are evidence enough
             wide = ndimage.gaussian_filter(s.astype(np.float32), 2.0)
             grad = np.hypot(*np.gradient(wide))
             # strong: well above the contrast's share and the noise's own gradients (median)

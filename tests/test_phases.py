@@ -134,3 +134,15 @@ def test_pixel_classifier_from_training_labels_in_the_chain():
     truth = _truth_at_shift(acq.labels, done)
     inside = (labels > 0) & (truth > 0)
     assert np.mean(labels[inside] == truth[inside]) >= 0.93
+
+
+def test_a_saturated_brightest_phase_is_questioned():
+    acq = _acquisition(_labels(3, 6, 192, 9), (45, 115, 250))
+    saturated = np.mean(acq.slices[:4] == 255)
+    assert saturated > 0.05
+    estimate = estimate_grey_classes(acq.slices[:4])
+    assert estimate.saturated_share == pytest.approx(saturated, rel=1e-6)
+    check = check_phases(estimate, Phases())
+    assert any("saturated" in w and "'active' has role active" in w for w in check.warnings)
+    clean = check_phases(estimate_grey_classes(_acquisition(_labels(3, 6, 192, 9), _LEVELS[3]).slices[:4]), Phases())
+    assert not any("saturated" in w for w in clean.warnings)
