@@ -117,3 +117,32 @@ def test_agent_reports_the_phase_model_mismatch_at_calibration(two_phase_project
     errors = [d for n, d in seen if n == "error" and d["kind"] == "phase_model"]
     assert any("no phase is invented" in d["message"] for d in errors)
     assert all(d["critical"] == (on_mismatch == "refuse") for d in errors)
+
+
+def test_four_phases_end_to_end_through_the_agent(tmp_path):
+    """Carbon-binder as its own phase: named, calibrated, stored and measured."""
+    from agent.pipeline import Agent
+    from agent.publish import free_loopback_endpoint
+    from agent.store import VolumeStore
+    from tests.test_phases import FOUR, _LEVELS, _labels
+
+    acq = render_acquisition(_labels(4, 10, 160, 12), levels=_LEVELS[4], drift_px=np.zeros((10, 2)),
+                             field_shape=(144, 144), rng=13)
+    write_acquisition(acq, tmp_path / "acq", layout="fei")
+    volume = tmp_path / "v.ome.zarr"
+    config = load_config(None, [f'acquisition.folder="{(tmp_path / "acq").as_posix()}"',
+                                f'volume.path="{volume.as_posix()}"', f'publish.endpoint="{free_loopback_endpoint()}"',
+                                "processing.calibration_slices=4", "acquisition.settle_s=0.05",
+                                "analysis.every_slices=2", f"phases.names={list(FOUR)!r}".replace("'", '"')])
+    agent = Agent(config)
+    seen = []
+    agent.events.subscribe(lambda name, doc: seen.append((name, doc)), name="test")
+    assert agent.run(idle_exit_s=3.0).slices_processed == 10
+    assert not [d for n, d in seen if n == "error" and d["kind"] == "phase_model"]
+    metrics = [d for n, d in seen if n == "metrics"][-1]
+    labels = np.asarray(VolumeStore.open(volume, read_only=True).labels[:])
+    assert set(np.unique(labels)) == {0, 1, 2, 3, 4}
+    for k, name in enumerate(FOUR, start=1):
+        assert metrics["volume_fraction"][name] == pytest.approx(np.mean(labels == k), abs=1e-9)
+        truth = np.mean(acq.labels == k)
+        assert abs(metrics["volume_fraction"][name] / (1 - metrics["volume_fraction"]["unassigned"]) - truth) < 0.03
