@@ -433,8 +433,8 @@ def check_phases(estimate: ClassEstimate, phases: Phases, *, model_levels=None, 
             f"a mixture. Named by dark-to-bright order, the brightest class (level {brightest.level:.0f}, "
             f"{100 * brightest.share:.1f} % of the pixels) is '{names[-1]}'"
             + (f" (role {phases.role_of(names[-1])})" if phases.role_of(names[-1]) else "")
-            + f". Name {m} phases dark to bright (e.g. add carbon-binder or a bright phase), or check with "
-            "`revwatch calibrate`.")
+            + f". Name {m} phases dark to bright (e.g. add carbon-binder or a bright phase), or mask what is "
+            "not sample ([mask], processing.cap_rows); the histogram of `revwatch calibrate` shows the classes.")
     elif 2 <= m < n:
         if model_levels is not None and len(model_levels) == n:
             slots = _ordered_match([c.level for c in found], list(model_levels))
