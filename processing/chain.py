@@ -53,7 +53,7 @@ class ProcessedSlice:
     uncertain_share : float
         Share of the slice's valid pixels whose phase is uncertain (a segmentation quality figure).
     timings_ms : dict of str to float
-        Time spent per stage (``correct``, ``align``, ``segment``).
+        Time spent per stage (``correct``, ``align``, ``mask`` (valid region), ``segment``).
     """
 
     index: int
@@ -283,6 +283,7 @@ class SliceChain:
         t1 = time.perf_counter()
         drift = self.tracker.update(corrected.pixels)
         grey, valid = apply_shift(corrected.pixels, drift.shift_px, fill=0)
+        t2 = time.perf_counter()
         if not self.region.is_trivial:
             # found and drawn in the slice's own frame, moved with it onto the canvas
             region = self.region.valid(image.pixels)
@@ -291,8 +292,8 @@ class SliceChain:
         valid[: self.cap_rows] = False  # the cap is not sample: unassigned, and out of the calibration
         if self._nonsample_rows is not None:
             valid[self._nonsample_rows[0]:self._nonsample_rows[1]] = False
-        t2 = time.perf_counter()
-        return grey, valid, drift, {"correct": 1e3 * (t1 - t0), "align": 1e3 * (t2 - t1)}
+        t3 = time.perf_counter()
+        return grey, valid, drift, {"correct": 1e3 * (t1 - t0), "align": 1e3 * (t2 - t1), "mask": 1e3 * (t3 - t2)}
 
     def _segment(self, image: SliceImage, arrival: float, grey, valid, drift, timings_ms) -> ProcessedSlice:
         t0 = time.perf_counter()

@@ -458,8 +458,8 @@ def check_phases(estimate: ClassEstimate, phases: Phases, *, model_levels=None, 
         d = [_ashman_d(a.level, a.sigma, b.level, b.sigma) for a, b in zip(found[:-1], found[1:])]
         if min(d) < 3.0:
             notes.append(f"neighbouring grey classes overlap (Ashman's D {min(d):.1f}, < 3): noise alone will "
-                            "mislabel a few percent of their pixels; raise phases.smooth_px (1.5-3) or train the "
-                            "pixel classifier (phases.training_labels)")
+                         "mislabel a few percent of their pixels; raise phases.smooth_px (1.5-3) or train the "
+                         "pixel classifier (phases.training_labels)")
     if m == n:
         for name, c in zip(names, found):
             role = phases.role_of(name)
@@ -472,5 +472,5 @@ def check_phases(estimate: ClassEstimate, phases: Phases, *, model_levels=None, 
         if note not in warnings:
             log.info("phase model: %s", note)
     return PhaseCheck(estimate=estimate, warnings=tuple(warnings), n_fit=n_fit, label_values=label_values,
-                      empty_names=empty, notes=tuple(n for n in notes if n not in warnings))
+                      empty_names=empty, notes=tuple(note for note in notes if note not in warnings))
 
