@@ -91,3 +91,21 @@ def test_auto_region_cap_is_neither_segmented_nor_calibrated():
     assert not out[:, y0:y1].any()
     # the cap (its own grey level) did not enter the calibration: three classes, as named
     assert chain.phase_check.estimate.n_classes == 3 and chain.phase_check.ok
+
+
+def test_resumed_chain_keeps_the_rows_it_found_not_sample():
+    from types import SimpleNamespace
+
+    labels = generate_microstructure((12, 320, 320), spacing_um=(0.05, 0.02, 0.02), particle_radius_um=0.4, rng=2)
+    acq = render_acquisition(labels, field_shape=(256, 256), cap_px=40, drift_px=np.zeros((12, 2)), rng=4)
+    chain = SliceChain(phases=Phases(), calibration_slices=10, roi="auto")
+    done = _push(chain, acq.slices[:11])
+    state = chain.state()
+    assert state["nonsample_rows"] and state["phase_model"]["label_values"] == []
+    config = SimpleNamespace(calibration_slices=10, brightness_normalisation=True, curtaining_removal=True,
+                             background_flattening=False, roi="auto", cap_rows=0)
+    resumed = SliceChain.resume(state, config=config, phases=Phases(), last_aligned=done[-1].grey,
+                                last_shift_px=done[-1].drift.shift_px)
+    y0, y1 = state["nonsample_rows"]
+    (after,) = resumed.push(SliceImage(acq.slices[11], 12, "s12.tif", (0.02, 0.02), None))
+    assert not after.labels[y0:y1].any() and np.mean(after.labels[y1 + 5:] > 0) > 0.9
