@@ -25,6 +25,7 @@ examples:
   revwatch replay stack.tif --to incoming/ --interval-s 2
   revwatch metrics cathode-01.revwatch.ome.zarr   Table 1 + REV report of a volume
   revwatch compare a.ome.zarr b.ome.zarr --names 10min 15h --figures figs/
+  revwatch calibrate "D:/ASV/cathode-01" --out calib/   phase classes of the first slices, before the run
 """
 
 
@@ -225,6 +226,16 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     return run_doctor(load_config(args.config, args.overrides), expected_slices=args.expected_slices)
 
 
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    from agent.calibrate import calibrate_folder
+    from agent.config import load_config
+
+    config = load_config(args.config, args.overrides)
+    report = calibrate_folder(args.folder, config, slices=args.slices, out=args.out)
+    print(report.describe())
+    return 0 if report.check.ok else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         parents=[_logging_options(in_subcommand=False)],
@@ -355,6 +366,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--client", action="append", metavar="NAME", help="client key pair to create (repeatable; default 'client')")
     p.add_argument("--force", action="store_true", help="overwrite existing keys")
     p.set_defaults(func=cmd_keys)
+
+    p = sub.add_parser("calibrate", parents=logging_options, help="the phase classes of the first slices against the named phases, as PNGs, "
+                       "before a run (exit 1 on a mismatch)")
+    p.add_argument("folder", type=Path, help="a folder holding the first slices")
+    p.add_argument("--slices", type=int, default=None, help="slices to read (default processing.calibration_slices)")
+    p.add_argument("--out", type=Path, default=Path("."), help="folder for calibration_histogram.png and "
+                   "calibration_overlay.png (default: here)")
+    _add_config_options(p)
+    p.set_defaults(func=cmd_calibrate)
 
     p = sub.add_parser("doctor", parents=logging_options, help="check a configuration and this machine, and say what to fix")
     p.add_argument("--expected-slices", type=int, default=2000, help="slices the run may reach (sizes the disk check)")

@@ -65,10 +65,29 @@ class VolumeConfig(_Section):
 
 
 class PhasesConfig(_Section):
-    """Phase names from dark to bright (label i+1) and the role each plays in Table 1."""
+    """Phase names from dark to bright (label i+1), the role each plays, and how to segment them."""
 
     names: list[str] = Field(default_factory=lambda: ["pore", "electrolyte", "active"])
-    roles: dict[str, str] = Field(default_factory=dict)
+    roles: dict[str, str] = Field(
+        default_factory=dict,
+        description="role -> phase name (roles: pore, electrolyte, active, carbon-binder, other); a phase named "
+        "after a role plays it",
+    )
+    training_labels: Path | None = Field(
+        None,
+        description="train the pixel classifier instead of the grey-level model: a sparse label image (TIFF/PNG, "
+        "phase label 1..n, 0 = unlabelled) drawn on the first slice, or a TOML/JSON file of rectangles per phase "
+        "name ({ pore = [[y0, y1, x0, x1], ...], ... })",
+    )
+    smooth_px: float = Field(
+        1.0, ge=0, le=4, description="Gaussian pre-filter of the grey-level model; raise it (1.5-3) when "
+        "`revwatch calibrate` says neighbouring classes overlap (very noisy slices)",
+    )
+    on_mismatch: Literal["warn", "refuse"] = Field(
+        "warn",
+        description="when the calibration slices do not show the named phases: 'warn' (error document and log; "
+        "a named phase the data do not show stays empty) or 'refuse' (stop the run before any slice is stored)",
+    )
 
     @model_validator(mode="after")
     def _check(self):
@@ -126,6 +145,47 @@ class ProcessingConfig(_Section):
     def _roi(cls, v):
         if isinstance(v, list) and (len(v) != 4 or v[0] >= v[1] or v[2] >= v[3] or min(v) < 0):
             raise ValueError("expected [y0, y1, x0, x1] with y0 < y1, x0 < x1, all >= 0")
+        return v
+
+
+class MaskConfig(_Section):
+    """The valid region: pixels that are not sample are labelled 0 and left out of every metric.
+
+    Positions in pixels of the slice as written by the microscope (before drift correction).
+    """
+
+    auto: bool = Field(True, description="find flat margins (black borders, the fill outside a circular field)")
+    exclude_rows: list[list[int]] = Field(default_factory=list, description="row ranges [y0, y1) that are not sample")
+    exclude_rectangles: list[list[int]] = Field(
+        default_factory=list, description="rectangles [y0, y1, x0, x1] that are not sample (fiducial, label)"
+    )
+    exclude_polygons: list[list[list[float]]] = Field(
+        default_factory=list, description="polygons [[y, x], ...] that are not sample"
+    )
+    image: Path | None = Field(None, description="mask image of the slice's size: non-zero = sample")
+
+    @field_validator("exclude_rows")
+    @classmethod
+    def _rows(cls, v):
+        for r in v:
+            if len(r) != 2 or not 0 <= r[0] < r[1]:
+                raise ValueError(f"expected [y0, y1] with 0 <= y0 < y1, got {r}")
+        return v
+
+    @field_validator("exclude_rectangles")
+    @classmethod
+    def _rectangles(cls, v):
+        for r in v:
+            if len(r) != 4 or not (0 <= r[0] < r[1] and 0 <= r[2] < r[3]):
+                raise ValueError(f"expected [y0, y1, x0, x1] with 0 <= y0 < y1, 0 <= x0 < x1, got {r}")
+        return v
+
+    @field_validator("exclude_polygons")
+    @classmethod
+    def _polygons(cls, v):
+        for poly in v:
+            if len(poly) < 3 or any(len(p) != 2 for p in poly):
+                raise ValueError(f"expected at least 3 [y, x] vertices, got {poly}")
         return v
 
 
@@ -232,6 +292,7 @@ class Config(_Section):
     volume: VolumeConfig = Field(default_factory=VolumeConfig)
     phases: PhasesConfig = Field(default_factory=PhasesConfig)
     processing: ProcessingConfig = Field(default_factory=ProcessingConfig)
+    mask: MaskConfig = Field(default_factory=MaskConfig)
     analysis: AnalysisConfig = Field(default_factory=AnalysisConfig)
     composition: CompositionConfig = Field(default_factory=CompositionConfig)
     rev: RevConfig = Field(default_factory=RevConfig)

@@ -56,6 +56,7 @@ __all__ = [
     "check_scheduler",
     "check_packages",
     "check_machine",
+    "check_phase_model",
     "doctor_checks",
     "render",
     "run_doctor",
@@ -616,11 +617,13 @@ def check_machine() -> Check:
 
 
 def _acquisition_checks(acq):
-    """Detector, first slice (pixel size) and slice spacing of an existing acquisition folder."""
+    """Detector, first slice (pixel size) and slice spacing of an existing acquisition folder; also
+    returns the first slice and the slice groups of the chosen detector."""
     groups = find_slices(acq.folder)
     detector_check, groups = check_detector(acq.folder, groups, detector=acq.detector)
     slices_check, first = check_slices(groups, pixel_size_nm=acq.pixel_size_nm, force_pixel_size=acq.force_pixel_size)
-    return [detector_check, slices_check, check_spacing(acq.folder, groups, slice_spacing_nm=acq.slice_spacing_nm)], first
+    spacing_check = check_spacing(acq.folder, groups, slice_spacing_nm=acq.slice_spacing_nm)
+    return [detector_check, slices_check, spacing_check], first, groups
 
 
 def start_checks(config: Config) -> list[Check]:
@@ -635,6 +638,40 @@ def start_checks(config: Config) -> list[Check]:
     if volume is not None:
         checks.append(check_volume_resume(volume, phase_names=config.phases.names)[0])
     return checks
+
+
+def check_phase_model(config: Config, groups: dict[Path, list[Path]]) -> Check:
+    """The named phases against the grey classes of the first slices (as ``revwatch calibrate``).
+
+    Parameters
+    ----------
+    config : Config
+    groups : dict of Path to list of Path
+        From :func:`find_slices`.
+    """
+    from agent.calibrate import calibrate_slices
+
+    name = "phase model"
+    named = ", ".join(config.phases.names)
+    if not groups:
+        return Check(name, WARN, f"no slices yet: the named phases ({named}) cannot be checked against the data",
+                     "once the first slices are in, run `revwatch calibrate FOLDER`")
+    paths = max(groups.values(), key=len)[: config.processing.calibration_slices]
+    try:
+        report = calibrate_slices([read_slice(p) for p in paths], config)
+    except RevwatchError as exc:
+        return Check(name, WARN, f"the first {len(paths)} slices cannot be calibrated: {exc}",
+                     "look at them with `revwatch calibrate FOLDER`")
+    found = report.check.estimate
+    detail = (f"{found.n_classes} separable grey class(es) in the first {len(paths)} slices (levels "
+              + ", ".join(f"{c.level:.0f}" for c in found.phase_classes) + f"); named: {named}")
+    if report.check.notes:
+        detail += ". Notes: " + " ".join(report.check.notes)
+    if report.check.ok:
+        return Check(name, OK, detail)
+    return Check(name, WARN, detail + ". " + " ".join(report.check.warnings),
+                 "name the phases the data show (phases.names, dark to bright; phases.roles), state the cap "
+                 "(processing.cap_rows) or mask what is not sample ([mask]); see `revwatch calibrate FOLDER`")
 
 
 def doctor_checks(config: Config, *, expected_slices: int = 2000, scheduler_timeout_s: float = 5.0) -> list[Check]:
@@ -658,8 +695,10 @@ def doctor_checks(config: Config, *, expected_slices: int = 2000, scheduler_time
     checks = [check_folder(acq.folder)]
     first = None
     if checks[0].status != FAIL:
-        acquisition_checks, first = _acquisition_checks(acq)
+        acquisition_checks, first, groups = _acquisition_checks(acq)
         checks += acquisition_checks
+        if acquisition_checks[1].status != FAIL:
+            checks.append(check_phase_model(config, groups))
     volume = config.volume_path()
     if volume is None:
         checks.append(Check("volume location", FAIL, "no volume.path and no acquisition folder to put it beside",

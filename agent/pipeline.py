@@ -43,6 +43,7 @@ from pathlib import Path
 
 import numpy as np
 
+from agent.calibrate import phase_check_documents, region_mask_from_config, training_labels_from_config
 from agent.analysis_worker import AnalysisWorker
 from agent.config import Config, ConfigError
 from agent.doctor import FAIL, pixel_size_mismatch, start_checks
@@ -51,7 +52,7 @@ from agent.publish import Publisher
 from agent.store import StoreError, VolumeStore
 from agent.watch import SliceWatcher
 from processing.chain import SliceChain
-from processing.errors import SliceReadError, SliceShapeError
+from processing.errors import CalibrationError, SliceReadError, SliceShapeError
 from processing.io import SliceImage, read_fei_project_spacing_um, read_slice
 from processing.zaxis import ZPositions, mean_step_um
 
@@ -134,6 +135,7 @@ class Agent:
         self._first_checked = False
         self._summary_at = (time.monotonic(), 0)
         self._analysis: AnalysisWorker | None = None
+        self._phase_check_reported = False
 
     # -- inputs from the watcher (its thread): only queue them -----------------------------
 
@@ -412,7 +414,10 @@ class Agent:
     def _process(self, image: SliceImage) -> None:
         try:
             if self._chain is None:
-                self._chain = SliceChain.from_config(self.config.processing, phases=self.phases)
+                self._chain = SliceChain.from_config(self.config.processing, phases=self.phases,
+                                                     region=region_mask_from_config(self.config),
+                                                     training_labels=training_labels_from_config(self.config),
+                                                     smooth_px=self.config.phases.smooth_px)
             done = self._chain.push(image)
         except SliceShapeError as exc:
             self._skip(reason=str(exc), index=image.index, file=image.source)
@@ -423,6 +428,7 @@ class Agent:
             self._status(state=self._chain.calibration_state, last=image)
         elif done and self._store is None:
             self._log_calibration(len(done))
+        self._report_phase_check()
         for processed in done:
             self._append(processed)
 
@@ -431,6 +437,20 @@ class Agent:
         dropped, self._chain.dropped = self._chain.dropped, []
         for image, reason in dropped:
             self._skip(reason=reason, index=image.index, file=image.source)
+
+    def _report_phase_check(self) -> None:
+        """Once, after calibration: every mismatch of the phase model as an ``error`` document;
+        with ``phases.on_mismatch = "refuse"`` the run stops before a slice is stored."""
+        check = self._chain.phase_check if self._chain is not None else None
+        if check is None or self._phase_check_reported:
+            return
+        self._phase_check_reported = True
+        refuse = self.config.phases.on_mismatch == "refuse" and not check.ok
+        for body in phase_check_documents(check):
+            self.events.emit("error", {**body, "critical": refuse})
+        if refuse:
+            raise CalibrationError("the calibration slices do not show the named phases (phases.on_mismatch = "
+                                   "'refuse'):\n  " + "\n  ".join(check.warnings))
 
     def _append(self, processed) -> None:
         if self._store is None:
@@ -530,6 +550,7 @@ class Agent:
                 phases=self.phases,
                 last_aligned=np.asarray(self._store.grey[self._store.depth - 1]),
                 last_shift_px=tuple(last.get("shift_px", (0.0, 0.0))),
+                region=region_mask_from_config(self.config),
             )
         log.info("resuming volume %s at depth %d", self.volume_path, self._store.depth)
 
@@ -637,7 +658,9 @@ class Agent:
         if self._chain is not None:
             # Calibrate on what there is if fewer slices than it needs arrived, and decide the
             # slices still waiting for their 3-D context.
-            for processed in self._chain.flush():
+            done = self._chain.flush()
+            self._report_phase_check()
+            for processed in done:
                 self._append(processed)
             self._record_dropped()
         if self._store is not None:

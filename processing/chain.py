@@ -17,10 +17,11 @@ import numpy as np
 from processing.align import DriftEstimate, DriftTracker, apply_shift, find_reference_band
 from processing.context import DepthContext
 from processing.correct import BrightnessMonitor, CorrectionModel, fit_correction, slice_structure
-from processing.errors import SliceShapeError
+from processing.errors import CalibrationError, SliceShapeError
 from processing.io import SliceImage
+from processing.mask import RegionMask
 from processing.phases import Phases
-from processing.segment import PhaseModel, fit_phase_model
+from processing.segment import PhaseModel, calibrate_phases
 
 __all__ = ["ProcessedSlice", "SliceChain"]
 
@@ -57,7 +58,7 @@ class ProcessedSlice:
         Share of the slice's valid pixels whose phase is uncertain (a segmentation quality figure);
         1 for a held slice, and for a renormalised one never below the recent good slices'.
     timings_ms : dict of str to float
-        Time spent per stage (``correct``, ``align``, ``segment``).
+        Time spent per stage (``correct``, ``align``, ``mask`` (valid region), ``segment``).
     flag : {None, "renormalised", "held"}
         None for a good slice; "renormalised": a brightness, contrast or charging outlier mapped
         back onto the reference levels; "held": not segmented (labels 0), e.g. blank or charging.
@@ -121,6 +122,22 @@ class SliceChain:
         A model fitted earlier (resume): no calibration.
     correction : CorrectionModel, optional
         Corrections fitted earlier (resume).
+    region : RegionMask, optional
+        The valid region of each slice (automatic flat margins and the user's overrides);
+        pixels outside it are labelled 0 and left out of the calibration. Rows found
+        z-invariant with ``roi="auto"`` (cap, fiducial band) are left out too. Default: the
+        automatic detection only.
+    training_labels : (Y, X) ndarray of int, or dict of str to rectangles, optional
+        Sparse phase labels drawn on the first slice, or rectangles per phase name: segment
+        with the trainable pixel classifier instead of the grey-level model (no 3-D context).
+    smooth_px : float, optional
+        Gaussian pre-filter of the grey-level model, pixels (raise it for very noisy slices).
+
+    Attributes
+    ----------
+    phase_check : processing.phases.PhaseCheck or None
+        After calibration: the configured phases compared with the grey classes of the data
+        (its ``warnings`` say every mismatch).
     """
 
     def __init__(
@@ -138,6 +155,9 @@ class SliceChain:
         context_slices: int = 1,
         phase_model: PhaseModel | None = None,
         correction: CorrectionModel | None = None,
+        region: RegionMask | None = None,
+        training_labels=None,
+        smooth_px: float = 1.0,
     ):
         if calibration_slices < 1:
             raise ValueError(f"calibration_slices must be >= 1, got {calibration_slices!r}")
@@ -167,14 +187,21 @@ class SliceChain:
         self.tracker = None if roi == "auto" else DriftTracker(roi=roi)
         self.context_slices = int(context_slices)
         self._context = None if phase_model is None else DepthContext(phase_model, context_slices=self.context_slices)
+        self.region = RegionMask() if region is None else region
+        self.training_labels = training_labels
+        self.smooth_px = float(smooth_px)
+        self.phase_check = None
+        self._nonsample_rows: tuple[int, int] | None = None  # z-invariant band found with roi "auto"
         self._brightness = (1.0, 0.0)  # the previous slice's (gain, offset): guides the next match
         self._held: list[tuple[SliceImage, float]] = []
         self._z_um: list[float] = []
         self._dtype = None
 
     @classmethod
-    def from_config(cls, config, *, phases: Phases) -> SliceChain:
-        """A chain set up from the ``[processing]`` section of the configuration."""
+    def from_config(cls, config, *, phases: Phases, region: RegionMask | None = None,
+                    training_labels=None, smooth_px: float = 1.0) -> SliceChain:
+        """A chain set up from the ``[processing]`` section of the configuration (the valid
+        region and training labels are read by the agent)."""
         return cls(
             phases=phases,
             calibration_slices=config.calibration_slices,
@@ -186,12 +213,21 @@ class SliceChain:
             roi=None if config.roi == "whole" else config.roi,
             cap_rows=config.cap_rows,
             context_slices=config.context_slices,
+            region=region,
+            training_labels=training_labels,
+            smooth_px=smooth_px,
         )
 
     @classmethod
-    def resume(cls, state: dict, *, config, phases: Phases, last_aligned: np.ndarray, last_shift_px) -> SliceChain:
+    def resume(cls, state: dict, *, config, phases: Phases, last_aligned: np.ndarray, last_shift_px,
+               region: RegionMask | None = None) -> SliceChain:
         """A chain that continues a run from its saved :meth:`state` and its last stored slice."""
-        chain = cls.from_config(config, phases=phases)
+        chain = cls.from_config(config, phases=phases, region=region)
+        if (state.get("phase_model") or {}).get("pixel_classifier"):
+            raise CalibrationError("a run segmented with the pixel classifier cannot be resumed (the classifier "
+                                   "is not stored): write a new volume (volume.path)")
+        if state.get("nonsample_rows"):
+            chain._nonsample_rows = tuple(state["nonsample_rows"])
         if state.get("phase_model") and state.get("correction"):
             chain.phase_model = PhaseModel.from_dict(state["phase_model"])
             chain.correction = CorrectionModel.from_dict(state["correction"])
@@ -209,7 +245,9 @@ class SliceChain:
         """What a resumed run needs (JSON-able): the calibrated corrections, phase model and ROI."""
         return {
             "roi": None if self.roi is None or self.roi == "auto" else list(self.roi),
-            "phase_model": None if self.phase_model is None else self.phase_model.to_dict(),
+            "phase_model": None if self.phase_model is None else (
+                self.phase_model.to_dict() if isinstance(self.phase_model, PhaseModel) else {"pixel_classifier": True}),
+            "nonsample_rows": None if self._nonsample_rows is None else list(self._nonsample_rows),
             "correction": None if self.correction is None else self.correction.to_dict(),
         }
 
@@ -305,6 +343,9 @@ class SliceChain:
                 self.roi = self._find_roi(usable)
                 log.info("alignment region: %s",
                          "whole slice" if self.roi is None else f"rows {self.roi[0]}-{self.roi[1]}")
+                if self.roi is not None and not self.cap_rows:
+                    # z-invariant rows are cap or fiducial, not sample: out of calibration and labels
+                    self._nonsample_rows = (self.roi[0], self.roi[1])
                 self.tracker = DriftTracker(roi=self.roi)
             self.correction = fit_correction(usable, n_phases=len(self.phases.names), min_structure=_MIN_CONTRAST,
                                              **self.correction_options)
@@ -313,9 +354,10 @@ class SliceChain:
                      ", ".join(f"{v:.1f}" for v in self.correction.levels))
             aligned = [self._correct_and_align(image) for image, _ in held]
             good = [a for a in aligned if a[4].state != "held"] or aligned  # the model needs slices
-            self.phase_model = fit_phase_model(
-                [grey for grey, *_ in good], n_phases=len(self.phases.names),
-                valid=[valid for _, valid, *_ in good],
+            self.phase_model, self.phase_check = calibrate_phases(
+                [grey for grey, *_ in good], self.phases,
+                valid=[valid for _, valid, *_ in good], training_labels=self.training_labels,
+                smooth_px=self.smooth_px,
             )
             self._context = DepthContext(self.phase_model, context_slices=self.context_slices)
         else:
@@ -345,12 +387,22 @@ class SliceChain:
             drift = self.tracker.update(pixels)
         grey, valid = apply_shift(pixels, drift.shift_px, fill=0)
         t2 = time.perf_counter()
+        if not self.region.is_trivial:
+            # found and drawn in the slice's own frame, moved with it onto the canvas
+            region = self.region.valid(image.pixels)
+            if not region.all():
+                valid &= apply_shift(region.view(np.uint8), drift.shift_px, fill=0, order=0)[0] > 0
+        valid[: self.cap_rows] = False  # the cap is not sample: unassigned, and out of the calibration
+        if self._nonsample_rows is not None:
+            valid[self._nonsample_rows[0]:self._nonsample_rows[1]] = False
+        t3 = time.perf_counter()
         c = corrected.curtain
         curtain = None if c is None else {
             "applied": c.applied, "angle_deg": c.angle_deg, "amplitude_before": c.amplitude_before,
             "amplitude_after": c.amplitude_after, **({"reason": c.reason} if c.reason else {}),
         }
-        return grey, valid, drift, {"correct": 1e3 * (t1 - t0), "align": 1e3 * (t2 - t1)}, quality, curtain
+        timings_ms = {"correct": 1e3 * (t1 - t0), "align": 1e3 * (t2 - t1), "mask": 1e3 * (t3 - t2)}
+        return grey, valid, drift, timings_ms, quality, curtain
 
     def _segment(self, image: SliceImage, arrival: float, grey, valid, drift, timings_ms, quality, curtain
                  ) -> list[ProcessedSlice]:
@@ -369,7 +421,6 @@ class SliceChain:
             labels, uncertain, score = np.zeros(grey.shape, dtype=np.uint8), 1.0, 0.0
         else:
             labels, uncertain = seg.labels, float(seg.uncertain_share)
-            labels[: self.cap_rows] = 0  # the cap is not sample
             if quality.state == "good":
                 self._good_uncertain.append(uncertain)
                 score = 1.0 - uncertain

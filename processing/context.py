@@ -187,6 +187,8 @@ def _segment(grey, model, neighbours, valid, marker_margin_sigma, edge_gradient_
         rim = ~markers & (darker != 0) & (brighter != 0)
         if rim.any():
             labels = _nearest_marker_phase(labels, markers, rim)
+    if model.label_values:  # fewer classes in the data than phase names: the classes' labels
+        labels = np.array((0, *model.label_values), dtype=np.uint8)[labels]
     uncertain = np.zeros(smooth.shape, dtype=bool)
     for lo, hi in model.uncertain_bounds:
         uncertain |= (smooth >= lo) & (smooth <= hi)
@@ -217,8 +219,9 @@ class DepthContext:
 
     Parameters
     ----------
-    model : PhaseModel
-        The calibrated phase model.
+    model : PhaseModel or PixelClassifier
+        The calibrated phase model (a pixel classifier decides each slice on its own, by its
+        ``segment``, in the same order and with the same delay).
     context_slices : int, optional
         k, the slices used on each side, and so the delay (in slices) before a slice's labels are
         decided. 0 decides each slice on its own at once.
@@ -279,5 +282,7 @@ class DepthContext:
         neighbours = [(self._window[j].grey, self._window[j].reference)
                       for j in range(max(i - k, 0), min(i + k + 1, len(self._window)))
                       if j != i and self._window[j].grey is not None]
+        if not isinstance(self.model, PhaseModel):
+            return pending.payload, self.model.segment(pending.grey, valid=pending.valid)
         seg = _segment(pending.grey, self.model, neighbours, pending.valid, reference=pending.reference, **self.options)
         return pending.payload, seg

@@ -42,6 +42,8 @@ __all__ = [
     "fit_gray_mixture",
     "PixelClassifier",
     "fit_pixel_classifier",
+    "calibrate_phases",
+    "sparse_labels_from_rectangles",
 ]
 
 logger = logging.getLogger(__name__)
@@ -248,6 +250,10 @@ class PhaseModel:
         phases to count as a rim; about the width of a blurred edge (2 for blur ~1 px).
     uncertain_bounds : tuple of (float, float)
         Grey intervals (smoothed image) whose pixels count as uncertain.
+    label_values : tuple of int
+        Label of each fitted class, dark to bright, when the data show fewer classes than the
+        configured phases (``()`` = classes 1..n are labels 1..n): the phases the data do not
+        show stay empty instead of being invented (:func:`calibrate_phases`).
     """
 
     thresholds: tuple
@@ -258,6 +264,7 @@ class PhaseModel:
     rim_fix: bool = True
     uncertain_bounds: tuple = ()
     rim_px: int = 2
+    label_values: tuple = ()
 
     @property
     def n_phases(self):
@@ -286,6 +293,10 @@ class PhaseModel:
                 raise SliceShapeError(f"valid: shape {valid.shape} differs from pixels {pixels.shape}")
         h, w = pixels.shape
         order = _binomial_order(self.smooth_px) if self.smooth_px > 0 else 0
+        # wide kernels (sigma > ~1.6 px) would overflow the integer sums: smooth in float32 first
+        float_px = self.smooth_px if 255 * 4**order >= 2**32 else 0.0
+        reach = int(np.ceil(4 * float_px)) if float_px else order // 2
+        order = 0 if float_px else order
         norm = 4**order  # sum of the 2-D binomial kernel
         kind = np.uint16 if 255 * norm < 2**16 else np.uint32
         base, scale = self._quantisation()
@@ -300,14 +311,17 @@ class PhaseModel:
         rims = self.rim_fix and self.n_phases >= 3
         # Row blocks that stay in the CPU cache through every step; each carries a halo of the
         # rows its smoothing and rim windows reach, so the labels equal whole-slice ones.
-        halo = order // 2 + (self.rim_px if rims else 0)
+        halo = reach + (self.rim_px if rims else 0)
         rows = 2 * max(8, _BLOCK_PIXELS // (2 * w))  # even: the 2 x 2 uncertainty grid is global
         labels = np.empty((h, w), dtype=np.uint8)
         n_uncertain = n_counted = 0
         for r0 in range(0, h, rows):
             r1 = min(r0 + rows, h)
             e0, e1 = max(r0 - halo, 0), min(r1 + halo, h)
-            smooth = self._quantised_smooth(pixels[e0:e1], base, scale, order, kind)
+            block_pixels = pixels[e0:e1]
+            if float_px:
+                block_pixels = ndimage.gaussian_filter(block_pixels.astype(np.float32), float_px, mode="nearest")
+            smooth = self._quantised_smooth(block_pixels, base, scale, order, kind)
             block = _classify(smooth, thresholds)
             if rims:
                 self._fix_rims(block, smooth, to_smooth)
@@ -324,6 +338,8 @@ class PhaseModel:
             else:
                 n_counted += sub.size
             n_uncertain += int(np.count_nonzero(uncertain))
+        if self.label_values:
+            labels = np.array((0, *self.label_values), dtype=np.uint8)[labels]
         if valid is not None:
             np.multiply(labels, valid, out=labels)
         return SegmentedSlice(labels, n_uncertain / n_counted if n_counted else 0.0)
@@ -370,6 +386,7 @@ class PhaseModel:
             "rim_fix": self.rim_fix,
             "rim_px": self.rim_px,
             "uncertain_bounds": [list(b) for b in self.uncertain_bounds],
+            "label_values": list(self.label_values),
         }
 
     @classmethod
@@ -385,6 +402,7 @@ class PhaseModel:
                 rim_fix=bool(data.get("rim_fix", True)),
                 rim_px=int(data.get("rim_px", 2)),
                 uncertain_bounds=tuple(tuple(float(v) for v in b) for b in data.get("uncertain_bounds", ())),
+                label_values=tuple(int(v) for v in data.get("label_values", ())),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise CalibrationError(f"PhaseModel.from_dict: invalid model {data!r}: {exc}") from exc
@@ -561,3 +579,121 @@ def fit_pixel_classifier(image, sparse_labels, *, sigma_min=1.0, sigma_max=16.0,
                                                sigma_min=sigma_min, sigma_max=sigma_max))
     fit_segmenter(sparse_labels, clf.features(image), forest)
     return clf
+
+
+def sparse_labels_from_rectangles(shape, rectangles, phases):
+    """A sparse label image from rectangles of known phase (training labels for the classifier).
+
+    Parameters
+    ----------
+    shape : (int, int)
+        The slice's shape (Y, X).
+    rectangles : dict of str to list of (y0, y1, x0, x1)
+        Phase name -> rectangles (pixels, ``[y0, y1) x [x0, x1)``) that show only that phase.
+    phases : processing.phases.Phases
+        The named phases (label of each name).
+
+    Returns
+    -------
+    (Y, X) ndarray of uint8
+        The phase's label inside its rectangles, 0 elsewhere.
+
+    Raises
+    ------
+    ValueError
+        An unknown phase name, a malformed or empty rectangle, or rectangles of two phases that overlap.
+    """
+    out = np.zeros(tuple(shape), dtype=np.uint8)
+    for name, rects in rectangles.items():
+        if name not in phases.names:
+            raise ValueError(f"rectangles: unknown phase {name!r}; phases are {phases.names!r}")
+        for rect in rects:
+            y0, y1, x0, x1 = (int(v) for v in rect)
+            if not (0 <= y0 < y1 <= shape[0] and 0 <= x0 < x1 <= shape[1]):
+                raise ValueError(f"rectangles: {name!r} rectangle {list(rect)} is empty or outside the slice {tuple(shape)}")
+            box = out[y0:y1, x0:x1]
+            label = phases.label(name)
+            if np.any((box > 0) & (box != label)):
+                raise ValueError(f"rectangles: {name!r} rectangle {list(rect)} overlaps another phase's")
+            box[...] = label
+    return out
+
+
+def calibrate_phases(slices, phases, *, valid=None, training_labels=None, rng=0, **options):
+    """Fit the segmentation model on the calibration slices and check it against the data.
+
+    The grey classes the data show (:func:`processing.phases.estimate_grey_classes`) are
+    compared with the named phases (:func:`processing.phases.check_phases`); every mismatch is a
+    warning of the returned check. When the data show fewer separable classes than names, the
+    grey-level model is fitted with the classes found and the names left over stay empty (no
+    invented phase); when they show more, the names are kept and the check says what is mixed.
+
+    Parameters
+    ----------
+    slices : sequence of (Y, X) ndarray
+        Corrected calibration slices.
+    phases : Phases
+        Names (dark to bright) and roles.
+    valid : sequence of (Y, X) bool ndarray, optional
+        The valid region of each slice.
+    training_labels : (Y, X) ndarray of int, or dict of str to list of rectangles, optional
+        Sparse labels (phase label 1..n, 0 = not labelled) drawn on ``slices[0]``, or rectangles
+        per phase name (:func:`sparse_labels_from_rectangles`): fit the trainable pixel
+        classifier instead of the grey-level model.
+    rng : None, int or numpy.random.Generator, optional
+        Seed of the pixel classifier.
+    **options
+        Passed to :func:`fit_phase_model`.
+
+    Returns
+    -------
+    model : PhaseModel or PixelClassifier
+    check : processing.phases.PhaseCheck
+
+    Raises
+    ------
+    CalibrationError
+        The model cannot be fitted (see :func:`fit_phase_model`, :func:`fit_pixel_classifier`).
+    """
+    from dataclasses import replace
+
+    from processing.phases import check_phases, estimate_grey_classes
+
+    slices = [np.asarray(s) for s in ([slices] if isinstance(slices, np.ndarray) and slices.ndim == 2 else slices)]
+    n = len(phases.names)
+    estimate = estimate_grey_classes(slices, valid=valid, smooth_px=options.get("smooth_px", 1.0))
+    if training_labels is not None:
+        if isinstance(training_labels, dict):
+            try:
+                training_labels = sparse_labels_from_rectangles(slices[0].shape, training_labels, phases)
+            except ValueError as exc:
+                raise CalibrationError(f"training labels: {exc}") from None
+        training_labels = np.asarray(training_labels)
+        if training_labels.shape != slices[0].shape:
+            raise CalibrationError(f"training labels are {training_labels.shape}, the slices {slices[0].shape}")
+        if training_labels.size and int(training_labels.max()) > n:
+            raise CalibrationError(f"training labels go up to {int(training_labels.max())}, but {n} phases are named")
+        check = check_phases(estimate, phases)
+        missing = [name for i, name in enumerate(phases.names) if not np.any(training_labels == i + 1)]
+        train_valid = valid[0] if valid is not None else None
+        sparse = training_labels if train_valid is None else np.where(train_valid, training_labels, 0)
+        model = fit_pixel_classifier(slices[0], sparse, rng=rng)
+        notes = [f"the training labels have no pixel of {', '.join(repr(m) for m in missing)}: the classifier "
+                 "never outputs it"] if missing else []
+        for note in notes:
+            logger.warning("phase model: %s", note)
+        # the grey-level count is evidence, not a rule, for a classifier trained on texture too
+        return model, replace(check, warnings=check.warnings + tuple(notes), n_fit=n,
+                              label_values=tuple(range(1, n + 1)), empty_names=tuple(missing))
+    try:
+        model = fit_phase_model(slices, n_phases=n, valid=valid, **options)
+        levels = model.levels
+    except CalibrationError:
+        model, levels = None, None
+    check = check_phases(estimate, phases, model_levels=levels)
+    if check.n_fit != n:
+        model = replace(fit_phase_model(slices, n_phases=check.n_fit, valid=valid, **options),
+                        label_values=check.label_values)
+    elif model is None:
+        model = fit_phase_model(slices, n_phases=n, valid=valid, **options)  # raises with the reason
+    return model, check

@@ -369,7 +369,7 @@ def test_run_doctor_ready_then_port_taken(small_fei_project, tmp_path):
     config = _config(small_fei_project, tmp_path / "v.ome.zarr", port)
     checks = doctor_checks(config, expected_slices=50)
     names = [c.name for c in checks]
-    assert names == ["acquisition folder", "detector", "slices", "slice spacing", "volume location", "volume resume", "free disk",
+    assert names == ["acquisition folder", "detector", "slices", "slice spacing", "phase model", "volume location", "volume resume", "free disk",
                      "publish security", "publish port", "snapshot port", "dask scheduler", "python packages",
                      "machine"]
     disk = checks[names.index("free disk")]

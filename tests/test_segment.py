@@ -172,3 +172,13 @@ def test_row_blocks_leave_no_seams():
     model = fit_phase_model(slices[:2], smooth_px=1.5)
     for s in slices:
         assert np.array_equal(model.segment(s.T).labels, model.segment(s).labels.T)
+
+
+def test_label_values_map_the_fitted_classes_and_round_trip():
+    slices, _ = _corrected(3, 128, seed=7)
+    model = fit_phase_model(slices[:2], n_phases=2)
+    mapped = PhaseModel.from_dict(json.loads(json.dumps({**model.to_dict(), "label_values": [1, 3]})))
+    assert mapped.label_values == (1, 3)
+    plain, relabelled = model.segment(slices[2]).labels, mapped.segment(slices[2]).labels
+    assert np.array_equal(relabelled, np.where(plain == 2, 3, plain))
+    assert PhaseModel.from_dict(mapped.to_dict()) == mapped

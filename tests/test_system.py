@@ -180,7 +180,8 @@ def test_agent_waits_for_a_slice_written_in_two_halves(tmp_path, acquisition):
                               slice_spacing_um=SPACING_UM[0])[:6]
     incoming.mkdir()
     endpoint = free_loopback_endpoint()
-    config = agent_config(incoming, volume, endpoint, acquisition={"settle_s": 0.3})
+    # the cap is stated (else the calibration rightly reports it as a fourth grey class: a phase_model error)
+    config = agent_config(incoming, volume, endpoint, acquisition={"settle_s": 0.3}, processing={"cap_rows": CAP_PX})
     agent, stop, thread, result = start_agent(config)
     seen = []
     agent.events.subscribe(lambda name, doc: seen.append((name, doc)), name="test")

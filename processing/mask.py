@@ -1,0 +1,180 @@
+"""The valid region of a slice: the pixels that show the sample.
+
+Everything else (protective cap, surface view, fiducial, black margins, the outside of a
+circular field, the borders uncovered by drift) is labelled 0 (unassigned) and so left out of
+every metric's denominator and of the phase calibration.
+
+Found automatically here: *flat margins*, regions of (nearly) constant grey touching the border
+of the slice (black margins, the digital fill outside a circular field or a reconstruction).
+A constant region is not sample (sample has noise); a saturated phase is, so regions at the
+largest value of the dtype are kept. The chain adds the rows it found z-invariant (cap,
+fiducial band) and the drift borders. The user overrides with rows, rectangles, polygons or a
+mask image (:class:`RegionMask`), in the frame of the slice as written by the microscope.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import ndimage
+
+from processing.errors import SliceShapeError
+
+__all__ = ["RegionMask", "flat_margins"]
+
+
+def flat_margins(pixels, *, window_px=5, flat_tol=0.01, min_area=0.002):
+    """Regions of constant grey that touch the border of the slice (not sample).
+
+    Parameters
+    ----------
+    pixels : (Y, X) ndarray
+        A slice (raw or corrected).
+    window_px : int, optional
+        Side of the square window in which the grey level must be constant, pixels (>= 3).
+    flat_tol : float, optional
+        "Constant": grey range in the window at most this share of the slice's robust grey
+        range (1st to 99th percentile).
+    min_area : float, optional
+        Smallest region kept, as a share of the slice (smaller flat patches are noise-free
+        specks of sample).
+
+    Returns
+    -------
+    (Y, X) bool ndarray
+        True on the flat margins.
+    """
+    pixels = np.asarray(pixels)
+    if pixels.ndim != 2:
+        raise SliceShapeError(f"pixels: expected a 2-D slice, got shape {pixels.shape}")
+    if not (isinstance(window_px, (int, np.integer)) and window_px >= 3):
+        raise ValueError(f"window_px: expected an integer >= 3, got {window_px!r}")
+    if not 0 <= flat_tol < 1:
+        raise ValueError(f"flat_tol: expected 0 <= t < 1, got {flat_tol!r}")
+    from processing.segment import _square_reduce
+
+    sub = pixels[::4, ::4]  # the grey range, from a sixteenth of the pixels
+    lo, hi = np.percentile(sub, [1, 99])
+    tol = flat_tol * max(float(hi - lo), 1e-6)
+    # a margin touches the border: where no border window is flat (the usual slice), stop here
+    w = window_px
+    strips = (pixels[:w], pixels[-w:], pixels[:, :w].T, pixels[:, -w:].T)
+    if not any(np.any((_square_reduce(b, w, np.maximum).astype(np.float32)
+                       - _square_reduce(b, w, np.minimum)) <= tol) for b in strips):
+        return np.zeros(pixels.shape, bool)
+    native = pixels if pixels.dtype.kind in "ui" else pixels.astype(np.float32)  # reduce in the slice's own dtype
+    spread = (_square_reduce(native, window_px, np.maximum).astype(np.float32)
+              - _square_reduce(native, window_px, np.minimum))
+    flat = spread <= tol
+    values = pixels.astype(np.float32)
+    if np.issubdtype(pixels.dtype, np.integer):
+        flat &= pixels < np.iinfo(pixels.dtype).max  # a saturated phase is sample
+    # regions of two fills that touch (a black margin beside the fill of a circular field) are
+    # split by the pixels whose window sees both: join across that gap
+    reach = window_px // 2 + 1
+    size = 2 * reach + 1
+    labels, n = ndimage.label(_square_reduce(flat.view(np.uint8), size, np.maximum))
+    if n == 0:
+        return np.zeros(pixels.shape, bool)
+    border = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
+    areas = np.bincount(labels[flat], minlength=n + 1)
+    keep = np.zeros(n + 1, bool)
+    keep[border] = True
+    keep &= areas >= min_area * pixels.size
+    keep[0] = False
+    out = keep[labels] & flat
+    if out.any():
+        # the window's reach: the flat test misses a region's outer pixels; take back those at
+        # the grey level of the flat region next to them (two fills may touch: region by region)
+        parts, n_parts = ndimage.label(out)
+        level = np.zeros(n_parts + 1, np.float32)
+        level[1:] = ndimage.mean(values, parts, index=np.arange(1, n_parts + 1))  # flat: mean = any value
+        near = _square_reduce(parts.astype(np.uint16 if n_parts < 2**16 else np.int32), size, np.maximum)
+        out |= (near > 0) & (np.abs(values - level[near]) <= tol)
+    return out
+
+
+@dataclass(frozen=True)
+class RegionMask:
+    """Which pixels of a slice are sample: automatic detection plus the user's overrides.
+
+    Attributes
+    ----------
+    auto : bool
+        Find flat margins automatically (:func:`flat_margins`).
+    exclude_rows : tuple of (int, int)
+        Row ranges ``[y0, y1)`` that are not sample (cap, surface view).
+    exclude_rectangles : tuple of (int, int, int, int)
+        Rectangles ``(y0, y1, x0, x1)`` that are not sample (a fiducial, a label).
+    exclude_polygons : tuple of tuple of (float, float)
+        Polygons of (y, x) vertices, pixels, that are not sample.
+    include : (Y, X) bool ndarray or None
+        A mask image: True (non-zero) on the sample; everything else is excluded.
+
+    All in the frame of the slice as written (before drift correction).
+    """
+
+    auto: bool = True
+    exclude_rows: tuple = ()
+    exclude_rectangles: tuple = ()
+    exclude_polygons: tuple = ()
+    include: np.ndarray | None = None
+
+    def __post_init__(self):
+        rows = tuple(tuple(int(v) for v in r) for r in self.exclude_rows)
+        rects = tuple(tuple(int(v) for v in r) for r in self.exclude_rectangles)
+        polys = tuple(tuple(tuple(float(v) for v in p) for p in poly) for poly in self.exclude_polygons)
+        for r in rows:
+            if len(r) != 2 or not 0 <= r[0] < r[1]:
+                raise ValueError(f"exclude_rows: expected [y0, y1] with 0 <= y0 < y1, got {list(r)}")
+        for r in rects:
+            if len(r) != 4 or not (0 <= r[0] < r[1] and 0 <= r[2] < r[3]):
+                raise ValueError(f"exclude_rectangles: expected [y0, y1, x0, x1] with y0 < y1, x0 < x1, got {list(r)}")
+        for p in polys:
+            if len(p) < 3 or any(len(v) != 2 for v in p):
+                raise ValueError(f"exclude_polygons: expected at least 3 [y, x] vertices, got {p!r}")
+        object.__setattr__(self, "exclude_rows", rows)
+        object.__setattr__(self, "exclude_rectangles", rects)
+        object.__setattr__(self, "exclude_polygons", polys)
+        if self.include is not None:
+            include = np.asarray(self.include)
+            if include.ndim != 2:
+                raise SliceShapeError(f"include: expected a 2-D mask image, got shape {include.shape}")
+            object.__setattr__(self, "include", include != 0)
+
+    @property
+    def is_trivial(self) -> bool:
+        """Nothing to exclude and nothing to look for."""
+        return not (self.auto or self.exclude_rows or self.exclude_rectangles or self.exclude_polygons
+                    or self.include is not None)
+
+    def valid(self, pixels) -> np.ndarray:
+        """(Y, X) bool: True where the slice `pixels` shows the sample.
+
+        Raises
+        ------
+        SliceShapeError
+            The mask image's shape differs from the slice's.
+        """
+        pixels = np.asarray(pixels)
+        if pixels.ndim != 2:
+            raise SliceShapeError(f"pixels: expected a 2-D slice, got shape {pixels.shape}")
+        if self.include is not None:
+            if self.include.shape != pixels.shape:
+                raise SliceShapeError(f"mask image is {self.include.shape}, the slices are {pixels.shape}")
+            out = self.include.copy()
+        else:
+            out = np.ones(pixels.shape, bool)
+        for y0, y1 in self.exclude_rows:
+            out[y0:y1] = False
+        for y0, y1, x0, x1 in self.exclude_rectangles:
+            out[y0:y1, x0:x1] = False
+        if self.exclude_polygons:
+            from skimage.draw import polygon2mask
+
+            for poly in self.exclude_polygons:
+                out &= ~polygon2mask(pixels.shape, np.asarray(poly))
+        if self.auto:
+            out &= ~flat_margins(pixels)
+        return out

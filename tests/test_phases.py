@@ -1,0 +1,148 @@
+"""The phase model checked against the data: classes found, halos, mismatches, no invented phase,
+four phases end to end, the pixel classifier from training labels."""
+
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from processing.align import apply_shift
+from processing.chain import SliceChain
+from processing.io import SliceImage
+from processing.phases import Phases, check_phases, estimate_grey_classes
+from processing.synthetic import generate_microstructure, render_acquisition
+
+FOUR = ("pore", "carbon-binder", "electrolyte", "active")
+
+
+def _labels(n_phases, n, size, seed, *, halo_px=0):
+    """Truth labels 1..n_phases (dark to bright) on a (n, size + 24, size + 24) volume.
+
+    2: pore and active; 3: the generator's pore, electrolyte, active; 4: a carbon-binder phase
+    carved from the electrolyte as blobs of a smooth random field. ``halo_px`` adds a bright
+    ring of that width around the dark particles of a 2-phase volume (label 3).
+    """
+    lab = generate_microstructure((n, size + 24, size + 24), particle_radius_um=0.5, rng=seed)
+    if n_phases == 2:
+        out = np.where(lab == 3, 1, 2).astype(np.uint8)  # dark particles in a bright matrix
+        if halo_px:
+            ring = np.array([ndimage.binary_dilation(s == 1, iterations=halo_px) for s in out]) & (out == 2)
+            out[ring] = 3
+        return out
+    if n_phases == 3:
+        return lab
+    field = ndimage.gaussian_filter(np.random.default_rng(seed).normal(size=lab.shape), (1.5, 4, 4))
+    electrolyte = lab == 2
+    out = np.where(lab == 3, 4, np.where(electrolyte, 3, 1)).astype(np.uint8)
+    out[electrolyte & (field > np.quantile(field[electrolyte], 0.55))] = 2
+    return out
+
+
+_LEVELS = {2: (60, 190), 3: (45, 115, 195), 4: (40, 90, 140, 205)}
+
+
+def _acquisition(labels, levels, *, seed=5, noise=16.0, size=192):
+    return render_acquisition(labels, levels=levels, drift_px=np.zeros((labels.shape[0], 2)),
+                              field_shape=(size, size), noise_sigma=noise, rng=seed)
+
+
+def _push(chain, slices):
+    out = []
+    for k, pixels in enumerate(slices):
+        out.extend(chain.push(SliceImage(pixels, k + 1, f"s{k + 1}.tif", (0.02, 0.02), None)))
+    return out + chain.flush()
+
+
+def _truth_at_shift(truth, done):
+    """Truth labels moved by the shift the chain applied to each slice (alignment errors do not count)."""
+    return np.array([apply_shift(t, p.drift.shift_px, order=0)[0] for t, p in zip(truth, done)])
+
+
+@pytest.mark.parametrize("n_phases, seed", [(2, 0), (3, 1), (4, 2)])
+def test_the_classes_found_are_the_phases_rendered(n_phases, seed):
+    acq = _acquisition(_labels(n_phases, 6, 192, seed), _LEVELS[n_phases])
+    estimate = estimate_grey_classes(acq.slices[:4])
+    assert estimate.n_classes == n_phases
+    found = [c.level for c in estimate.phase_classes]
+    assert np.allclose(found, _LEVELS[n_phases], atol=12)
+    assert min(estimate.separation) > 2.0
+    assert check_phases(estimate, Phases(("a", "b", "c", "d")[:n_phases])).ok
+
+
+def test_a_bright_edge_halo_is_not_a_phase():
+    acq = _acquisition(_labels(2, 6, 192, 3, halo_px=2), (60, 150, 220))
+    estimate = estimate_grey_classes(acq.slices[:4])
+    # the ring (5 % of the pixels) and the partial-volume rim take no class of their own
+    assert estimate.n_classes == 2
+    assert np.allclose([c.level for c in estimate.phase_classes], (60, 150), atol=12)
+    assert all(c.core_share < 0.3 for c in estimate.classes if c.halo)
+    check = check_phases(estimate, Phases(("particle", "matrix")))
+    assert check.ok and check.n_fit == 2
+    # three names for two phases: not invented, and said
+    check = check_phases(estimate, Phases(("pore", "electrolyte", "active")))
+    assert check.n_fit == 2 and check.label_values == (1, 3) and not check.ok
+
+
+def test_more_classes_than_names_is_a_warning_that_names_the_brightest():
+    acq = _acquisition(_labels(4, 6, 192, 4), _LEVELS[4])
+    check = check_phases(estimate_grey_classes(acq.slices[:4]), Phases())
+    assert not check.ok and check.n_fit == 3
+    assert "4 separable grey classes" in check.warnings[0] and "'active' (role active)" in check.warnings[0]
+
+
+def test_two_phase_sample_with_three_names_leaves_the_middle_phase_empty():
+    truth = _labels(2, 12, 192, 6)[:, :, ::-1].copy()
+    acq = _acquisition(truth, (60, 190))
+    chain = SliceChain(phases=Phases(), calibration_slices=6)
+    done = _push(chain, acq.slices)
+    labels = np.array([p.labels for p in done])
+    assert chain.phase_check.empty_names == ("electrolyte",)
+    assert any("no phase is invented" in w for w in chain.phase_check.warnings)
+    assert not np.any(labels == 2)
+    expected = _truth_at_shift(np.where(acq.labels == 1, 1, 3), done)
+    inside = (labels > 0) & (expected > 0)
+    assert np.mean(labels[inside] == expected[inside]) >= 0.97
+
+
+def test_four_phases_end_to_end():
+    acq = _acquisition(_labels(4, 12, 192, 7), _LEVELS[4])
+    chain = SliceChain(phases=Phases(FOUR), calibration_slices=6)
+    done = _push(chain, acq.slices)
+    assert chain.phase_check.ok, chain.phase_check.warnings
+    assert chain.phase_model.n_phases == 4
+    labels = np.array([p.labels for p in done])
+    truth = _truth_at_shift(acq.labels, done)
+    inside = (labels > 0) & (truth > 0)
+    assert np.mean(labels[inside] == truth[inside]) >= 0.9
+    for k in range(1, 5):
+        assert abs(np.mean(labels[inside] == k) - np.mean(truth[inside] == k)) <= 0.02
+        assert np.mean(labels[inside & (truth == k)] == k) >= 0.8  # carbon-binder is its own phase
+
+
+def test_pixel_classifier_from_training_labels_in_the_chain():
+    acq = _acquisition(_labels(3, 6, 192, 8), _LEVELS[3])
+    sparse = np.zeros(acq.labels[0].shape, np.uint8)
+    for k in (1, 2, 3):  # a few pixels of every phase, well inside it
+        core = ndimage.binary_erosion(acq.labels[0] == k, iterations=3)
+        ys, xs = np.nonzero(core)
+        pick = np.random.default_rng(k).choice(ys.size, 200, replace=False)
+        sparse[ys[pick], xs[pick]] = k
+    chain = SliceChain(phases=Phases(), calibration_slices=3, training_labels=sparse)
+    done = _push(chain, acq.slices)
+    assert type(chain.phase_model).__name__ == "PixelClassifier"
+    assert chain.phase_check is not None and chain.state()["phase_model"] == {"pixel_classifier": True}
+    labels = np.array([p.labels for p in done])
+    truth = _truth_at_shift(acq.labels, done)
+    inside = (labels > 0) & (truth > 0)
+    assert np.mean(labels[inside] == truth[inside]) >= 0.93
+
+
+def test_a_saturated_brightest_phase_is_questioned():
+    acq = _acquisition(_labels(3, 6, 192, 9), (45, 115, 250))
+    saturated = np.mean(acq.slices[:4] == 255)
+    assert saturated > 0.05
+    estimate = estimate_grey_classes(acq.slices[:4])
+    assert estimate.saturated_share == pytest.approx(saturated, rel=1e-6)
+    check = check_phases(estimate, Phases())
+    assert any("saturated" in w and "'active' has role active" in w for w in check.warnings)
+    clean = check_phases(estimate_grey_classes(_acquisition(_labels(3, 6, 192, 9), _LEVELS[3]).slices[:4]), Phases())
+    assert not any("saturated" in w for w in clean.warnings)
