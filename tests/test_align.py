@@ -254,6 +254,7 @@ def test_a_thin_chance_band_on_large_particles_is_rejected_and_no_slice_is_skipp
     done = []
     for k, pixels in enumerate(acq.slices):
         done.extend(chain.push(SliceImage(pixels, k + 1, f"s{k + 1}.tif", (0.02, 0.02), None)))
+    done += chain.flush()
     assert chain.roi is None  # the whole slice
     assert [p.index for p in done] == list(range(1, n + 1))  # no slice skipped
     shifts = np.array([p.drift.shift_px for p in done])

@@ -4,6 +4,7 @@ and calibration."""
 import numpy as np
 import pytest
 
+from agent.config import ProcessingConfig
 from processing.chain import SliceChain
 from processing.errors import SliceShapeError
 from processing.io import SliceImage
@@ -94,7 +95,6 @@ def test_auto_region_cap_is_neither_segmented_nor_calibrated():
 
 
 def test_resumed_chain_keeps_the_rows_it_found_not_sample():
-    from types import SimpleNamespace
 
     labels = generate_microstructure((12, 320, 320), spacing_um=(0.05, 0.02, 0.02), particle_radius_um=0.4, rng=2)
     acq = render_acquisition(labels, field_shape=(256, 256), cap_px=40, drift_px=np.zeros((12, 2)), rng=4)
@@ -102,10 +102,9 @@ def test_resumed_chain_keeps_the_rows_it_found_not_sample():
     done = _push(chain, acq.slices[:11])
     state = chain.state()
     assert state["nonsample_rows"] and state["phase_model"]["label_values"] == []
-    config = SimpleNamespace(calibration_slices=10, brightness_normalisation=True, curtaining_removal=True,
-                             background_flattening=False, roi="auto", cap_rows=0)
+    config = ProcessingConfig(calibration_slices=10, roi="auto")
     resumed = SliceChain.resume(state, config=config, phases=Phases(), last_aligned=done[-1].grey,
                                 last_shift_px=done[-1].drift.shift_px)
     y0, y1 = state["nonsample_rows"]
-    (after,) = resumed.push(SliceImage(acq.slices[11], 12, "s12.tif", (0.02, 0.02), None))
+    (after,) = resumed.push(SliceImage(acq.slices[11], 12, "s12.tif", (0.02, 0.02), None)) + resumed.flush()
     assert not after.labels[y0:y1].any() and np.mean(after.labels[y1 + 5:] > 0) > 0.9
