@@ -54,8 +54,9 @@ UNCERTAINTY_METHOD = (
 # coarsest block sizes only: below the correlation length the variance decays differently).
 _POOLED_EDGES = 3
 # Metrics-document fields that are not Table 1 values.
+# geometry, bookkeeping and the metrics' own error figures: not compared as Table 1 values
 _NOT_VALUES = {"depth_slices", "spacing_um", "details", "targeted_volume_ratio", "expensive_depth_slices",
-               "expensive_windows"}
+               "expensive_windows", "face_valid_share", "sampling_error"}
 
 
 def flatten_metrics(doc) -> dict[str, float | None]:

@@ -37,7 +37,7 @@ import numpy as np
 from scipy import ndimage
 
 from processing.errors import CalibrationError
-from processing.segment import fit_gray_mixture
+from processing.segment import fit_gray_mixture, otsu_class_means
 
 __all__ = [
     "BrightnessMonitor",
@@ -95,19 +95,6 @@ def _histogram(pixels, step):
     return 0.5 * (edges[:-1] + edges[1:]), counts
 
 
-def _kmeans_1d(centres, counts, init, iterations=20):
-    means = np.array(init, dtype=float)
-    for _ in range(iterations):
-        cut = 0.5 * (means[1:] + means[:-1])
-        cls = np.searchsorted(cut, centres)
-        for k in range(means.size):
-            w = counts[cls == k]
-            if w.sum() > 0:
-                means[k] = float((centres[cls == k] * w).sum() / w.sum())
-        means.sort()
-    return means
-
-
 def find_levels(pixels, n_phases, *, init=None, step=2):
     """Grey level of each phase: the means of a Gaussian mixture fitted to the slice's histogram.
 
@@ -119,7 +106,7 @@ def find_levels(pixels, n_phases, *, init=None, step=2):
         Number of phases (2 to 4).
     init : sequence of float, optional
         Expected levels (e.g. the reference levels mapped through the previous slice's
-        brightness); default: 1-D k-means from the quantiles.
+        brightness); default: the means of the multi-Otsu classes.
     step : int, optional
         Subsampling step of the histogram (pixels).
 
@@ -138,8 +125,10 @@ def find_levels(pixels, n_phases, *, init=None, step=2):
     if centres is None:
         return np.full(n_phases, np.nan), np.zeros(n_phases)
     if init is None:
-        cum = np.cumsum(counts) / counts.sum()
-        init = _kmeans_1d(centres, counts, centres[np.searchsorted(cum, (np.arange(n_phases) + 0.5) / n_phases)])
+        try:
+            init = otsu_class_means(centres, counts, n_phases)[1]
+        except ValueError:  # fewer distinct grey levels than phases
+            return np.full(n_phases, np.nan), np.zeros(n_phases)
     levels, _, weights = fit_gray_mixture(centres, counts, np.sort(np.asarray(init, dtype=float)), iterations=30,
                                           tol=0.01 * (centres[1] - centres[0]))
     return levels, weights

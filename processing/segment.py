@@ -75,6 +75,38 @@ def _histogram(values, bins=256):
     return 0.5 * (edges[:-1] + edges[1:]), counts.astype(float)
 
 
+def otsu_class_means(centres, counts, n_classes):
+    """Multi-Otsu thresholds of a histogram and the mean grey level of each class between them:
+    the starting point of :func:`fit_gray_mixture` (robust where quantiles are not, e.g. four
+    classes of unequal shares).
+
+    Parameters
+    ----------
+    centres, counts : (B,) ndarray
+        Histogram bin centres (grey units) and counts.
+    n_classes : int
+        Number of classes.
+
+    Returns
+    -------
+    thresholds : (n_classes - 1,) ndarray
+    means : list of float
+        Dark to bright.
+
+    Raises
+    ------
+    ValueError
+        The histogram cannot be split into `n_classes` classes (from scikit-image).
+    """
+    from skimage.filters import threshold_multiotsu
+
+    thresholds = threshold_multiotsu(hist=(np.asarray(counts).astype(np.int64), centres), classes=n_classes)
+    cls = np.searchsorted(thresholds, centres)
+    means = [float((centres[cls == k] * counts[cls == k]).sum() / max(counts[cls == k].sum(), 1))
+             for k in range(n_classes)]
+    return thresholds, means
+
+
 def fit_gray_mixture(centres, counts, means, *, iterations=50, equal_sigma=True, tol=0.0):
     """1-D Gaussian mixture fitted to a histogram by expectation-maximisation.
 
@@ -439,8 +471,6 @@ def fit_phase_model(slices, *, n_phases=3, smooth_px=1.0, method="gmm", rim_fix=
     CalibrationError
         When the grey levels do not show `n_phases` classes.
     """
-    from skimage.filters import threshold_multiotsu
-
     if not (isinstance(n_phases, (int, np.integer)) and 2 <= n_phases <= 4):
         raise ValueError(f"n_phases: expected an integer 2..4, got {n_phases!r}")
     if method not in ("gmm", "otsu"):
@@ -466,12 +496,9 @@ def fit_phase_model(slices, *, n_phases=3, smooth_px=1.0, method="gmm", rim_fix=
     values = np.concatenate(values)
     centres, counts = _histogram(values)
     try:
-        otsu = threshold_multiotsu(hist=(counts.astype(np.int64), centres), classes=n_phases)
+        otsu, init = otsu_class_means(centres, counts, n_phases)
     except ValueError as exc:
         raise CalibrationError(f"fit_phase_model: cannot find {n_phases} phases: {exc}") from exc
-    cls = np.searchsorted(otsu, centres)
-    init = [float((centres[cls == k] * counts[cls == k]).sum() / max(counts[cls == k].sum(), 1))
-            for k in range(n_phases)]
     mu, sigma, weight = fit_gray_mixture(centres, counts, init)
     if np.any(np.diff(mu) <= 0) or np.any(weight < 1e-4):
         raise CalibrationError(f"fit_phase_model: the grey levels do not show {n_phases} phases "

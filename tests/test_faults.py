@@ -77,6 +77,9 @@ def fault_config(folder, volume, endpoint, **sections) -> Config:
         "acquisition": {"settle_s": 0.1, "gap_timeout_s": 5.0, "incomplete_timeout_s": 1.5,
                         "pixel_size_nm": PIXEL_SIZE_UM * 1000, "slice_spacing_nm": SLICE_SPACING_UM * 1000},
         "analysis": {"every_slices": 8, "expensive_every_slices": 64},
+        # each slice decided on its own: a fault's volume must equal the clean run's bit for bit,
+        # which labels in 3-D context cannot when a neighbour is missing or arrives late
+        "processing": {"context_slices": 0},
     }
     for name, values in sections.items():
         data.setdefault(name, {}).update(values)

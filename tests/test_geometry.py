@@ -130,6 +130,7 @@ def test_step_change_is_reported_and_170_slices_span_4_78_um(tmp_path, caplog):
     folder = atlas_folder(tmp_path, z_of_index)
     volume = tmp_path / "v.ome.zarr"
     caplog.set_level(logging.INFO, logger="agent")
+    caplog.set_level(logging.INFO, logger="processing.chain")
     _, summary, docs = run_to_end(config_for(folder, volume))
     assert summary.depth_slices == 170
     store = assert_true_depth(volume, z_of_index, docs)
@@ -141,7 +142,8 @@ def test_step_change_is_reported_and_170_slices_span_4_78_um(tmp_path, caplog):
     assert any("z step changed" in w for w in warnings)
     infos = [r.getMessage() for r in caplog.records if r.levelno == logging.INFO and r.name == "agent.pipeline"]
     assert any(m.startswith("calibrated on 4 slices") for m in infos)
-    assert sum(m.startswith("calibration: slice") for m in infos) == 3  # the 4th completes the calibration
+    attempts = [r.getMessage() for r in caplog.records if r.name == "processing.chain"]
+    assert sum(m.startswith("calibration attempt on slice") for m in attempts) == 4  # one line per step
     summaries = [m for m in infos if "slices processed" in m]
     assert len(summaries) >= 4 and summaries[-1].startswith("170 slices processed, 0 skipped")
 
@@ -223,7 +225,8 @@ def test_configured_detector_makes_the_volume(tmp_path):
     store = VolumeStore.open(volume, read_only=True)
     assert [r["index"] for r in store.slices] == list(range(1, 7)) and summary.slices_skipped == 0
     assert all("/Images/SEM Image/" in r["source"] for r in store.slices)
-    assert not [d for d in docs if d["topic"] == "error"]
+    # nothing refused (the small test slices show two grey classes: the phase-model warning may come)
+    assert not [d for d in docs if d["topic"] == "error" and d["kind"] != "phase_model"]
 
 
 def test_slices_of_a_second_detector_arriving_later_are_refused(tmp_path):
