@@ -10,7 +10,10 @@ Three steps, each usable alone:
    brightness drift, noise) and keeps the truth: labels on the canvas of the
    first slice and the drift of every slice.
 3. :func:`write_acquisition` writes the slices the way Thermo Fisher Auto
-   Slice & View or Zeiss Atlas 3D does, metadata included.
+   Slice & View, Zeiss Atlas 3D or TESCAN does, metadata included.
+
+:mod:`processing.scenarios` draws whole acquisitions at random over wide ranges
+(for validation) on top of these three steps.
 
 Voxels are anisotropic: sizes are given in micrometres and converted with
 ``spacing_um = (dz, dy, dx)``.
@@ -126,9 +129,11 @@ def _stamp_spheres(field, centres, radii, spacing, *, shape_name="sphere", aspec
             d2 = (axes[0][:, None, None] + axes[1][None, :, None] + axes[2][None, None, :]).astype(np.float32)
         else:
             d2 = None
-            for n in axes_rows:
-                proj = ((n[0] * offsets[0])[:, None, None] + (n[1] * offsets[1])[None, :, None]
-                        + (n[2] * offsets[2])[None, None, :]).astype(np.float32) ** 2
+            offsets = [o.astype(np.float32) for o in offsets]
+            for n in axes_rows.astype(np.float32):
+                # One 3-D temporary per facet, squared in place (float32 throughout).
+                proj = (n[0] * offsets[0])[:, None, None] + ((n[1] * offsets[1])[:, None] + (n[2] * offsets[2])[None, :])
+                np.square(proj, out=proj)
                 if d2 is None:
                     d2 = proj
                 elif shape_name == "ellipsoid":
