@@ -88,13 +88,11 @@ def _random_rotation(rng):
 def _particle_axes(shape_name, radius, aspect, rng):
     """Rows ``n`` such that the particle is ``max or sum of (n . v)^2 <= 1``, and its reach (um).
 
-    Spheres: the identity over `radius`. Ellipsoids: a random rotation with semi-axes
+    Ellipsoids: a random rotation with semi-axes
     ``radius * (aspect^(2/3), aspect^(-1/3), aspect^(-1/3))`` (the sphere's volume). Faceted:
     three orthogonal slab normals plus three random ones, each at a distance drawn in
     ``[0.8, 1] * radius`` (a polyhedron of up to 12 faces, inside the cube of half-width `radius`).
     """
-    if shape_name == "sphere":
-        return np.eye(3) / radius, _REACH * radius
     rot = _random_rotation(rng)
     if shape_name == "ellipsoid":
         semi = radius * np.array([aspect ** (2 / 3), aspect ** (-1 / 3), aspect ** (-1 / 3)])
@@ -118,7 +116,10 @@ def _stamp_spheres(field, centres, radii, spacing, *, shape_name="sphere", aspec
         idx = np.floor(centre / spacing).astype(int)
         if np.all((idx >= 0) & (idx < shape)) and field[tuple(idx)] < 1.0:
             continue
-        axes_rows, reach = _particle_axes(shape_name, radius, aspect, rng)
+        if shape_name == "sphere":
+            reach = _REACH * radius
+        else:
+            axes_rows, reach = _particle_axes(shape_name, radius, aspect, rng)
         lo = np.maximum(np.floor((centre - reach) / spacing).astype(int), 0)
         hi = np.minimum(np.ceil((centre + reach) / spacing).astype(int) + 1, shape)
         if np.any(hi <= lo):
