@@ -10,7 +10,10 @@ Three steps, each usable alone:
    brightness drift, noise) and keeps the truth: labels on the canvas of the
    first slice and the drift of every slice.
 3. :func:`write_acquisition` writes the slices the way Thermo Fisher Auto
-   Slice & View or Zeiss Atlas 3D does, metadata included.
+   Slice & View, Zeiss Atlas 3D or TESCAN does, metadata included.
+
+:mod:`processing.scenarios` draws whole acquisitions at random over wide ranges
+(for validation) on top of these three steps.
 
 Voxels are anisotropic: sizes are given in micrometres and converted with
 ``spacing_um = (dz, dy, dx)``.
@@ -85,13 +88,11 @@ def _random_rotation(rng):
 def _particle_axes(shape_name, radius, aspect, rng):
     """Rows ``n`` such that the particle is ``max or sum of (n . v)^2 <= 1``, and its reach (um).
 
-    Spheres: the identity over `radius`. Ellipsoids: a random rotation with semi-axes
+    Ellipsoids: a random rotation with semi-axes
     ``radius * (aspect^(2/3), aspect^(-1/3), aspect^(-1/3))`` (the sphere's volume). Faceted:
     three orthogonal slab normals plus three random ones, each at a distance drawn in
     ``[0.8, 1] * radius`` (a polyhedron of up to 12 faces, inside the cube of half-width `radius`).
     """
-    if shape_name == "sphere":
-        return np.eye(3) / radius, _REACH * radius
     rot = _random_rotation(rng)
     if shape_name == "ellipsoid":
         semi = radius * np.array([aspect ** (2 / 3), aspect ** (-1 / 3), aspect ** (-1 / 3)])
@@ -115,7 +116,10 @@ def _stamp_spheres(field, centres, radii, spacing, *, shape_name="sphere", aspec
         idx = np.floor(centre / spacing).astype(int)
         if np.all((idx >= 0) & (idx < shape)) and field[tuple(idx)] < 1.0:
             continue
-        axes_rows, reach = _particle_axes(shape_name, radius, aspect, rng)
+        if shape_name == "sphere":
+            reach = _REACH * radius
+        else:
+            axes_rows, reach = _particle_axes(shape_name, radius, aspect, rng)
         lo = np.maximum(np.floor((centre - reach) / spacing).astype(int), 0)
         hi = np.minimum(np.ceil((centre + reach) / spacing).astype(int) + 1, shape)
         if np.any(hi <= lo):
@@ -126,9 +130,11 @@ def _stamp_spheres(field, centres, radii, spacing, *, shape_name="sphere", aspec
             d2 = (axes[0][:, None, None] + axes[1][None, :, None] + axes[2][None, None, :]).astype(np.float32)
         else:
             d2 = None
-            for n in axes_rows:
-                proj = ((n[0] * offsets[0])[:, None, None] + (n[1] * offsets[1])[None, :, None]
-                        + (n[2] * offsets[2])[None, None, :]).astype(np.float32) ** 2
+            offsets = [o.astype(np.float32) for o in offsets]
+            for n in axes_rows.astype(np.float32):
+                # One 3-D temporary per facet, squared in place (float32 throughout).
+                proj = (n[0] * offsets[0])[:, None, None] + ((n[1] * offsets[1])[:, None] + (n[2] * offsets[2])[None, :])
+                np.square(proj, out=proj)
                 if d2 is None:
                     d2 = proj
                 elif shape_name == "ellipsoid":
