@@ -129,7 +129,6 @@ class SliceChain:
         self.tracker = None if roi == "auto" else DriftTracker(roi=roi)
         self._brightness = (1.0, 0.0)  # the previous slice's (gain, offset): guides the next match
         self._held: list[tuple[SliceImage, float]] = []
-        self._z_um: list[float] = []
         self._dtype = None
 
     @classmethod
@@ -173,16 +172,6 @@ class SliceChain:
         """True while slices are held back for the phase-model calibration."""
         return self.phase_model is None
 
-    @property
-    def slice_spacing_um(self) -> float | None:
-        """Median z step of the slices that recorded their z position, or None."""
-        z = np.asarray(self._z_um, dtype=float)
-        if z.size < 2:
-            return None
-        steps = np.diff(np.sort(z))
-        steps = steps[steps > 0]
-        return float(np.median(steps)) if steps.size else None
-
     def push(self, image: SliceImage) -> list[ProcessedSlice]:
         """Take the next slice; returns the slices finished by it (none while calibrating).
 
@@ -199,8 +188,6 @@ class SliceChain:
                 f"slice {image.index} ({image.source}) is {pixels.dtype} {pixels.shape}; "
                 f"this run's slices are {self._dtype} {self._shape}"
             )
-        if image.z_um is not None:
-            self._z_um.append(image.z_um)
         self._held.append((image, time.time()))
         if self.calibrating and len(self._held) < self.calibration_slices:
             return []
