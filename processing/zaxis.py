@@ -86,7 +86,8 @@ def mean_step_um(z_first_um: float, z_last_um: float, n_slices: int) -> float | 
     if n_slices < 2:
         return None
     step = (float(z_last_um) - float(z_first_um)) / (int(n_slices) - 1)
-    return step if math.isfinite(step) and step > 0 else None
+    # Rounded to 12 significant digits: z from file names is decimal, the division's noise is not.
+    return float(f"{step:.12g}") if math.isfinite(step) and step > 0 else None
 
 
 class ZPositions:
