@@ -233,7 +233,7 @@ def check_detector(folder, groups: dict[Path, list[Path]], *, detector: str | No
                      "give the folder's relative path, e.g. " + example), groups
     if len(groups) > 1:
         return Check(name, FAIL, f"slices of several detectors would mix into one volume: {found}",
-                     f"set acquisition.detector to the one to use, e.g. {example}"), groups
+                     f"set acquisition.detector (revwatch run --detector) to the one to use, e.g. {example}"), groups
     if groups:
         (d, files), = groups.items()
         return Check(name, OK, f"one slice folder: '{_relative(folder, d)}'"), groups

@@ -194,7 +194,6 @@ class SliceChain:
         self._nonsample_rows: tuple[int, int] | None = None  # z-invariant band found with roi "auto"
         self._brightness = (1.0, 0.0)  # the previous slice's (gain, offset): guides the next match
         self._held: list[tuple[SliceImage, float]] = []
-        self._z_um: list[float] = []
         self._dtype = None
 
     @classmethod
@@ -271,16 +270,6 @@ class SliceChain:
         """Slices aligned but whose labels wait for the following slices (3-D context)."""
         return 0 if self._context is None else self._context.delay_slices
 
-    @property
-    def slice_spacing_um(self) -> float | None:
-        """Median z step of the slices that recorded their z position, or None."""
-        z = np.asarray(self._z_um, dtype=float)
-        if z.size < 2:
-            return None
-        steps = np.diff(np.sort(z))
-        steps = steps[steps > 0]
-        return float(np.median(steps)) if steps.size else None
-
     def push(self, image: SliceImage) -> list[ProcessedSlice]:
         """Take the next slice; returns the slices finished by it (none while calibrating).
 
@@ -297,8 +286,6 @@ class SliceChain:
                 f"slice {image.index} ({image.source}) is {pixels.dtype} {pixels.shape}; "
                 f"this run's slices are {self._dtype} {self._shape}"
             )
-        if image.z_um is not None:
-            self._z_um.append(image.z_um)
         self._held.append((image, time.time()))
         if not self.calibrating:
             return self._process_held()
