@@ -25,6 +25,8 @@ __all__ = ["ProcessedSlice", "SliceChain"]
 log = logging.getLogger(__name__)
 
 _MIN_SLICES_FOR_BAND = 8
+# fewer cap rows than this hold no usable cap features: register on the band as a region
+_MIN_CAP_ROWS = 16
 
 
 @dataclass(frozen=True, eq=False)
@@ -126,7 +128,7 @@ class SliceChain:
         if roi is not None and roi != "auto":
             roi = tuple(int(v) for v in roi)
         self.roi = roi
-        self.tracker = None if roi == "auto" else DriftTracker(roi=roi)
+        self.tracker = None if roi == "auto" else self._new_tracker()
         self._brightness = (1.0, 0.0)  # the previous slice's (gain, offset): guides the next match
         self._held: list[tuple[SliceImage, float]] = []
         self._z_um: list[float] = []
@@ -154,7 +156,7 @@ class SliceChain:
             chain.correction = CorrectionModel.from_dict(state["correction"])
         # The region found or given when the run was calibrated, not searched for again.
         chain.roi = tuple(state["roi"]) if state.get("roi") else None
-        chain.tracker = DriftTracker(roi=chain.roi)
+        chain.tracker = chain._new_tracker()
         last_aligned = np.asarray(last_aligned)
         chain.tracker.resume(last_aligned, last_shift_px)
         chain._dtype, chain._shape = last_aligned.dtype, last_aligned.shape
@@ -215,7 +217,7 @@ class SliceChain:
             if self.tracker is None:
                 self.roi = self._find_roi([image.pixels for image, _ in held])
                 log.info("alignment region: %s", "whole slice" if self.roi is None else f"rows {self.roi[0]}-{self.roi[1]}")
-                self.tracker = DriftTracker(roi=self.roi)
+                self.tracker = self._new_tracker()
             self.correction = fit_correction(
                 [image.pixels for image, _ in held], n_phases=len(self.phases.names), **self.correction_options
             )
@@ -227,6 +229,15 @@ class SliceChain:
         else:
             aligned = [self._correct_and_align(image) for image, _ in held]
         return [self._segment(image, arrival, *a) for (image, arrival), a in zip(held, aligned)]
+
+    def _new_tracker(self) -> DriftTracker:
+        """The drift tracker: on the cap's lasting features when the cap rows are known."""
+        if self.cap_rows >= _MIN_CAP_ROWS:
+            # The cap's grain may change from slice to slice (a 3-D deposit): the tracker takes
+            # the shift from the cap's lasting features (fiducial, interface side) and the steps
+            # between slices from the correlation on the whole slice.
+            return DriftTracker(interface_row=self.cap_rows)
+        return DriftTracker(roi=self.roi)
 
     def _find_roi(self, slices):
         if self.cap_rows:
