@@ -370,6 +370,7 @@ class _CapTemplate:
         self.interface_row = int(interface_row)
         self.weight = float(self.WEIGHT if weight is None else weight)
         self.template = None  # (rows, X) float64, canvas rows 0 .. interface + BELOW
+        self._failures = 0  # measurements lost in a row
         self._slices = 0
 
     def start(self, canvas_slice):
@@ -408,7 +409,11 @@ class _CapTemplate:
         fine = fine[y0:y1, margin:width - margin]
         found = self._refine(crop, guess, grid, fine)
         if found is not None:
+            self._failures = 0
             return found
+        self._failures += 1
+        if self._failures > 3 and self._failures % 10:  # a cap without lasting features: search rarely
+            return None
         t = ndimage.gaussian_filter(self.template, self.SMOOTH_PX, mode="nearest")[y0:y1, margin:width - margin]
         smooth = ndimage.gaussian_filter(crop, self.SMOOTH_PX, mode="nearest")
         best, best_r = None, -np.inf
@@ -421,7 +426,10 @@ class _CapTemplate:
                 r = float(np.corrcoef(w[ok], t[ok])[0, 1])
                 if r > best_r:
                     best, best_r = guess + (oy, ox), r
-        return None if best is None else self._refine(crop, best, grid, fine)
+        found = None if best is None else self._refine(crop, best, grid, fine)
+        if found is not None:
+            self._failures = 0
+        return found
 
     def _refine(self, crop, shift, grid, template):
         """Gauss-Newton steps from `shift`; None unless they converge within 2 px of it."""
@@ -876,9 +884,9 @@ class DriftTracker:
         q = self._cap_q if reliable else np.full(2, 1.0)  # a prediction knows little
         p_pred = self._cap_var + q
         found = self._cap.measure(pixels, m)
-        if found is None:
+        if found is None:  # the cap shows nothing lasting here: the correlation alone
             self._cap_var = p_pred
-            return m, confidence, False, float(p_pred.mean())
+            return m, confidence, reliable, float(p_pred.mean())
         z, sigma = np.asarray(found[0]), np.asarray(found[1])
         use = sigma < _CapTemplate.MAX_SIGMA_PX
         r = sigma**2
