@@ -30,6 +30,8 @@ log = logging.getLogger(__name__)
 _MIN_SLICES_FOR_BAND = 8
 _MIN_CONTRAST = 1.3  # smallest structure over noise (processing.correct.slice_structure) of a usable slice
 _MAX_HELD_PER_CALIBRATION_SLICE = 4  # slices without contrast held while waiting, per calibration slice
+# fewer cap rows than this hold no usable cap features: register on the band as a region
+_MIN_CAP_ROWS = 16
 
 
 @dataclass(frozen=True, eq=False)
@@ -184,7 +186,7 @@ class SliceChain:
         if roi is not None and roi != "auto":
             roi = tuple(int(v) for v in roi)
         self.roi = roi
-        self.tracker = None if roi == "auto" else DriftTracker(roi=roi)
+        self.tracker = None if roi == "auto" else self._new_tracker()
         self.context_slices = int(context_slices)
         self._context = None if phase_model is None else DepthContext(phase_model, context_slices=self.context_slices)
         self.region = RegionMask() if region is None else region
@@ -234,7 +236,7 @@ class SliceChain:
             chain._context = DepthContext(chain.phase_model, context_slices=chain.context_slices)
         # The region found or given when the run was calibrated, not searched for again.
         chain.roi = tuple(state["roi"]) if state.get("roi") else None
-        chain.tracker = DriftTracker(roi=chain.roi)
+        chain.tracker = chain._new_tracker()
         last_aligned = np.asarray(last_aligned)
         chain.tracker.resume(last_aligned, last_shift_px)
         chain._dtype, chain._shape = last_aligned.dtype, last_aligned.shape
@@ -333,7 +335,7 @@ class SliceChain:
                 if self.roi is not None and not self.cap_rows:
                     # z-invariant rows are cap or fiducial, not sample: out of calibration and labels
                     self._nonsample_rows = (self.roi[0], self.roi[1])
-                self.tracker = DriftTracker(roi=self.roi)
+                self.tracker = self._new_tracker()
             self.correction = fit_correction(usable, n_phases=len(self.phases.names), min_structure=_MIN_CONTRAST,
                                              **self.correction_options)
             self.monitor = BrightnessMonitor(self.correction.levels, z_limit=self.outlier_z)
@@ -350,6 +352,15 @@ class SliceChain:
         else:
             aligned = [self._correct_and_align(image) for image, _ in held]
         return [done for (image, arrival), a in zip(held, aligned) for done in self._segment(image, arrival, *a)]
+
+    def _new_tracker(self) -> DriftTracker:
+        """The drift tracker: on the cap's lasting features when the cap rows are known."""
+        if self.cap_rows >= _MIN_CAP_ROWS:
+            # The cap's grain may change from slice to slice (a 3-D deposit): the tracker takes
+            # the shift from the cap's lasting features (fiducial, interface side) and the steps
+            # between slices from the correlation on the whole slice.
+            return DriftTracker(interface_row=self.cap_rows)
+        return DriftTracker(roi=self.roi)
 
     def _find_roi(self, slices):
         if self.cap_rows:

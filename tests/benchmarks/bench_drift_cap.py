@@ -3,7 +3,8 @@
 Renders a seeded acquisition with the default artefacts of issue 3 (noise 16, blur 1, curtaining,
 brightness drift, drift 1.2 px per slice with jumps), an evolving microstructure and a cap of 40
 rows (vertical drift kept upward so the cap stays in view), then prints, for the tracker with
-``roi`` on the cap, with the band found by :func:`find_reference_band` and without ROI: the RMS
+``roi`` on the cap, in cap mode (``interface_row``, what the chain uses with ``cap_rows``), with the band
+found by :func:`find_reference_band` and without ROI: the RMS
 error of the applied shift, the end-to-end error and the median time per ``update``.
 
 Run::
@@ -45,8 +46,11 @@ def main():
           f"max |drift| {np.abs(d).max(axis=0).round(1)} px")
     band = find_reference_band(acq.slices[:12])
     print(f"find_reference_band(first 12 slices) -> {band}")
-    for name, roi in (("roi on the cap", (0, CAP_PX, 0, size)), ("found band", band), ("whole slice", None)):
-        tracker = DriftTracker(roi=roi)
+    cases = (("roi on the cap", {"roi": (0, CAP_PX, 0, size)}), ("cap mode", {"interface_row": CAP_PX}),
+             ("found band", {"roi": band}), ("whole slice", {"roi": None}))
+    for name, options in cases:
+        roi = options.get("roi")
+        tracker = DriftTracker(**options)
         times, shifts = [], []
         for pixels in acq.slices:
             t = time.perf_counter()

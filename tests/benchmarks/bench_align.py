@@ -1,0 +1,237 @@
+"""Registration that cannot crash and does not bend (issue 11): accuracy, honesty and cost.
+
+Prints one row per case: the RMS and worst error of the applied shift against the true drift,
+the RMS after removing a constant offset of the whole stack (the canvas is defined by one
+noisy first slice), the reported error (``DriftEstimate.residual_px``, RMS) over the true one,
+how many slices truly wandered more than 1 px and how many were flagged (``wander``), the
+unreliable (predicted) slices and the slices skipped (must be 0), and the median time per
+slice. ``old`` is the tracker before issue 11 (git 845b784, loaded from the repository's
+history), on the same slices.
+
+Cases
+-----
+- ``cap``: 300 slices of 256^2, stage drift 0.6 px/slice, a 40-row cap with the fiducial X,
+  its grain drawn anew in every slice (tests/test_drift_fiducial.py ``changing_cap``); new =
+  ``DriftTracker(interface_row=40)`` (what the chain does with ``cap_rows``), old = ``roi`` on
+  the cap rows (what the old chain did).
+- ``whole``: no cap, evolving microstructure, radii 0.5-3 um at 20 nm/px (25-150 px), drift
+  0.2-2 px/slice with jumps; whole-slice registration.
+- ``two-phase``: round particles in one matrix, 200 slices of 256^2, 1 px/slice (the issue's
+  false -64 px jump case).
+- ``2048``: a few slices of 2048^2 (no crash, no skip, cost).
+- ``pystack3d``: pystack3d's own synthetic stack, its generator reproduced from
+  ``examples/ex_synthetic_stack.py`` (CEA-MetroCarac/pystack3d, ``synthetic_images_generation``):
+  ``skimage.data.binary_blobs(340, n_dim=3, blob_size_fraction=0.07, volume_fraction=0.5,
+  rng=3)``, Gaussian blur 2, cropped to 300^3, x0.5; slices 20-69 shifted by 10 px along the
+  saved images' x when ``k % 20 > 10``; contrast changes on slices 75-99; odd slices from 100
+  on deleted (200 slices left, z from the file names ``0.01 k`` um); an x*y*z background;
+  curtains on slices 0 and 83 (pyvsnr's Gabor kernel, as the example); 40 empty rows padded
+  (``cropping``), saved transposed as uint8. The truth is (0, -10) px on the shifted slices.
+
+Run::
+
+    PYTHONPATH=. python tests/benchmarks/bench_align.py --quick   # fewer seeds and slices
+    PYTHONPATH=. python tests/benchmarks/bench_align.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import logging
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from scipy import ndimage
+
+from processing.align import DriftTracker
+from processing.synthetic import generate_microstructure, render_acquisition, simulate_drift
+from tests.test_drift_fiducial import changing_cap
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _old_tracker_class():
+    """DriftTracker as it was before issue 11 (git 845b784), or None outside a git checkout."""
+    try:
+        source = subprocess.run(["git", "-C", str(ROOT), "show", "845b784:processing/align.py"],
+                                capture_output=True, text=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    path = Path(os.environ.get("TMPDIR", "/tmp")) / "revwatch_align_845b784.py"
+    path.write_text(source)
+    spec = importlib.util.spec_from_file_location("revwatch_align_845b784", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module.DriftTracker
+
+
+def _run(tracker, slices, truth):
+    times, est = [], []
+    for pixels in slices:
+        t = time.perf_counter()
+        est.append(tracker.update(pixels))
+        times.append(time.perf_counter() - t)
+    shifts = np.array([e.shift_px for e in est])
+    error = shifts - truth
+    norm = np.hypot(*error.T)
+    offset = error[1:].mean(axis=0)
+    residual = np.array([getattr(e, "residual_px", np.nan) for e in est])
+    true_rms = float(np.sqrt((norm**2).mean()))
+    return {
+        "rms": true_rms,
+        "max": float(norm.max()),
+        "rms_no_offset": float(np.sqrt((np.hypot(*(error[1:] - offset).T) ** 2).mean())),
+        "reported_ratio": float(np.sqrt(np.nanmean(residual**2)) / true_rms) if true_rms > 0 else np.nan,
+        "wander_true": int((norm > 1.0).sum()),
+        "wander_flagged": int(sum(bool(getattr(e, "wander", False)) for e in est)),
+        "unreliable": int(sum(not e.reliable for e in est)),
+        "skipped": len(slices) - len(est),
+        "ms": 1e3 * float(np.median(times[1:])),
+        "shifts": shifts,
+    }
+
+
+def _print(case, who, r):
+    print(f"{case:34s} {who:4s} {r['rms']:7.3f} {r['max']:7.2f} {r['rms_no_offset']:8.3f} "
+          f"{r['reported_ratio']:7.2f} {r['wander_true']:5d}/{r['wander_flagged']:<5d} {r['unreliable']:5d} "
+          f"{r['skipped']:4d} {r['ms']:8.1f}")
+
+
+def _evolving(n, size, *, radius_um, drift, seed, jump_probability=0.01, fractions=None, keep_cap=False):
+    rng = np.random.default_rng(seed)
+    d = simulate_drift(n, drift_px_per_slice=drift, jump_probability=jump_probability, jump_px=15.0, rng=rng)
+    if keep_cap:
+        d[:, 0] = -np.abs(d[:, 0])  # keep the cap in view
+    margin = int(np.ceil(np.abs(d).max())) + 12
+    options = {} if fractions is None else {"fractions": fractions}
+    labels = generate_microstructure((n, size + 2 * margin, size + 2 * margin), particle_radius_um=radius_um,
+                                     rng=rng, **options)
+    return render_acquisition(labels, drift_px=d, field_shape=(size, size), rng=rng), d, rng
+
+
+def pystack3d_stack():
+    """pystack3d's synthetic stack (see the module notes) and the true shift of each saved slice."""
+    from pyvsnr.vsnr2d import create_gabor
+    from skimage.data import binary_blobs
+
+    length, extra = 300, 20
+    arr = binary_blobs(length=length + 2 * extra, n_dim=3, blob_size_fraction=0.07, volume_fraction=0.5,
+                       rng=3).astype(float)
+    arr = ndimage.gaussian_filter(arr, sigma=2, mode="mirror").clip(0, 1)
+    arr = arr[extra:length + extra, extra:length + extra, extra:length + extra] * 0.5
+    truth = np.zeros((length, 2))
+    for k in range(20, 70):
+        shift_x = 10 * (k % 20 > 10)
+        arr[k] = ndimage.shift(arr[k], shift=[shift_x, 0], order=1, cval=0)
+        truth[k] = (0.0, -float(shift_x))  # saved transposed: arr axis 0 is the image's x
+    for sl, factor in ((slice(75, 78), 0.7), (slice(80, 85), 0.4), (slice(90, 93), 0.6), (slice(95, 100), 0.5)):
+        arr[sl] *= factor
+    dropped = [k for k in range(100, length) if k % 2]
+    arr = np.delete(arr, dropped, axis=0)
+    kept = np.array([k for k in range(length) if k not in dropped])
+    z0, x0, y0 = np.linspace(0, 1, arr.shape[0]), np.linspace(0, 1, arr.shape[1]), np.linspace(0, 1, arr.shape[2])[::-1]
+    z, x, y = np.meshgrid(z0, x0, y0, indexing="ij")
+    bkg = x * y * z
+    bkg *= 0.5 / bkg.max()
+    mask = arr > 0.05
+    arr[mask] += bkg[mask]
+    for k in (0, 83):  # curtains_addition(seed=0, amplitude=0.5, sigma=(2, 80), angle=80, threshold=0.9999)
+        np.random.seed(0)
+        n0, n1 = arr[k].shape
+        psi = create_gabor(n0, n1, 0.2, 2, 80, angle=80, phase=0, lambda_=0.0, xp=np).reshape(n0, n1)
+        psi *= 0.01 / psi.max()
+        position = (np.random.random(arr[k].shape) > 0.9999).astype(float)
+        noise = np.fft.irfft2(np.fft.rfft2(position) * np.fft.rfft2(psi), s=arr[k].shape)
+        arr[k] = arr[k] + noise * (0.5 * arr[k].max() / noise.max())
+    arr = np.pad(arr, ((0, 0), (40, 0), (0, 0)), "constant")
+    slices = (arr * 255).astype(np.uint8).transpose(0, 2, 1).copy()  # imwrite(arr[k].T)
+    return slices, truth[kept], 0.01 * kept
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--skip", default="", help="comma-separated cases to skip")
+    args = parser.parse_args()
+    logging.disable(logging.WARNING)
+    skip = set(args.skip.split(","))
+    seeds = (0,) if args.quick else (0, 1, 2)
+    old = _old_tracker_class()
+    print(f"load: {os.getloadavg()[0]:.2f} (1 min), {os.cpu_count()} cores")
+    print(f"{'case':34s} {'who':4s} {'RMS':>7s} {'worst':>7s} {'RMS-off':>8s} {'rep/true':>7s} "
+          f"{'>1px/flagged':>11s} {'unrel':>5s} {'skip':>4s} {'ms/slice':>8s}")
+    summary = {}
+
+    def record(case, group, who, r):
+        _print(case, who, r)
+        summary.setdefault((group, who), []).append(r)
+
+    if "cap" not in skip:
+        for seed in seeds:
+            n = 100 if args.quick else 300
+            acq, d, rng = _evolving(n, 256, radius_um=0.5, drift=0.6, seed=seed, jump_probability=0.0, keep_cap=True)
+            slices = changing_cap(acq, 40, fiducial=True, rng=rng)
+            record(f"cap+X changing grain s{seed}", "cap", "new", _run(DriftTracker(interface_row=40), slices, d))
+            if old is not None:
+                record(f"cap+X changing grain s{seed}", "cap", "old", _run(old(roi=(0, 40, 0, 256)), slices, d))
+            if seed == seeds[0]:
+                slices = changing_cap(acq, 40, fiducial=False, rng=rng)
+                record(f"cap, no X, changing grain s{seed}", "cap-noX", "new",
+                       _run(DriftTracker(interface_row=40), slices, d))
+    if "whole" not in skip:
+        settings = [(0.5, 256, 0.2), (0.5, 256, 2.0), (1.5, 512, 1.0), (3.0, 1024, 1.0)]
+        for radius, size, drift in settings[:2] if args.quick else settings:
+            for seed in seeds[:2]:
+                n = 60 if size >= 1024 else (100 if args.quick else 200)
+                acq, d, _ = _evolving(n, size, radius_um=radius, drift=drift, seed=seed)
+                case = f"whole r={radius}um {size}^2 {drift}px/sl s{seed}"
+                record(case, "whole", "new", _run(DriftTracker(), acq.slices, d))
+                if old is not None:
+                    record(case, "whole", "old", _run(old(), acq.slices, d))
+    if "two-phase" not in skip:
+        for seed in seeds:
+            acq, d, _ = _evolving(200, 256, radius_um=0.5, drift=1.0, seed=seed,
+                                  fractions={"pore": 0.0, "electrolyte": 0.55, "active": 0.45})
+            record(f"two-phase 200x256^2 s{seed}", "two-phase", "new", _run(DriftTracker(), acq.slices, d))
+            if old is not None:
+                record(f"two-phase 200x256^2 s{seed}", "two-phase", "old", _run(old(), acq.slices, d))
+    if "2048" not in skip:
+        acq, d, _ = _evolving(6 if args.quick else 12, 2048, radius_um=1.0, drift=1.0, seed=0)
+        record("2048^2 r=1um", "2048", "new", _run(DriftTracker(), acq.slices, d))
+        if old is not None:
+            record("2048^2 r=1um", "2048", "old", _run(old(), acq.slices, d))
+    if "1024" not in skip:
+        acq, d, _ = _evolving(20, 1024, radius_um=1.2, drift=1.2, seed=7)
+        record("1024^2 r=1.2um (cost)", "1024", "new", _run(DriftTracker(), acq.slices, d))
+        if old is not None:
+            record("1024^2 r=1.2um (cost)", "1024", "old", _run(old(), acq.slices, d))
+    if "pystack3d" not in skip:
+        slices, truth, z_um = pystack3d_stack()
+        for who, tracker in (("new", DriftTracker()), ("old", old() if old is not None else None)):
+            if tracker is None:
+                continue
+            r = _run(tracker, slices, truth)
+            record(f"pystack3d {len(slices)} slices", "pystack3d", who, r)
+            jumps = r["shifts"][np.abs(truth[:, 1]) > 0, 1]
+            print(f"    {who}: found x on the 10 px jumps {jumps.mean():.2f} +- {jumps.std():.2f} px; y drift at "
+                  f"the end {r['shifts'][-1, 0]:.2f} px, max |y| {np.abs(r['shifts'][:, 0]).max():.2f} px; "
+                  f"z {z_um[0]:.2f}-{z_um[-1]:.2f} um, step {np.diff(z_um).min():.2f}-{np.diff(z_um).max():.2f} um "
+                  f"(the tracker is indifferent to the dropped slices: it only sees one larger step)")
+    print()
+    print("median and worst over the cases of each group")
+    for (group, who), rows in summary.items():
+        rms = [r["rms"] for r in rows]
+        ratio = [r["reported_ratio"] for r in rows]
+        print(f"  {group:10s} {who}: RMS median {np.median(rms):.3f} worst {max(rms):.3f} px; reported/true median "
+              f"{np.nanmedian(ratio):.2f} range {np.nanmin(ratio):.2f}-{np.nanmax(ratio):.2f}; skipped "
+              f"{sum(r['skipped'] for r in rows)}; ms/slice median {np.median([r['ms'] for r in rows]):.1f}")
+
+
+if __name__ == "__main__":
+    main()
