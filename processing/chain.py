@@ -16,7 +16,7 @@ import numpy as np
 
 from processing.align import DriftEstimate, DriftTracker, apply_shift, find_reference_band
 from processing.correct import BrightnessMonitor, CorrectionModel, fit_correction, slice_structure
-from processing.errors import SliceShapeError
+from processing.errors import CalibrationError, SliceShapeError
 from processing.io import SliceImage
 from processing.phases import Phases
 from processing.segment import PhaseModel, fit_phase_model
@@ -262,41 +262,58 @@ class SliceChain:
             self._contrast.pop(k)
         if usable < self.calibration_slices:
             return []
-        return self.flush()
+        return self.flush(final=False)
 
-    def flush(self) -> list[ProcessedSlice]:
+    def flush(self, *, final: bool = True) -> list[ProcessedSlice]:
         """Process the slices held back, calibrating first if needed on the usable ones (even if fewer
-        than asked). With no usable slice at all, nothing is calibrated: the held slices move to
-        :attr:`dropped` and the chain stays uncalibrated."""
-        if self.calibrating:
-            usable = [image.pixels for (image, _), c in zip(self._held, self._contrast) if c >= _MIN_CONTRAST]
-            if not usable:
-                self.dropped.extend((image, "no phase contrast: calibration impossible") for image, _ in self._held)
-                self._held, self._contrast = [], []
-                return []
-        held, self._held, self._contrast = self._held, [], []
-        if not held:
+        than asked).
+
+        A calibration that fails (no usable slice, or :class:`CalibrationError` from a fit) leaves
+        the chain uncalibrated and unchanged, to be tried again on later slices; with `final`
+        (the end of the run) the held slices move to :attr:`dropped` instead, with the reason.
+        """
+        if not self._held:
             return []
         if self.calibrating:
-            if self.tracker is None:
-                self.roi = self._find_roi(usable)
-                log.info("alignment region: %s",
-                         "whole slice" if self.roi is None else f"rows {self.roi[0]}-{self.roi[1]}")
-                self.tracker = DriftTracker(roi=self.roi)
-            self.correction = fit_correction(usable, n_phases=len(self.phases.names), min_structure=_MIN_CONTRAST,
-                                             **self.correction_options)
-            self.monitor = BrightnessMonitor(self.correction.levels, z_limit=self.outlier_z)
-            log.info("calibrated on %d usable of %d held slices: levels %s", len(usable), len(held),
-                     ", ".join(f"{v:.1f}" for v in self.correction.levels))
-            aligned = [self._correct_and_align(image) for image, _ in held]
-            good = [a for a in aligned if a[4].state != "held"] or aligned  # the model needs slices
-            self.phase_model = fit_phase_model(
-                [grey for grey, *_ in good], n_phases=len(self.phases.names),
-                valid=[valid for _, valid, *_ in good],
-            )
+            try:
+                aligned = self._calibrate()
+            except CalibrationError as exc:
+                log.warning("calibration attempt on %d held slices failed: %s", len(self._held), exc)
+                if self.tracker is not None:
+                    self.tracker = DriftTracker(roi=self.roi)  # as before the attempt: nothing aligned yet
+                self.correction = self.monitor = None
+                self._brightness = (1.0, 0.0)
+                if final:
+                    self.dropped.extend((image, f"not processed: {exc}") for image, _ in self._held)
+                    self._held, self._contrast = [], []
+                return []
         else:
-            aligned = [self._correct_and_align(image) for image, _ in held]
+            aligned = [self._correct_and_align(image) for image, _ in self._held]
+        held, self._held, self._contrast = self._held, [], []
         return [self._segment(image, arrival, *a) for (image, arrival), a in zip(held, aligned)]
+
+    def _calibrate(self):
+        """Fit the corrections and the phase model on the held slices that are not blank; returns
+        the held slices corrected and aligned. Raises CalibrationError."""
+        usable = [image.pixels for (image, _), c in zip(self._held, self._contrast) if c >= _MIN_CONTRAST]
+        if not usable:
+            raise CalibrationError(f"none of the {len(self._held)} held slices shows structure above noise")
+        if self.tracker is None:
+            self.roi = self._find_roi(usable)
+            log.info("alignment region: %s",
+                     "whole slice" if self.roi is None else f"rows {self.roi[0]}-{self.roi[1]}")
+            self.tracker = DriftTracker(roi=self.roi)
+        self.correction = fit_correction(usable, n_phases=len(self.phases.names), min_structure=_MIN_CONTRAST,
+                                         **self.correction_options)
+        self.monitor = BrightnessMonitor(self.correction.levels, z_limit=self.outlier_z)
+        log.info("calibrated on %d usable of %d held slices: levels %s", len(usable), len(self._held),
+                 ", ".join(f"{v:.1f}" for v in self.correction.levels))
+        aligned = [self._correct_and_align(image) for image, _ in self._held]
+        good = [a for a in aligned if a[4].state != "held"] or aligned  # the model needs slices
+        self.phase_model = fit_phase_model(
+            [grey for grey, *_ in good], n_phases=len(self.phases.names), valid=[valid for _, valid, *_ in good],
+        )
+        return aligned
 
     def _find_roi(self, slices):
         if self.cap_rows:
