@@ -919,9 +919,13 @@ class BrightnessMonitor:
         Robust z-score beyond which a slice is an outlier.
     min_structure : float, optional
         Smallest :func:`slice_structure` of a slice that is not blank.
+    persist : int, optional
+        A change of brightness or contrast that holds for this many consecutive slices (gains
+        within a few reference scales of each other) is the new normal (the operator changed the
+        detector settings): those slices become the reference and the next ones are good again.
     """
 
-    def __init__(self, levels, *, window=25, z_limit=6.0, min_structure=1.3):
+    def __init__(self, levels, *, window=25, z_limit=6.0, min_structure=1.3, persist=5):
         self.levels = np.asarray(levels, dtype=float)
         if window < 3:
             raise ValueError(f"window: expected >= 3 slices, got {window!r}")
@@ -931,6 +935,8 @@ class BrightnessMonitor:
         self.z_limit = float(z_limit)
         self.min_structure = float(min_structure)
         self._good: deque = deque(maxlen=int(window))
+        self.persist = int(persist)
+        self._changed: list = []  # consecutive slices flagged for brightness or contrast only
 
     def _evenness(self, pixels):
         res = _residual(np.asarray(pixels[::2, ::2], dtype=np.float32), self.levels, self.gap / 2)
@@ -974,6 +980,7 @@ class BrightnessMonitor:
         # without a reference only gross unevenness counts (clean generated slices: 0.02 to 0.08 of the
         # smallest level gap, more on small slices); then the recent good slices set the limit
         bg_limit = streak_limit = 0.25 * self.gap
+        reference, scale = float(np.log(gain)), 0.03
         if len(self._good) >= 3:
             log_gains = np.log([q.gain for q in self._good])
             reference = float(np.median(log_gains[-5:]))
@@ -993,8 +1000,20 @@ class BrightnessMonitor:
         if not reasons:
             quality = SliceQuality("good", "", **figures)
             self._good.append(quality)
+            self._changed.clear()
             return quality, pixels
         reason = "; ".join(reasons)
+        if charging or misfit > 0.25:
+            self._changed.clear()
+        else:
+            self._changed.append(SliceQuality("good", "", **figures))
+            gains = np.log([q.gain for q in self._changed])
+            if len(self._changed) >= self.persist and np.ptp(gains) < 3 * scale:
+                logger.info("brightness or contrast changed for good over %d slices (gain x%.2f): new reference",
+                            len(self._changed), gain / np.exp(reference))
+                self._good.clear()
+                self._good.extend(self._changed)
+                self._changed.clear()
         if misfit > 0.25 or lost:
             return SliceQuality("held", reason + ("; phases no longer separable" if lost else ""), **figures), pixels
         if charging:
