@@ -923,9 +923,10 @@ class BrightnessMonitor:
         A change of brightness or contrast that holds for this many consecutive slices (gains
         within a few reference scales of each other) is the new normal (the operator changed the
         detector settings): those slices become the reference and the next ones are good again.
+        More than 5: pystack3d's synthetic stack dims runs of 5 slices that are outliers.
     """
 
-    def __init__(self, levels, *, window=25, z_limit=6.0, min_structure=1.3, persist=5):
+    def __init__(self, levels, *, window=25, z_limit=6.0, min_structure=1.3, persist=10):
         self.levels = np.asarray(levels, dtype=float)
         if window < 3:
             raise ValueError(f"window: expected >= 3 slices, got {window!r}")
