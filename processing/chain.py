@@ -290,7 +290,7 @@ class SliceChain:
             )
         self._held.append((image, time.time()))
         if not self.calibrating:
-            return self._process_held()
+            return self._process_held(final=False)
         self._contrast.append(slice_structure(pixels))
         usable = sum(c >= _MIN_CONTRAST for c in self._contrast)
         log.info("calibration attempt on slice %d: structure over noise %.1f (%s); %d of %d usable slices, %d held",
@@ -303,55 +303,73 @@ class SliceChain:
             self._contrast.pop(k)
         if usable < self.calibration_slices:
             return []
-        return self._process_held()
+        return self._process_held(final=False)
 
     def flush(self) -> list[ProcessedSlice]:
         """Process every slice held back, calibrating first if needed on the usable ones (even if fewer
         than asked), and decide the labels still waiting for their following slices (end of a run).
-        With no usable slice at all, nothing is calibrated: the held slices move to :attr:`dropped`
-        and the chain stays uncalibrated."""
-        return self._process_held() + self.decide_waiting()
+        Slices that still cannot be calibrated move to :attr:`dropped`, with the reason."""
+        return self._process_held(final=True) + self.decide_waiting()
 
     def decide_waiting(self) -> list[ProcessedSlice]:
         """Decide the labels of the slices waiting for their following slices, with the context
         there is (the acquisition paused or ended); later slices still use them as context."""
         return [] if self._context is None else [self._finish(*decided) for decided in self._context.flush()]
 
-    def _process_held(self) -> list[ProcessedSlice]:
-        if self.calibrating:
-            usable = [image.pixels for (image, _), c in zip(self._held, self._contrast) if c >= _MIN_CONTRAST]
-            if not usable:
-                self.dropped.extend((image, "no phase contrast: calibration impossible") for image, _ in self._held)
-                self._held, self._contrast = [], []
-                return []
-        held, self._held, self._contrast = self._held, [], []
-        if not held:
+    def _process_held(self, *, final: bool) -> list[ProcessedSlice]:
+        """Correct, align and hand to the 3-D context the slices held back, calibrating first.
+
+        A calibration that fails (no usable slice, or :class:`CalibrationError` from a fit) leaves
+        the chain uncalibrated and unchanged, to be tried again on later slices; with `final`
+        (the end of the run) the held slices move to :attr:`dropped` instead, with the reason.
+        """
+        if not self._held:
             return []
         if self.calibrating:
-            if self.tracker is None:
-                self.roi = self._find_roi(usable)
-                log.info("alignment region: %s",
-                         "whole slice" if self.roi is None else f"rows {self.roi[0]}-{self.roi[1]}")
-                if self.roi is not None and not self.cap_rows:
-                    # z-invariant rows are cap or fiducial, not sample: out of calibration and labels
-                    self._nonsample_rows = (self.roi[0], self.roi[1])
-                self.tracker = self._new_tracker()
-            self.correction = fit_correction(usable, n_phases=len(self.phases.names), min_structure=_MIN_CONTRAST,
-                                             **self.correction_options)
-            self.monitor = BrightnessMonitor(self.correction.levels, z_limit=self.outlier_z)
-            log.info("calibrated on %d usable of %d held slices: levels %s", len(usable), len(held),
-                     ", ".join(f"{v:.1f}" for v in self.correction.levels))
-            aligned = [self._correct_and_align(image) for image, _ in held]
-            good = [a for a in aligned if a[4].state != "held"] or aligned  # the model needs slices
-            self.phase_model, self.phase_check = calibrate_phases(
-                [grey for grey, *_ in good], self.phases,
-                valid=[valid for _, valid, *_ in good], training_labels=self.training_labels,
-                smooth_px=self.smooth_px,
-            )
-            self._context = DepthContext(self.phase_model, context_slices=self.context_slices)
+            try:
+                aligned = self._calibrate()
+            except CalibrationError as exc:
+                log.warning("calibration attempt on %d held slices failed: %s", len(self._held), exc)
+                if self.tracker is not None:
+                    self.tracker = self._new_tracker()  # as before the attempt: nothing aligned yet
+                self.correction = self.monitor = self.phase_model = None
+                self._brightness = (1.0, 0.0)
+                if final:
+                    self.dropped.extend((image, f"not processed: {exc}") for image, _ in self._held)
+                    self._held, self._contrast = [], []
+                return []
         else:
-            aligned = [self._correct_and_align(image) for image, _ in held]
+            aligned = [self._correct_and_align(image) for image, _ in self._held]
+        held, self._held, self._contrast = self._held, [], []
         return [done for (image, arrival), a in zip(held, aligned) for done in self._segment(image, arrival, *a)]
+
+    def _calibrate(self):
+        """Fit the corrections and the phase model on the held slices that are not blank; returns
+        the held slices corrected and aligned. Raises CalibrationError."""
+        usable = [image.pixels for (image, _), c in zip(self._held, self._contrast) if c >= _MIN_CONTRAST]
+        if not usable:
+            raise CalibrationError(f"none of the {len(self._held)} held slices shows structure above noise")
+        if self.tracker is None:
+            self.roi = self._find_roi(usable)
+            log.info("alignment region: %s",
+                     "whole slice" if self.roi is None else f"rows {self.roi[0]}-{self.roi[1]}")
+            if self.roi is not None and not self.cap_rows:
+                # z-invariant rows are cap or fiducial, not sample: out of calibration and labels
+                self._nonsample_rows = (self.roi[0], self.roi[1])
+            self.tracker = self._new_tracker()
+        self.correction = fit_correction(usable, n_phases=len(self.phases.names), min_structure=_MIN_CONTRAST,
+                                         **self.correction_options)
+        self.monitor = BrightnessMonitor(self.correction.levels, z_limit=self.outlier_z)
+        log.info("calibrated on %d usable of %d held slices: levels %s", len(usable), len(self._held),
+                 ", ".join(f"{v:.1f}" for v in self.correction.levels))
+        aligned = [self._correct_and_align(image) for image, _ in self._held]
+        good = [a for a in aligned if a[4].state != "held"] or aligned  # the model needs slices
+        self.phase_model, self.phase_check = calibrate_phases(
+            [grey for grey, *_ in good], self.phases, valid=[valid for _, valid, *_ in good],
+            training_labels=self.training_labels, smooth_px=self.smooth_px,
+        )
+        self._context = DepthContext(self.phase_model, context_slices=self.context_slices)
+        return aligned
 
     def _new_tracker(self) -> DriftTracker:
         """The drift tracker: on the cap's lasting features when the cap rows are known."""

@@ -61,6 +61,7 @@ _CURTAIN_METHODS = (None, "column")
 # Spectral strength of the stripe direction (1 to 1.5 on clean generated and real slices, up to 2.3
 # on pystack3d slices without curtains, 3.3 to 8 with curtains) needed for band profiles.
 _MIN_BAND_STRENGTH = 3.0
+_ANGLE_CROP = 512  # px: central crop whose spectrum gives the stripe angle (about 0.06 degree once refined)
 _MAX_CONTRAST = 20.0  # level gap over binned noise beyond which contrast is not compared
 _BACKGROUND_METHODS = (None, "polynomial")
 
@@ -225,7 +226,7 @@ def _noise_sigma(image):
     """Robust standard deviation (grey units) of the pixel noise, from differences along y (where
     vertical stripes and most structure cancel): 1.4826 MAD / sqrt(2)."""
     image = np.asarray(image)
-    d = np.diff(image[:, :: max(1, image.shape[1] // 512)].astype(np.float32), axis=0)
+    d = np.diff(image[:, :: max(1, image.shape[1] // 256)].astype(np.float32), axis=0)
     return float(1.4826 * np.median(np.abs(d - np.median(d))) / np.sqrt(2))
 
 
@@ -239,8 +240,12 @@ def _binned(pixels):
     return p[:h, :w].astype(np.float32).reshape(h // 2, 2, w // 2, 2).mean(axis=(1, 3))
 
 
-def _binned_noise_sigma(pixels):
-    return _noise_sigma(_binned(pixels))
+def _structure_and_noise(pixels):
+    """(:func:`slice_structure`, noise standard deviation of the 2 x 2 binned slice)."""
+    binned = _binned(pixels)
+    sigma = _noise_sigma(binned)
+    spread = float(np.std(binned[::2, ::2]))
+    return (spread / max(sigma, 0.3) if spread > 0 else 0.0), sigma
 
 
 def _stripe_residual(image, levels, width_px):
@@ -294,8 +299,8 @@ class _Shear:
         """Per-column sums of (R, X) float32 `values` (times y ** `y_power`), float64 (n,)."""
         if self.index is None:
             # float32 sums over at most a few thousand rows: errors far below a grey level
-            if y_power:
-                return ((self.y[:, 0] ** y_power) @ values).astype(np.float64)
+            if y_power:  # einsum, not a BLAS product: BLAS threads crawl on a busy machine
+                return np.einsum("i,ij->j", self.y[:, 0] ** y_power, values).astype(np.float64)
             return values.sum(axis=0).astype(np.float64)
         v = values * self.y ** y_power if y_power else values
         return np.bincount(self.index.ravel(), weights=v.ravel(), minlength=self.n)
@@ -405,7 +410,7 @@ def stripe_angle(pixels, *, levels=None, max_angle_deg=15.0, width_px=16.0):
     Parameters
     ----------
     pixels : (Y, X) ndarray
-        A slice (the central 1024 x 1024 px are used).
+        A slice (the central 512 x 512 px are used).
     levels : sequence of float, optional
         Phase levels: the spectrum is taken of ``pixels - level of its phase``.
     max_angle_deg : float, optional
@@ -431,8 +436,8 @@ def _stripe_angle(image, levels, max_angle_deg, width_px, fixed=None):
     h, w = image.shape
     if min(h, w) < 32:
         return (fixed or 0.0), 1.0
-    y0, x0 = max(0, (h - 1024) // 2), max(0, (w - 1024) // 2)
-    crop = image[y0:y0 + 1024, x0:x0 + 1024]
+    y0, x0 = max(0, (h - _ANGLE_CROP) // 2), max(0, (w - _ANGLE_CROP) // 2)
+    crop = image[y0:y0 + _ANGLE_CROP, x0:x0 + _ANGLE_CROP]
     res = _stripe_residual(crop, levels, width_px)
     windowed = (res - res.mean()) * (np.hanning(res.shape[0])[:, None] * np.hanning(res.shape[1])[None, :])
     power = np.fft.fftshift(np.abs(np.fft.rfft2(windowed)) ** 2, axes=0)
@@ -705,9 +710,7 @@ def slice_structure(pixels):
     -------
     float
     """
-    binned = _binned(_check_image(pixels))[::2, ::2]
-    spread = float(np.std(binned))
-    return spread / max(_noise_sigma(_binned(pixels)), 0.3) if spread > 0 else 0.0
+    return _structure_and_noise(_check_image(pixels))[0]
 
 
 @dataclass(frozen=True, eq=False)
@@ -811,10 +814,10 @@ class CorrectionModel:
             gain, offset, misfit, _ = _fit_brightness(pixels, self.levels, prior, 2)
         else:
             gain, offset, misfit = 1.0, 0.0, 0.0
+        structure, sigma = _structure_and_noise(pixels)
         # capped: beyond it the phases are perfectly separable, and noise-free slices would turn
         # quantisation noise into large contrast swings
-        contrast = min(float(np.min(np.diff(self.levels)) / (gain * max(_binned_noise_sigma(pixels), 0.3))),
-                       _MAX_CONTRAST)
+        contrast = min(float(np.min(np.diff(self.levels)) / (gain * max(sigma, 0.3))), _MAX_CONTRAST)
         image = pixels.astype(np.float32)
         image *= np.float32(gain)
         image += np.float32(offset)
@@ -826,8 +829,7 @@ class CorrectionModel:
                                         max_angle_deg=self.curtain_max_angle_deg, width_px=self.curtain_width_px,
                                         passes=self.curtain_passes)
             image = curtain.pixels
-        return CorrectedSlice(image, float(gain), float(offset), float(misfit), contrast, slice_structure(pixels),
-                              curtain)
+        return CorrectedSlice(image, float(gain), float(offset), float(misfit), contrast, structure, curtain)
 
     def apply_stack(self, slices, *, prior=(1.0, 0.0)):
         """Correct slices in order, each one's brightness map guiding the next.
@@ -906,9 +908,14 @@ class BrightnessMonitor:
         Robust z-score beyond which a slice is an outlier.
     min_structure : float, optional
         Smallest :func:`slice_structure` of a slice that is not blank.
+    persist : int, optional
+        A change of brightness or contrast that holds for this many consecutive slices (gains
+        within a few reference scales of each other) is the new normal (the operator changed the
+        detector settings): those slices become the reference and the next ones are good again.
+        More than 5: pystack3d's synthetic stack dims runs of 5 slices that are outliers.
     """
 
-    def __init__(self, levels, *, window=25, z_limit=6.0, min_structure=1.3):
+    def __init__(self, levels, *, window=25, z_limit=6.0, min_structure=1.3, persist=10):
         self.levels = np.asarray(levels, dtype=float)
         if window < 3:
             raise ValueError(f"window: expected >= 3 slices, got {window!r}")
@@ -918,6 +925,8 @@ class BrightnessMonitor:
         self.z_limit = float(z_limit)
         self.min_structure = float(min_structure)
         self._good: deque = deque(maxlen=int(window))
+        self.persist = int(persist)
+        self._changed: list = []  # consecutive slices flagged for brightness or contrast only
 
     def _evenness(self, pixels):
         res = _residual(np.asarray(pixels[::2, ::2], dtype=np.float32), self.levels, self.gap / 2)
@@ -961,6 +970,7 @@ class BrightnessMonitor:
         # without a reference only gross unevenness counts (clean generated slices: 0.02 to 0.08 of the
         # smallest level gap, more on small slices); then the recent good slices set the limit
         bg_limit = streak_limit = 0.25 * self.gap
+        reference, scale = float(np.log(gain)), 0.03
         if len(self._good) >= 3:
             log_gains = np.log([q.gain for q in self._good])
             reference = float(np.median(log_gains[-5:]))
@@ -980,8 +990,20 @@ class BrightnessMonitor:
         if not reasons:
             quality = SliceQuality("good", "", **figures)
             self._good.append(quality)
+            self._changed.clear()
             return quality, pixels
         reason = "; ".join(reasons)
+        if charging or misfit > 0.25:
+            self._changed.clear()
+        else:
+            self._changed.append(SliceQuality("good", "", **figures))
+            gains = np.log([q.gain for q in self._changed])
+            if len(self._changed) >= self.persist and np.ptp(gains) < 3 * scale:
+                logger.info("brightness or contrast changed for good over %d slices (gain x%.2f): new reference",
+                            len(self._changed), gain / np.exp(reference))
+                self._good.clear()
+                self._good.extend(self._changed)
+                self._changed.clear()
         if misfit > 0.25 or lost:
             return SliceQuality("held", reason + ("; phases no longer separable" if lost else ""), **figures), pixels
         if charging:

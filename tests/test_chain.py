@@ -198,3 +198,52 @@ def test_the_agent_reports_waiting_calibration_and_flagged_slices(tmp_path):
         assert not np.asarray(store.labels[0]).any()
     finally:
         store.close()
+
+
+def test_a_failed_calibration_is_retried_on_later_slices(monkeypatch, caplog):
+    import processing.chain as chain_module
+    from processing.errors import CalibrationError
+
+    acq = _rendered(8, 96, seed=9)
+    real_fit, calls = chain_module.fit_phase_model, []
+
+    def fails_once(*args, **kwargs):
+        calls.append(len(args[0]))
+        if len(calls) == 1:
+            raise CalibrationError("the classes overlap")  # e.g. a charging slice among the first ones
+        return real_fit(*args, **kwargs)
+
+    monkeypatch.setattr(chain_module, "fit_phase_model", fails_once)
+    chain = SliceChain(phases=Phases(), calibration_slices=3)
+    with caplog.at_level("WARNING", logger="processing.chain"):
+        first = push_all(chain, acq.slices[:3])
+    assert first == [] and chain.calibrating and chain.correction is None
+    messages = [r.getMessage() for r in caplog.records]
+    assert "calibration attempt on 3 held slices failed: the classes overlap" in messages
+    done = push_all(chain, acq.slices[3:], start=4)
+    assert calls == [3, 4] and [p.index for p in done] == list(range(1, 9)) and chain.dropped == []
+    assert _accuracy(done, acq.labels) > 0.9
+
+
+@pytest.mark.slow
+def test_pystack3d_stack_dimmed_slices_are_flagged_and_curtains_reduced():
+    pytest.importorskip("skimage")
+    pytest.importorskip("pyvsnr")
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent / "benchmarks"))
+    from bench_corrections import directional_energy, pystack3d_stack
+
+    stack, target, curtained, dimmed = pystack3d_stack(300)
+    chain = SliceChain(phases=Phases(("pore", "active")), calibration_slices=4, roi=None)
+    done = push_all(chain, stack, start=0) + chain.flush()
+    assert sorted(p.index for p in done if p.flag) == dimmed
+    curtains = {p.index: p.curtain for p in done}
+    assert all(curtains[k]["applied"] for k in curtained)
+    model = chain.correction
+    for k in range(len(stack)):
+        corrected = model.apply(stack[k])
+        mapped = corrected.gain * stack[k].astype(np.float32) + corrected.offset
+        ratio = directional_energy(corrected.pixels, -10.0) / directional_energy(mapped, -10.0)
+        assert ratio < 0.6 if k in curtained else ratio <= 1.0 + 1e-9

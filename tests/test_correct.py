@@ -255,3 +255,13 @@ def test_sudden_drops_and_charging_are_flagged_and_slow_drift_is_not():
     assert flagged == sorted(drops + [20]), [(k, q.reason) for k, q in enumerate(quality) if q.state != "good"]
     assert "charging" in quality[20].reason
     assert all("brightness" in quality[k].reason or "contrast" in quality[k].reason for k in drops)
+
+
+def test_a_lasting_change_of_brightness_becomes_the_new_reference():
+    raw, _ = _render(30, 160, seed=16, brightness_drift=0.0, curtaining=0.05)
+    slices = raw.slices.astype(float)
+    slices[12:] *= 0.7  # the operator turned the contrast down at slice 12, for good
+    quality = _monitored(np.clip(np.rint(slices), 0, 255).astype(np.uint8), raw.levels)
+    flagged = [k for k, q in enumerate(quality) if q.state != "good"]
+    assert flagged == list(range(12, 22))  # persist = 10 slices, then the new level is the reference
+    assert all(q.state == "renormalised" for q in quality[12:22])

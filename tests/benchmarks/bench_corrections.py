@@ -11,6 +11,8 @@
    degrees on slices 0 and 83 from ``pyvsnr.utils.curtains_addition``): the stripe energy along
    the curtain direction of every slice, before and after, the error against the clean stack,
    and whether the dimmed slices are flagged by :class:`processing.chain.SliceChain`.
+4. Brightness: a long run with a slow +-30 % gain drift, with and without three slices at 0.4x,
+   through :class:`processing.chain.SliceChain`: label accuracy and the flagged slices.
 
 Only the curtaining step runs in parts 1 and 2 (no brightness map), so before/after differ by
 it alone. Run from the repository root::
@@ -235,6 +237,42 @@ def bench_pystack3d(quick):
             print(f"      slice {p.index} {p.flag}: {p.flag_reason}")
 
 
+def bench_brightness(quick):
+    from processing.chain import SliceChain
+    from processing.io import SliceImage
+    from processing.phases import Phases
+
+    n = 300 if quick else 1000
+    print(f"\n4. brightness: {n} slices of 96 x 96 px, gain 1 + 0.3 sin (+-30 %), with or without three slices at 0.4x")
+    labels = generate_microstructure((60, 120, 120), spacing_um=(0.05, 0.02, 0.02), particle_radius_um=0.4, rng=7)
+    acq = render_acquisition(labels, field_shape=(96, 96), drift_px=np.zeros((60, 2)), rng=7, brightness_drift=0.0,
+                             levels=(35, 90, 150), curtaining=0.05)
+    index = np.resize(np.r_[np.arange(60), np.arange(58, 0, -1)], n)  # ping-pong: neighbours stay neighbours
+    drops = (n * 3 // 10, n * 3 // 10 + 1, n * 7 // 10)
+    drift = 1 + 0.3 * np.sin(np.linspace(0, 3 * np.pi, n))
+    for name, gain, dropped in (("steady", np.ones(n), ()), ("drift", drift, ()), ("drift + drops", drift, drops)):
+        rng = np.random.default_rng(4)
+        chain = SliceChain(phases=Phases(), calibration_slices=4, roi=(0, 1 << 20, 0, 1 << 20))
+        done = []
+        for k, (i, g) in enumerate(zip(index, gain)):
+            g = g * (0.4 if k in dropped else 1.0)
+            pixels = np.clip(np.rint(acq.slices[i] * g + rng.normal(0, 2.0, (96, 96))), 0, 255).astype(np.uint8)
+            done += chain.push(SliceImage(pixels, k, f"s{k}.tif", (0.02, 0.02), None))
+        done += chain.flush()
+        right = total = 0
+        for p in done:  # each slice at the shift the chain applied: alignment errors do not count
+            t = ndimage.shift(acq.labels[index[p.index]], p.drift.shift_px, order=0)
+            m = p.labels > 0
+            right += int(np.count_nonzero(p.labels[m] == t[m]))
+            total += int(np.count_nonzero(m))
+        good = [p.uncertain_share for p in done if p.flag is None]
+        flagged = [p for p in done if p.flag]
+        print(f"   {name:<14} accuracy {100 * right / total:.2f} %; uncertain share of good slices median "
+              f"{np.median(good):.4f}; flagged {[(p.index, p.flag) for p in flagged]} (injected {list(dropped)}), "
+              f"their uncertain share {[round(p.uncertain_share, 4) for p in flagged]}, quality "
+              f"{[round(p.quality, 3) for p in flagged]}")
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer and smaller cases")
@@ -254,6 +292,7 @@ def main(argv=None):
     bench_generator(args.quick)
     bench_samba()
     bench_pystack3d(args.quick)
+    bench_brightness(args.quick)
 
 
 if __name__ == "__main__":
