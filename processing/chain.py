@@ -101,8 +101,9 @@ class SliceChain:
     training_labels : (Y, X) ndarray of int, or dict of str to rectangles, optional
         Sparse phase labels drawn on the first slice, or rectangles per phase name: segment
         with the trainable pixel classifier instead of the grey-level model.
-    smooth_px : float, optional
-        Gaussian pre-filter of the grey-level model, pixels (raise it for very noisy slices).
+    smooth_px : float or "auto", optional
+        Gaussian pre-filter of the grey-level model, pixels (raise it for very noisy slices;
+        ``"auto"``: chosen from the calibration slices, see :func:`calibrate_phases`).
 
     Attributes
     ----------
@@ -125,7 +126,7 @@ class SliceChain:
         correction: CorrectionModel | None = None,
         region: RegionMask | None = None,
         training_labels=None,
-        smooth_px: float = 1.0,
+        smooth_px=1.0,
     ):
         if calibration_slices < 1:
             raise ValueError(f"calibration_slices must be >= 1, got {calibration_slices!r}")
@@ -149,7 +150,7 @@ class SliceChain:
         self.tracker = None if roi == "auto" else DriftTracker(roi=roi)
         self.region = RegionMask() if region is None else region
         self.training_labels = training_labels
-        self.smooth_px = float(smooth_px)
+        self.smooth_px = smooth_px if smooth_px == "auto" else float(smooth_px)
         self.phase_check = None
         self._nonsample_rows: tuple[int, int] | None = None  # z-invariant band found with roi "auto"
         self._brightness = (1.0, 0.0)  # the previous slice's (gain, offset): guides the next match
@@ -159,7 +160,7 @@ class SliceChain:
 
     @classmethod
     def from_config(cls, config, *, phases: Phases, region: RegionMask | None = None,
-                    training_labels=None, smooth_px: float = 1.0) -> SliceChain:
+                    training_labels=None, smooth_px=1.0) -> SliceChain:
         """A chain set up from the ``[processing]`` section of the configuration (the valid
         region and training labels are read by the agent)."""
         return cls(
