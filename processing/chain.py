@@ -17,7 +17,7 @@ from processing.align import DriftEstimate, DriftTracker, apply_shift, find_refe
 from processing.correct import CorrectionModel, fit_correction
 from processing.errors import CalibrationError, SliceShapeError
 from processing.io import SliceImage
-from processing.mask import RegionMask
+from processing.mask import RegionMask, grow_rows
 from processing.phases import Phases
 from processing.segment import PhaseModel, calibrate_phases
 
@@ -255,8 +255,10 @@ class SliceChain:
                 self.roi = self._find_roi([image.pixels for image, _ in held])
                 log.info("alignment region: %s", "whole slice" if self.roi is None else f"rows {self.roi[0]}-{self.roi[1]}")
                 if self.roi is not None and not self.cap_rows:
-                    # z-invariant rows are cap or fiducial, not sample: out of calibration and labels
-                    self._nonsample_rows = (self.roi[0], self.roi[1])
+                    # z-invariant rows are cap or fiducial, not sample: out of calibration and labels;
+                    # the band found is a core of the strip, grown to the rows that look like it
+                    self._nonsample_rows = grow_rows(held[0][0].pixels, (self.roi[0], self.roi[1]))
+                    log.info("not sample: rows %d-%d", *self._nonsample_rows)
                 self.tracker = DriftTracker(roi=self.roi)
             self.correction = fit_correction(
                 [image.pixels for image, _ in held], n_phases=len(self.phases.names), **self.correction_options
