@@ -623,6 +623,8 @@ def sparse_labels_from_rectangles(shape, rectangles, phases):
 # D >= 3.5 two equal Gaussian classes overlap on about 4 % of a class's pixels.
 AUTO_SMOOTH_PX = (1.0, 1.5, 2.0, 3.0)
 _ENOUGH_SEPARATION = 3.5
+# Pixels of calibration slices on which the grey classes are estimated.
+_EVIDENCE_PIXELS = 4_000_000
 
 
 def _auto_smoothing(slices, valid):
@@ -688,10 +690,13 @@ def calibrate_phases(slices, phases, *, valid=None, training_labels=None, rng=0,
 
     slices = [np.asarray(s) for s in ([slices] if isinstance(slices, np.ndarray) and slices.ndim == 2 else slices)]
     n = len(phases.names)
+    # the class count needs a few million pixels, not every calibration slice of 2048^2
+    k = 1 + int(np.searchsorted(np.cumsum([s.size for s in slices]), _EVIDENCE_PIXELS))
+    sample, sample_valid = slices[:k], None if valid is None else list(valid)[:k]
     if options.get("smooth_px") == "auto":
-        options["smooth_px"], estimate = _auto_smoothing(slices, valid)
+        options["smooth_px"], estimate = _auto_smoothing(sample, sample_valid)
     else:
-        estimate = estimate_grey_classes(slices, valid=valid, smooth_px=options.get("smooth_px", 1.0))
+        estimate = estimate_grey_classes(sample, valid=sample_valid, smooth_px=options.get("smooth_px", 1.0))
     if training_labels is not None:
         if isinstance(training_labels, dict):
             try:
