@@ -79,10 +79,18 @@ class PhasesConfig(_Section):
         "phase label 1..n, 0 = unlabelled) drawn on the first slice, or a TOML/JSON file of rectangles per phase "
         "name ({ pore = [[y0, y1, x0, x1], ...], ... })",
     )
-    smooth_px: float = Field(
-        1.0, ge=0, le=4, description="Gaussian pre-filter of the grey-level model; raise it (1.5-3) when "
-        "`revwatch calibrate` says neighbouring classes overlap (very noisy slices)",
+    smooth_px: float | Literal["auto"] = Field(
+        "auto", description="Gaussian pre-filter of the grey-level model, pixels (0-4); raise it (1.5-3) when "
+        "`revwatch calibrate` says neighbouring classes overlap (very noisy slices); 'auto' = the smallest of "
+        "1, 1.5, 2, 3 that separates the classes found",
     )
+    @field_validator("smooth_px")
+    @classmethod
+    def _smooth_px(cls, v):
+        if v != "auto" and not 0 <= v <= 4:
+            raise ValueError("expected 0 to 4 pixels, or 'auto'")
+        return v
+
     on_mismatch: Literal["warn", "refuse"] = Field(
         "warn",
         description="when the calibration slices do not show the named phases: 'warn' (error document and log; "

@@ -38,7 +38,7 @@ from pathlib import Path
 import numpy as np
 
 from processing.errors import RevwatchError
-from processing.phases import UNASSIGNED, Phases
+from processing.phases import ROLES as _ROLES, UNASSIGNED, Phases
 
 __all__ = [
     "MetricsInputError",
@@ -55,7 +55,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-_ROLES = ("pore", "electrolyte", "active")
 _NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]*$")
 _TIFF_SUFFIXES = (".tif", ".tiff")
 # The replay refreshes the REV verdict every this many slices (the agent's default cadence,

@@ -19,7 +19,7 @@ from processing.context import DepthContext
 from processing.correct import BrightnessMonitor, CorrectionModel, fit_correction, slice_structure
 from processing.errors import CalibrationError, SliceShapeError
 from processing.io import SliceImage
-from processing.mask import RegionMask
+from processing.mask import RegionMask, grow_rows
 from processing.phases import Phases
 from processing.segment import PhaseModel, calibrate_phases
 
@@ -132,8 +132,9 @@ class SliceChain:
     training_labels : (Y, X) ndarray of int, or dict of str to rectangles, optional
         Sparse phase labels drawn on the first slice, or rectangles per phase name: segment
         with the trainable pixel classifier instead of the grey-level model (no 3-D context).
-    smooth_px : float, optional
-        Gaussian pre-filter of the grey-level model, pixels (raise it for very noisy slices).
+    smooth_px : float or "auto", optional
+        Gaussian pre-filter of the grey-level model, pixels (raise it for very noisy slices;
+        ``"auto"``: chosen from the calibration slices, see :func:`calibrate_phases`).
 
     Attributes
     ----------
@@ -159,7 +160,7 @@ class SliceChain:
         correction: CorrectionModel | None = None,
         region: RegionMask | None = None,
         training_labels=None,
-        smooth_px: float = 1.0,
+        smooth_px=1.0,
     ):
         if calibration_slices < 1:
             raise ValueError(f"calibration_slices must be >= 1, got {calibration_slices!r}")
@@ -191,7 +192,7 @@ class SliceChain:
         self._context = None if phase_model is None else DepthContext(phase_model, context_slices=self.context_slices)
         self.region = RegionMask() if region is None else region
         self.training_labels = training_labels
-        self.smooth_px = float(smooth_px)
+        self.smooth_px = smooth_px if smooth_px == "auto" else float(smooth_px)
         self.phase_check = None
         self._nonsample_rows: tuple[int, int] | None = None  # z-invariant band found with roi "auto"
         self._brightness = (1.0, 0.0)  # the previous slice's (gain, offset): guides the next match
@@ -200,7 +201,7 @@ class SliceChain:
 
     @classmethod
     def from_config(cls, config, *, phases: Phases, region: RegionMask | None = None,
-                    training_labels=None, smooth_px: float = 1.0) -> SliceChain:
+                    training_labels=None, smooth_px=1.0) -> SliceChain:
         """A chain set up from the ``[processing]`` section of the configuration (the valid
         region and training labels are read by the agent)."""
         return cls(
@@ -354,8 +355,10 @@ class SliceChain:
             log.info("alignment region: %s",
                      "whole slice" if self.roi is None else f"rows {self.roi[0]}-{self.roi[1]}")
             if self.roi is not None and not self.cap_rows:
-                # z-invariant rows are cap or fiducial, not sample: out of calibration and labels
-                self._nonsample_rows = (self.roi[0], self.roi[1])
+                # z-invariant rows are cap or fiducial, not sample: out of calibration and labels;
+                # the band found is a core of the strip, grown to the rows that look like it
+                self._nonsample_rows = grow_rows(usable[0], (self.roi[0], self.roi[1]))
+                log.info("not sample: rows %d-%d", *self._nonsample_rows)
             self.tracker = self._new_tracker()
         self.correction = fit_correction(usable, n_phases=len(self.phases.names), min_structure=_MIN_CONTRAST,
                                          **self.correction_options)

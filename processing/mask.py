@@ -21,7 +21,7 @@ from scipy import ndimage
 
 from processing.errors import SliceShapeError
 
-__all__ = ["RegionMask", "flat_margins"]
+__all__ = ["RegionMask", "flat_margins", "grow_rows"]
 
 
 def flat_margins(pixels, *, window_px=5, flat_tol=0.01, min_area=0.002):
@@ -93,6 +93,48 @@ def flat_margins(pixels, *, window_px=5, flat_tol=0.01, min_area=0.002):
         near = _square_reduce(parts.astype(np.uint16 if n_parts < 2**16 else np.int32), size, np.maximum)
         out |= (near > 0) & (np.abs(values - level[near]) <= tol)
     return out
+
+
+def grow_rows(pixels, rows, *, std_tol=0.25, mean_tol=0.5):
+    """Extend a band of non-sample rows (a z-invariant band found inside the cap) to the rows
+    that look like it.
+
+    A band found by comparing slices is a conservative core of the cap or fiducial strip; the rows
+    around it with the same texture belong to it too. A row joins while its grey standard
+    deviation is within `std_tol` (relative) of the band's median row and its mean within
+    `mean_tol` times that standard deviation of the band's median row mean: the sample's rows, a
+    mix of phases, have a much larger spread.
+
+    Parameters
+    ----------
+    pixels : (Y, X) ndarray
+        A slice in the frame of the band (the first slice of the run: the canvas).
+    rows : (int, int)
+        The band ``[y0, y1)``.
+
+    Returns
+    -------
+    (int, int)
+        The grown band.
+    """
+    pixels = np.asarray(pixels, dtype=np.float32)
+    if pixels.ndim != 2:
+        raise SliceShapeError(f"pixels: expected a 2-D slice, got shape {pixels.shape}")
+    y0, y1 = (int(v) for v in rows)
+    if not 0 <= y0 < y1 <= pixels.shape[0]:
+        raise ValueError(f"rows: expected 0 <= y0 < y1 <= {pixels.shape[0]}, got {rows!r}")
+    means, stds = pixels.mean(axis=1), pixels.std(axis=1)
+    std_ref = float(np.median(stds[y0:y1]))
+    mean_ref = float(np.median(means[y0:y1]))
+
+    def alike(y):
+        return abs(stds[y] - std_ref) <= std_tol * std_ref and abs(means[y] - mean_ref) <= mean_tol * std_ref
+
+    while y0 > 0 and alike(y0 - 1):
+        y0 -= 1
+    while y1 < pixels.shape[0] and alike(y1):
+        y1 += 1
+    return y0, y1
 
 
 @dataclass(frozen=True)

@@ -458,7 +458,7 @@ def check_phases(estimate: ClassEstimate, phases: Phases, *, model_levels=None, 
         d = [_ashman_d(a.level, a.sigma, b.level, b.sigma) for a, b in zip(found[:-1], found[1:])]
         if min(d) < 3.0:
             notes.append(f"neighbouring grey classes overlap (Ashman's D {min(d):.1f}, < 3): noise alone will "
-                         "mislabel a few percent of their pixels; raise phases.smooth_px (1.5-3) or train the "
+                         "mislabel a few percent of their pixels; raise phases.smooth_px (1.5-3; 'auto' tries them) or train the "
                          "pixel classifier (phases.training_labels)")
     if m == n:
         for name, c in zip(names, found):

@@ -646,6 +646,33 @@ def sparse_labels_from_rectangles(shape, rectangles, phases):
     return out
 
 
+# Pre-filters tried by ``smooth_px="auto"`` (pixels), and the separation that is enough: with
+# D >= 3.5 two equal Gaussian classes overlap on about 4 % of a class's pixels.
+AUTO_SMOOTH_PX = (1.0, 1.5, 2.0, 3.0)
+_ENOUGH_SEPARATION = 3.5
+# Pixels of calibration slices on which the grey classes are estimated.
+_EVIDENCE_PIXELS = 4_000_000
+
+
+def _auto_smoothing(slices, valid):
+    """(smooth_px, estimate): the smallest pre-filter of AUTO_SMOOTH_PX that separates the grey
+    classes (every neighbouring pair of phase classes with D >= 3.5), else the best separating."""
+    from processing.phases import _ashman_d, estimate_grey_classes
+
+    best = None
+    for smooth_px in AUTO_SMOOTH_PX:
+        estimate = estimate_grey_classes(slices, valid=valid, smooth_px=smooth_px)
+        found = estimate.phase_classes
+        d = min((_ashman_d(a.level, a.sigma, b.level, b.sigma) for a, b in zip(found[:-1], found[1:])), default=0.0)
+        if d >= _ENOUGH_SEPARATION:
+            return smooth_px, estimate
+        if best is None or d > best[0]:
+            best = (d, smooth_px, estimate)
+    logger.info("phase model: no pre-filter of %s separates the classes to D >= %.1f; best D %.1f at %g px",
+                AUTO_SMOOTH_PX, _ENOUGH_SEPARATION, best[0], best[1])
+    return best[1], best[2]
+
+
 def calibrate_phases(slices, phases, *, valid=None, training_labels=None, rng=0, **options):
     """Fit the segmentation model on the calibration slices and check it against the data.
 
@@ -670,7 +697,9 @@ def calibrate_phases(slices, phases, *, valid=None, training_labels=None, rng=0,
     rng : None, int or numpy.random.Generator, optional
         Seed of the pixel classifier.
     **options
-        Passed to :func:`fit_phase_model`.
+        Passed to :func:`fit_phase_model`; ``smooth_px="auto"`` picks the pre-filter from the
+        data (:data:`AUTO_SMOOTH_PX`: the smallest that separates the classes found with
+        Ashman's D >= 3.5, else the one that separates them best).
 
     Returns
     -------
@@ -688,7 +717,13 @@ def calibrate_phases(slices, phases, *, valid=None, training_labels=None, rng=0,
 
     slices = [np.asarray(s) for s in ([slices] if isinstance(slices, np.ndarray) and slices.ndim == 2 else slices)]
     n = len(phases.names)
-    estimate = estimate_grey_classes(slices, valid=valid, smooth_px=options.get("smooth_px", 1.0))
+    # the class count needs a few million pixels, not every calibration slice of 2048^2
+    k = 1 + int(np.searchsorted(np.cumsum([s.size for s in slices]), _EVIDENCE_PIXELS))
+    sample, sample_valid = slices[:k], None if valid is None else list(valid)[:k]
+    if options.get("smooth_px") == "auto":
+        options["smooth_px"], estimate = _auto_smoothing(sample, sample_valid)
+    else:
+        estimate = estimate_grey_classes(sample, valid=sample_valid, smooth_px=options.get("smooth_px", 1.0))
     if training_labels is not None:
         if isinstance(training_labels, dict):
             try:

@@ -66,7 +66,8 @@ def ct_sample_disc(shape):
     return np.hypot(yy - cy, xx - cx) <= r
 
 
-def calibrate_image(image, names, folder, *, slices=4, smooth_px=1.0, corrections=True, mask_image=None, out=None):
+def calibrate_image(image, names, folder, *, slices=4, smooth_px="auto", corrections=True, mask_image=None,
+                    out=None):
     """Write `image` as a stack of `slices` and run the calibration of a run on it (`corrections`:
     the default brightness normalisation and curtain removal, else none)."""
     from agent.calibrate import calibrate_folder
@@ -76,7 +77,7 @@ def calibrate_image(image, names, folder, *, slices=4, smooth_px=1.0, correction
     folder = Path(folder)
     for k in range(slices):
         write_slice(folder / "slices", k + 1, image, pixel_size_um=0.02)
-    overrides = [f"phases.names={list(names)!r}".replace("'", '"'), f"phases.smooth_px={smooth_px}"]
+    overrides = [f"phases.names={list(names)!r}".replace("'", '"'), f"phases.smooth_px={smooth_px!r}"]
     if not corrections:
         overrides += ["processing.brightness_normalisation=false", "processing.curtaining_removal=false"]
     if mask_image is not None:
@@ -100,7 +101,7 @@ def region_scores(labels, regions, expected, names):
     return out
 
 
-def run_case(name, *, smooth_px=1.0, corrections=True, mask_ring=False, out=None):
+def run_case(name, *, smooth_px="auto", corrections=True, mask_ring=False, out=None):
     """Calibrate one real image as a run would; returns (report, seconds, region scores)."""
     image, regions = load(name)
     names, expected = CASES[name]
@@ -123,19 +124,21 @@ def main():
     worst = {}
     for name in CASES:
         for corrections in (True, False):
-            for smooth_px in (1.0, 2.0):
+            for smooth_px in (1.0, 2.0, "auto"):
                 for mask_ring in ((False, True) if name == "3_phase" else (False,)):
                     report, seconds, scores = run_case(name, smooth_px=smooth_px, corrections=corrections,
                                                        mask_ring=mask_ring)
                     cells = "  ".join(f"{r}{rect[0]}:{100 * s:5.1f}" for r, rect, s in scores)
-                    print(f"{name:<8} {'on' if corrections else 'off':>5} {smooth_px:>9.1f} {str(mask_ring):>9} "
+                    used = report.model.smooth_px if hasattr(report.model, "smooth_px") else smooth_px
+                    shown = f"auto:{used:g}" if smooth_px == "auto" else f"{smooth_px:.1f}"
+                    print(f"{name:<8} {'on' if corrections else 'off':>5} {shown:>9} {str(mask_ring):>9} "
                           f"{report.check.estimate.n_classes:>7} {100 * report.masked_share:>8.1f} {seconds:>5.1f}  {cells}")
                     for w in report.check.warnings:
                         print(f"{'':>8} warning: {w}")
                     worst[(name, corrections, smooth_px, mask_ring)] = min(s for _, _, s in scores)
     print("worst region per case (target >= 95 %):")
     for (name, corrections, smooth_px, mask_ring), v in worst.items():
-        print(f"  {name} corrections {'on' if corrections else 'off'} smooth_px {smooth_px:g}"
+        print(f"  {name} corrections {'on' if corrections else 'off'} smooth_px {smooth_px}"
               f"{' ring masked' if mask_ring else ''}: {100 * v:.1f} %")
 
 
