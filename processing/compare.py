@@ -176,6 +176,8 @@ def sample_table(labels, *, spacing_um, phases=Phases(), transport_axis=1, n_sam
     Returns
     -------
     SampleTable
+        A cube on which :func:`processing.metrics.table1` raises ``ValueError`` (degenerate,
+        e.g. one phase filling it) is left out of the statistics, with a logged warning.
 
     Raises
     ------
@@ -199,8 +201,7 @@ def sample_table(labels, *, spacing_um, phases=Phases(), transport_axis=1, n_sam
 
     # One table1 per cube gives every metric: record them all, the curve only supplies the cubes.
     records: list[dict] = []
-
-    failed = []
+    failed: list[str] = []
 
     def measure(block, block_spacing):
         try:
@@ -214,8 +215,8 @@ def sample_table(labels, *, spacing_um, phases=Phases(), transport_axis=1, n_sam
         records.append(flatten_metrics(cube))
         return math.nan  # the statistics are taken per metric below
 
-    curve = subvolume_curve(labels, RevMetric("table1", measure, min_extent_um=min_edge_um), spacing_um=spacing,
-                            edges_um=edges_um, n_samples=n_samples, rng=rng)
+    curve = subvolume_curve(labels, RevMetric("table1", measure), spacing_um=spacing, edges_um=edges_um,
+                            n_samples=n_samples, rng=rng)
     if failed:
         logger.warning("%d of %d subvolume cubes gave no Table 1 (left out of the uncertainties); first: %s",
                        len(failed), len(records), failed[0])

@@ -181,3 +181,11 @@ def test_cli_table_names_columns_and_marks(tmp_path, capsys):
     assert "▲" in out  # the active fraction at least
     assert main(argv[:-len(PHASE_MAP)] + ["--names", "x"]) == 2  # names do not match the volumes
     assert "2 volumes" in capsys.readouterr().err
+
+
+def test_a_cube_filled_by_one_phase_does_not_sink_the_table():
+    labels = _labels(0.45, 0.15, 7, shape=(48, 48, 48))
+    labels[:24, :24, :24] = 3  # cubes there hold the active phase only
+    table = sample_table(labels, spacing_um=SPACING_UM, min_edge_um=0.5, rng=0)
+    assert table.uncertainty["volume_fraction.active"].uncertainty > 0
+    assert table.metrics["volume_fraction"]["active"] == pytest.approx(np.mean(labels == 3))
