@@ -461,6 +461,8 @@ class Agent:
             "shift_px": list(processed.drift.shift_px),
             "drift_confidence": processed.drift.confidence,
             "drift_reliable": processed.drift.reliable,
+            "drift_residual_px": processed.drift.residual_px,
+            "drift_wander": processed.drift.wander,
             "uncertain_share": processed.uncertain_share,
             "quality": processed.quality,
             "flag": processed.flag,
@@ -497,7 +499,7 @@ class Agent:
             self.events.emit("error", {
                 "kind": "drift",
                 "message": f"slice {processed.index}: drift estimate unreliable (confidence "
-                           f"{processed.drift.confidence:.2f}); the previous shift was kept",
+                           f"{processed.drift.confidence:.2f}); the shift predicted from the recent motion was kept",
                 "file": processed.source,
                 "index": processed.index,
                 "critical": False,
@@ -626,6 +628,8 @@ class Agent:
             "last_index": done.index if done else (last.index if last else None),
             "drift_px": list(done.drift.shift_px) if done else None,
             "drift_confidence": done.drift.confidence if done else None,
+            "drift_residual_px": done.drift.residual_px if done else None,
+            "drift_wander": done.drift.wander if done else None,
             "uncertain_share": done.uncertain_share if done else None,
             "label_delay_slices": self._chain.label_delay_slices if self._chain else 0,
             "quality": done.quality if done else None,
