@@ -51,7 +51,7 @@ REPO = Path(__file__).resolve().parents[2]
 MAX_OFFSET = 3
 BLOCK = 100
 # Per-slice quality keys the agent may write into the provenance (any truthy one flags the slice).
-QUALITY_KEYS = ("quality_flag", "flagged", "outlier", "brightness_outlier", "held_back", "quality_error")
+QUALITY_KEYS = ("flag", "quality_flag", "flagged", "outlier", "brightness_outlier", "held_back", "quality_error")
 # Per-slice residual estimate keys the agent may publish (px).
 RESIDUAL_KEYS = ("drift_residual_px", "residual_px", "shift_residual_px")
 
