@@ -120,6 +120,8 @@ class SliceChain:
     context_slices : int, optional
         Labels of slice z are decided once slices z+1..z+k are in, with slices z-k..z+k as 3-D
         context (:class:`processing.context.DepthContext`); 0 decides each slice on its own.
+    boundaries : {"edges", "thresholds"}, optional
+        How pixels on blurred edges are decided (:class:`processing.context.DepthContext`).
     phase_model : PhaseModel, optional
         A model fitted earlier (resume): no calibration.
     correction : CorrectionModel, optional
@@ -156,6 +158,7 @@ class SliceChain:
         roi=None,
         cap_rows: int = 0,
         context_slices: int = 1,
+        boundaries: str = "edges",
         phase_model: PhaseModel | None = None,
         correction: CorrectionModel | None = None,
         region: RegionMask | None = None,
@@ -189,7 +192,8 @@ class SliceChain:
         self.roi = roi
         self.tracker = None if roi == "auto" else self._new_tracker()
         self.context_slices = int(context_slices)
-        self._context = None if phase_model is None else DepthContext(phase_model, context_slices=self.context_slices)
+        self.boundaries = boundaries
+        self._context = None if phase_model is None else DepthContext(phase_model, context_slices=self.context_slices, boundaries=self.boundaries)
         self.region = RegionMask() if region is None else region
         self.training_labels = training_labels
         self.smooth_px = smooth_px if smooth_px == "auto" else float(smooth_px)
@@ -215,6 +219,7 @@ class SliceChain:
             roi=None if config.roi == "whole" else config.roi,
             cap_rows=config.cap_rows,
             context_slices=config.context_slices,
+            boundaries=config.boundaries,
             region=region,
             training_labels=training_labels,
             smooth_px=smooth_px,
@@ -234,7 +239,7 @@ class SliceChain:
             chain.phase_model = PhaseModel.from_dict(state["phase_model"])
             chain.correction = CorrectionModel.from_dict(state["correction"])
             chain.monitor = BrightnessMonitor(chain.correction.levels, z_limit=chain.outlier_z)
-            chain._context = DepthContext(chain.phase_model, context_slices=chain.context_slices)
+            chain._context = DepthContext(chain.phase_model, context_slices=chain.context_slices, boundaries=chain.boundaries)
         # The region found or given when the run was calibrated, not searched for again.
         chain.roi = tuple(state["roi"]) if state.get("roi") else None
         chain.tracker = chain._new_tracker()
@@ -371,7 +376,7 @@ class SliceChain:
             [grey for grey, *_ in good], self.phases, valid=[valid for _, valid, *_ in good],
             training_labels=self.training_labels, smooth_px=self.smooth_px,
         )
-        self._context = DepthContext(self.phase_model, context_slices=self.context_slices)
+        self._context = DepthContext(self.phase_model, context_slices=self.context_slices, boundaries=self.boundaries)
         return aligned
 
     def _new_tracker(self) -> DriftTracker:

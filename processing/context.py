@@ -157,7 +157,8 @@ def segment_in_context(grey, model: PhaseModel, *, neighbours=(), valid=None, ma
                     marker_margin_sigma, edge_gradient_share)
 
 
-def _segment(grey, model, neighbours, valid, marker_margin_sigma, edge_gradient_share, reference=None):
+def _segment(grey, model, neighbours, valid, marker_margin_sigma, edge_gradient_share, reference=None,
+             boundaries="edges"):
     """:func:`segment_in_context` on checked input, neighbours as (grey, lightly smoothed) pairs."""
     sigma = float(np.mean(model.sigmas))
     if neighbours:
@@ -165,6 +166,8 @@ def _segment(grey, model, neighbours, valid, marker_margin_sigma, edge_gradient_
         image = _denoise_along_z(grey, reference, neighbours, 1.5 * sigma)
     else:
         image = grey
+    if boundaries == "thresholds":
+        return model.segment(image, valid=valid)
     smooth = _smooth(image, model.smooth_px)
     labels = _classify(smooth, model.thresholds)
 
@@ -225,18 +228,25 @@ class DepthContext:
     context_slices : int, optional
         k, the slices used on each side, and so the delay (in slices) before a slice's labels are
         decided. 0 decides each slice on its own at once.
+    boundaries : {"edges", "thresholds"}, optional
+        ``"edges"``: :func:`segment_in_context`'s markers and blurred-edge rule; ``"thresholds"``:
+        the phase model's own decision (:meth:`PhaseModel.segment`, thresholds and its rim rule)
+        on the slice denoised along z.
     marker_margin_sigma, edge_gradient_share : float, optional
         See :func:`segment_in_context`.
     """
 
-    def __init__(self, model: PhaseModel, *, context_slices: int = 1, marker_margin_sigma=0.5,
-                 edge_gradient_share=0.25):
+    def __init__(self, model: PhaseModel, *, context_slices: int = 1, boundaries: str = "edges",
+                 marker_margin_sigma=0.5, edge_gradient_share=0.25):
         if not (isinstance(context_slices, (int, np.integer)) and 0 <= context_slices <= 8):
             raise ValueError(f"context_slices: expected an integer 0..8, got {context_slices!r}")
+        if boundaries not in ("edges", "thresholds"):
+            raise ValueError(f"boundaries: expected 'edges' or 'thresholds', got {boundaries!r}")
         _check_options(marker_margin_sigma, edge_gradient_share)
         self.model = model
         self.context_slices = int(context_slices)
-        self.options = {"marker_margin_sigma": marker_margin_sigma, "edge_gradient_share": edge_gradient_share}
+        self.options = {"marker_margin_sigma": marker_margin_sigma, "edge_gradient_share": edge_gradient_share,
+                        "boundaries": boundaries}
         self._window: deque[_Pending] = deque(maxlen=2 * self.context_slices + 1)
         self._undecided = 0  # pending slices at the end of the window
         self._shape = None

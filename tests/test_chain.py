@@ -205,7 +205,7 @@ def test_a_failed_calibration_is_retried_on_later_slices(monkeypatch, caplog):
     from processing.errors import CalibrationError
 
     acq = _rendered(8, 96, seed=9)
-    real_fit, calls = chain_module.fit_phase_model, []
+    real_fit, calls = chain_module.calibrate_phases, []
 
     def fails_once(*args, **kwargs):
         calls.append(len(args[0]))
@@ -213,14 +213,14 @@ def test_a_failed_calibration_is_retried_on_later_slices(monkeypatch, caplog):
             raise CalibrationError("the classes overlap")  # e.g. a charging slice among the first ones
         return real_fit(*args, **kwargs)
 
-    monkeypatch.setattr(chain_module, "fit_phase_model", fails_once)
+    monkeypatch.setattr(chain_module, "calibrate_phases", fails_once)
     chain = SliceChain(phases=Phases(), calibration_slices=3)
     with caplog.at_level("WARNING", logger="processing.chain"):
         first = push_all(chain, acq.slices[:3])
     assert first == [] and chain.calibrating and chain.correction is None
     messages = [r.getMessage() for r in caplog.records]
     assert "calibration attempt on 3 held slices failed: the classes overlap" in messages
-    done = push_all(chain, acq.slices[3:], start=4)
+    done = push_all(chain, acq.slices[3:], start=4) + chain.flush()
     assert calls == [3, 4] and [p.index for p in done] == list(range(1, 9)) and chain.dropped == []
     assert _accuracy(done, acq.labels) > 0.9
 

@@ -183,7 +183,7 @@ def evaluate(root, volume_path, rc, elapsed_s, stderr_tail):
     return result
 
 
-def run_one(root, *, idle_exit_s, revwatch):
+def run_one(root, *, idle_exit_s, revwatch, overrides=()):
     volume = root / "acquisition.revwatch.ome.zarr"
     for stale in (volume, volume.with_name(volume.name + ".events.jsonl")):
         if stale.is_dir():
@@ -191,7 +191,8 @@ def run_one(root, *, idle_exit_s, revwatch):
         elif stale.exists():
             stale.unlink()
     command = [*revwatch, "run", str(root / "acquisition"), "--config", str(root / "revwatch.toml"),
-               "--idle-exit-s", str(idle_exit_s), "--endpoint", free_loopback_endpoint()]
+               "--idle-exit-s", str(idle_exit_s), "--endpoint", free_loopback_endpoint(),
+               *(arg for item in overrides for arg in ("--set", item))]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     n = int(json.loads(str(np.load(root / "truth.npz")["scenario"]))["n_slices"])
     t0 = time.monotonic()
@@ -270,6 +271,8 @@ def main(argv=None):
     parser.add_argument("--idle-exit-s", type=float, default=8.0, help="passed to revwatch run")
     parser.add_argument("--keep", action="store_true", help="keep the acquisitions and volumes (default: delete after scoring)")
     parser.add_argument("--summary", action="store_true", help="only print the results already under --out")
+    parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                        help="configuration override passed to every run (repeatable), e.g. processing.boundaries=\"thresholds\"")
     args = parser.parse_args(argv)
     n = args.n if args.n is not None else (3 if args.quick else 20)
     slices = args.slices or (120 if args.quick else 300)
@@ -298,7 +301,7 @@ def main(argv=None):
             write_scenario(rendered, root)
             print(f"[{seed}] generated in {time.monotonic() - t0:.0f} s: {rendered.scenario.describe()}", flush=True)
             del rendered
-        result = run_one(root, idle_exit_s=args.idle_exit_s, revwatch=revwatch)
+        result = run_one(root, idle_exit_s=args.idle_exit_s, revwatch=revwatch, overrides=args.set)
         result_path.write_text(json.dumps(result, indent=1))
         print(f"[{seed}] rc {result['rc']}, {result['elapsed_s']} s, accuracy {fmt(100 * result.get('acc_best', float('nan')), '.2f')} %",
               flush=True)
