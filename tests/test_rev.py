@@ -506,3 +506,98 @@ def test_absent_phase_is_constant_and_does_not_block():
     feed(tracker, labels)
     active = tracker.document()["metrics"]["volume_fraction.active"]
     assert active["value"] == 0 and active["relative_error"] == 0 and active["converged"]
+
+
+# --------------------------------------------------------------------------- through the real agent
+
+AGENT_SPACING_UM = (0.05, 0.02, 0.02)
+AGENT_SLICES = 40
+FRACTIONS = '["volume_fraction.pore","volume_fraction.electrolyte","volume_fraction.active"]'
+
+
+@pytest.fixture
+def fine_acquisition(make_acquisition, tmp_path):
+    """40 slices of 112 x 112 px of fine particles (radius 3 px), written as Auto Slice & View does."""
+    from processing.synthetic import write_acquisition
+
+    acq = make_acquisition((AGENT_SLICES, 176, 176), rng=3, field_shape=(112, 112),
+                           microstructure={"particle_radius_um": 0.06})
+    folder = tmp_path / "acq"
+    write_acquisition(acq, folder, layout="fei", pixel_size_um=AGENT_SPACING_UM[1], slice_spacing_um=AGENT_SPACING_UM[0])
+    return folder
+
+
+def _events(volume):
+    path = volume.with_name(volume.name + ".events.jsonl")
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+@pytest.mark.slow
+def test_exit_when_representative_exits_0_with_stop_and_a_complete_volume(fine_acquisition, tmp_path):
+    import subprocess
+    import sys
+
+    from agent.publish import free_loopback_endpoint
+    from agent.store import VolumeStore
+
+    volume = tmp_path / "run.ome.zarr"
+    proc = subprocess.run(
+        [sys.executable, "-m", "agent.cli", "run", str(fine_acquisition), "--volume", str(volume),
+         "--exit-when-representative", "--planned-slices", str(AGENT_SLICES), "--idle-exit-s", "120",
+         "--endpoint", free_loopback_endpoint(), "--set", "processing.calibration_slices=4",
+         "--set", "acquisition.settle_s=0.05", "--set", f"rev.tracked={FRACTIONS}"],
+        capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    events = _events(volume)
+    stops = [e for e in events if e["topic"] == "stop"]
+    assert len(stops) == 1 and stops[0]["rev"]["representative"]
+    assert stops[0]["rev"]["horizon_slices"] == AGENT_SLICES and stops[0]["rev"]["horizon_source"] == "planned depth"
+    assert events[-1]["topic"] == "status" and events[-1]["state"] == "stopped"
+    # It ended because it was representative, not because the folder went quiet.
+    assert "representative" in proc.stdout + proc.stderr
+    # The volume is complete: every slice handed over is stored, once, in order, and readable.
+    store = VolumeStore.open(volume, read_only=True)
+    assert stops[0]["depth_slices"] <= store.depth <= AGENT_SLICES
+    assert [s["index"] for s in store.slices] == list(range(1, store.depth + 1))
+    labels = np.asarray(store.labels[:])
+    assert labels.shape[0] == store.depth and (labels > 0).mean() > 0.9
+
+
+@pytest.mark.slow
+def test_stop_hook_runs_once_with_the_stop_document(fine_acquisition, tmp_path):
+    import sys
+    import threading
+    import time
+
+    from agent.config import Config
+    from agent.pipeline import Agent
+    from agent.publish import free_loopback_endpoint
+
+    out, volume = tmp_path / "hook.jsonl", tmp_path / "run.ome.zarr"
+    script = f"import sys; open({str(out)!r}, 'a').write(sys.stdin.read() + chr(10))"
+    config = Config.model_validate({
+        "acquisition": {"folder": str(fine_acquisition), "settle_s": 0.05, "planned_slices": AGENT_SLICES},
+        "volume": {"path": str(volume)},
+        "processing": {"calibration_slices": 4},
+        "analysis": {"every_slices": 4},
+        "publish": {"endpoint": free_loopback_endpoint()},
+        "rev": {"tracked": json.loads(FRACTIONS), "on_stop_command": f"{sys.executable} -c \"{script}\""},
+    })
+    agent, stop = Agent(config), threading.Event()
+    result = {}
+    thread = threading.Thread(target=lambda: result.update(summary=agent.run(stop_event=stop)), daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline and not (agent.events.stopped and out.exists()):
+        time.sleep(0.2)
+    time.sleep(2.0)  # further updates and the end of the run must not run it again
+    stop.set()
+    thread.join(120)
+    assert not thread.is_alive() and "summary" in result
+    lines = out.read_text().splitlines()
+    assert len(lines) == 1
+    received = json.loads(lines[0])
+    latched = agent.events.latest("stop")
+    assert received == json.loads(json.dumps(latched))
+    assert received["topic"] == "stop" and received["rev"]["representative"]
+    assert received["depth_slices"] == latched["depth_slices"]

@@ -336,7 +336,7 @@ def end_to_end(seeds=(0, 1, 2), depth=96, width=128, r_px=3):
     print(f"{'seed':>4} {'agent stop':>10} {'agent updates near it':>22} {'tracker alone':>13} {'within 1 update':>15} {'exit':>4} {'s':>5}")
     for seed in seeds:
         gen = np.random.default_rng(seed)
-        labels = generate_microstructure((depth, width + 16, width + 16), spacing_um=spacing,
+        labels = generate_microstructure((depth, width + 64, width + 64), spacing_um=spacing,
                                          particle_radius_um=r_px * spacing[1], rng=gen)
         acq = render_acquisition(labels, rng=gen, field_shape=(width, width))
         with tempfile.TemporaryDirectory() as tmp:
