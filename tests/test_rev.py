@@ -456,6 +456,12 @@ def test_tracker_documents_default_metrics_and_validates():
                         "correlation_length_z_um", "slices_per_s", "seconds_needed"}
     assert not doc["representative"] and doc["reasons"]
     json.dumps(doc, allow_nan=False)
+    from agent.events import EventStream, validate_document
+
+    stream = EventStream()
+    validate_document(stream.emit("rev", doc))
+    later = tracker.update(white_noise((120, 16, 16), 0.5, seed=0), time_s=10.0)
+    validate_document(stream.emit("rev", later))
     with pytest.raises(SliceShapeError):
         tracker.update(np.ones((5, 16, 17), dtype=np.uint8))
     with pytest.raises(ValueError, match="only grow"):
