@@ -230,15 +230,6 @@ def verdict(state: MonitorState) -> tuple[str, str, str]:
     return "ACQUIRING", "bold white on blue", detail
 
 
-def _duration(seconds: float) -> str:
-    """``"42 s"``, ``"12 min"``, ``"3.5 h"``."""
-    if seconds < 90:
-        return f"{seconds:.0f} s"
-    if seconds < 5400:
-        return f"{seconds / 60:.0f} min"
-    return f"{seconds / 3600:.1f} h"
-
-
 def _banner(state: MonitorState, width: int, *, tall: bool = False) -> Panel:
     """Full-width panel in the verdict's colour: 4 lines, 6 on a tall terminal."""
     title, style, detail = verdict(state)

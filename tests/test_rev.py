@@ -607,3 +607,16 @@ def test_stop_hook_runs_once_with_the_stop_document(fine_acquisition, tmp_path):
     assert received == json.loads(json.dumps(latched))
     assert received["topic"] == "stop" and received["rev"]["representative"]
     assert received["depth_slices"] == latched["depth_slices"]
+
+
+def test_monitor_shows_the_predicted_time_to_representative():
+    from agent.monitor import MonitorState, verdict
+
+    state = MonitorState(run_id="r", now_unix_s=0.0, last_heard_unix_s=0.0)
+    state.rev = {"representative": False, "slices_needed": 300, "seconds_needed": 1800.0, "horizon_slices": 1500,
+                 "horizon_source": "planned depth", "not_stationary": [], "metrics": {}}
+    title, _, detail = verdict(state)
+    assert title == "ACQUIRING"
+    assert "about 300 more slices" in detail and "~30m00s" in detail and "horizon 1,500 slices" in detail
+    state.rev["seconds_needed"] = None
+    assert "~" not in verdict(state)[2]
