@@ -21,7 +21,7 @@ from .kanit import KanitFit, fit_kanit, kanit_from_curve
 from .metrics import RevMetric, default_metrics, default_tracked, mean_chords_um, phase_fraction, table1_metrics
 from .report import RevReport, rev_report
 from .tracker import RevTracker
-from .trend import HorizonBound, Trend, detect_trend, horizon_bound, long_run_variance, look_level
+from .trend import HorizonBound, Trend, detect_trend, horizon_bound, long_run_variance, look_level, slope_test
 
 __all__ = [
     "RevMetric",
@@ -37,6 +37,7 @@ __all__ = [
     "kanit_from_curve",
     "Trend",
     "detect_trend",
+    "slope_test",
     "look_level",
     "HorizonBound",
     "horizon_bound",

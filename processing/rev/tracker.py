@@ -33,7 +33,7 @@ from .curve import cube_values, edge_voxels, rev_edge
 from .kanit import fit_kanit
 from .metrics import RevMetric, default_metrics, mean_chords_um
 from .metrics import _AXES as _AXIS_DIRECTIONS
-from .trend import detect_trend, horizon_bound, long_run_variance, look_level
+from .trend import horizon_bound, long_run_variance, look_level, slope_test
 
 __all__ = ["RevTracker"]
 
@@ -583,13 +583,11 @@ class RevTracker:
             return st.trend
         st.looks += 1
         st.next_look = math.ceil(self.depth * _LOOK_RATIO)
-        n = v.size // batch * batch
-        means = (v[:n] * w[:n]).reshape(-1, batch).sum(axis=1) / w[:n].reshape(-1, batch).sum(axis=1)
         level = look_level(st.looks, self.trend_false_alarm / len(self._states))
-        analysed = n * unit
-        st.trend = detect_trend(means, block_um=batch * unit * self.spacing[0], tolerance=tol, significance=level,
-                                min_drift=self.trend_min_drift * analysed / max(horizon, analysed),
-                                min_blocks=self.min_blocks, name=st.metric.name)
+        # Batches twice those of the bound: a significance level is only as good as its variance
+        # (measured on the replayed benchmark series, 2 correlation lengths let false alarms through).
+        st.trend = slope_test(v, weights=w, batch=2 * batch, unit_um=unit * self.spacing[0], horizon_units=horizon / unit,
+                              significance=level, tolerance=tol, min_drift=self.trend_min_drift, name=st.metric.name)
         return st.trend
 
     def _rev_edge(self, st: _MetricState, tol):
