@@ -620,3 +620,13 @@ def test_monitor_shows_the_predicted_time_to_representative():
     assert "about 300 more slices" in detail and "~30m00s" in detail and "horizon 1,500 slices" in detail
     state.rev["seconds_needed"] = None
     assert "~" not in verdict(state)[2]
+
+
+def test_a_metric_never_defined_does_not_hold_the_verdict_back():
+    # e.g. the tortuosity of a phase that percolates through no block: NaN on every block.
+    never = RevMetric("tortuosity_geometric.electrolyte.y+", lambda b, s: math.nan, min_extent_um=0.2)
+    tracker = RevTracker(spacing_um=0.05, metrics=[default_metrics()[0], never], planned_depth_slices=60, rng=0)
+    feed(tracker, white_noise((60, 32, 32), 0.3, seed=4), step=4)
+    entry = tracker.document()["metrics"][never.name]
+    assert entry["undefined"] and entry["converged"] and entry["value"] is None
+    assert tracker.stop is not None
