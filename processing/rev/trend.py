@@ -11,10 +11,10 @@ Two questions about the series of a metric measured on consecutive units of slic
   the value now is ``slope (N - n) / 2 + noise`` with ``var(noise) = S^2 (1/n - 1/N)``; a
   trend too weak to see yet is bounded by the slope's standard error and extrapolated
   over ``H``. The stop needs ``|drift| + z * stderr <= tolerance * |mean|``.
-- :func:`detect_trend`: a significance test of the slope, for the ``not stationary``
-  verdict. It is repeated at every update, so the tracker calls it only at looks on a
-  geometric grid of depths and spends its false-alarm budget over them
-  (:func:`look_level`): the chance of *ever* calling a stationary volume not stationary
+- :func:`slope_test` (and :func:`detect_trend` on block means): a significance test of the
+  slope, for the ``not stationary`` verdict. It is repeated at every update, so the tracker
+  calls it only at looks on a geometric grid of depths and spends its false-alarm budget
+  over them (:func:`look_level`): the chance of *ever* calling a stationary volume not stationary
   during a run stays below the budget, however long the run.
 """
 
