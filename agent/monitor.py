@@ -224,20 +224,11 @@ def verdict(state: MonitorState) -> tuple[str, str, str]:
     detail = f"about {needed:,} more slices needed" if needed else "REV not reached yet"
     seconds = rev.get("seconds_needed")
     if needed and seconds is not None:
-        detail += f" (~{_time_to_go(seconds)} at the current slice rate)"
+        detail += f" (~{_duration(seconds)} at the current slice rate)"
     horizon = rev.get("horizon_slices")
     if horizon is not None and rev.get("horizon_source") == "planned depth":
         detail += f", horizon {horizon:,} slices"
     return "ACQUIRING", "bold white on blue", detail
-
-
-def _time_to_go(seconds: float) -> str:
-    """``"42 s"``, ``"12 min"``, ``"3.5 h"``."""
-    if seconds < 90:
-        return f"{seconds:.0f} s"
-    if seconds < 5400:
-        return f"{seconds / 60:.0f} min"
-    return f"{seconds / 3600:.1f} h"
 
 
 def _banner(state: MonitorState, width: int, *, tall: bool = False) -> Panel:

@@ -305,7 +305,9 @@ def rev_report(labels, *, spacing_um, phases, transport_axis=1, tolerance=0.05, 
     rng = np.random.default_rng(rng)
     # The tracker's own subvolume curves only feed its rev_edge_um (not the verdict), which the
     # whole-volume curves below replace: the fewest cubes it accepts keep the replay cheap.
-    tracker = RevTracker(spacing_um=spacing_um, metrics=metrics, tolerance=tolerance, subvolume_samples=2, rng=rng)
+    # A finished volume: the horizon is its depth (what a live run that planned it would have asked).
+    tracker = RevTracker(spacing_um=spacing_um, metrics=metrics, tolerance=tolerance, planned_depth_slices=depth,
+                         subvolume_samples=2, rng=rng)
     stops = list(range(every_slices, depth, every_slices)) + [depth]
     total = len(stops) + len(metrics)
     counts, done, stop_depth = None, 0, None

@@ -456,6 +456,12 @@ def test_tracker_documents_default_metrics_and_validates():
                         "correlation_length_z_um", "slices_per_s", "seconds_needed"}
     assert not doc["representative"] and doc["reasons"]
     json.dumps(doc, allow_nan=False)
+    from agent.events import EventStream, validate_document
+
+    stream = EventStream()
+    validate_document(stream.emit("rev", doc))
+    later = tracker.update(white_noise((120, 16, 16), 0.5, seed=0), time_s=10.0)
+    validate_document(stream.emit("rev", later))
     with pytest.raises(SliceShapeError):
         tracker.update(np.ones((5, 16, 17), dtype=np.uint8))
     with pytest.raises(ValueError, match="only grow"):
@@ -506,3 +512,121 @@ def test_absent_phase_is_constant_and_does_not_block():
     feed(tracker, labels)
     active = tracker.document()["metrics"]["volume_fraction.active"]
     assert active["value"] == 0 and active["relative_error"] == 0 and active["converged"]
+
+
+# --------------------------------------------------------------------------- through the real agent
+
+AGENT_SPACING_UM = (0.05, 0.02, 0.02)
+AGENT_SLICES = 40
+FRACTIONS = '["volume_fraction.pore","volume_fraction.electrolyte","volume_fraction.active"]'
+
+
+@pytest.fixture
+def fine_acquisition(make_acquisition, tmp_path):
+    """40 slices of 112 x 112 px of fine particles (radius 3 px), written as Auto Slice & View does."""
+    from processing.synthetic import write_acquisition
+
+    acq = make_acquisition((AGENT_SLICES, 176, 176), rng=3, field_shape=(112, 112),
+                           microstructure={"particle_radius_um": 0.06})
+    folder = tmp_path / "acq"
+    write_acquisition(acq, folder, layout="fei", pixel_size_um=AGENT_SPACING_UM[1], slice_spacing_um=AGENT_SPACING_UM[0])
+    return folder
+
+
+def _events(volume):
+    path = volume.with_name(volume.name + ".events.jsonl")
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+@pytest.mark.slow
+def test_exit_when_representative_exits_0_with_stop_and_a_complete_volume(fine_acquisition, tmp_path):
+    import subprocess
+    import sys
+
+    from agent.publish import free_loopback_endpoint
+    from agent.store import VolumeStore
+
+    volume = tmp_path / "run.ome.zarr"
+    proc = subprocess.run(
+        [sys.executable, "-m", "agent.cli", "run", str(fine_acquisition), "--volume", str(volume),
+         "--exit-when-representative", "--planned-slices", str(AGENT_SLICES), "--idle-exit-s", "120",
+         "--endpoint", free_loopback_endpoint(), "--set", "processing.calibration_slices=4",
+         "--set", "acquisition.settle_s=0.05", "--set", f"rev.tracked={FRACTIONS}"],
+        capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    events = _events(volume)
+    stops = [e for e in events if e["topic"] == "stop"]
+    assert len(stops) == 1 and stops[0]["rev"]["representative"]
+    assert stops[0]["rev"]["horizon_slices"] == AGENT_SLICES and stops[0]["rev"]["horizon_source"] == "planned depth"
+    assert events[-1]["topic"] == "status" and events[-1]["state"] == "stopped"
+    # It ended because it was representative, not because the folder went quiet.
+    assert "representative" in proc.stdout + proc.stderr
+    # The volume is complete: every slice handed over is stored, once, in order, and readable.
+    store = VolumeStore.open(volume, read_only=True)
+    assert stops[0]["depth_slices"] <= store.depth <= AGENT_SLICES
+    assert [s["index"] for s in store.slices] == list(range(1, store.depth + 1))
+    labels = np.asarray(store.labels[:])
+    assert labels.shape[0] == store.depth and (labels > 0).mean() > 0.9
+
+
+@pytest.mark.slow
+def test_stop_hook_runs_once_with_the_stop_document(fine_acquisition, tmp_path):
+    import sys
+    import threading
+    import time
+
+    from agent.config import Config
+    from agent.pipeline import Agent
+    from agent.publish import free_loopback_endpoint
+
+    out, volume = tmp_path / "hook.jsonl", tmp_path / "run.ome.zarr"
+    script = f"import sys; open({str(out)!r}, 'a').write(sys.stdin.read() + chr(10))"
+    config = Config.model_validate({
+        "acquisition": {"folder": str(fine_acquisition), "settle_s": 0.05, "planned_slices": AGENT_SLICES},
+        "volume": {"path": str(volume)},
+        "processing": {"calibration_slices": 4},
+        "analysis": {"every_slices": 4},
+        "publish": {"endpoint": free_loopback_endpoint()},
+        "rev": {"tracked": json.loads(FRACTIONS), "on_stop_command": f"{sys.executable} -c \"{script}\""},
+    })
+    agent, stop = Agent(config), threading.Event()
+    result = {}
+    thread = threading.Thread(target=lambda: result.update(summary=agent.run(stop_event=stop)), daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline and not (agent.events.stopped and out.exists()):
+        time.sleep(0.2)
+    time.sleep(2.0)  # further updates and the end of the run must not run it again
+    stop.set()
+    thread.join(120)
+    assert not thread.is_alive() and "summary" in result
+    lines = out.read_text().splitlines()
+    assert len(lines) == 1
+    received = json.loads(lines[0])
+    latched = agent.events.latest("stop")
+    assert received == json.loads(json.dumps(latched))
+    assert received["topic"] == "stop" and received["rev"]["representative"]
+    assert received["depth_slices"] == latched["depth_slices"]
+
+
+def test_monitor_shows_the_predicted_time_to_representative():
+    from agent.monitor import MonitorState, verdict
+
+    state = MonitorState(run_id="r", now_unix_s=0.0, last_heard_unix_s=0.0)
+    state.rev = {"representative": False, "slices_needed": 300, "seconds_needed": 1800.0, "horizon_slices": 1500,
+                 "horizon_source": "planned depth", "not_stationary": [], "metrics": {}}
+    title, _, detail = verdict(state)
+    assert title == "ACQUIRING"
+    assert "about 300 more slices" in detail and "~30m00s" in detail and "horizon 1,500 slices" in detail
+    state.rev["seconds_needed"] = None
+    assert "~" not in verdict(state)[2]
+
+
+def test_a_metric_never_defined_does_not_hold_the_verdict_back():
+    # e.g. the tortuosity of a phase that percolates through no block: NaN on every block.
+    never = RevMetric("tortuosity_geometric.electrolyte.y+", lambda b, s: math.nan, min_extent_um=0.2)
+    tracker = RevTracker(spacing_um=0.05, metrics=[default_metrics()[0], never], planned_depth_slices=60, rng=0)
+    feed(tracker, white_noise((60, 32, 32), 0.3, seed=4), step=4)
+    entry = tracker.document()["metrics"][never.name]
+    assert entry["undefined"] and entry["converged"] and entry["value"] is None
+    assert tracker.stop is not None

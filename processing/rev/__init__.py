@@ -9,8 +9,9 @@ The package, one concern per module:
   deviation of a metric over seeded, non-overlapping cubes of edge ``L`` (micrometres);
 - :mod:`.kanit`: the **statistical criterion** of Kanit et al. (2003) (:func:`fit_kanit`):
   ``sigma^2(V) = K V^-alpha`` and the relative error of a mean over volumes;
-- :mod:`.trend`: the **trend along z** (:func:`detect_trend`, repeated at looks spending a
-  run-wide false-alarm budget, :func:`look_level`) and the **horizon bound**
+- :mod:`.trend`: the **trend along z** (:func:`slope_test` on correlated units, repeated at
+  looks spending a run-wide false-alarm budget, :func:`look_level`; :func:`detect_trend` on
+  block means) and the **horizon bound**
   (:func:`horizon_bound`): would the value at the planned depth differ from now?
 - :mod:`.tracker`: :class:`RevTracker`, the streaming decision and its latched stop;
 - :mod:`.report`: :func:`rev_report`, the offline report of a finished volume.
@@ -21,7 +22,7 @@ from .kanit import KanitFit, fit_kanit, kanit_from_curve
 from .metrics import RevMetric, default_metrics, default_tracked, mean_chords_um, phase_fraction, table1_metrics
 from .report import RevReport, rev_report
 from .tracker import RevTracker
-from .trend import HorizonBound, Trend, detect_trend, horizon_bound, long_run_variance, look_level
+from .trend import HorizonBound, Trend, detect_trend, horizon_bound, long_run_variance, look_level, slope_test
 
 __all__ = [
     "RevMetric",
@@ -37,6 +38,7 @@ __all__ = [
     "kanit_from_curve",
     "Trend",
     "detect_trend",
+    "slope_test",
     "look_level",
     "HorizonBound",
     "horizon_bound",

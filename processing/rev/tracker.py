@@ -33,7 +33,7 @@ from .curve import cube_values, edge_voxels, rev_edge
 from .kanit import fit_kanit
 from .metrics import RevMetric, default_metrics, mean_chords_um
 from .metrics import _AXES as _AXIS_DIRECTIONS
-from .trend import detect_trend, horizon_bound, long_run_variance, look_level
+from .trend import horizon_bound, long_run_variance, look_level, slope_test
 
 __all__ = ["RevTracker"]
 
@@ -60,6 +60,24 @@ class _MetricState:
         self.edges_um: np.ndarray | None = None
         self.cubes: list[list[float]] = []
         self.entry: dict = {}
+
+
+def _assigned_core(block):
+    """`block` without the border rows and columns that hold unassigned voxels (the drift border),
+    peeled one edge line at a time, the most unassigned first: a path metric must start and end
+    on faces of sample, not of unknown material."""
+    if block.dtype != np.uint8:
+        return block
+    bad = (block == 0).any(axis=0)
+    y0, y1, x0, x1 = 0, bad.shape[0], 0, bad.shape[1]
+    while y1 > y0 and x1 > x0:
+        sub = bad[y0:y1, x0:x1]
+        edges = (sub[0].mean(), sub[-1].mean(), sub[:, 0].mean(), sub[:, -1].mean())
+        k = int(np.argmax(edges))
+        if edges[k] == 0:
+            break
+        y0, y1, x0, x1 = (y0 + (k == 0), y1 - (k == 1), x0 + (k == 2), x1 - (k == 3))
+    return block[:, y0:y1, x0:x1]
 
 
 def _json(v):
@@ -388,8 +406,8 @@ class RevTracker:
         for st in blockwise:
             while (len(st.values) + 1) * st.unit <= depth:
                 z0 = len(st.values) * st.unit - self._tail_start
-                block = self._tail[z0:z0 + st.unit]
-                st.values.append(float(st.metric.func(block, self.spacing)))
+                block = _assigned_core(self._tail[z0:z0 + st.unit])
+                st.values.append(float(st.metric.func(block, self.spacing)) if block.size else math.nan)
                 st.weights.append(1.0)
         keep = min(len(st.values) * st.unit for st in blockwise)
         self._tail = self._tail[keep - self._tail_start:]
@@ -503,7 +521,13 @@ class RevTracker:
                  "alpha": None, "trend_relative_drift": None, "drift_to_horizon": None, "unit_slices": unit,
                  "batch_slices": batch * unit, "min_depth_slices": floor, "reason": None}
         rel = math.inf
-        if ok.sum() < self.min_blocks * batch:
+        if not ok.any() and v.size >= self.min_blocks * batch:
+            # Measured on enough units and never defined (a phase that does not percolate through
+            # any block has no tortuosity): nothing to converge, and nothing to wait for.
+            st.history.append([self.depth, value, math.nan])
+            entry.update(undefined=True, slices_needed=0)
+            failure = None
+        elif ok.sum() < self.min_blocks * batch:
             st.history.append([self.depth, value, math.nan])
             failure = (f"{name}: {int(ok.sum()) * unit} slices measured, the variance needs {floor} "
                        f"({self.min_blocks} batches of {batch * unit} slices)")
@@ -573,7 +597,7 @@ class RevTracker:
             vols.append(size * unit * dz * ny * dy * nx * dx)
             variances.append(s2 / size)
             dofs.append(dof)
-        if len(vols) < 2:
+        if np.count_nonzero(np.asarray(variances) > 0) < 2:  # a constant or periodic series has no exponent
             return None
         return fit_kanit(vols, variances, mean=1.0, weights=dofs, alpha_bounds=self.alpha_bounds).alpha
 
@@ -583,13 +607,11 @@ class RevTracker:
             return st.trend
         st.looks += 1
         st.next_look = math.ceil(self.depth * _LOOK_RATIO)
-        n = v.size // batch * batch
-        means = (v[:n] * w[:n]).reshape(-1, batch).sum(axis=1) / w[:n].reshape(-1, batch).sum(axis=1)
         level = look_level(st.looks, self.trend_false_alarm / len(self._states))
-        analysed = n * unit
-        st.trend = detect_trend(means, block_um=batch * unit * self.spacing[0], tolerance=tol, significance=level,
-                                min_drift=self.trend_min_drift * analysed / max(horizon, analysed),
-                                min_blocks=self.min_blocks, name=st.metric.name)
+        # Batches twice those of the bound: a significance level is only as good as its variance
+        # (measured on the replayed benchmark series, 2 correlation lengths let false alarms through).
+        st.trend = slope_test(v, weights=w, batch=2 * batch, unit_um=unit * self.spacing[0], horizon_units=horizon / unit,
+                              significance=level, tolerance=tol, min_drift=self.trend_min_drift, name=st.metric.name)
         return st.trend
 
     def _rev_edge(self, st: _MetricState, tol):

@@ -11,10 +11,10 @@ Two questions about the series of a metric measured on consecutive units of slic
   the value now is ``slope (N - n) / 2 + noise`` with ``var(noise) = S^2 (1/n - 1/N)``; a
   trend too weak to see yet is bounded by the slope's standard error and extrapolated
   over ``H``. The stop needs ``|drift| + z * stderr <= tolerance * |mean|``.
-- :func:`detect_trend`: a significance test of the slope, for the ``not stationary``
-  verdict. It is repeated at every update, so the tracker calls it only at looks on a
-  geometric grid of depths and spends its false-alarm budget over them
-  (:func:`look_level`): the chance of *ever* calling a stationary volume not stationary
+- :func:`slope_test` (and :func:`detect_trend` on block means): a significance test of the
+  slope, for the ``not stationary`` verdict. It is repeated at every update, so the tracker
+  calls it only at looks on a geometric grid of depths and spends its false-alarm budget
+  over them (:func:`look_level`): the chance of *ever* calling a stationary volume not stationary
   during a run stays below the budget, however long the run.
 """
 
@@ -28,7 +28,7 @@ from scipy import stats
 
 from ._common import check_tolerance
 
-__all__ = ["Trend", "detect_trend", "look_level", "HorizonBound", "horizon_bound", "long_run_variance"]
+__all__ = ["Trend", "detect_trend", "slope_test", "look_level", "HorizonBound", "horizon_bound", "long_run_variance"]
 
 # Median of |N(0, 1)|: the typical size of a fitted slope that is pure noise, in standard errors.
 _MEDIAN_ABS_NORMAL = 0.6745
@@ -334,3 +334,67 @@ def horizon_bound(values, *, weights=None, horizon_units: float, batch: int, con
     z = float(stats.t.ppf(0.5 + confidence / 2, max(dof, 1.0)))
     return HorizonBound(mean=mean, drift=drift, stderr=stderr, z=z, bound=abs(drift) + z * stderr,
                         long_run_variance=s2, dof=dof, units=n, horizon_units=horizon)
+
+
+def _linearised(values, weights):
+    v = np.asarray(values, dtype=float)
+    w = np.ones_like(v) if weights is None else np.asarray(weights, dtype=float)
+    ok = np.isfinite(v) & (w > 0)
+    v, w = v[ok], w[ok]
+    mean = float(np.average(v, weights=w)) if v.size else math.nan
+    return mean, w * (v - mean) / w.mean() if v.size else v
+
+
+def slope_test(values, *, weights=None, batch: int, unit_um: float, horizon_units: float, significance: float,
+               tolerance: float = 0.05, min_drift: float = 0.5, name: str = "metric") -> Trend:
+    """Test a unit series for a linear trend, its noise correlated along z.
+
+    The slope is fitted on every unit; its standard error comes from the long-run variance
+    of the *detrended* residuals (:func:`long_run_variance`, batches of `batch` units), so
+    correlated units do not make it look precise, and its Student quantile has the degrees
+    of freedom of that variance (not of a handful of block means).
+
+    Parameters
+    ----------
+    values, weights : (n,) array-like of float
+        As in :func:`horizon_bound`.
+    batch : int
+        Units per batch (a few correlation lengths).
+    unit_um : float
+        Thickness of one unit, micrometres.
+    horizon_units : float
+        Planned depth in units: a trend counts when it moves the metric by at least
+        ``min_drift * tolerance`` (relative) over it.
+    significance : float
+        Two-sided level of this test (e.g. :func:`look_level` of the look).
+
+    Returns
+    -------
+    Trend
+        ``relative_drift`` is over the depth tested; ``n_blocks`` the batches.
+    """
+    tolerance = check_tolerance(tolerance)
+    mean, resid = _linearised(values, weights)
+    n = resid.size
+    if n < 3 * int(batch) or n < 4:
+        return Trend(math.nan, math.nan, math.nan, math.nan, math.nan, float(batch * unit_um), 0, False,
+                     f"{name}: {n} units, too few to test for a trend along z")
+    x = np.arange(n) - (n - 1) / 2
+    sxx = float(x @ x)
+    slope = float(x @ resid) / sxx
+    s2, dof = long_run_variance(resid - slope * x, batch)
+    se = math.sqrt(s2 / sxx)
+    p = (0.0 if slope != 0 else 1.0) if se == 0 else float(2 * stats.t.sf(abs(slope) / se, max(dof, 1.0)))
+    depth_um = n * unit_um
+    rel = 0.0 if slope == 0 else slope * n / abs(mean) if mean != 0 else math.copysign(math.inf, slope)
+    rel_se = 0.0 if se == 0 else se * n / abs(mean) if mean != 0 else math.inf
+    over_plan = abs(slope) * max(horizon_units, n) / abs(mean) if mean != 0 else math.inf
+    flagged = p < significance and over_plan >= min_drift * tolerance
+    per_um = slope / unit_um / abs(mean) if mean != 0 else math.nan
+    if flagged:
+        reason = (f"{name} drifts {per_um:+.1%} of its mean per um of depth "
+                  f"({rel:+.1%} over {depth_um:.3g} um, p = {p:.1g}): not stationary")
+    else:
+        reason = f"{name}: no trend along z ({rel:+.1%} over {depth_um:.3g} um, p = {p:.2g})"
+    return Trend(slope / unit_um, se / unit_um, p, float(rel), float(rel_se), float(batch * unit_um), n // int(batch),
+                 bool(flagged), reason)

@@ -215,6 +215,46 @@ def run_families(seeds, graded_seeds, dump=None):
         print(f"  prediction overall: median |error| {np.median(allerr):.0%}")
 
 
+def trend_replay(dump):
+    """'Ever not stationary' of the tracker's trend test replayed on the unit series of a --dump
+    (the same looks and levels as the tracker; the batch is the one of the final update)."""
+    from processing.rev import look_level, slope_test
+
+    print(f"\nTrend test replayed on the dumped unit series of every seed ({dump})")
+    print(f"{'family':<20} {'seeds':>5} {'flagged':>7}  metrics flagged (seed@depth)")
+    total = flagged_total = 0
+    with open(dump, "rb") as f:
+        while True:
+            try:
+                name, depth, gradient, runs = pickle.load(f)
+            except EOFError:
+                break
+            flagged, where = 0, []
+            for si, r in enumerate(runs):
+                hit = False
+                for metric, (v, w, unit) in r["series"].items():
+                    batch = max(1, math.ceil(r["batch"][metric] / unit))
+                    looks, next_look = 0, 0  # the bound's batch; the test's is twice it, as in the tracker
+                    for d in range(STEP, depth + 1, STEP):
+                        vv, ww = v[: d // unit], w[: d // unit]
+                        if np.count_nonzero(np.isfinite(vv) & (ww > 0)) < 6 * batch or d < next_look:
+                            continue
+                        looks, next_look = looks + 1, math.ceil(d * 1.25)
+                        t = slope_test(vv, weights=ww, batch=2 * batch, unit_um=unit * SPACING[0], horizon_units=depth / unit,
+                                       significance=look_level(looks, 0.05 / len(r["series"])), tolerance=TOLERANCE,
+                                       name=metric)
+                        if t.not_stationary:
+                            hit = True
+                            where.append(f"{metric.split('.')[0]}({si}@{d})")
+                            break
+                flagged += hit
+            print(f"{name:<20} {len(runs):>5} {flagged:>7}  {' '.join(where[:6])}")
+            if gradient == 0:
+                total += len(runs)
+                flagged_total += flagged
+    print(f"stationary seeds ever flagged: {flagged_total}/{total} = {flagged_total / max(total, 1):.1%} (target <= 5 %)")
+
+
 class LazyVolume:
     """(depth, 1024, 1024) labels made on demand from a periodic tile; counts the bytes read."""
 
@@ -336,7 +376,7 @@ def end_to_end(seeds=(0, 1, 2), depth=96, width=128, r_px=3):
     print(f"{'seed':>4} {'agent stop':>10} {'agent updates near it':>22} {'tracker alone':>13} {'within 1 update':>15} {'exit':>4} {'s':>5}")
     for seed in seeds:
         gen = np.random.default_rng(seed)
-        labels = generate_microstructure((depth, width + 16, width + 16), spacing_um=spacing,
+        labels = generate_microstructure((depth, width + 96, width + 96), spacing_um=spacing,
                                          particle_radius_um=r_px * spacing[1], rng=gen)
         acq = render_acquisition(labels, rng=gen, field_shape=(width, width))
         with tempfile.TemporaryDirectory() as tmp:
@@ -383,7 +423,7 @@ def main():
     parser.add_argument("--dump", help="append each family's raw results (pickle) to this file")
     parser.add_argument("--no-porespy", action="store_true")
     parser.add_argument("--end-to-end", action="store_true", help="also run the agent on rendered slices")
-    parser.add_argument("--only", choices=["families", "cost", "porespy", "end-to-end"])
+    parser.add_argument("--only", choices=["families", "cost", "porespy", "end-to-end", "trend-replay"])
     args = parser.parse_args()
     t0 = time.perf_counter()
     if args.only in (None, "families"):
@@ -392,6 +432,8 @@ def main():
         cost()
     if args.only == "porespy" or (args.only is None and not args.no_porespy):
         porespy_comparison((128, 128, 128))
+    if args.only == "trend-replay":
+        trend_replay(args.dump)
     if args.only == "end-to-end" or (args.only is None and args.end_to_end):
         end_to_end()
     print(f"\ntotal {time.perf_counter() - t0:.0f} s")
