@@ -427,7 +427,7 @@ class Agent:
             # the chain logs each calibration attempt; the status says what it waits for
             self._status(state=self._chain.calibration_state, last=image)
         elif done and self._store is None:
-            self._log_calibration(len(done))
+            self._log_calibration(len(done) + self._chain.label_delay_slices)
         self._report_phase_check()
         for processed in done:
             self._append(processed)
