@@ -965,7 +965,12 @@ class BrightnessMonitor:
                    else f"nothing above noise (structure {corrected.structure:.1f})")
             return SliceQuality("held", f"{why}: blank, saturated or charging slice", **figures), pixels
         reasons, charging, lost = [], False, False
-        if misfit > 0.25:
+        # how far the slice's phase modes may sit from an affine map onto the reference: overlapping
+        # phases fit their modes loosely on every slice, so the recent good slices set the limit
+        misfit_limit = 0.25
+        if len(self._good) >= 3:
+            misfit_limit = max(misfit_limit, 3.0 * float(np.median([q.misfit for q in self._good])))
+        if misfit > misfit_limit:
             reasons.append(f"phase levels do not map onto the reference (off by {misfit:.2f} level gaps)")
         # without a reference only gross unevenness counts (clean generated slices: 0.02 to 0.08 of the
         # smallest level gap, more on small slices); then the recent good slices set the limit
@@ -1004,7 +1009,7 @@ class BrightnessMonitor:
                 self._good.clear()
                 self._good.extend(self._changed)
                 self._changed.clear()
-        if misfit > 0.25 or lost:
+        if misfit > misfit_limit or lost:
             return SliceQuality("held", reason + ("; phases no longer separable" if lost else ""), **figures), pixels
         if charging:
             pixels = flatten_background(pixels, levels=self.levels, order=4)
