@@ -1059,7 +1059,7 @@ def _band_correlation(reference, moving):
     return float((a * b).sum() / den) if den > 0 else 0.0
 
 
-def find_reference_band(slices, *, band_rows=16, tolerance=0.8, min_rows=32):
+def find_reference_band(slices, *, band_rows=16, tolerance=0.8, min_rows=16):
     """Rows of the canvas whose content does not change along z (protective cap, fiducial).
 
     The slices are registered to the first one on the whole frame; then, band of rows by band
