@@ -34,7 +34,7 @@ import psutil
 from scipy import ndimage
 
 from agent.analysis import VolumeAnalysis, whole_volume_table1
-from processing.metrics import NetworkPhases, table1, tortuosity_factor
+from processing.metrics import table1, tortuosity_factor
 from processing.phases import Phases
 
 NMC = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "nmc_cathode_xct_labels" \
