@@ -325,7 +325,7 @@ class VolumeAnalysis:
         lo, hi = max(z0 - max(self.halo, 1), 0), min(z1 + self.halo, depth)
         log.debug("expensive window %d: z %d-%d (read %d-%d)", index, z0, z1, lo, hi)
         kwargs = dict(spacing_um=self.spacing_um, phases=self.phases, network=self.network,
-                      transport_axis=self.transport_axis, cc_face=self.cc_face, first=z0 == 0, last=last,
+                      transport_axis=self.transport_axis, cc_face=self.cc_face, first=index == 0, last=last,
                       with_previous=z0 > 0, thickness_samples=_THICKNESS_SAMPLES, tortuosity=True, threads=1)
         return dask.delayed(_partial, pure=False)(self._block(lo, hi), (z0 - lo, z1 - lo), kwargs)
 
