@@ -78,8 +78,8 @@ _THICKNESS_SAMPLES = 200_000
 _NOT_METRICS = ("depth_slices", "spacing_um", "sampling_error", "face_valid_share", "details")
 
 
-def _read(source, lo, hi, x0, x1):
-    return np.asarray(source[lo:hi, :, x0:x1])
+def _read(source, lo, hi):
+    return np.asarray(source[lo:hi])
 
 
 def _read_block(source, chunk_axis, lo, hi):
@@ -97,10 +97,6 @@ def _count_block(block, with_previous, n_values):
 
 def _partial(block, core, kwargs):
     return chunk_partial(np.ascontiguousarray(block, dtype=np.uint8), core=core, **kwargs)
-
-
-def _ratio(num, den):
-    return float(num / den) if den else None
 
 
 def rev_values(metrics):
@@ -187,12 +183,14 @@ def whole_volume_table1(labels, *, spacing_um, phases=Phases(), transport_axis=1
     cpus = os.cpu_count() or 1
     if threads_per_task is None:
         threads_per_task = 1 if scheduler is not None else max(1, cpus // min(workers or cpus, len(plan)))
+    # an in-memory array is one graph key (sent once to a worker), a Zarr array is read by path
+    source = dask.delayed(labels, pure=False) if isinstance(labels, np.ndarray) else labels
     tasks = []
     for task in plan:
         kwargs = dict(spacing_um=o_spacing, phases=phases, network=network, transport_axis=o_axis, cc_face=cc_face,
                       first=task["first"], last=task["last"], with_previous=task["with_previous"],
                       thickness_samples=samples, tortuosity=task["tortuosity"], threads=threads_per_task)
-        block = dask.delayed(_read_block, pure=False)(labels, chunk_axis, task["lo"], task["hi"])
+        block = dask.delayed(_read_block, pure=False)(source, chunk_axis, task["lo"], task["hi"])
         tasks.append(dask.delayed(_partial, pure=False)(block, task["core"], kwargs))
     client = _client(scheduler)
     try:
@@ -304,7 +302,7 @@ class VolumeAnalysis:
         """
         if isinstance(self._labels, da.Array):
             return self._labels[lo:hi]
-        return dask.delayed(_read, pure=False)(self._labels, lo, hi, None, None)
+        return dask.delayed(_read, pure=False)(self._labels, lo, hi)
 
     def _compute(self, tasks):
         return _run(self._client, tasks)
@@ -327,7 +325,7 @@ class VolumeAnalysis:
         lo, hi = max(z0 - max(self.halo, 1), 0), min(z1 + self.halo, depth)
         log.debug("expensive window %d: z %d-%d (read %d-%d)", index, z0, z1, lo, hi)
         kwargs = dict(spacing_um=self.spacing_um, phases=self.phases, network=self.network,
-                      transport_axis=self.transport_axis, cc_face=self.cc_face, first=z0 == 0, last=last,
+                      transport_axis=self.transport_axis, cc_face=self.cc_face, first=index == 0, last=last,
                       with_previous=z0 > 0, thickness_samples=_THICKNESS_SAMPLES, tortuosity=True, threads=1)
         return dask.delayed(_partial, pure=False)(self._block(lo, hi), (z0 - lo, z1 - lo), kwargs)
 

@@ -64,7 +64,7 @@ def _flatten(doc: dict) -> dict[str, float | None]:
             out[prefix] = value
 
     for key, value in doc.items():
-        if key not in _COMMON and key not in ("depth_slices", "spacing_um"):
+        if key not in _COMMON and key not in ("depth_slices", "spacing_um", "sampling_error"):
             walk(key, value)
     return out
 

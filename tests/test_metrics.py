@@ -567,3 +567,12 @@ def test_fast_marching_agrees_with_scikit_fmm():
     diff = (ours[reached] - spacing[1]) - np.ma.getdata(ref)[reached]
     assert np.abs(diff).mean() < 0.002 * np.ma.getdata(ref)[reached].mean()
     assert np.abs(diff).max() < 0.5 * min(spacing)
+
+
+def test_thin_chunks_with_a_coarse_thickness_sample():
+    labels = composite((20, 24, 20), np.random.default_rng(17), radius=3.0)
+    doc = table1(labels, spacing_um=(1, 1, 1), chunk_voxels=24 * 20 * 2, halo_slices=3, thickness_max_samples=300)
+    whole = table1(labels, spacing_um=(1, 1, 1))
+    assert doc["local_thickness_um"]["active"]["mean"] == pytest.approx(whole["local_thickness_um"]["active"]["mean"],
+                                                                       rel=0.1)
+    assert doc["sampling_error"]["local_thickness_um"]["active"]["mean"] > 0

@@ -376,7 +376,7 @@ def _thickness_partial(block, core, label, spacing, samples, threads, all_valid=
     keep = np.nonzero((rows >= c0) & (rows < c1))[0]
     groups = []
     hist = np.zeros(0, np.int64)
-    for part in np.array_split(keep, min(_GROUPS, len(keep))):
+    for part in np.array_split(keep, min(_GROUPS, len(keep))) if len(keep) else ():
         values = thickness[part][mask[::step, ::step][part]].astype(np.float64)
         groups.append((values.size, values.sum(), (values * values).sum()))
         if values.size:

@@ -36,7 +36,7 @@ from scipy import ndimage
 sys.path.insert(0, str(Path(__file__).absolute().parents[1]))  # tests/: the shared-data helper
 
 from agent.analysis import VolumeAnalysis, whole_volume_table1  # noqa: E402
-from processing.metrics import NetworkPhases, table1, tortuosity_factor  # noqa: E402
+from processing.metrics import table1, tortuosity_factor  # noqa: E402
 from processing.phases import Phases  # noqa: E402
 from shared_data import shared_data  # noqa: E402
 
@@ -78,9 +78,22 @@ class PeakRss:
                     pass
         return rss
 
+    def _cpu(self):
+        times = self.proc.cpu_times()
+        total = times.user + times.system
+        if self.children:
+            for child in self.proc.children(recursive=True):
+                try:
+                    t = child.cpu_times()
+                    total += t.user + t.system
+                except psutil.Error:
+                    pass
+        return total
+
     def __enter__(self):
         self.proc = psutil.Process()
         self.base = self.peak = self._rss()
+        self.cpu0 = self._cpu()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._sample, daemon=True)
         self._thread.start()
@@ -91,6 +104,7 @@ class PeakRss:
             self.peak = max(self.peak, self._rss())
 
     def __exit__(self, *exc):
+        self.cpu_s = self._cpu() - self.cpu0
         self._stop.set()
         self._thread.join()
 
@@ -194,7 +208,7 @@ def bench_nmc(skip_peers):
         t0 = time.perf_counter()
         doc = table1(labels, spacing_um=spacing, phases=NMC_PHASES)
         ours = time.perf_counter() - t0
-    print(f"revwatch table1 (whole volume, {os.cpu_count()} threads): {ours:6.1f} s, peak RSS "
+    print(f"revwatch table1 (whole volume, {os.cpu_count()} threads): {ours:6.1f} s (CPU {mem.cpu_s:.1f} s), peak RSS "
           f"+{mem.above_base / 2**20:.0f} MiB = {mem.above_base / labels.size:.1f} B/voxel (target <= 16)")
     if skip_peers:
         print(json.dumps(ours_values(doc), indent=1))
@@ -204,8 +218,8 @@ def bench_nmc(skip_peers):
     total = sum(times.values())
     for part, seconds in times.items():
         print(f"  peer {part:28s} {seconds:6.1f} s")
-    print(f"peers composed: {total:6.1f} s, peak RSS +{mem_peers.above_base / 2**20:.0f} MiB;  speed-up "
-          f"{total / ours:.2f}x (target >= 3x)")
+    print(f"peers composed: {total:6.1f} s (CPU {mem_peers.cpu_s:.1f} s), peak RSS +{mem_peers.above_base / 2**20:.0f} "
+          f"MiB;  speed-up {total / ours:.2f}x wall, {mem_peers.cpu_s / mem.cpu_s:.2f}x CPU (target >= 3x)")
     mine = ours_values(doc)
     print(f"  {'metric':24s} {'revwatch':>10s} {'peers':>10s}")
     for key, value in values.items():
@@ -233,7 +247,8 @@ def bench_big(shape, chunk_voxels, tortuosity_max_voxels, cluster):
             t0 = time.perf_counter()
             doc = whole_volume_table1(arr, workers=2, **kwargs)
             elapsed = time.perf_counter() - t0
-        print(f"threads: {elapsed:7.1f} s (target <= 300 s), peak RSS +{mem.above_base / 2**30:.2f} GiB "
+        print(f"threads: {elapsed:7.1f} s, CPU {mem.cpu_s:.0f} s = {mem.cpu_s / 2:.0f} s on 2 idle cores (target <= 300 s "
+              f"for 1000x1024x1024), peak RSS +{mem.above_base / 2**30:.2f} GiB "
               f"(target <= 4 GB); chunks {doc['details']['chunks']}, tortuosity on {doc['details']['tortuosity_chunks']}")
         doc.pop("details")
         print("  ", json.dumps({k: doc[k] for k in ("tortuosity_geometric", "local_thickness_um", "connected_share",
@@ -249,7 +264,7 @@ def bench_big(shape, chunk_voxels, tortuosity_max_voxels, cluster):
                 remote = whole_volume_table1(arr, scheduler=lc.scheduler_address, **kwargs)
                 elapsed = time.perf_counter() - t0
         remote.pop("details")
-        print(f"LocalCluster (2 processes): {elapsed:7.1f} s, peak RSS of client + workers "
+        print(f"LocalCluster (2 processes): {elapsed:7.1f} s (CPU {mem.cpu_s:.0f} s), peak RSS of client + workers "
               f"+{mem.above_base / 2**30:.2f} GiB; same numbers as threads: {remote == doc}")
 
 
