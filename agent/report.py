@@ -38,7 +38,7 @@ from pathlib import Path
 import numpy as np
 
 from processing.errors import RevwatchError
-from processing.phases import ROLES as _ROLES, UNASSIGNED, Phases
+from processing.phases import ROLES as _ROLES, Phases
 
 __all__ = [
     "MetricsInputError",

@@ -3,7 +3,6 @@
 import io
 import json
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest

@@ -508,7 +508,6 @@ class RevTracker:
 
     def _assess(self, st: _MetricState, value, horizon, batch_slices, floor_user):
         name, tol = st.metric.name, self.tolerances[st.metric.name]
-        dz = self.spacing[0]
         unit = st.unit or 1
         v, w = np.asarray(st.values, dtype=float), np.asarray(st.weights, dtype=float)
         ok = np.isfinite(v) & (w > 0)
