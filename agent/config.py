@@ -132,9 +132,9 @@ class ProcessingConfig(_Section):
         1, ge=0, le=8, description="labels of a slice are decided once this many following slices are in, "
         "using them as 3-D context (a delay, in slices); 0 = each slice on its own",
     )
-    boundaries: Literal["edges", "thresholds"] = Field(
-        "edges", description="pixels on blurred edges: 'edges' = the phase of the nearest unambiguous pixel "
-        "where the edge passes through a third phase's grey levels; 'thresholds' = grey level and rim rule",
+    boundaries: Literal["thresholds", "edges"] = Field(
+        "thresholds", description="pixels on blurred edges: 'thresholds' = grey level and rim rule; 'edges' = "
+        "the phase of the nearest unambiguous pixel where the edge passes through a third phase's grey levels",
     )
     context_wait_s: float | None = Field(
         None, gt=0, description="decide waiting labels with the context there is when no slice came for this "

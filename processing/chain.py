@@ -158,7 +158,7 @@ class SliceChain:
         roi=None,
         cap_rows: int = 0,
         context_slices: int = 1,
-        boundaries: str = "edges",
+        boundaries: str = "thresholds",
         phase_model: PhaseModel | None = None,
         correction: CorrectionModel | None = None,
         region: RegionMask | None = None,

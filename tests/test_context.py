@@ -20,7 +20,7 @@ def clean_render(labels, *, noise, blur, rng, levels=LEVELS):
 
 
 def decide_all(slices, model, k):
-    context = DepthContext(model, context_slices=k)
+    context = DepthContext(model, context_slices=k, boundaries="edges")
     out = []
     for z, s in enumerate(slices.astype(np.float32)):
         out += context.push(s, payload=z)
