@@ -294,7 +294,10 @@ def case_junk(workdir: Path, n: int = 8) -> Outcome:
             if index == 3:
                 for name in JUNK:
                     (run.folder / name).write_bytes(os.urandom(1000))
-                write_slice(run.folder / "overview", 1, pixels(1), pixel_size_um=PIXEL_SIZE_UM).rename(
+                # written beside the watched folder and moved in whole: the watcher never sees its
+                # indexed temporary name (a slice in another folder, refused as another detector's)
+                (run.folder / "overview").mkdir()
+                write_slice(workdir / "staging", 1, pixels(1), pixel_size_um=PIXEL_SIZE_UM).rename(
                     run.folder / "overview" / "overview.tif")
         run.wait_handled(n, 1)
         outcome = run.finish("junk and temporary files", range(1, n + 1), ["overview.tif"])
