@@ -61,13 +61,12 @@ def _truth_table(acq, metrics_doc: dict | None, phases: Phases) -> Table:
     table.add_column("phase")
     table.add_column("truth", justify="right")
     table.add_column("measured", justify="right")
-    measured = (metrics_doc or {}).get("volume_fraction", {})
-    assigned = 1.0 - measured.get("unassigned", 0.0)
+    measured = (metrics_doc or {}).get("volume_fraction", {})  # shares of the assigned voxels
     sample = acq.labels[acq.labels > 0]  # the cap is not sample
     for name, label in phases.labels.items():
         truth = float(np.mean(sample == label))
         value = measured.get(name)
-        shown = "-" if value is None or assigned <= 0 else f"{100 * value / assigned:.1f} %"
+        shown = "-" if value is None else f"{100 * value:.1f} %"
         table.add_row(name, f"{100 * truth:.1f} %", shown)
     return table
 

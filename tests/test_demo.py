@@ -1,7 +1,9 @@
 """`revwatch demo` runs the whole product on generated data and ends by itself."""
 
 import io
+import re
 
+import pytest
 from rich.console import Console
 
 from agent.demo import run_demo
@@ -16,5 +18,10 @@ def test_demo_ends_by_itself_and_says_where_the_volume_is(tmp_path):
     volume = tmp_path / "demo.revwatch.ome.zarr"
     assert str(volume) in text.replace("\n", "")
     assert "truth" in text and "measured" in text
+    # the measured phase shares are of the assigned voxels, as the truth's: each column sums to 100 %
+    rows = re.findall(r"(pore|electrolyte|active)\W+([\d.]+) %\W+([\d.]+) %", text)
+    assert {name for name, _, _ in rows} == {"pore", "electrolyte", "active"}
+    for column in (1, 2):
+        assert sum(float(row[column]) for row in rows[-3:]) == pytest.approx(100.0, abs=0.2)
     store = VolumeStore.open(volume, read_only=True)
     assert [s["index"] for s in store.slices] == list(range(1, 25))
