@@ -30,6 +30,9 @@ log = logging.getLogger(__name__)
 _MIN_SLICES_FOR_BAND = 8
 _MIN_CONTRAST = 1.3  # smallest structure over noise (processing.correct.slice_structure) of a usable slice
 _MAX_HELD_PER_CALIBRATION_SLICE = 4  # slices without contrast held while waiting, per calibration slice
+# A named phase may not be in view yet (large particles): calibration waits for it up to this
+# many calibration windows, then goes on with the classes the data show (no invented phase).
+PHASE_WAIT_WINDOWS = 6
 # fewer cap rows than this hold no usable cap features: register on the band as a region
 _MIN_CAP_ROWS = 16
 
@@ -99,8 +102,11 @@ class SliceChain:
     calibration_slices : int, optional
         The phase model is fitted on this many first slices whose phases are separable, then kept
         fixed. Slices are held back (not returned) until then; blank or charging slices (no
-        contrast) do not count, so calibration waits for usable ones. Once calibrated, the held
-        slices are all processed (those without contrast are held: labels 0, flagged).
+        contrast) do not count, so calibration waits for usable ones. While the data show fewer
+        grey classes than named phases, it also waits (a phase may come into view later), trying
+        again every `calibration_slices` slices, up to :data:`PHASE_WAIT_WINDOWS` times as many
+        slices. Once calibrated, the held slices are all processed (those without contrast are
+        held: labels 0, flagged).
     brightness_normalisation, curtaining_removal, background_flattening : bool, optional
         Corrections applied before alignment and segmentation.
     curtain_angle : "auto" or float, optional
@@ -171,6 +177,7 @@ class SliceChain:
             raise ValueError("phase_model and correction are fitted together: give both or neither")
         self.phases = phases
         self.calibration_slices = int(calibration_slices)
+        self._calibrate_at = self.calibration_slices  # usable slices at the next calibration attempt
         self.correction_options = {
             "brightness": bool(brightness_normalisation),
             "curtaining": "column" if curtaining_removal else None,
@@ -181,6 +188,7 @@ class SliceChain:
         self.monitor = None if correction is None else BrightnessMonitor(correction.levels, z_limit=self.outlier_z)
         self._good_uncertain: deque = deque(maxlen=25)  # recent good slices' uncertain shares
         self._contrast: list[float] = []  # of the held slices, while calibrating
+        self._missing_phases: tuple = ()  # named phases not seen by the last calibration attempt
         self.dropped: list[tuple[SliceImage, str]] = []  # held slices given up before calibration
         self.correction = correction
         self.phase_model = phase_model
@@ -271,6 +279,9 @@ class SliceChain:
         usable = sum(c >= _MIN_CONTRAST for c in self._contrast)
         if usable < len(self._contrast):
             return f"calibrating: waiting for contrast ({len(self._held)} slices held, {usable} usable)"
+        if self._missing_phases:
+            return (f"calibrating: waiting for {', '.join(self._missing_phases)} to come into view "
+                    f"({usable} slices held)")
         return f"calibrating ({usable} of {self.calibration_slices} slices)"
 
     @property
@@ -307,7 +318,7 @@ class SliceChain:
             k = next(i for i, c in enumerate(self._contrast) if c < _MIN_CONTRAST)
             self.dropped.append((self._held.pop(k)[0], "no phase contrast before calibration (blank or charging)"))
             self._contrast.pop(k)
-        if usable < self.calibration_slices:
+        if usable < self._calibrate_at:
             return []
         return self._process_held(final=False)
 
@@ -336,18 +347,36 @@ class SliceChain:
                 aligned = self._calibrate()
             except CalibrationError as exc:
                 log.warning("calibration attempt on %d held slices failed: %s", len(self._held), exc)
-                if self.tracker is not None:
-                    self.tracker = self._new_tracker()  # as before the attempt: nothing aligned yet
-                self.correction = self.monitor = self.phase_model = None
-                self._brightness = (1.0, 0.0)
+                self._forget_calibration()
                 if final:
                     self.dropped.extend((image, f"not processed: {exc}") for image, _ in self._held)
                     self._held, self._contrast = [], []
                 return []
+            usable = sum(c >= _MIN_CONTRAST for c in self._contrast)
+            self._missing_phases = self.phase_check.empty_names if self.phase_check is not None else ()
+            if (self._missing_phases and not final
+                    and usable + self.calibration_slices <= PHASE_WAIT_WINDOWS * self.calibration_slices):
+                log.info("calibration: %s not in view in %d slices; waiting for %d more",
+                         ", ".join(self._missing_phases), usable, self.calibration_slices)
+                self._forget_calibration()
+                self._calibrate_at = usable + self.calibration_slices
+                return []
+            self._missing_phases = ()
+            for warning in self.phase_check.warnings if self.phase_check is not None else ():
+                log.warning("phase model: %s", warning)
+            for note in self.phase_check.notes if self.phase_check is not None else ():
+                log.info("phase model: %s", note)
         else:
             aligned = [self._correct_and_align(image) for image, _ in self._held]
         held, self._held, self._contrast = self._held, [], []
         return [done for (image, arrival), a in zip(held, aligned) for done in self._segment(image, arrival, *a)]
+
+    def _forget_calibration(self):
+        """Back to the state before a calibration attempt: nothing fitted, nothing aligned."""
+        if self.tracker is not None:
+            self.tracker = self._new_tracker()
+        self.correction = self.monitor = self.phase_model = self.phase_check = self._context = None
+        self._brightness = (1.0, 0.0)
 
     def _calibrate(self):
         """Fit the corrections and the phase model on the held slices that are not blank; returns

@@ -155,12 +155,34 @@ def _map_modes(found, weights, levels, prior):
     return None
 
 
+def _map_with_phases_missing(found, weights, levels, prior):
+    """Misfit of the found modes under the previous slice's map `prior`, some phases missing.
+
+    A phase may be absent from a slice (large particles). A mode of under 2 % of the pixels, or
+    one closer than half the smallest level gap to a stronger neighbour (one phase split in
+    two), is no mode; the others must sit where the previous map puts their levels. Nothing is
+    fitted: two modes always fit an affine map exactly, so a fitted map would go unchecked.
+    Returns (gain, offset, misfit) with misfit as in :func:`_map_modes`, or None with fewer than
+    two modes.
+    """
+    gain0, offset0 = prior
+    gap = float(np.min(np.diff(levels)))
+    ok = np.isfinite(found) & (weights > 0.02)
+    for i in range(found.size - 1):
+        if ok[i] and ok[i + 1] and gain0 * (found[i + 1] - found[i]) < 0.5 * gap:
+            ok[i if weights[i] < weights[i + 1] else i + 1] = False
+    if ok.sum() < 2:
+        return None
+    return float(gain0), float(offset0), float(np.abs(gain0 * found[ok] + offset0 - levels[ok]).max() / gap)
+
+
 def _fit_brightness(pixels, levels, prior, step):
     """(gain, offset, misfit, found modes) of a slice; misfit as in :func:`_map_modes`.
 
     The mixture starts from the previous slice's levels; when that fit is poor (a sudden drop
     moves the modes far from where they were) it is redone from the slice's own quantiles and
-    the better fit kept.
+    the better fit kept. When neither maps every phase, the slice may lack a phase
+    (:func:`_map_with_phases_missing`).
     """
     levels = np.asarray(levels, dtype=float)
     gain0, offset0 = (float(v) for v in prior)
@@ -168,11 +190,17 @@ def _fit_brightness(pixels, levels, prior, step):
         raise ValueError(f"prior: gain must be > 0, got {prior!r}")
     found, weights = find_levels(pixels, levels.size, init=(levels - offset0) / gain0, step=step)
     fit = _map_modes(found, weights, levels, (gain0, offset0))
+    warm = found, weights
     if fit is None or fit[2] > 0.2 or not 0.67 < fit[0] / gain0 < 1.5:
         cold_found, cold_weights = find_levels(pixels, levels.size, step=step)
         cold = _map_modes(cold_found, cold_weights, levels, (gain0, offset0))
         if cold is not None and (fit is None or cold[2] < fit[2]):
             fit, found = cold, cold_found
+    if fit is None or fit[2] > 0.25:
+        # the modes of the warm start sit where the previous map expects them
+        missing = _map_with_phases_missing(*warm, levels, (gain0, offset0))
+        if missing is not None and missing[2] <= 0.25 and (fit is None or missing[2] < fit[2]):
+            fit = missing
     if fit is None:
         logger.warning("brightness: no phase mode found, keeping gain %.3f offset %.1f", gain0, offset0)
         return gain0, offset0, np.inf, found

@@ -17,7 +17,6 @@ relabels silently: the caller decides (the chain leaves a phase the data do not 
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -33,8 +32,6 @@ __all__ = [
     "estimate_grey_classes",
     "check_phases",
 ]
-
-log = logging.getLogger(__name__)
 
 UNASSIGNED = 0
 DEFAULT_PHASE_NAMES = ("pore", "electrolyte", "active")
@@ -466,11 +463,6 @@ def check_phases(estimate: ClassEstimate, phases: Phases, *, model_levels=None, 
             if role in ("active", "electrolyte", "pore") and c.share < min_share:
                 warnings.append(f"phase '{name}' (role {role}) is a class of only {100 * c.share:.2f} % of the "
                                 "pixels: is the order of the names right?")
-    for w in warnings:
-        log.warning("phase model: %s", w)
-    for note in notes:
-        if note not in warnings:
-            log.info("phase model: %s", note)
     return PhaseCheck(estimate=estimate, warnings=tuple(warnings), n_fit=n_fit, label_values=label_values,
                       empty_names=empty, notes=tuple(note for note in notes if note not in warnings))
 

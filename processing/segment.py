@@ -717,9 +717,12 @@ def calibrate_phases(slices, phases, *, valid=None, training_labels=None, rng=0,
 
     slices = [np.asarray(s) for s in ([slices] if isinstance(slices, np.ndarray) and slices.ndim == 2 else slices)]
     n = len(phases.names)
-    # the class count needs a few million pixels, not every calibration slice of 2048^2
+    # the class count needs a few million pixels, not every calibration slice of 2048^2; spread
+    # over the calibration slices, where a phase may show in the later ones only
     k = 1 + int(np.searchsorted(np.cumsum([s.size for s in slices]), _EVIDENCE_PIXELS))
-    sample, sample_valid = slices[:k], None if valid is None else list(valid)[:k]
+    pick = np.unique(np.linspace(0, len(slices) - 1, min(k, len(slices))).round().astype(int))
+    sample = [slices[i] for i in pick]
+    sample_valid = None if valid is None else [list(valid)[i] for i in pick]
     if options.get("smooth_px") == "auto":
         options["smooth_px"], estimate = _auto_smoothing(sample, sample_valid)
     else:
@@ -742,8 +745,6 @@ def calibrate_phases(slices, phases, *, valid=None, training_labels=None, rng=0,
         model = fit_pixel_classifier(slices[0], sparse, rng=rng)
         notes = [f"the training labels have no pixel of {', '.join(repr(m) for m in missing)}: the classifier "
                  "never outputs it"] if missing else []
-        for note in notes:
-            logger.warning("phase model: %s", note)
         # the grey-level count is evidence, not a rule, for a classifier trained on texture too
         return model, replace(check, warnings=check.warnings + tuple(notes), n_fit=n,
                               label_values=tuple(range(1, n + 1)), empty_names=tuple(missing))

@@ -1,5 +1,7 @@
 """The per-slice chain: calibration on the first slices, alignment region, cap rows, resume state."""
 
+import re
+
 import numpy as np
 import pytest
 
@@ -103,6 +105,38 @@ def test_calibration_waits_for_contrast_and_keeps_every_good_slice(caplog):
     assert all(p.flag is None for p in good)
     truth = np.concatenate([np.zeros((5, 128, 128), np.uint8), acq.labels])
     assert _accuracy(good, truth) > 0.95
+
+
+def test_calibration_waits_for_a_named_phase_that_comes_into_view_later():
+    from processing.synthetic import generate_microstructure, render_acquisition
+
+    labels = generate_microstructure((30, 152, 152), spacing_um=(0.05, 0.02, 0.02), particle_radius_um=0.4, rng=7)
+    labels[:10][labels[:10] == 3] = 2  # the bright particles come into view at slice 11
+    acq = render_acquisition(labels, field_shape=(128, 128), drift_px=np.zeros((30, 2)), rng=7)
+    chain = SliceChain(phases=Phases(), calibration_slices=4)
+    done = push_all(chain, acq.slices[:8])
+    assert done == [] and chain.calibrating
+    # which name is missing is the nearest-level guess of a model of the two classes seen
+    assert re.fullmatch(r"calibrating: waiting for (pore|electrolyte|active) to come into view \(8 slices held\)",
+                        chain.calibration_state)
+    done += push_all(chain, acq.slices[8:], start=9) + chain.flush()
+    assert chain.phase_check.empty_names == () and chain.phase_check.n_fit == 3
+    assert [p.index for p in done] == list(range(1, 31))
+    assert _accuracy(done, acq.labels) > 0.95
+    assert _accuracy(done[:10], acq.labels) > 0.95  # the slices held while waiting too
+
+
+def test_a_two_phase_sample_calibrates_after_the_wait_without_an_invented_phase():
+    from processing.chain import PHASE_WAIT_WINDOWS
+
+    acq = _rendered(30, 96, seed=3, levels=(60, 60, 190))
+    chain = SliceChain(phases=Phases(), calibration_slices=4)
+    done = push_all(chain, acq.slices[:PHASE_WAIT_WINDOWS * 4 - 1])
+    assert done == [] and chain.calibrating
+    done += push_all(chain, acq.slices[PHASE_WAIT_WINDOWS * 4 - 1:], start=PHASE_WAIT_WINDOWS * 4)
+    assert not chain.calibrating and done
+    assert len(chain.phase_check.empty_names) == 1
+    assert set(np.unique(np.array([p.labels for p in done]))) <= {0, *chain.phase_check.label_values}
 
 
 def test_a_long_blank_start_drops_the_oldest_blank_slices_and_says_so():
