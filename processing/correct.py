@@ -919,6 +919,10 @@ class SliceQuality:
     streaks: float
 
 
+# Misfit (level gaps) beyond which a slice's phases cannot be mapped onto the reference: held.
+_HOLD_MISFIT = 0.5
+
+
 class BrightnessMonitor:
     """Flags slices whose brightness, contrast or evenness departs from the recent good slices.
 
@@ -1037,7 +1041,8 @@ class BrightnessMonitor:
                 self._good.clear()
                 self._good.extend(self._changed)
                 self._changed.clear()
-        if misfit > misfit_limit or lost:
+        # modes within half a level gap of the reference still label right: only a worse map is held
+        if misfit > max(misfit_limit, _HOLD_MISFIT) or lost:
             return SliceQuality("held", reason + ("; phases no longer separable" if lost else ""), **figures), pixels
         if charging:
             pixels = flatten_background(pixels, levels=self.levels, order=4)
