@@ -33,6 +33,8 @@ _MAX_HELD_PER_CALIBRATION_SLICE = 4  # slices without contrast held while waitin
 # A named phase may not be in view yet (large particles): calibration waits for it up to this
 # many calibration windows, then goes on with the classes the data show (no invented phase).
 PHASE_WAIT_WINDOWS = 6
+# A cap found automatically starts within this share of the slice height from the top edge.
+_CAP_TOP_TOLERANCE = 0.02
 # fewer cap rows than this hold no usable cap features: register on the band as a region
 _MIN_CAP_ROWS = 16
 
@@ -390,9 +392,15 @@ class SliceChain:
                      "whole slice" if self.roi is None else f"rows {self.roi[0]}-{self.roi[1]}")
             if self.roi is not None and not self.cap_rows:
                 # z-invariant rows are cap or fiducial, not sample: out of calibration and labels;
-                # the band found is a core of the strip, grown to the rows that look like it
-                self._nonsample_rows = grow_rows(usable[0], (self.roi[0], self.roi[1]))
-                log.info("not sample: rows %d-%d", *self._nonsample_rows)
+                # the band found is a core of the strip, grown to the rows that look like it. The
+                # cap is on top of the section: a band that does not reach the top edge is slowly
+                # changing sample (a large particle), and stays sample.
+                rows = grow_rows(usable[0], (self.roi[0], self.roi[1]))
+                if rows[0] <= _CAP_TOP_TOLERANCE * usable[0].shape[0]:
+                    self._nonsample_rows = rows
+                    log.info("not sample: rows %d-%d", *rows)
+                else:
+                    log.info("z-invariant rows %d-%d do not reach the top of the slice: kept as sample", *rows)
             self.tracker = self._new_tracker()
         self.correction = fit_correction(usable, n_phases=len(self.phases.names), min_structure=_MIN_CONTRAST,
                                          **self.correction_options)

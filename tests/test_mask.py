@@ -94,6 +94,20 @@ def test_auto_region_cap_is_neither_segmented_nor_calibrated():
     assert chain.phase_check.estimate.n_classes == 3 and chain.phase_check.ok
 
 
+def test_a_z_invariant_band_below_the_top_is_sample():
+    # a large particle that barely changes over the calibration slices looks z-invariant, but a
+    # cap is on top of the section: a band away from the top edge stays sample
+    labels = generate_microstructure((12, 320, 320), spacing_um=(0.05, 0.02, 0.02), particle_radius_um=0.4, rng=2)
+    labels[:, 120:170] = labels[0, 120:170]
+    acq = render_acquisition(labels, field_shape=(256, 256), drift_px=np.zeros((12, 2)), rng=4)
+    chain = SliceChain(phases=Phases(), calibration_slices=10, roi="auto")
+    done = _push(chain, acq.slices)
+    assert chain.roi is not None and chain.roi[0] > 60  # the band is found for registration ...
+    assert chain.state()["nonsample_rows"] is None  # ... and kept as sample
+    out = np.array([p.labels for p in done])
+    assert np.mean(out[:, chain.roi[0]:chain.roi[1]] > 0) > 0.99
+
+
 def test_resumed_chain_keeps_the_rows_it_found_not_sample():
 
     labels = generate_microstructure((12, 320, 320), spacing_um=(0.05, 0.02, 0.02), particle_radius_um=0.4, rng=2)
