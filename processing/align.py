@@ -76,6 +76,7 @@ import scipy.fft
 from scipy import ndimage
 
 from processing.errors import SliceShapeError
+from processing.mask import flat_margins
 
 __all__ = ["DriftEstimate", "DriftTracker", "apply_shift", "find_reference_band", "phase_correlate"]
 
@@ -203,6 +204,29 @@ def _bin(image, factor):
     image = np.asarray(image, dtype=np.float32)
     h, w = (image.shape[0] // factor) * factor, (image.shape[1] // factor) * factor
     return image[:h, :w].reshape(h // factor, factor, w // factor, factor).mean(axis=(1, 3))
+
+
+def _inner_box(valid):
+    """The rectangle ``(y0, y1, x0, x1)`` left of a (Y, X) bool mask after peeling off, one line
+    at a time, the border row or column holding the most invalid pixels (margins, the outside
+    of a circular field), until none is left inside."""
+    y0, x0, (y1, x1) = 0, 0, valid.shape
+    bad = ~valid
+    while y1 - y0 > 1 and x1 - x0 > 1:
+        part = bad[y0:y1, x0:x1]
+        if not part.any():
+            break
+        counts = (part[0].sum(), part[-1].sum(), part[:, 0].sum(), part[:, -1].sum())
+        side = int(np.argmax(counts))
+        if side == 0:
+            y0 += 1
+        elif side == 1:
+            y1 -= 1
+        elif side == 2:
+            x0 += 1
+        else:
+            x1 -= 1
+    return y0, y1, x0, x1
 
 
 def _prepare(window, taper, destripe):
@@ -543,7 +567,8 @@ class _JointShifts:
         rate = (self.applied[last] - self.applied[known[0]]) / (last - known[0])
         spread = np.diff([self.applied[k] for k in known], axis=0)
         step_var = float(np.mean(np.var(spread, axis=0))) if len(spread) > 1 else self.unit_var
-        return self.applied[last] + rate * (n - last), (n - last) * max(step_var, self.unit_var)
+        # stage drift is not ballistic (the microscope re-centres): extrapolate two slices at most
+        return self.applied[last] + rate * min(n - last, 2), (n - last) * max(step_var, self.unit_var)
 
     def _solve(self):
         idx = {s: i for i, s in enumerate(self.window)}
@@ -712,6 +737,7 @@ class DriftTracker:
         self._cap = None if interface_row is None else _CapTemplate(interface_row)
         self._joint = _JointShifts()
         self._error_var = 0.0  # per-axis variance of the last placed slice's shift (px^2)
+        self._var_of = {}  # slice -> per-axis variance of its applied shift (px^2), while a reference
         self._lagged = deque(maxlen=max(self.lags, default=1))  # (slice, canvas) of the last placed slices
         self._previous_id = self._keyframe_id = 0
         self._cap_var = np.zeros(2)  # variance of the applied shift per axis (px^2), cap mode
@@ -729,6 +755,7 @@ class DriftTracker:
         self.workers = workers
         self._shape = None
         self._bin = None
+        self._raw_box = None  # the raw slice's rectangle without flat margins (binned px)
         self._previous = None  # last reliable slice on the canvas (binned)
         self._mean = None  # running mean of aligned slices on the canvas (binned)
         self._keyframe = None  # an older aligned slice kept while it still matches (binned)
@@ -779,14 +806,43 @@ class DriftTracker:
         return (slice(self.roi[0] // b, min(-(-self.roi[1] // b), h)),
                 slice(self.roi[2] // b, min(-(-self.roi[3] // b), w)))
 
+    def _find_raw_box(self, pixels):
+        """The rectangle of the raw slice that shows the sample, without its flat margins.
+
+        Black margins and the outside of a circular field stay put in the raw frame while the
+        sample drifts: correlated, their edges pull the shift towards zero. They are found on a
+        slice (:func:`processing.mask.flat_margins`) and left out of every window.
+        """
+        h, w = (n // self._bin for n in pixels.shape)
+        flat = flat_margins(pixels)
+        if not flat.any():
+            return 0, h, 0, w
+        box = _inner_box(_bin((~flat).astype(np.float32), self._bin) > 0.999)
+        if min(box[1] - box[0], box[3] - box[2]) < 32:
+            logger.warning("flat margins leave a sample rectangle of %s binned px: registering on the whole "
+                           "slice, margins included", box)
+            return 0, h, 0, w
+        logger.info("registration leaves out flat margins: raw rows %d-%d, columns %d-%d kept",
+                    box[0] * self._bin, box[1] * self._bin, box[2] * self._bin, box[3] * self._bin)
+        return box
+
+    def _masked(self, binned):
+        """`binned` with NaN outside the raw rectangle (so that margins never reach a reference)."""
+        y0, y1, x0, x1 = self._raw_box
+        if (y0, x0) == (0, 0) and (y1, x1) == binned.shape:
+            return binned
+        out = np.full(binned.shape, np.nan, dtype=np.float32)
+        out[y0:y1, x0:x1] = binned[y0:y1, x0:x1]
+        return out
+
     def _windows(self, binned_shape, offset):
         """Overlapping canvas window and raw window (binned px) for an integer offset."""
-        h, w = binned_shape
         (y0, y1), (x0, x1) = ((s.start, s.stop) for s in self._region_box(binned_shape))
+        ry0, ry1, rx0, rx1 = self._raw_box
         oy, ox = offset
-        # canvas row y shows raw row y - oy: keep rows where both exist
-        cy0, cy1 = max(y0, oy), min(y1, h + oy)
-        cx0, cx1 = max(x0, ox), min(x1, w + ox)
+        # canvas row y shows raw row y - oy: keep rows where both exist (raw: inside the margins)
+        cy0, cy1 = max(y0, ry0 + oy), min(y1, ry1 + oy)
+        cx0, cx1 = max(x0, rx0 + ox), min(x1, rx1 + ox)
         if cy1 - cy0 < 16 or cx1 - cx0 < 16:
             return None
         return (slice(cy0, cy1), slice(cx0, cx1)), (slice(cy0 - oy, cy1 - oy), slice(cx0 - ox, cx1 - ox))
@@ -818,31 +874,38 @@ class DriftTracker:
             raise SliceShapeError(
                 f"slice shape {pixels.shape} differs from the run's canvas {self._shape} (first slice)")
         b = self._bin
-        binned = _bin(pixels, b)
+        if self._raw_box is None:  # resumed: the margins are found on the first raw slice
+            self._raw_box = self._find_raw_box(pixels)
+        binned = self._masked(_bin(pixels, b))
         prev = self._shift
         n = self.n_slices
         predicted, predicted_var = self._joint.prediction(n)
         offset = (int(round(prev[0] / b)), int(round(prev[1] / b)))
         results = self._measure(binned, offset)
-        confidence = max((c for _, _, c in results), default=0.0)
+        confidence = max((c for _, _, c, _ in results), default=0.0)
+        if confidence < self.min_confidence:
+            # lost: a jump beyond the window's reach (a thin band sees +-half its height) is
+            # looked for over the whole slice, and measured again from there
+            found = self._search_wide(binned)
+            if found is not None and found != offset:
+                retry = self._measure(binned, found)
+                if max((c for _, _, c, _ in retry), default=0.0) > confidence:
+                    logger.warning("slice %d: registration lost at (%d, %d) px, found again at (%d, %d) px by a "
+                                   "search over the whole slice", n, offset[0] * b, offset[1] * b,
+                                   found[0] * b, found[1] * b)
+                    results = retry
+                    confidence = max(c for _, _, c, _ in results)
         # the measurements that agree with the most confident one (within half a binned pixel):
         # on evolving structure the others are pulled by the structure's change, not the stage
         best = max(results, key=lambda item: item[2], default=None)
-        usable = [(ref, x, c**2) for ref, x, c in results
+        usable = [(ref, x, c**2) for ref, x, c, _ in results
                   if c >= self.min_confidence and np.abs(np.subtract(x, best[1])).max() < 0.5 * b]
         solved = self._joint.add(n, usable, gate=float(b)) if usable else None
         measured = None if solved is None else solved[0]
         # error budget: the references, each pulled by how the structure changed since it was
         # taken, disagree; their spread adds to the error built up so far (a random walk: the
         # joint solution does not make the references independent, so no sqrt(n) is claimed)
-        spread = [(np.asarray(x), c**2) for _, x, c in results if c >= self.min_confidence]
-        if len(spread) > 1:
-            xs, ws = np.array([x for x, _ in spread]), np.array([w for _, w in spread])
-            mean = (ws[:, None] * xs).sum(axis=0) / ws.sum()
-            step_var = float((ws[:, None] * (xs - mean) ** 2).sum(axis=0).mean() / ws.sum())
-        else:
-            step_var = self._joint.unit_var
-        var = self._error_var + max(step_var, self._joint.floor_var)
+        var = self._error_budget(results, usable)
         if solved is not None and np.abs(measured - predicted).max() > max(4.0 * b, 4.0 * np.sqrt(predicted_var)):
             # a jump: real ones are seen by several references, confidently
             if solved[2] < 2 and confidence < self.JUMP_CONFIDENCE:
@@ -863,6 +926,7 @@ class DriftTracker:
             self._joint.applied[n] = shift
             self._rejected = 0
             self._update_references(binned, shift, n)
+            self._var_of[n] = var
             if self._cap is not None:
                 self._cap.update(pixels, shift)
         else:
@@ -870,13 +934,23 @@ class DriftTracker:
             self._rejected += 1
             logger.warning("slice %d: drift estimate rejected (confidence %.2f), keeping the shift predicted from "
                            "the recent motion (%.2f, %.2f)", n, confidence, *shift)
-            if self._rejected >= self.max_rejected and binned.std() > 1e-6:
+            if self._rejected >= self.max_rejected and np.nanstd(binned) > 1e-6:
                 logger.warning("slice %d: %d rejections in a row, re-anchoring the references on this slice",
                                n, self._rejected)
+                if self.roi is not None:
+                    # the band has stopped matching (it was not z-invariant, or has left the view)
+                    logger.warning("slice %d: the registration region %s is given up for the whole slice",
+                                   n, self.roi)
+                    self.roi = None
+                    self._bin = self._choose_bin(pixels.shape)
+                    self._raw_box = self._find_raw_box(pixels)
+                    binned = self._masked(_bin(pixels, self._bin))
+                    self._lagged.clear()
                 self._previous = self._mean = self._keyframe = None
                 self._joint.freeze(n, shift, var)
                 self._error_var = var
                 self._update_references(binned, shift, n)
+                self._var_of[n] = var
                 self._rejected = 0
         self._shift = (float(shift[0]), float(shift[1]))
         self.n_slices += 1
@@ -890,6 +964,48 @@ class DriftTracker:
             residual_px=residual,
             wander=residual > self.WANDER_PX,
         )
+
+    def _error_budget(self, results, usable):
+        """Per-axis variance (px^2) of the slice's shift: the least over the references used of
+        the reference's own variance plus the pair's.
+
+        The pair's variance is the spread of the shifts of the window's blocks (each sees other
+        features, whose apparent motion as the structure changes is independent) over their
+        number: it grows with the change between the two slices, stays at the noise's on a
+        z-invariant band, so that a lasting keyframe bounds the error while a chain of
+        changing slices accumulates it.
+        """
+        used = {ref for ref, _, _ in usable}
+        budget = [self._var_of[ref] + v for ref, _, _, v in results
+                  if ref in used and v is not None and ref in self._var_of]
+        if budget:
+            return max(min(budget), self._joint.floor_var)
+        spread = [(np.asarray(x), c**2) for _, x, c, _ in results if c >= self.min_confidence]
+        if len(spread) > 1:
+            xs, ws = np.array([x for x, _ in spread]), np.array([w for _, w in spread])
+            mean = (ws[:, None] * xs).sum(axis=0) / ws.sum()
+            step_var = float((ws[:, None] * (xs - mean) ** 2).sum(axis=0).mean() / ws.sum())
+        else:
+            step_var = self._joint.unit_var
+        return self._error_var + max(step_var, self._joint.floor_var)
+
+    def _block_var(self, reference, moving):
+        """Per-axis variance (px^2) of a window's shift from the spread of its blocks' shifts."""
+        h, w = reference.shape
+        ny, nx = min(3, max(1, h // 48)), min(3, max(1, w // 48))
+        if ny * nx < 2:
+            return None
+        shifts = []
+        for i in range(ny):
+            for j in range(nx):
+                box = (slice(i * h // ny, (i + 1) * h // ny), slice(j * w // nx, (j + 1) * w // nx))
+                x, c = phase_correlate(reference[box], moving[box], lowpass=self.lowpass, whiten=self.whiten,
+                                       destripe=self.destripe, workers=self.workers)
+                if c >= self.min_confidence:
+                    shifts.append(x)
+        if len(shifts) < 2:
+            return None
+        return float(np.var(shifts, axis=0, ddof=1).mean()) * self._bin**2 / len(shifts)
 
     def _measure_cap(self, pixels, measured, confidence, reliable):
         """Fuse the correlation's shift with the cap template's (a Kalman filter per axis).
@@ -923,11 +1039,37 @@ class DriftTracker:
             confidence = max(confidence, float(np.clip(1.0 - np.hypot(*sigma) / _CapTemplate.MAX_SIGMA_PX, 0, 1)))
         return shift, confidence, True, var
 
+    def _search_wide(self, binned):
+        """Integer cumulative shift (binned px) of the slice over the whole overlap, or None.
+
+        Masked normalised cross-correlation (Padfield, 2012) of the running mean's registration
+        region against the raw slice's sample rectangle: every shift that keeps a third of the
+        region in view is tried, so a jump larger than the region is found.
+        """
+        from skimage.registration import phase_cross_correlation
+
+        if self._mean is None:
+            return None
+        box = self._region_box(binned.shape)
+        ref_mask = np.zeros(binned.shape, dtype=bool)
+        ref_mask[box] = True
+        moving = np.asarray(binned, dtype=np.float32)
+        mov_mask = np.isfinite(moving)
+        if mov_mask.sum() < 256:
+            return None
+        moving = np.where(mov_mask, moving, 0.0)
+        shift = phase_cross_correlation(self._mean, moving, reference_mask=ref_mask, moving_mask=mov_mask,
+                                        overlap_ratio=0.3)
+        shift = shift[0] if isinstance(shift, tuple) else shift
+        return int(round(float(shift[0]))), int(round(float(shift[1])))
+
     def _measure(self, binned, offset):
         """Cumulative shift (px) and confidence of the slice against each reference.
 
-        Returns ``[(slice the reference shows, shift, confidence), ...]``; the running mean
-        counts as the previous slice.
+        Returns ``[(slice the reference shows, shift, confidence, pair variance), ...]``; the
+        running mean counts as the previous slice. The pair variance (px^2 per axis, see
+        :meth:`_block_var`) is given for the previous slice, the keyframe and the longest lag,
+        None for the others.
         """
         windows = self._windows(binned.shape, offset)
         if windows is None:
@@ -942,6 +1084,7 @@ class DriftTracker:
             references.append(("keyframe", self._keyframe_id, self._keyframe))
         lagged = list(self._lagged)
         references += [("lag", *lagged[-lag]) for lag in self.lags if lag <= len(lagged)]
+        longest = max((lag for lag in self.lags if lag <= len(lagged)), default=None)
         results = []
         b = self._bin
         for name, ref_id, reference in references:
@@ -952,16 +1095,22 @@ class DriftTracker:
                 continue
             r, c = _correlate(fa, fb, upsample=self.upsample, lowpass=self.lowpass, whiten=self.whiten,
                               destripe=self.destripe, workers=self.workers)
-            results.append((name, ref_id, ((offset[0] + r[0]) * b, (offset[1] + r[1]) * b), c))
+            spread = name in ("previous", "keyframe") or (name == "lag" and ref_id == lagged[-longest][0])
+            v = self._block_var(reference[canvas_win], binned[raw_win]) if spread and c >= self.min_confidence else None
+            results.append((name, ref_id, ((offset[0] + r[0]) * b, (offset[1] + r[1]) * b), c, v))
         if results:
             best = max(results, key=lambda item: item[3])
-            key = [(x, c) for name, _, x, c in results if name == "keyframe"]
+            key = [(x, c) for name, _, x, c, _ in results if name == "keyframe"]
             # a keyframe that matches clearly worse than the newest references (the structure has
             # changed since) is replaced by this slice: on persistent structure it stays for good
             self._stale_keyframe = bool(key) and (
                 key[0][1] < max(self.min_confidence, 0.95 * best[3])
                 or np.hypot(*np.subtract(key[0][0], best[2])) >= 0.5 * b)
-        return [(ref_id, x, c) for _, ref_id, x, c in results]
+        # the variances of the slices a reference may still show (the keyframe, the lags)
+        oldest = min([self._keyframe_id, *(k for k, _ in lagged)]) if lagged else self._keyframe_id
+        for k in [k for k in self._var_of if k < oldest]:
+            del self._var_of[k]
+        return [(ref_id, x, c, v) for _, ref_id, x, c, v in results]
 
     def resume(self, aligned, shift_px):
         """Continue a run after a restart, from the last stored slice.
@@ -979,6 +1128,7 @@ class DriftTracker:
             raise SliceShapeError(f"aligned: expected a 2-D slice, got shape {aligned.shape}")
         self._bin = self._choose_bin(aligned.shape)
         self._shape = aligned.shape
+        self._raw_box = None
         binned = _bin(aligned.astype(np.float32), self._bin)
         covered = _bin((aligned > 0).astype(np.float32), self._bin) > 0.99
         fill = binned[covered].mean() if covered.any() else 0.0
@@ -993,14 +1143,17 @@ class DriftTracker:
         self._shift = tuple(float(v) for v in _as_pair(shift_px, "shift_px"))
         self._joint.freeze(0, self._shift, 0.0)  # the stored shift: the new canvas's origin
         self._error_var = 0.0
+        self._var_of = {0: 0.0}
         self.n_slices = 1
 
     def _start(self, pixels):
         # the bin first: a refused region leaves the tracker unstarted (the same error next time)
         self._bin = self._choose_bin(pixels.shape)
         self._shape = pixels.shape
+        self._raw_box = self._find_raw_box(pixels)
         self._joint.freeze(0, (0.0, 0.0), 0.0)
-        self._update_references(_bin(pixels, self._bin), (0.0, 0.0), 0)
+        self._var_of = {0: 0.0}
+        self._update_references(self._masked(_bin(pixels, self._bin)), (0.0, 0.0), 0)
         if self._cap is not None:
             self._cap.start(pixels)
         self._shift = (0.0, 0.0)
@@ -1059,7 +1212,7 @@ def _band_correlation(reference, moving):
     return float((a * b).sum() / den) if den > 0 else 0.0
 
 
-def find_reference_band(slices, *, band_rows=16, tolerance=0.8, min_rows=16):
+def find_reference_band(slices, *, band_rows=16, tolerance=0.8, min_rows=32):
     """Rows of the canvas whose content does not change along z (protective cap, fiducial).
 
     The slices are registered to the first one on the whole frame; then, band of rows by band
@@ -1087,7 +1240,8 @@ def find_reference_band(slices, *, band_rows=16, tolerance=0.8, min_rows=16):
         A band is z-invariant when its first-to-last correlation is at least this share of its
         first-to-second correlation (0 < tolerance < 1).
     min_rows : int, optional
-        Shortest band returned, in rows (>= 16, the least :class:`DriftTracker` registers on).
+        Shortest band returned, in rows (>= 16, the least :class:`DriftTracker` registers on;
+        the default 32 leaves 16 rows in view after a drift of 16 px).
 
     Returns
     -------
