@@ -408,6 +408,9 @@ class _CapTemplate:
     SMOOTH_PX = 2.0
     # pixels per independent residual (grain and blur correlate neighbours)
     CORRELATED_PX = 10.0  # calibrated: the standard error then matches the error on the benchmark
+    # least share of the band in view: as the stage moves down the cap leaves the top of the
+    # slice, and its interface rows (the lasting y feature) are the last to go
+    MIN_SEEN = 0.25
 
     def __init__(self, interface_row, weight=None):
         self.interface_row = int(interface_row)
@@ -464,7 +467,7 @@ class _CapTemplate:
             for ox in range(-3, 4):
                 w = self._warp(smooth, guess + (oy, ox), grid)
                 ok = np.isfinite(w)
-                if ok.sum() < 0.5 * w.size:
+                if ok.sum() < self.MIN_SEEN * w.size:
                     continue
                 r = float(np.corrcoef(w[ok], t[ok])[0, 1])
                 if r > best_r:
@@ -481,7 +484,7 @@ class _CapTemplate:
         for _ in range(10):
             w = self._warp(crop, shift, grid)
             ok = np.isfinite(w)
-            if ok.sum() < 0.5 * w.size:
+            if ok.sum() < self.MIN_SEEN * w.size:
                 return None
             # the noisy slice regressed on the clean template: p(y - s) ~ alpha (t + ds . grad t) + beta
             design = np.stack([template[ok], np.ones(int(ok.sum())), gy[ok], gx[ok]], axis=1)
@@ -508,7 +511,7 @@ class _CapTemplate:
         grid = np.mgrid[0:t.shape[0], 0:t.shape[1]].astype(np.float64)
         w = self._warp(np.asarray(pixels, dtype=np.float64), shift, grid)
         ok = np.isfinite(w)
-        if ok.sum() < 0.5 * w.size:
+        if ok.sum() < self.MIN_SEEN * w.size:
             return
         # onto the template's grey scale (brightness drift): the noisy slice regressed on the
         # clean template, so that the noise does not flatten the template
@@ -1019,6 +1022,10 @@ class DriftTracker:
         q = self._cap_q if reliable else np.full(2, 1.0)  # a prediction knows little
         p_pred = self._cap_var + q
         found = self._cap.measure(pixels, m)
+        if found is None and np.abs(m - self._shift).max() > 1.0:
+            # the correlation's step may be what is wrong (a confident false match on the changing
+            # sample): the cap is looked for where the last slice was too
+            found = self._cap.measure(pixels, np.asarray(self._shift))
         if found is None:  # the cap shows nothing lasting here: the correlation alone
             self._cap_var = p_pred
             return m, confidence, reliable, float(p_pred.mean())
@@ -1027,10 +1034,17 @@ class DriftTracker:
         r = sigma**2
         innovation = z - m
         gain = np.where(use, p_pred / (p_pred + r), 0.0)
+        # the cap's lasting features against a correlation that disagrees beyond any expected
+        # error: the correlation's step was false, the cap's measurement stands alone
+        false_step = use & (innovation**2 > 16 * (p_pred + r)) & (np.abs(innovation) > 1.0)
+        if false_step.any():
+            logger.warning("slice %d: the correlation's shift (%.2f, %.2f) disagrees with the cap's (%.2f, %.2f): "
+                           "the cap's is kept", self.n_slices, *m, *z)
+            gain = np.where(false_step, 1.0, gain)
         if reliable:  # E[innovation^2] = p + q + r
             learnt = np.clip(innovation**2 - self._cap_var - r, 0.02**2, 4.0)
-            self._cap_q = np.where(use, 0.9 * self._cap_q + 0.1 * learnt, self._cap_q)
-        self._cap_var = (1 - gain) * p_pred
+            self._cap_q = np.where(use & ~false_step, 0.9 * self._cap_q + 0.1 * learnt, self._cap_q)
+        self._cap_var = np.where(false_step, r, (1 - gain) * p_pred)
         shift = m + gain * innovation
         var = float(self._cap_var.mean())
         if not use.all() and not reliable:
