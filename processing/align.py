@@ -821,9 +821,13 @@ class DriftTracker:
         if not flat.any():
             return 0, h, 0, w
         box = _inner_box(_bin((~flat).astype(np.float32), self._bin) > 0.999)
-        if min(box[1] - box[0], box[3] - box[2]) < 32:
-            logger.warning("flat margins leave a sample rectangle of %s binned px: registering on the whole "
-                           "slice, margins included", box)
+        levels = np.asarray(pixels)[flat]
+        # margins are one fill (black, or the outside of a circular field) around a large field;
+        # flat patches of several grey levels, or a small rectangle left, are a noise-free sample
+        if (min(box[1] - box[0], box[3] - box[2]) < 32 or (box[1] - box[0]) * (box[3] - box[2]) < 0.4 * h * w
+                or float(np.ptp(levels)) > 0.05 * max(float(np.ptp(pixels)), 1e-6)):
+            logger.warning("flat regions that do not look like margins (sample rectangle %s binned px, grey "
+                           "%.0f-%.0f): registering on the whole slice", box, levels.min(), levels.max())
             return 0, h, 0, w
         logger.info("registration leaves out flat margins: raw rows %d-%d, columns %d-%d kept",
                     box[0] * self._bin, box[1] * self._bin, box[2] * self._bin, box[3] * self._bin)
@@ -1226,7 +1230,7 @@ def _band_correlation(reference, moving):
     return float((a * b).sum() / den) if den > 0 else 0.0
 
 
-def find_reference_band(slices, *, band_rows=16, tolerance=0.8, min_rows=32):
+def find_reference_band(slices, *, band_rows=16, tolerance=0.8, min_rows=24):
     """Rows of the canvas whose content does not change along z (protective cap, fiducial).
 
     The slices are registered to the first one on the whole frame; then, band of rows by band
@@ -1255,7 +1259,8 @@ def find_reference_band(slices, *, band_rows=16, tolerance=0.8, min_rows=32):
         first-to-second correlation (0 < tolerance < 1).
     min_rows : int, optional
         Shortest band returned, in rows (>= 16, the least :class:`DriftTracker` registers on;
-        the default 32 leaves 16 rows in view after a drift of 16 px).
+        the default 24 leaves 16 rows in view after a drift of 8 px; beyond, a lost band is found
+        again by a search over the whole slice).
 
     Returns
     -------
