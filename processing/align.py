@@ -973,8 +973,8 @@ class DriftTracker:
         )
 
     def _error_budget(self, results, usable):
-        """Per-axis variance (px^2) of the slice's shift: the least over the references used of
-        the reference's own variance plus the pair's.
+        """Per-axis variance (px^2) of the slice's shift: the oldest reference used's own variance
+        plus the pair's.
 
         The pair's variance is the spread of the shifts of the window's blocks (each sees other
         features, whose apparent motion as the structure changes is independent) over their
@@ -983,10 +983,12 @@ class DriftTracker:
         changing slices accumulates it.
         """
         used = {ref for ref, _, _ in usable}
-        budget = [self._var_of[ref] + v for ref, _, _, v in results
-                  if ref in used and v is not None and ref in self._var_of]
+        budget = sorted((ref, self._var_of[ref] + v) for ref, _, _, v in results
+                        if ref in used and v is not None and ref in self._var_of)
         if budget:
-            return max(min(budget), self._joint.floor_var)
+            # through the oldest reference: the apparent motion of inclined features persists over
+            # many slices, so that the errors of successive steps add up rather than average out
+            return max(budget[0][1], self._joint.floor_var)
         spread = [(np.asarray(x), c**2) for _, x, c, _ in results if c >= self.min_confidence]
         if len(spread) > 1:
             xs, ws = np.array([x for x, _ in spread]), np.array([w for _, w in spread])
