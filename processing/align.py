@@ -741,6 +741,11 @@ class DriftTracker:
         self._joint = _JointShifts()
         self._error_var = 0.0  # per-axis variance of the last placed slice's shift (px^2)
         self._var_of = {}  # slice -> per-axis variance of its applied shift (px^2), while a reference
+        # the blocks' apparent motion: its running autocorrelation over 32 slices (px^2)
+        self._acf = np.zeros(33)
+        self._acf_count = 0
+        self._block_history = deque(maxlen=32)
+        self._block_residuals = None
         self._lagged = deque(maxlen=max(self.lags, default=1))  # (slice, canvas) of the last placed slices
         self._previous_id = self._keyframe_id = 0
         self._cap_var = np.zeros(2)  # variance of the applied shift per axis (px^2), cap mode
@@ -934,6 +939,7 @@ class DriftTracker:
             self._rejected = 0
             self._update_references(binned, shift, n)
             self._var_of[n] = var
+            self._record_block_motion()
             if self._cap is not None:
                 self._cap.update(pixels, shift)
         else:
@@ -983,12 +989,18 @@ class DriftTracker:
         changing slices accumulates it.
         """
         used = {ref for ref, _, _ in usable}
-        budget = sorted((ref, self._var_of[ref] + v) for ref, _, _, v in results
-                        if ref in used and v is not None and ref in self._var_of)
-        if budget:
-            # through the oldest reference: the apparent motion of inclined features persists over
-            # many slices, so that the errors of successive steps add up rather than average out
-            return max(budget[0][1], self._joint.floor_var)
+        pairs = {ref: v for ref, _, _, v in results if ref in used and v is not None and ref in self._var_of}
+        if self._keyframe_id in pairs and self._keyframe_id < self.n_slices - max(self.lags, default=1):
+            # a lasting keyframe (z-invariant content): the error is bounded by its own
+            return max(self._var_of[self._keyframe_id] + pairs[self._keyframe_id], self._joint.floor_var)
+        if self._previous_id in pairs:
+            # a chain of changing slices: the apparent motion of inclined features persists over
+            # many slices, so the errors of successive steps add up over its correlation time
+            step = pairs[self._previous_id] * self._correlation_slices()
+            return max(self._var_of[self._previous_id] + step, self._joint.floor_var)
+        if pairs:
+            ref = min(pairs)
+            return max(self._var_of[ref] + pairs[ref], self._joint.floor_var)
         spread = [(np.asarray(x), c**2) for _, x, c, _ in results if c >= self.min_confidence]
         if len(spread) > 1:
             xs, ws = np.array([x for x, _ in spread]), np.array([w for _, w in spread])
@@ -998,13 +1010,50 @@ class DriftTracker:
             step_var = self._joint.unit_var
         return self._error_var + max(step_var, self._joint.floor_var)
 
-    def _block_var(self, reference, moving):
-        """Per-axis variance (px^2) of a window's shift from the spread of its blocks' shifts."""
+    def _correlation_slices(self):
+        """Integrated autocorrelation time (slices, >= 1) of the blocks' apparent motion.
+
+        From the running autocorrelation of each block's shift (against the previous slice)
+        minus the blocks' mean, summed over lags up to its first non-positive value.
+        """
+        acf = self._acf
+        if acf[0] <= 0:
+            return 1.0
+        rho = acf[1:] / acf[0]
+        stop = np.flatnonzero(rho <= 0)
+        rho = rho[:stop[0]] if stop.size else rho
+        return float(1.0 + 2.0 * rho.sum())
+
+    def _record_block_motion(self):
+        """Fold the last previous-slice pair's block residuals into the running autocorrelation."""
+        current = self._block_residuals
+        self._block_residuals = None
+        if not current:
+            return
+        lags = len(self._acf) - 1
+        sums = np.full(lags + 1, np.nan)
+        sums[0] = np.mean([r @ r for r in current.values()])
+        for j, past in enumerate(reversed(self._block_history), start=1):
+            common = current.keys() & past.keys()
+            if common:
+                sums[j] = np.mean([current[k] @ past[k] for k in common])
+        self._block_history.append(current)
+        self._acf_count += 1
+        alpha = max(0.02, 1.0 / self._acf_count)
+        seen = np.isfinite(sums)
+        self._acf[seen] = (1 - alpha) * self._acf[seen] + alpha * sums[seen]
+
+    def _block_var(self, reference, moving, *, record=False):
+        """Per-axis variance (px^2) of a window's shift from the spread of its blocks' shifts.
+
+        With `record`, each block's shift minus the blocks' mean (px) is kept for
+        :meth:`_record_block_motion`.
+        """
         h, w = reference.shape
         ny, nx = min(3, max(1, h // 48)), min(3, max(1, w // 48))
         if ny * nx < 2:
             return None
-        shifts = []
+        shifts, index = [], []
         for i in range(ny):
             for j in range(nx):
                 box = (slice(i * h // ny, (i + 1) * h // ny), slice(j * w // nx, (j + 1) * w // nx))
@@ -1012,9 +1061,14 @@ class DriftTracker:
                                        destripe=self.destripe, workers=self.workers)
                 if c >= self.min_confidence:
                     shifts.append(x)
+                    index.append((i, j))
         if len(shifts) < 2:
             return None
-        return float(np.var(shifts, axis=0, ddof=1).mean()) * self._bin**2 / len(shifts)
+        shifts = np.array(shifts) * self._bin
+        if record:
+            mean = shifts.mean(axis=0)
+            self._block_residuals = {k: x - mean for k, x in zip(index, shifts)}
+        return float(np.var(shifts, axis=0, ddof=1).mean()) / len(shifts)
 
     def _measure_cap(self, pixels, measured, confidence, reliable):
         """Fuse the correlation's shift with the cap template's (a Kalman filter per axis).
@@ -1116,7 +1170,8 @@ class DriftTracker:
             r, c = _correlate(fa, fb, upsample=self.upsample, lowpass=self.lowpass, whiten=self.whiten,
                               destripe=self.destripe, workers=self.workers)
             spread = name in ("previous", "keyframe") or (name == "lag" and ref_id == lagged[-longest][0])
-            v = self._block_var(reference[canvas_win], binned[raw_win]) if spread and c >= self.min_confidence else None
+            v = (self._block_var(reference[canvas_win], binned[raw_win], record=name == "previous")
+                 if spread and c >= self.min_confidence else None)
             results.append((name, ref_id, ((offset[0] + r[0]) * b, (offset[1] + r[1]) * b), c, v))
         if results:
             best = max(results, key=lambda item: item[3])
