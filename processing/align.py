@@ -466,7 +466,7 @@ class _CapTemplate:
         for oy in range(-3, 4):
             for ox in range(-3, 4):
                 w = self._warp(smooth, guess + (oy, ox), grid)
-                ok = np.isfinite(w)
+                ok = np.isfinite(w) & np.isfinite(t)
                 if ok.sum() < self.MIN_SEEN * w.size:
                     continue
                 r = float(np.corrcoef(w[ok], t[ok])[0, 1])
@@ -480,10 +480,11 @@ class _CapTemplate:
     def _refine(self, crop, shift, grid, template):
         """Gauss-Newton steps from `shift`; None unless they converge within 2 px of it."""
         gy, gx = np.gradient(template)
+        known = np.isfinite(gy) & np.isfinite(gx)  # NaN: margins, never seen
         start = shift.copy()
         for _ in range(10):
             w = self._warp(crop, shift, grid)
-            ok = np.isfinite(w)
+            ok = np.isfinite(w) & known
             if ok.sum() < self.MIN_SEEN * w.size:
                 return None
             # the noisy slice regressed on the clean template: p(y - s) ~ alpha (t + ds . grad t) + beta
@@ -510,7 +511,8 @@ class _CapTemplate:
         t = self.template
         grid = np.mgrid[0:t.shape[0], 0:t.shape[1]].astype(np.float64)
         w = self._warp(np.asarray(pixels, dtype=np.float64), shift, grid)
-        ok = np.isfinite(w)
+        seen = np.isfinite(w)
+        ok = seen & np.isfinite(t)
         if ok.sum() < self.MIN_SEEN * w.size:
             return
         # onto the template's grey scale (brightness drift): the noisy slice regressed on the
@@ -521,6 +523,8 @@ class _CapTemplate:
         self._slices += 1
         weight = max(self.weight, 1.0 / self._slices)  # a plain mean over the first slices
         t[ok] = (1 - weight) * t[ok] + weight * (w[ok] - b) / a
+        new = seen & ~np.isfinite(t)  # first seen (behind a margin until now)
+        t[new] = (w[new] - b) / a
 
 
 WINDOW = 16
@@ -847,6 +851,15 @@ class DriftTracker:
         out[y0:y1, x0:x1] = binned[y0:y1, x0:x1]
         return out
 
+    def _masked_full(self, pixels):
+        """The raw slice (float64) with NaN outside the raw rectangle, at full resolution."""
+        y0, y1, x0, x1 = (v * self._bin for v in self._raw_box)
+        if (y0, x0) == (0, 0) and y1 >= pixels.shape[0] - self._bin and x1 >= pixels.shape[1] - self._bin:
+            return pixels
+        out = np.full(pixels.shape, np.nan)
+        out[y0:y1, x0:x1] = pixels[y0:y1, x0:x1]
+        return out
+
     def _windows(self, binned_shape, offset):
         """Overlapping canvas window and raw window (binned px) for an integer offset."""
         (y0, y1), (x0, x1) = ((s.start, s.stop) for s in self._region_box(binned_shape))
@@ -929,7 +942,7 @@ class DriftTracker:
         if self._cap is not None:
             self._joint.drop(n)
             measured, confidence, reliable, var = self._measure_cap(
-                pixels, measured if reliable else predicted, confidence, reliable)
+                self._masked_full(pixels), measured if reliable else predicted, confidence, reliable)
         if reliable:
             shift = np.asarray(measured, dtype=float)
             self._error_var = var
@@ -941,7 +954,7 @@ class DriftTracker:
             self._var_of[n] = var
             self._record_block_motion()
             if self._cap is not None:
-                self._cap.update(pixels, shift)
+                self._cap.update(self._masked_full(pixels), shift)
         else:
             shift, var = predicted, self._error_var + predicted_var
             self._rejected += 1
@@ -1230,7 +1243,7 @@ class DriftTracker:
         self._var_of = {0: 0.0}
         self._update_references(self._masked(_bin(pixels, self._bin)), (0.0, 0.0), 0)
         if self._cap is not None:
-            self._cap.start(pixels)
+            self._cap.start(self._masked_full(pixels))
         self._shift = (0.0, 0.0)
         self.n_slices = 1
 
