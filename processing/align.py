@@ -40,6 +40,14 @@ Robustness
 - noise: the slice is binned for the coarse search and the cross-power spectrum is weighted by a
   Gaussian low-pass;
 - jumps: the search covers the whole overlap window (up to half its size around the prediction);
+  when nothing matches there (a jump beyond half a thin band's height), a masked normalised
+  cross-correlation over the whole slice finds the region again, and the slice is measured
+  from there;
+- black margins and the outside of a circular field stay put in the raw frame while the sample
+  drifts: they are found on the first slice (:func:`processing.mask.flat_margins`, one fill
+  around a large field) and left out of every window and of the cap template;
+- a registration region (band) that keeps failing (``max_rejected`` slices in a row) is given up
+  for the whole slice, with a warning;
 - low confidence (peak-to-sidelobe ratio of the correlation, mapped to 0..1, below
   ``min_confidence``; e.g. a blank slice), or a jump beyond the recent motion seen by a single
   reference with a confidence below ``JUMP_CONFIDENCE``: the estimate is flagged
@@ -52,17 +60,27 @@ Besides the previous slice, the running mean and the keyframe, each slice is reg
 the slices placed 2, 4 and 8 slices before (``lags``). Every measurement is pairwise (this slice
 minus that one); those that agree with the most confident one are solved jointly by least
 squares over the last 16 slices. ``DriftEstimate.residual_px`` is the estimated error of the
-applied shift: the spread of the references' estimates (each pulled by how the structure changed
-since it was taken) accumulated slice after slice; ``wander`` flags it above 1 px. Measured on
-tests/benchmarks/bench_align.py: whole-slice registration on evolving samples still bends (its
-RMS is the old tracker's, within about 20 %), but the bend is now reported.
+applied shift. Each window is also registered block by block (up to 3 x 3) against the previous
+slice and the keyframe: the blocks see different features, whose apparent motion is
+independent, so the spread of their shifts measures how far the structure's change moves the
+whole window's. Through a lasting keyframe (z-invariant content) that error stays bounded;
+through a chain of changing slices it accumulates, multiplied by the correlation time of the
+apparent motion (an inclined feature keeps moving the same way for many slices), taken from the
+running autocorrelation of the blocks' shifts. ``wander`` flags a residual above 1 px. Measured
+on tests/benchmarks/bench_align.py (``random``): whole-slice registration on evolving samples
+still bends (no registration by content can tell the apparent motion of a few large inclined
+particles from stage drift), but the bend is reported; where a feature common to the whole
+field (few large particles) moves, the blocks agree and the residual is underestimated.
 
 Cap mode
 --------
 With ``interface_row`` the shift comes from a running template of the cap's lasting features
 (fiducial mark, the cap side of the interface) fitted by Lucas-Kanade with gain and offset, fused
 per axis with the correlation by a Kalman filter: a cap whose grain changes in every slice (a 3-D
-Pt/C deposit) still registers (300 slices of 256^2 with an X mark: 0.28-0.44 px RMS).
+Pt/C deposit) still registers (300 slices of 256^2 with an X mark: 0.28-0.44 px RMS). The cap
+is measured while a quarter of its band is in view (the stage moving down pushes it out of the
+top), and where the correlation's step disagrees with the cap beyond any expected error (a
+confident false match on the changing sample) the cap's shift is taken alone.
 """
 
 from __future__ import annotations
@@ -992,14 +1010,15 @@ class DriftTracker:
         )
 
     def _error_budget(self, results, usable):
-        """Per-axis variance (px^2) of the slice's shift: the oldest reference used's own variance
-        plus the pair's.
+        """Per-axis variance (px^2) of the slice's shift: a reference's own variance plus the pair's.
 
         The pair's variance is the spread of the shifts of the window's blocks (each sees other
         features, whose apparent motion as the structure changes is independent) over their
-        number: it grows with the change between the two slices, stays at the noise's on a
-        z-invariant band, so that a lasting keyframe bounds the error while a chain of
-        changing slices accumulates it.
+        number: it stays at the noise's on z-invariant content and grows with the change between
+        the two slices. Through a lasting keyframe (older than the longest lag: z-invariant
+        content) the error stays bounded; through the previous slice (a chain of changing
+        slices) the pair's variance is multiplied by the correlation time of the apparent
+        motion (:meth:`_correlation_slices`) and accumulates.
         """
         used = {ref for ref, _, _ in usable}
         pairs = {ref: v for ref, _, _, v in results if ref in used and v is not None and ref in self._var_of}
@@ -1155,7 +1174,7 @@ class DriftTracker:
 
         Returns ``[(slice the reference shows, shift, confidence, pair variance), ...]``; the
         running mean counts as the previous slice. The pair variance (px^2 per axis, see
-        :meth:`_block_var`) is given for the previous slice, the keyframe and the longest lag,
+        :meth:`_block_var`) is given for the previous slice and the keyframe (not in cap mode),
         None for the others.
         """
         windows = self._windows(binned.shape, offset)
@@ -1171,7 +1190,6 @@ class DriftTracker:
             references.append(("keyframe", self._keyframe_id, self._keyframe))
         lagged = list(self._lagged)
         references += [("lag", *lagged[-lag]) for lag in self.lags if lag <= len(lagged)]
-        longest = max((lag for lag in self.lags if lag <= len(lagged)), default=None)
         results = []
         b = self._bin
         for name, ref_id, reference in references:
@@ -1182,7 +1200,8 @@ class DriftTracker:
                 continue
             r, c = _correlate(fa, fb, upsample=self.upsample, lowpass=self.lowpass, whiten=self.whiten,
                               destripe=self.destripe, workers=self.workers)
-            spread = name in ("previous", "keyframe") or (name == "lag" and ref_id == lagged[-longest][0])
+            # the error budget's pairs (the cap mode has its own)
+            spread = self._cap is None and name in ("previous", "keyframe")
             v = (self._block_var(reference[canvas_win], binned[raw_win], record=name == "previous")
                  if spread and c >= self.min_confidence else None)
             results.append((name, ref_id, ((offset[0] + r[0]) * b, (offset[1] + r[1]) * b), c, v))
