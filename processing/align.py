@@ -1161,13 +1161,15 @@ class DriftTracker:
         ref_mask[box] = True
         moving = np.asarray(binned, dtype=np.float32)
         mov_mask = np.isfinite(moving)
-        if mov_mask.sum() < 256:
+        if mov_mask.sum() < 256 or float(np.std(moving[mov_mask])) < 1e-6:  # a blank slice
             return None
         moving = np.where(mov_mask, moving, 0.0)
         shift = phase_cross_correlation(self._mean, moving, reference_mask=ref_mask, moving_mask=mov_mask,
                                         overlap_ratio=0.3)
-        shift = shift[0] if isinstance(shift, tuple) else shift
-        return int(round(float(shift[0]))), int(round(float(shift[1])))
+        shift = np.asarray(shift[0] if isinstance(shift, tuple) else shift, dtype=float)
+        if not np.all(np.isfinite(shift)):
+            return None
+        return int(round(shift[0])), int(round(shift[1]))
 
     def _measure(self, binned, offset):
         """Cumulative shift (px) and confidence of the slice against each reference.
