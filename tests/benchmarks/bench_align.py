@@ -19,6 +19,15 @@ Cases
 - ``two-phase``: round particles in one matrix, 200 slices of 256^2, 1 px/slice (the issue's
   false -64 px jump case).
 - ``2048``: a few slices of 2048^2 (no crash, no skip, cost).
+- ``random``: ``--seeds`` (12) domain-randomised acquisitions of processing/scenarios.py, 200
+  slices of 256^2 (cap present or absent, radii 5-150 px, drift 0.2-2 px/slice with jumps,
+  margins, circular fields, brightness drops, charging, tilted curtains, a magnification change),
+  on the raw slices (the chain corrects curtains and holds blank or charging slices first): ``band``
+  = what the chain does without ``cap_rows`` (find_reference_band on the first 10 slices, the whole
+  slice when none), ``whole`` = whole-slice registration, ``cap_rows`` = ``interface_row`` at the
+  true cap rows (the chain with ``cap_rows`` configured). The summary gives, per group, the median
+  and worst RMS, the reported/true residual ratio and the share of slices whose ``wander`` flag
+  is right (flagged exactly where the true error exceeds 1 px).
 - ``pystack3d``: pystack3d's own synthetic stack, its generator reproduced from
   ``examples/ex_synthetic_stack.py`` (CEA-MetroCarac/pystack3d, ``synthetic_images_generation``):
   ``skimage.data.binary_blobs(340, n_dim=3, blob_size_fraction=0.07, volume_fraction=0.5,
@@ -32,6 +41,7 @@ Run::
 
     PYTHONPATH=. python tests/benchmarks/bench_align.py --quick   # fewer seeds and slices
     PYTHONPATH=. python tests/benchmarks/bench_align.py
+    PYTHONPATH=. python tests/benchmarks/bench_align.py --skip cap,whole,two-phase,2048,1024 --seeds 12
 """
 
 from __future__ import annotations
