@@ -40,6 +40,14 @@ Robustness
 - noise: the slice is binned for the coarse search and the cross-power spectrum is weighted by a
   Gaussian low-pass;
 - jumps: the search covers the whole overlap window (up to half its size around the prediction);
+  when nothing matches there (a jump beyond half a thin band's height), a masked normalised
+  cross-correlation over the whole slice finds the region again, and the slice is measured
+  from there;
+- black margins and the outside of a circular field stay put in the raw frame while the sample
+  drifts: they are found on the first slice (:func:`processing.mask.flat_margins`, one fill
+  around a large field) and left out of every window and of the cap template;
+- a registration region (band) that keeps failing (``max_rejected`` slices in a row) is given up
+  for the whole slice, with a warning;
 - low confidence (peak-to-sidelobe ratio of the correlation, mapped to 0..1, below
   ``min_confidence``; e.g. a blank slice), or a jump beyond the recent motion seen by a single
   reference with a confidence below ``JUMP_CONFIDENCE``: the estimate is flagged
@@ -52,17 +60,27 @@ Besides the previous slice, the running mean and the keyframe, each slice is reg
 the slices placed 2, 4 and 8 slices before (``lags``). Every measurement is pairwise (this slice
 minus that one); those that agree with the most confident one are solved jointly by least
 squares over the last 16 slices. ``DriftEstimate.residual_px`` is the estimated error of the
-applied shift: the spread of the references' estimates (each pulled by how the structure changed
-since it was taken) accumulated slice after slice; ``wander`` flags it above 1 px. Measured on
-tests/benchmarks/bench_align.py: whole-slice registration on evolving samples still bends (its
-RMS is the old tracker's, within about 20 %), but the bend is now reported.
+applied shift. Each window is also registered block by block (up to 3 x 3) against the previous
+slice and the keyframe: the blocks see different features, whose apparent motion is
+independent, so the spread of their shifts measures how far the structure's change moves the
+whole window's. Through a lasting keyframe (z-invariant content) that error stays bounded;
+through a chain of changing slices it accumulates, multiplied by the correlation time of the
+apparent motion (an inclined feature keeps moving the same way for many slices), taken from the
+running autocorrelation of the blocks' shifts. ``wander`` flags a residual above 1 px. Measured
+on tests/benchmarks/bench_align.py (``random``): whole-slice registration on evolving samples
+still bends (no registration by content can tell the apparent motion of a few large inclined
+particles from stage drift), but the bend is reported; where a feature common to the whole
+field (few large particles) moves, the blocks agree and the residual is underestimated.
 
 Cap mode
 --------
 With ``interface_row`` the shift comes from a running template of the cap's lasting features
 (fiducial mark, the cap side of the interface) fitted by Lucas-Kanade with gain and offset, fused
 per axis with the correlation by a Kalman filter: a cap whose grain changes in every slice (a 3-D
-Pt/C deposit) still registers (300 slices of 256^2 with an X mark: 0.28-0.44 px RMS).
+Pt/C deposit) still registers (300 slices of 256^2 with an X mark: 0.28-0.44 px RMS). The cap
+is measured while a quarter of its band is in view (the stage moving down pushes it out of the
+top), and where the correlation's step disagrees with the cap beyond any expected error (a
+confident false match on the changing sample) the cap's shift is taken alone.
 """
 
 from __future__ import annotations
@@ -76,6 +94,7 @@ import scipy.fft
 from scipy import ndimage
 
 from processing.errors import SliceShapeError
+from processing.mask import flat_margins
 
 __all__ = ["DriftEstimate", "DriftTracker", "apply_shift", "find_reference_band", "phase_correlate"]
 
@@ -203,6 +222,29 @@ def _bin(image, factor):
     image = np.asarray(image, dtype=np.float32)
     h, w = (image.shape[0] // factor) * factor, (image.shape[1] // factor) * factor
     return image[:h, :w].reshape(h // factor, factor, w // factor, factor).mean(axis=(1, 3))
+
+
+def _inner_box(valid):
+    """The rectangle ``(y0, y1, x0, x1)`` left of a (Y, X) bool mask after peeling off, one line
+    at a time, the border row or column holding the most invalid pixels (margins, the outside
+    of a circular field), until none is left inside."""
+    y0, x0, (y1, x1) = 0, 0, valid.shape
+    bad = ~valid
+    while y1 - y0 > 1 and x1 - x0 > 1:
+        part = bad[y0:y1, x0:x1]
+        if not part.any():
+            break
+        counts = (part[0].sum(), part[-1].sum(), part[:, 0].sum(), part[:, -1].sum())
+        side = int(np.argmax(counts))
+        if side == 0:
+            y0 += 1
+        elif side == 1:
+            y1 -= 1
+        elif side == 2:
+            x0 += 1
+        else:
+            x1 -= 1
+    return y0, y1, x0, x1
 
 
 def _prepare(window, taper, destripe):
@@ -384,6 +426,9 @@ class _CapTemplate:
     SMOOTH_PX = 2.0
     # pixels per independent residual (grain and blur correlate neighbours)
     CORRELATED_PX = 10.0  # calibrated: the standard error then matches the error on the benchmark
+    # least share of the band in view: as the stage moves down the cap leaves the top of the
+    # slice, and its interface rows (the lasting y feature) are the last to go
+    MIN_SEEN = 0.25
 
     def __init__(self, interface_row, weight=None):
         self.interface_row = int(interface_row)
@@ -439,8 +484,8 @@ class _CapTemplate:
         for oy in range(-3, 4):
             for ox in range(-3, 4):
                 w = self._warp(smooth, guess + (oy, ox), grid)
-                ok = np.isfinite(w)
-                if ok.sum() < 0.5 * w.size:
+                ok = np.isfinite(w) & np.isfinite(t)
+                if ok.sum() < self.MIN_SEEN * w.size:
                     continue
                 r = float(np.corrcoef(w[ok], t[ok])[0, 1])
                 if r > best_r:
@@ -453,11 +498,12 @@ class _CapTemplate:
     def _refine(self, crop, shift, grid, template):
         """Gauss-Newton steps from `shift`; None unless they converge within 2 px of it."""
         gy, gx = np.gradient(template)
+        known = np.isfinite(gy) & np.isfinite(gx)  # NaN: margins, never seen
         start = shift.copy()
         for _ in range(10):
             w = self._warp(crop, shift, grid)
-            ok = np.isfinite(w)
-            if ok.sum() < 0.5 * w.size:
+            ok = np.isfinite(w) & known
+            if ok.sum() < self.MIN_SEEN * w.size:
                 return None
             # the noisy slice regressed on the clean template: p(y - s) ~ alpha (t + ds . grad t) + beta
             design = np.stack([template[ok], np.ones(int(ok.sum())), gy[ok], gx[ok]], axis=1)
@@ -483,8 +529,9 @@ class _CapTemplate:
         t = self.template
         grid = np.mgrid[0:t.shape[0], 0:t.shape[1]].astype(np.float64)
         w = self._warp(np.asarray(pixels, dtype=np.float64), shift, grid)
-        ok = np.isfinite(w)
-        if ok.sum() < 0.5 * w.size:
+        seen = np.isfinite(w)
+        ok = seen & np.isfinite(t)
+        if ok.sum() < self.MIN_SEEN * w.size:
             return
         # onto the template's grey scale (brightness drift): the noisy slice regressed on the
         # clean template, so that the noise does not flatten the template
@@ -494,6 +541,8 @@ class _CapTemplate:
         self._slices += 1
         weight = max(self.weight, 1.0 / self._slices)  # a plain mean over the first slices
         t[ok] = (1 - weight) * t[ok] + weight * (w[ok] - b) / a
+        new = seen & ~np.isfinite(t)  # first seen (behind a margin until now)
+        t[new] = (w[new] - b) / a
 
 
 WINDOW = 16
@@ -543,7 +592,8 @@ class _JointShifts:
         rate = (self.applied[last] - self.applied[known[0]]) / (last - known[0])
         spread = np.diff([self.applied[k] for k in known], axis=0)
         step_var = float(np.mean(np.var(spread, axis=0))) if len(spread) > 1 else self.unit_var
-        return self.applied[last] + rate * (n - last), (n - last) * max(step_var, self.unit_var)
+        # stage drift is not ballistic (the microscope re-centres): extrapolate two slices at most
+        return self.applied[last] + rate * min(n - last, 2), (n - last) * max(step_var, self.unit_var)
 
     def _solve(self):
         idx = {s: i for i, s in enumerate(self.window)}
@@ -712,6 +762,12 @@ class DriftTracker:
         self._cap = None if interface_row is None else _CapTemplate(interface_row)
         self._joint = _JointShifts()
         self._error_var = 0.0  # per-axis variance of the last placed slice's shift (px^2)
+        self._var_of = {}  # slice -> per-axis variance of its applied shift (px^2), while a reference
+        # the blocks' apparent motion: its running autocorrelation over 32 slices (px^2)
+        self._acf = np.zeros(33)
+        self._acf_count = 0
+        self._block_history = deque(maxlen=32)
+        self._block_residuals = None
         self._lagged = deque(maxlen=max(self.lags, default=1))  # (slice, canvas) of the last placed slices
         self._previous_id = self._keyframe_id = 0
         self._cap_var = np.zeros(2)  # variance of the applied shift per axis (px^2), cap mode
@@ -729,6 +785,7 @@ class DriftTracker:
         self.workers = workers
         self._shape = None
         self._bin = None
+        self._raw_box = None  # the raw slice's rectangle without flat margins (binned px)
         self._previous = None  # last reliable slice on the canvas (binned)
         self._mean = None  # running mean of aligned slices on the canvas (binned)
         self._keyframe = None  # an older aligned slice kept while it still matches (binned)
@@ -779,14 +836,56 @@ class DriftTracker:
         return (slice(self.roi[0] // b, min(-(-self.roi[1] // b), h)),
                 slice(self.roi[2] // b, min(-(-self.roi[3] // b), w)))
 
+    def _find_raw_box(self, pixels):
+        """The rectangle of the raw slice that shows the sample, without its flat margins.
+
+        Black margins and the outside of a circular field stay put in the raw frame while the
+        sample drifts: correlated, their edges pull the shift towards zero. They are found on a
+        slice (:func:`processing.mask.flat_margins`) and left out of every window.
+        """
+        h, w = (n // self._bin for n in pixels.shape)
+        flat = flat_margins(pixels)
+        if not flat.any():
+            return 0, h, 0, w
+        box = _inner_box(_bin((~flat).astype(np.float32), self._bin) > 0.999)
+        levels = np.asarray(pixels)[flat]
+        # margins are one fill (black, or the outside of a circular field) around a large field;
+        # flat patches of several grey levels, or a small rectangle left, are a noise-free sample
+        if (min(box[1] - box[0], box[3] - box[2]) < 32 or (box[1] - box[0]) * (box[3] - box[2]) < 0.4 * h * w
+                or float(np.ptp(levels)) > 0.05 * max(float(np.ptp(pixels)), 1e-6)):
+            logger.warning("flat regions that do not look like margins (sample rectangle %s binned px, grey "
+                           "%.0f-%.0f): registering on the whole slice", box, levels.min(), levels.max())
+            return 0, h, 0, w
+        logger.info("registration leaves out flat margins: raw rows %d-%d, columns %d-%d kept",
+                    box[0] * self._bin, box[1] * self._bin, box[2] * self._bin, box[3] * self._bin)
+        return box
+
+    def _masked(self, binned):
+        """`binned` with NaN outside the raw rectangle (so that margins never reach a reference)."""
+        y0, y1, x0, x1 = self._raw_box
+        if (y0, x0) == (0, 0) and (y1, x1) == binned.shape:
+            return binned
+        out = np.full(binned.shape, np.nan, dtype=np.float32)
+        out[y0:y1, x0:x1] = binned[y0:y1, x0:x1]
+        return out
+
+    def _masked_full(self, pixels):
+        """The raw slice (float64) with NaN outside the raw rectangle, at full resolution."""
+        y0, y1, x0, x1 = (v * self._bin for v in self._raw_box)
+        if (y0, x0) == (0, 0) and y1 >= pixels.shape[0] - self._bin and x1 >= pixels.shape[1] - self._bin:
+            return pixels
+        out = np.full(pixels.shape, np.nan)
+        out[y0:y1, x0:x1] = pixels[y0:y1, x0:x1]
+        return out
+
     def _windows(self, binned_shape, offset):
         """Overlapping canvas window and raw window (binned px) for an integer offset."""
-        h, w = binned_shape
         (y0, y1), (x0, x1) = ((s.start, s.stop) for s in self._region_box(binned_shape))
+        ry0, ry1, rx0, rx1 = self._raw_box
         oy, ox = offset
-        # canvas row y shows raw row y - oy: keep rows where both exist
-        cy0, cy1 = max(y0, oy), min(y1, h + oy)
-        cx0, cx1 = max(x0, ox), min(x1, w + ox)
+        # canvas row y shows raw row y - oy: keep rows where both exist (raw: inside the margins)
+        cy0, cy1 = max(y0, ry0 + oy), min(y1, ry1 + oy)
+        cx0, cx1 = max(x0, rx0 + ox), min(x1, rx1 + ox)
         if cy1 - cy0 < 16 or cx1 - cx0 < 16:
             return None
         return (slice(cy0, cy1), slice(cx0, cx1)), (slice(cy0 - oy, cy1 - oy), slice(cx0 - ox, cx1 - ox))
@@ -818,31 +917,38 @@ class DriftTracker:
             raise SliceShapeError(
                 f"slice shape {pixels.shape} differs from the run's canvas {self._shape} (first slice)")
         b = self._bin
-        binned = _bin(pixels, b)
+        if self._raw_box is None:  # resumed: the margins are found on the first raw slice
+            self._raw_box = self._find_raw_box(pixels)
+        binned = self._masked(_bin(pixels, b))
         prev = self._shift
         n = self.n_slices
         predicted, predicted_var = self._joint.prediction(n)
         offset = (int(round(prev[0] / b)), int(round(prev[1] / b)))
         results = self._measure(binned, offset)
-        confidence = max((c for _, _, c in results), default=0.0)
+        confidence = max((c for _, _, c, _ in results), default=0.0)
+        if confidence < self.min_confidence:
+            # lost: a jump beyond the window's reach (a thin band sees +-half its height) is
+            # looked for over the whole slice, and measured again from there
+            found = self._search_wide(binned)
+            if found is not None and found != offset:
+                retry = self._measure(binned, found)
+                if max((c for _, _, c, _ in retry), default=0.0) > confidence:
+                    logger.warning("slice %d: registration lost at (%d, %d) px, found again at (%d, %d) px by a "
+                                   "search over the whole slice", n, offset[0] * b, offset[1] * b,
+                                   found[0] * b, found[1] * b)
+                    results = retry
+                    confidence = max(c for _, _, c, _ in results)
         # the measurements that agree with the most confident one (within half a binned pixel):
         # on evolving structure the others are pulled by the structure's change, not the stage
         best = max(results, key=lambda item: item[2], default=None)
-        usable = [(ref, x, c**2) for ref, x, c in results
+        usable = [(ref, x, c**2) for ref, x, c, _ in results
                   if c >= self.min_confidence and np.abs(np.subtract(x, best[1])).max() < 0.5 * b]
         solved = self._joint.add(n, usable, gate=float(b)) if usable else None
         measured = None if solved is None else solved[0]
         # error budget: the references, each pulled by how the structure changed since it was
         # taken, disagree; their spread adds to the error built up so far (a random walk: the
         # joint solution does not make the references independent, so no sqrt(n) is claimed)
-        spread = [(np.asarray(x), c**2) for _, x, c in results if c >= self.min_confidence]
-        if len(spread) > 1:
-            xs, ws = np.array([x for x, _ in spread]), np.array([w for _, w in spread])
-            mean = (ws[:, None] * xs).sum(axis=0) / ws.sum()
-            step_var = float((ws[:, None] * (xs - mean) ** 2).sum(axis=0).mean() / ws.sum())
-        else:
-            step_var = self._joint.unit_var
-        var = self._error_var + max(step_var, self._joint.floor_var)
+        var = self._error_budget(results, usable)
         if solved is not None and np.abs(measured - predicted).max() > max(4.0 * b, 4.0 * np.sqrt(predicted_var)):
             # a jump: real ones are seen by several references, confidently
             if solved[2] < 2 and confidence < self.JUMP_CONFIDENCE:
@@ -854,7 +960,7 @@ class DriftTracker:
         if self._cap is not None:
             self._joint.drop(n)
             measured, confidence, reliable, var = self._measure_cap(
-                pixels, measured if reliable else predicted, confidence, reliable)
+                self._masked_full(pixels), measured if reliable else predicted, confidence, reliable)
         if reliable:
             shift = np.asarray(measured, dtype=float)
             self._error_var = var
@@ -863,20 +969,32 @@ class DriftTracker:
             self._joint.applied[n] = shift
             self._rejected = 0
             self._update_references(binned, shift, n)
+            self._var_of[n] = var
+            self._record_block_motion()
             if self._cap is not None:
-                self._cap.update(pixels, shift)
+                self._cap.update(self._masked_full(pixels), shift)
         else:
             shift, var = predicted, self._error_var + predicted_var
             self._rejected += 1
             logger.warning("slice %d: drift estimate rejected (confidence %.2f), keeping the shift predicted from "
                            "the recent motion (%.2f, %.2f)", n, confidence, *shift)
-            if self._rejected >= self.max_rejected and binned.std() > 1e-6:
+            if self._rejected >= self.max_rejected and np.nanstd(binned) > 1e-6:
                 logger.warning("slice %d: %d rejections in a row, re-anchoring the references on this slice",
                                n, self._rejected)
+                if self.roi is not None:
+                    # the band has stopped matching (it was not z-invariant, or has left the view)
+                    logger.warning("slice %d: the registration region %s is given up for the whole slice",
+                                   n, self.roi)
+                    self.roi = None
+                    self._bin = self._choose_bin(pixels.shape)
+                    self._raw_box = self._find_raw_box(pixels)
+                    binned = self._masked(_bin(pixels, self._bin))
+                    self._lagged.clear()
                 self._previous = self._mean = self._keyframe = None
                 self._joint.freeze(n, shift, var)
                 self._error_var = var
                 self._update_references(binned, shift, n)
+                self._var_of[n] = var
                 self._rejected = 0
         self._shift = (float(shift[0]), float(shift[1]))
         self.n_slices += 1
@@ -891,6 +1009,99 @@ class DriftTracker:
             wander=residual > self.WANDER_PX,
         )
 
+    def _error_budget(self, results, usable):
+        """Per-axis variance (px^2) of the slice's shift: a reference's own variance plus the pair's.
+
+        The pair's variance is the spread of the shifts of the window's blocks (each sees other
+        features, whose apparent motion as the structure changes is independent) over their
+        number: it stays at the noise's on z-invariant content and grows with the change between
+        the two slices. Through a lasting keyframe (older than the longest lag: z-invariant
+        content) the error stays bounded; through the previous slice (a chain of changing
+        slices) the pair's variance is multiplied by the correlation time of the apparent
+        motion (:meth:`_correlation_slices`) and accumulates.
+        """
+        used = {ref for ref, _, _ in usable}
+        pairs = {ref: v for ref, _, _, v in results if ref in used and v is not None and ref in self._var_of}
+        if self._keyframe_id in pairs and self._keyframe_id < self.n_slices - max(self.lags, default=1):
+            # a lasting keyframe (z-invariant content): the error is bounded by its own
+            return max(self._var_of[self._keyframe_id] + pairs[self._keyframe_id], self._joint.floor_var)
+        if self._previous_id in pairs:
+            # a chain of changing slices: the apparent motion of inclined features persists over
+            # many slices, so the errors of successive steps add up over its correlation time
+            step = pairs[self._previous_id] * self._correlation_slices()
+            return max(self._var_of[self._previous_id] + step, self._joint.floor_var)
+        if pairs:
+            ref = min(pairs)
+            return max(self._var_of[ref] + pairs[ref], self._joint.floor_var)
+        spread = [(np.asarray(x), c**2) for _, x, c, _ in results if c >= self.min_confidence]
+        if len(spread) > 1:
+            xs, ws = np.array([x for x, _ in spread]), np.array([w for _, w in spread])
+            mean = (ws[:, None] * xs).sum(axis=0) / ws.sum()
+            step_var = float((ws[:, None] * (xs - mean) ** 2).sum(axis=0).mean() / ws.sum())
+        else:
+            step_var = self._joint.unit_var
+        return self._error_var + max(step_var, self._joint.floor_var)
+
+    def _correlation_slices(self):
+        """Integrated autocorrelation time (slices, >= 1) of the blocks' apparent motion.
+
+        From the running autocorrelation of each block's shift (against the previous slice)
+        minus the blocks' mean, summed over lags up to its first non-positive value.
+        """
+        acf = self._acf
+        if acf[0] <= 0:
+            return 1.0
+        rho = acf[1:] / acf[0]
+        stop = np.flatnonzero(rho <= 0)
+        rho = rho[:stop[0]] if stop.size else rho
+        return float(1.0 + 2.0 * rho.sum())
+
+    def _record_block_motion(self):
+        """Fold the last previous-slice pair's block residuals into the running autocorrelation."""
+        current = self._block_residuals
+        self._block_residuals = None
+        if not current:
+            return
+        lags = len(self._acf) - 1
+        sums = np.full(lags + 1, np.nan)
+        sums[0] = np.mean([r @ r for r in current.values()])
+        for j, past in enumerate(reversed(self._block_history), start=1):
+            common = current.keys() & past.keys()
+            if common:
+                sums[j] = np.mean([current[k] @ past[k] for k in common])
+        self._block_history.append(current)
+        self._acf_count += 1
+        alpha = max(0.02, 1.0 / self._acf_count)
+        seen = np.isfinite(sums)
+        self._acf[seen] = (1 - alpha) * self._acf[seen] + alpha * sums[seen]
+
+    def _block_var(self, reference, moving, *, record=False):
+        """Per-axis variance (px^2) of a window's shift from the spread of its blocks' shifts.
+
+        With `record`, each block's shift minus the blocks' mean (px) is kept for
+        :meth:`_record_block_motion`.
+        """
+        h, w = reference.shape
+        ny, nx = min(3, max(1, h // 48)), min(3, max(1, w // 48))
+        if ny * nx < 2:
+            return None
+        shifts, index = [], []
+        for i in range(ny):
+            for j in range(nx):
+                box = (slice(i * h // ny, (i + 1) * h // ny), slice(j * w // nx, (j + 1) * w // nx))
+                x, c = phase_correlate(reference[box], moving[box], lowpass=self.lowpass, whiten=self.whiten,
+                                       destripe=self.destripe, workers=self.workers)
+                if c >= self.min_confidence:
+                    shifts.append(x)
+                    index.append((i, j))
+        if len(shifts) < 2:
+            return None
+        shifts = np.array(shifts) * self._bin
+        if record:
+            mean = shifts.mean(axis=0)
+            self._block_residuals = {k: x - mean for k, x in zip(index, shifts)}
+        return float(np.var(shifts, axis=0, ddof=1).mean()) / len(shifts)
+
     def _measure_cap(self, pixels, measured, confidence, reliable):
         """Fuse the correlation's shift with the cap template's (a Kalman filter per axis).
 
@@ -903,6 +1114,10 @@ class DriftTracker:
         q = self._cap_q if reliable else np.full(2, 1.0)  # a prediction knows little
         p_pred = self._cap_var + q
         found = self._cap.measure(pixels, m)
+        if found is None and np.abs(m - self._shift).max() > 1.0:
+            # the correlation's step may be what is wrong (a confident false match on the changing
+            # sample): the cap is looked for where the last slice was too
+            found = self._cap.measure(pixels, np.asarray(self._shift))
         if found is None:  # the cap shows nothing lasting here: the correlation alone
             self._cap_var = p_pred
             return m, confidence, reliable, float(p_pred.mean())
@@ -911,10 +1126,17 @@ class DriftTracker:
         r = sigma**2
         innovation = z - m
         gain = np.where(use, p_pred / (p_pred + r), 0.0)
+        # the cap's lasting features against a correlation that disagrees beyond any expected
+        # error: the correlation's step was false, the cap's measurement stands alone
+        false_step = use & (innovation**2 > 16 * (p_pred + r)) & (np.abs(innovation) > 1.0)
+        if false_step.any():
+            logger.warning("slice %d: the correlation's shift (%.2f, %.2f) disagrees with the cap's (%.2f, %.2f): "
+                           "the cap's is kept", self.n_slices, *m, *z)
+            gain = np.where(false_step, 1.0, gain)
         if reliable:  # E[innovation^2] = p + q + r
             learnt = np.clip(innovation**2 - self._cap_var - r, 0.02**2, 4.0)
-            self._cap_q = np.where(use, 0.9 * self._cap_q + 0.1 * learnt, self._cap_q)
-        self._cap_var = (1 - gain) * p_pred
+            self._cap_q = np.where(use & ~false_step, 0.9 * self._cap_q + 0.1 * learnt, self._cap_q)
+        self._cap_var = np.where(false_step, r, (1 - gain) * p_pred)
         shift = m + gain * innovation
         var = float(self._cap_var.mean())
         if not use.all() and not reliable:
@@ -923,11 +1145,39 @@ class DriftTracker:
             confidence = max(confidence, float(np.clip(1.0 - np.hypot(*sigma) / _CapTemplate.MAX_SIGMA_PX, 0, 1)))
         return shift, confidence, True, var
 
+    def _search_wide(self, binned):
+        """Integer cumulative shift (binned px) of the slice over the whole overlap, or None.
+
+        Masked normalised cross-correlation (Padfield, 2012) of the running mean's registration
+        region against the raw slice's sample rectangle: every shift that keeps a third of the
+        region in view is tried, so a jump larger than the region is found.
+        """
+        from skimage.registration import phase_cross_correlation
+
+        if self._mean is None:
+            return None
+        box = self._region_box(binned.shape)
+        ref_mask = np.zeros(binned.shape, dtype=bool)
+        ref_mask[box] = True
+        moving = np.asarray(binned, dtype=np.float32)
+        mov_mask = np.isfinite(moving)
+        if mov_mask.sum() < 256 or float(np.std(moving[mov_mask])) < 1e-6:  # a blank slice
+            return None
+        moving = np.where(mov_mask, moving, 0.0)
+        shift = phase_cross_correlation(self._mean, moving, reference_mask=ref_mask, moving_mask=mov_mask,
+                                        overlap_ratio=0.3)
+        shift = np.asarray(shift[0] if isinstance(shift, tuple) else shift, dtype=float)
+        if not np.all(np.isfinite(shift)):
+            return None
+        return int(round(shift[0])), int(round(shift[1]))
+
     def _measure(self, binned, offset):
         """Cumulative shift (px) and confidence of the slice against each reference.
 
-        Returns ``[(slice the reference shows, shift, confidence), ...]``; the running mean
-        counts as the previous slice.
+        Returns ``[(slice the reference shows, shift, confidence, pair variance), ...]``; the
+        running mean counts as the previous slice. The pair variance (px^2 per axis, see
+        :meth:`_block_var`) is given for the previous slice and the keyframe (not in cap mode),
+        None for the others.
         """
         windows = self._windows(binned.shape, offset)
         if windows is None:
@@ -952,16 +1202,24 @@ class DriftTracker:
                 continue
             r, c = _correlate(fa, fb, upsample=self.upsample, lowpass=self.lowpass, whiten=self.whiten,
                               destripe=self.destripe, workers=self.workers)
-            results.append((name, ref_id, ((offset[0] + r[0]) * b, (offset[1] + r[1]) * b), c))
+            # the error budget's pairs (the cap mode has its own)
+            spread = self._cap is None and name in ("previous", "keyframe")
+            v = (self._block_var(reference[canvas_win], binned[raw_win], record=name == "previous")
+                 if spread and c >= self.min_confidence else None)
+            results.append((name, ref_id, ((offset[0] + r[0]) * b, (offset[1] + r[1]) * b), c, v))
         if results:
             best = max(results, key=lambda item: item[3])
-            key = [(x, c) for name, _, x, c in results if name == "keyframe"]
+            key = [(x, c) for name, _, x, c, _ in results if name == "keyframe"]
             # a keyframe that matches clearly worse than the newest references (the structure has
             # changed since) is replaced by this slice: on persistent structure it stays for good
             self._stale_keyframe = bool(key) and (
                 key[0][1] < max(self.min_confidence, 0.95 * best[3])
                 or np.hypot(*np.subtract(key[0][0], best[2])) >= 0.5 * b)
-        return [(ref_id, x, c) for _, ref_id, x, c in results]
+        # the variances of the slices a reference may still show (the keyframe, the lags)
+        oldest = min([self._keyframe_id, *(k for k, _ in lagged)]) if lagged else self._keyframe_id
+        for k in [k for k in self._var_of if k < oldest]:
+            del self._var_of[k]
+        return [(ref_id, x, c, v) for _, ref_id, x, c, v in results]
 
     def resume(self, aligned, shift_px):
         """Continue a run after a restart, from the last stored slice.
@@ -979,6 +1237,7 @@ class DriftTracker:
             raise SliceShapeError(f"aligned: expected a 2-D slice, got shape {aligned.shape}")
         self._bin = self._choose_bin(aligned.shape)
         self._shape = aligned.shape
+        self._raw_box = None
         binned = _bin(aligned.astype(np.float32), self._bin)
         covered = _bin((aligned > 0).astype(np.float32), self._bin) > 0.99
         fill = binned[covered].mean() if covered.any() else 0.0
@@ -993,16 +1252,19 @@ class DriftTracker:
         self._shift = tuple(float(v) for v in _as_pair(shift_px, "shift_px"))
         self._joint.freeze(0, self._shift, 0.0)  # the stored shift: the new canvas's origin
         self._error_var = 0.0
+        self._var_of = {0: 0.0}
         self.n_slices = 1
 
     def _start(self, pixels):
         # the bin first: a refused region leaves the tracker unstarted (the same error next time)
         self._bin = self._choose_bin(pixels.shape)
         self._shape = pixels.shape
+        self._raw_box = self._find_raw_box(pixels)
         self._joint.freeze(0, (0.0, 0.0), 0.0)
-        self._update_references(_bin(pixels, self._bin), (0.0, 0.0), 0)
+        self._var_of = {0: 0.0}
+        self._update_references(self._masked(_bin(pixels, self._bin)), (0.0, 0.0), 0)
         if self._cap is not None:
-            self._cap.start(pixels)
+            self._cap.start(self._masked_full(pixels))
         self._shift = (0.0, 0.0)
         self.n_slices = 1
 
@@ -1059,7 +1321,7 @@ def _band_correlation(reference, moving):
     return float((a * b).sum() / den) if den > 0 else 0.0
 
 
-def find_reference_band(slices, *, band_rows=16, tolerance=0.8, min_rows=16):
+def find_reference_band(slices, *, band_rows=16, tolerance=0.8, min_rows=24):
     """Rows of the canvas whose content does not change along z (protective cap, fiducial).
 
     The slices are registered to the first one on the whole frame; then, band of rows by band
@@ -1087,7 +1349,9 @@ def find_reference_band(slices, *, band_rows=16, tolerance=0.8, min_rows=16):
         A band is z-invariant when its first-to-last correlation is at least this share of its
         first-to-second correlation (0 < tolerance < 1).
     min_rows : int, optional
-        Shortest band returned, in rows (>= 16, the least :class:`DriftTracker` registers on).
+        Shortest band returned, in rows (>= 16, the least :class:`DriftTracker` registers on;
+        the default 24 leaves 16 rows in view after a drift of 8 px; beyond, a lost band is found
+        again by a search over the whole slice).
 
     Returns
     -------

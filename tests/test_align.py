@@ -265,3 +265,45 @@ def test_a_thin_chance_band_on_large_particles_is_rejected_and_no_slice_is_skipp
     assert [p.index for p in done] == list(range(1, n + 1))  # no slice skipped
     shifts = np.array([p.drift.shift_px for p in done])
     assert _rms(shifts - d) < 0.25 * _rms(d)  # registered (the accuracy is bench_align's business)
+
+
+# --- issue 11: margins, lost bands, rectangle of the sample ----------------------------------
+
+def test_inner_box_peels_margins_and_the_outside_of_a_circle():
+    from processing.align import _inner_box
+
+    valid = np.ones((100, 120), bool)
+    valid[:, :12] = False  # left margin
+    valid[-16:] = False  # bottom margin
+    assert _inner_box(valid) == (0, 84, 12, 120)
+    yy, xx = np.mgrid[:101, :101]
+    circle = (yy - 50) ** 2 + (xx - 50) ** 2 <= 50**2
+    y0, y1, x0, x1 = _inner_box(circle)
+    assert circle[y0:y1, x0:x1].all()
+    assert (y1 - y0) * (x1 - x0) >= 0.9 * 2 * 50**2  # the inscribed square has 2 r^2
+
+
+def test_black_margins_fixed_in_the_raw_frame_do_not_pull_the_shift():
+    # the margins stay put while the sample drifts: correlated, their edges pull towards zero
+    acq = _acquisition(40, 256, seed=31, static=True, jump_probability=0.0, drift=1.5)
+    slices = acq.slices.copy()
+    slices[:, -30:] = 0
+    slices[:, :, :30] = 0
+    error = np.array([e.shift_px for e in _track(slices)]) - acq.drift_px
+    assert _rms(error) < 0.1  # 0.17 px with the margins in the windows (before issue 11)
+
+
+def test_a_jump_beyond_a_thin_band_is_found_by_the_whole_slice_search(caplog):
+    # a z-invariant band of 24 rows sees +-12 px; the stage jumps 15 px down
+    n = 20
+    d = simulate_drift(n, drift_px_per_slice=0.5, jump_probability=0.0, rng=8)
+    d[10:] += (15.0, -4.0)
+    rng = np.random.default_rng(8)
+    labels = generate_microstructure((1, 256 + 2 * 40, 256 + 2 * 40), particle_radius_um=0.5, rng=rng)
+    acq = render_acquisition(np.repeat(labels, n, axis=0), drift_px=d, field_shape=(256, 256), rng=rng)
+    with caplog.at_level("WARNING", logger="processing.align"):
+        est = _track(acq.slices, roi=(100, 124, 0, 256))
+    error = np.array([e.shift_px for e in est]) - d
+    assert "found again" in caplog.text
+    assert all(e.reliable for e in est[11:])
+    assert np.abs(error).max() < 1.0  # lost, the band would stay about 15 px off

@@ -234,3 +234,14 @@ def test_wander_is_flagged_on_an_evolving_sample_and_not_on_a_static_one():
     tracker = DriftTracker()
     est = [tracker.update(s) for s in static.slices]
     assert not any(e.wander for e in est)
+
+
+def test_cap_registration_is_not_locked_by_a_black_margin():
+    # a left margin is a vertical edge fixed in the raw frame: the cap's template must not take
+    # it for a lasting feature (x stuck at 0 px before issue 11)
+    slices, d = _changing_cap_case(60, 23)
+    slices = slices.copy()
+    slices[:, :, :16] = 0
+    tracker = DriftTracker(interface_row=CAP_PX)
+    error = np.array([tracker.update(s).shift_px for s in slices]) - d
+    assert _rms(error) <= 0.6
