@@ -19,7 +19,7 @@ from processing.context import DepthContext
 from processing.correct import BrightnessMonitor, CorrectionModel, fit_correction, slice_structure
 from processing.errors import CalibrationError, SliceShapeError
 from processing.io import SliceImage
-from processing.mask import RegionMask, grow_rows
+from processing.mask import RegionMask, flat_margins, grow_rows
 from processing.phases import Phases
 from processing.segment import PhaseModel, calibrate_phases
 
@@ -388,19 +388,23 @@ class SliceChain:
             raise CalibrationError(f"none of the {len(self._held)} held slices shows structure above noise")
         if self.tracker is None:
             self.roi = self._find_roi(usable)
-            log.info("alignment region: %s",
-                     "whole slice" if self.roi is None else f"rows {self.roi[0]}-{self.roi[1]}")
             if self.roi is not None and not self.cap_rows:
                 # z-invariant rows are cap or fiducial, not sample: out of calibration and labels;
                 # the band found is a core of the strip, grown to the rows that look like it. The
-                # cap is on top of the section: a band that does not reach the top edge is slowly
-                # changing sample (a large particle), and stays sample.
+                # cap is on top of the section (below any black margin): a band that does not reach
+                # the top is slowly changing sample (a large particle), neither cap nor reference.
                 rows = grow_rows(usable[0], (self.roi[0], self.roi[1]))
-                if rows[0] <= _CAP_TOP_TOLERANCE * usable[0].shape[0]:
+                margin = flat_margins(usable[0]).all(axis=1)
+                top = int(np.argmin(margin)) if not margin.all() else 0
+                if rows[0] <= top + _CAP_TOP_TOLERANCE * usable[0].shape[0]:
                     self._nonsample_rows = rows
                     log.info("not sample: rows %d-%d", *rows)
                 else:
-                    log.info("z-invariant rows %d-%d do not reach the top of the slice: kept as sample", *rows)
+                    log.warning("z-invariant rows %d-%d do not reach the top of the section: sample changing "
+                                "slowly, not a cap; registering on the whole slice", *rows)
+                    self.roi = None
+            log.info("alignment region: %s",
+                     "whole slice" if self.roi is None else f"rows {self.roi[0]}-{self.roi[1]}")
             self.tracker = self._new_tracker()
         self.correction = fit_correction(usable, n_phases=len(self.phases.names), min_structure=_MIN_CONTRAST,
                                          **self.correction_options)

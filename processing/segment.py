@@ -654,23 +654,28 @@ _ENOUGH_SEPARATION = 3.5
 _EVIDENCE_PIXELS = 4_000_000
 
 
-def _auto_smoothing(slices, valid):
-    """(smooth_px, estimate): the smallest pre-filter of AUTO_SMOOTH_PX that separates the grey
-    classes (every neighbouring pair of phase classes with D >= 3.5), else the best separating."""
+def _auto_smoothing(slices, valid, n_names):
+    """(smooth_px, estimate): the pre-filter of AUTO_SMOOTH_PX whose estimate shows the most
+    separable grey classes, up to the `n_names` named (more smoothing takes noise away and may
+    separate two close phases); among those, the smallest that separates every neighbouring pair
+    of classes with D >= 3.5, else the best separating."""
     from processing.phases import _ashman_d, estimate_grey_classes
 
-    best = None
+    candidates = []
     for smooth_px in AUTO_SMOOTH_PX:
         estimate = estimate_grey_classes(slices, valid=valid, smooth_px=smooth_px)
         found = estimate.phase_classes
         d = min((_ashman_d(a.level, a.sigma, b.level, b.sigma) for a, b in zip(found[:-1], found[1:])), default=0.0)
-        if d >= _ENOUGH_SEPARATION:
-            return smooth_px, estimate
-        if best is None or d > best[0]:
-            best = (d, smooth_px, estimate)
+        candidates.append((min(len(found), n_names), d, smooth_px, estimate))
+    most = max(c[0] for c in candidates)
+    candidates = [c for c in candidates if c[0] == most]
+    enough = [c for c in candidates if c[1] >= _ENOUGH_SEPARATION]
+    if enough:
+        return enough[0][2], enough[0][3]
+    d, smooth_px, estimate = max(candidates, key=lambda c: c[1])[1:]
     logger.info("phase model: no pre-filter of %s separates the classes to D >= %.1f; best D %.1f at %g px",
-                AUTO_SMOOTH_PX, _ENOUGH_SEPARATION, best[0], best[1])
-    return best[1], best[2]
+                AUTO_SMOOTH_PX, _ENOUGH_SEPARATION, d, smooth_px)
+    return smooth_px, estimate
 
 
 def calibrate_phases(slices, phases, *, valid=None, training_labels=None, rng=0, **options):
@@ -724,7 +729,7 @@ def calibrate_phases(slices, phases, *, valid=None, training_labels=None, rng=0,
     sample = [slices[i] for i in pick]
     sample_valid = None if valid is None else [list(valid)[i] for i in pick]
     if options.get("smooth_px") == "auto":
-        options["smooth_px"], estimate = _auto_smoothing(sample, sample_valid)
+        options["smooth_px"], estimate = _auto_smoothing(sample, sample_valid, n)
     else:
         estimate = estimate_grey_classes(sample, valid=sample_valid, smooth_px=options.get("smooth_px", 1.0))
     if training_labels is not None:
