@@ -81,8 +81,8 @@ class PhasesConfig(_Section):
     )
     smooth_px: float | Literal["auto"] = Field(
         "auto", description="Gaussian pre-filter of the grey-level model, pixels (0-4); raise it (1.5-3) when "
-        "`revwatch calibrate` says neighbouring classes overlap (very noisy slices); 'auto' = the smallest of "
-        "1, 1.5, 2, 3 that separates the classes found",
+        "`revwatch calibrate` says neighbouring classes overlap (very noisy slices); 'auto' = of 1, 1.5, 2, 3, "
+        "the one that shows the most separable classes (up to the names), then the smallest that separates them",
     )
     @field_validator("smooth_px")
     @classmethod

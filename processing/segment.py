@@ -703,8 +703,9 @@ def calibrate_phases(slices, phases, *, valid=None, training_labels=None, rng=0,
         Seed of the pixel classifier.
     **options
         Passed to :func:`fit_phase_model`; ``smooth_px="auto"`` picks the pre-filter from the
-        data (:data:`AUTO_SMOOTH_PX`: the smallest that separates the classes found with
-        Ashman's D >= 3.5, else the one that separates them best).
+        data (:data:`AUTO_SMOOTH_PX`: of those showing the most separable classes, up to the
+        names, the smallest that separates them with Ashman's D >= 3.5, else the one that
+        separates them best).
 
     Returns
     -------
