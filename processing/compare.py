@@ -16,11 +16,12 @@ REV analysis of the volume itself:
    whole-volume value. Kanit's relative error of that value is ``eps = 2 u / |value|``.
 
    Calibration (``tests/benchmarks/bench_compare.py``): over samples of one material (the
-   64^3 octants of 128^3 generated volumes), the spread of each value divided by its ``u``
-   has a median of 1.00 (0.32-1.14 over the metrics; network shares are conservative). The
-   fitted exponent (0.45-1.1 on those samples) extrapolated the same cubes to a ``u`` 1.35x
-   too large (median spread / u 0.74): below a few integral ranges the cube variance decays
-   slower than it does beyond.
+   16 64^3 octants of two 128^3 generated volumes), the spread of each value divided by its
+   ``u`` has a median of 0.95 over the metrics (0.37 for the interconnected pore share and
+   0.60 for the connected share: conservative; 1.48 for the standard deviation of the active
+   local thickness: its ``u`` is too small). Extrapolating with the fitted exponent (0.45-1.1
+   on those samples) gave a ``u`` about 1.35x too large: below a few integral ranges the cube
+   variance decays slower than it does beyond.
 
 Two samples differ on a metric when ``|a - b| > k * sqrt(u_a^2 + u_b^2)`` (``k = 2`` by
 default: a two-sided 95 % test for one metric when both are normal).
