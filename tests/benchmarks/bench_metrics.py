@@ -304,13 +304,15 @@ def bench_taufactor(crop, budget_s):
             result = solver.solve(verbose=False, conv_crit=1e-3, iter_limit=limit)
         theirs = float(np.ravel(result)[0])
         t_theirs = time.perf_counter() - t0
-        diff = ours.tau / theirs - 1 if ours.tau and theirs else float("nan")
-        diffs.append(abs(diff))
+        diff = ours.tau / theirs - 1 if ours.tau and theirs and np.isfinite(theirs) else float("nan")
+        if np.isfinite(diff):
+            diffs.append(abs(diff))
         state = f"{solver.iter} it" + ("" if solver.converged else f", NOT converged within {budget_s:.0f} s")
         print(f"  {name:36s} {ours.tau or float('nan'):9.4f} {t_ours:6.1f} {theirs:10.4f} {t_theirs:6.1f} "
-              f"{100 * diff:+6.2f}%  ratio {ours.tau / theirs:.4f} (CG {ours.iterations} it, flux mismatch "
-              f"{ours.flux_mismatch:.1e}; taufactor {state})")
-    print(f"  median |diff| {100 * np.median(diffs):.2f} %, worst {100 * np.max(diffs):.2f} % (target <= 2 %)")
+              f"{100 * diff:+6.2f}%  ratio {1 + diff:.4f} (CG {ours.iterations} it, flux mismatch "
+              f"{ours.flux_mismatch or 0:.1e}; taufactor {state})")
+    if diffs:
+        print(f"  median |diff| {100 * np.median(diffs):.2f} %, worst {100 * np.max(diffs):.2f} % (target <= 2 %)")
 
 
 # ----------------------------------------------------------------------------- profile
