@@ -2,8 +2,8 @@
 
 Rows are the metrics, columns the samples (named with ``--names``), as in Table 1 of the
 reference study. Every value carries its standard uncertainty ``u`` from the REV analysis of
-its own volume (:mod:`processing.compare`: Kanit's law fitted on the subvolume-cube variances,
-extrapolated to the volume of the sample). A value is marked (▲ higher, ▼ lower) when it
+its own volume (:mod:`processing.compare`: the subvolume-cube variances extrapolated to the volume of
+the sample with Kanit's law at its asymptotic exponent 1). A value is marked (▲ higher, ▼ lower) when it
 differs from the reference column (the first, or ``--reference``) by more than
 ``k * sqrt(u_ref^2 + u^2)``; ``--json`` and ``--csv`` carry every pair of columns.
 

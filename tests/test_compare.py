@@ -189,3 +189,12 @@ def test_a_cube_filled_by_one_phase_does_not_sink_the_table():
     table = sample_table(labels, spacing_um=SPACING_UM, min_edge_um=0.5, rng=0)
     assert table.uncertainty["volume_fraction.active"].uncertainty > 0
     assert table.metrics["volume_fraction"]["active"] == pytest.approx(np.mean(labels == 3))
+
+
+def test_uncertainty_of_an_uncorrelated_fraction_is_the_binomial_one():
+    # independent voxels: the whole-volume fraction has sigma = sqrt(p (1 - p) / N) exactly
+    rng = np.random.default_rng(3)
+    labels = np.where(rng.random((40, 40, 40)) < 0.3, 3, 2).astype(np.uint8)
+    table = sample_table(labels, spacing_um=(1, 1, 1), min_edge_um=4, n_samples=32, rng=1)
+    u = table.uncertainty["volume_fraction.active"].uncertainty
+    assert u == pytest.approx(np.sqrt(0.3 * 0.7 / labels.size), rel=0.25)

@@ -1,6 +1,8 @@
 """processing.metrics against analytic shapes and independent implementations."""
 
 import json
+import math
+import warnings
 
 import numpy as np
 import pytest
@@ -576,3 +578,20 @@ def test_thin_chunks_with_a_coarse_thickness_sample():
     assert doc["local_thickness_um"]["active"]["mean"] == pytest.approx(whole["local_thickness_um"]["active"]["mean"],
                                                                        rel=0.1)
     assert doc["sampling_error"]["local_thickness_um"]["active"]["mean"] > 0
+
+
+def test_phase_filling_a_chunk_has_unbounded_thickness_left_out():
+    # 60 slices of electrolyte only: chunks of 10 slices + 4 of halo hold no wall of it
+    labels = np.full((80, 20, 20), 2, np.uint8)
+    labels[60:, :, :10] = 3
+    labels[60:, :, 10:] = 1
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        doc = table1(labels, spacing_um=(1, 1, 1), chunk_voxels=20 * 20 * 10, halo_slices=4, details=True)
+    unbounded = doc["details"]["local_thickness_unbounded_share"]
+    assert unbounded["active"] == 0
+    assert 0.5 < unbounded["electrolyte"] < 1
+    assert math.isfinite(doc["local_thickness_um"]["electrolyte"]["mean"])
+    # the active slab, 10 voxels wide, is measured as in one chunk
+    assert doc["local_thickness_um"]["active"]["mean"] == pytest.approx(
+        table1(labels, spacing_um=(1, 1, 1))["local_thickness_um"]["active"]["mean"], rel=1e-6)

@@ -2,15 +2,26 @@
 
 Sethian's fast marching method on the voxels of a mask, with 6-neighbour (face) moves as
 the connectivity of the network metrics: seeds are known at given distances, every other
-mask voxel is reached in increasing distance order through a binary heap, its distance
-solving the upwind eikonal equation ``sum_axes ((T - T_axis) / h_axis)^2 = 1`` over the
-axes whose upwind neighbour is already known and closer. Where the next neighbour along
-an axis is known too, the second-order one-sided difference is used, as scikit-fmm's
-``order=2`` does (the peer the tests compare with). Voxels not connected to a seed stay at
-infinity, so the march also tells which start voxels percolate, with no labelling pass.
+mask voxel is reached in increasing distance order, its distance solving the upwind
+eikonal equation ``sum_axes ((T - T_axis) / h_axis)^2 = 1`` over the axes whose upwind
+neighbour is already known and closer. Where the next neighbour along an axis is known
+too, the second-order one-sided difference is used, as scikit-fmm's ``order=2`` does (the
+peer the tests compare with). Voxels not connected to a seed stay at infinity, so the
+march also tells which start voxels percolate, with no labelling pass.
 
-Memory: 4 bytes (float32 distance) + 1 byte (state) per voxel of the array plus the heap
-(about 12 bytes per voxel of the front).
+Order: an *untidy* priority queue (Yatziv, Bartesaghi & Sapiro 2006) instead of a heap:
+trial voxels go into buckets of width ``BUCKET_VOXELS`` times the finest voxel size, taken
+in increasing order and first-in first-out within a bucket; O(1) per voxel instead of
+O(log front), and the buckets are contiguous arrays (cache friendly). Its cost against the
+exact heap order, measured on the three phases (22-45 %) of a 48x512x512 3-phase volume
+(0.02x0.01x0.01 um voxels): mean distance +0.014 to +0.017 %, mean path from the far face
+(what the tortuosity averages) +0.012 to +0.016 %, largest voxel difference 0.95 to 1.2
+finest voxel sizes; 2.1-2.2x faster than the heap on the same padded arrays, itself 1.5x
+faster (and identical) to the heap of revision 3159442 with bounds checks.
+The arrays are padded by two voxels (never entered), so the stencils need no bounds checks.
+
+Memory: 5 bytes per voxel of the padded array (float32 distance, uint8 state) plus the
+buckets (8 bytes per queued voxel).
 """
 
 from __future__ import annotations
@@ -20,71 +31,30 @@ import math
 import numba
 import numpy as np
 
-__all__ = ["march"]
+__all__ = ["march", "BUCKET_VOXELS"]
 
-_FAR, _TRIAL, _KNOWN = 0, 1, 2
-
-
-@numba.njit(cache=True, nogil=True)
-def _push(heap_t, heap_i, size, t, i):
-    if size == heap_t.shape[0]:
-        new_t = np.empty(2 * size, heap_t.dtype)
-        new_i = np.empty(2 * size, heap_i.dtype)
-        new_t[:size] = heap_t
-        new_i[:size] = heap_i
-        heap_t, heap_i = new_t, new_i
-    k = size
-    heap_t[k] = t
-    heap_i[k] = i
-    while k > 0:
-        parent = (k - 1) >> 1
-        if heap_t[parent] <= heap_t[k]:
-            break
-        heap_t[parent], heap_t[k] = heap_t[k], heap_t[parent]
-        heap_i[parent], heap_i[k] = heap_i[k], heap_i[parent]
-        k = parent
-    return heap_t, heap_i, size + 1
-
-
-@numba.njit(cache=True, nogil=True)
-def _pop(heap_t, heap_i, size):
-    t, i = heap_t[0], heap_i[0]
-    size -= 1
-    heap_t[0] = heap_t[size]
-    heap_i[0] = heap_i[size]
-    k = 0
-    while True:
-        left = 2 * k + 1
-        if left >= size:
-            break
-        child = left
-        if left + 1 < size and heap_t[left + 1] < heap_t[left]:
-            child = left + 1
-        if heap_t[k] <= heap_t[child]:
-            break
-        heap_t[child], heap_t[k] = heap_t[k], heap_t[child]
-        heap_i[child], heap_i[k] = heap_i[k], heap_i[child]
-        k = child
-    return t, i, size
+# Bucket width of the untidy queue, in finest voxel sizes (error measured in the notes).
+BUCKET_VOXELS = 0.1
+_FAR, _TRIAL, _KNOWN, _OUT = 0, 1, 2, 3
+_PAD = 2
 
 
 @numba.njit(cache=True, nogil=True, inline="always")
-def _upwind(dist, state, z, y, x, dz, dy, dx, shape, h):
-    """(coefficient, value) of the upwind term along one axis; (0, inf) when none is known."""
-    nz, ny, nx = shape
+def _upwind(dist, state, j, s, h):
+    """(coefficient, value) of the upwind term along the axis of flat stride `s`; (0, inf) when none is known."""
     best = np.inf
     best2 = np.inf
-    for s in (-1, 1):
-        z1, y1, x1 = z + s * dz, y + s * dy, x + s * dx
-        if not (0 <= z1 < nz and 0 <= y1 < ny and 0 <= x1 < nx) or state[z1, y1, x1] != _KNOWN:
+    for d in (-s, s):
+        k = j + d
+        if state[k] != _KNOWN:
             continue
-        t1 = dist[z1, y1, x1]
+        t1 = dist[k]
         if t1 < best:
             best = t1
             best2 = np.inf
-            z2, y2, x2 = z1 + s * dz, y1 + s * dy, x1 + s * dx
-            if 0 <= z2 < nz and 0 <= y2 < ny and 0 <= x2 < nx and state[z2, y2, x2] == _KNOWN:
-                t2 = dist[z2, y2, x2]
+            k2 = k + d
+            if state[k2] == _KNOWN:
+                t2 = dist[k2]
                 if t2 <= t1:
                     best2 = t2
     if best == np.inf:
@@ -94,13 +64,12 @@ def _upwind(dist, state, z, y, x, dz, dy, dx, shape, h):
     return 1.0 / (h * h), float(best)
 
 
-@numba.njit(cache=True, nogil=True)
-def _solve(dist, state, z, y, x, shape, spacing):
-    """Upwind eikonal update of voxel (z, y, x) from its known neighbours."""
-    c0, v0 = _upwind(dist, state, z, y, x, 1, 0, 0, shape, spacing[0])
-    c1, v1 = _upwind(dist, state, z, y, x, 0, 1, 0, shape, spacing[1])
-    c2, v2 = _upwind(dist, state, z, y, x, 0, 0, 1, shape, spacing[2])
-    # sort the three terms by upwind value (inf = no term)
+@numba.njit(cache=True, nogil=True, inline="always")
+def _solve(dist, state, j, s0, s1, s2, h0, h1, h2):
+    """Upwind eikonal update of flat voxel `j` from its known neighbours."""
+    c0, v0 = _upwind(dist, state, j, s0, h0)
+    c1, v1 = _upwind(dist, state, j, s1, h1)
+    c2, v2 = _upwind(dist, state, j, s2, h2)
     if v1 < v0:
         c0, v0, c1, v1 = c1, v1, c0, v0
     if v2 < v1:
@@ -127,48 +96,59 @@ def _solve(dist, state, z, y, x, shape, spacing):
 
 
 @numba.njit(cache=True, nogil=True)
-def _march(mask, dist, state, seeds, seed_values, spacing):
-    nz, ny, nx = mask.shape
-    shape = (nz, ny, nx)
-    cap = max(1024, 4 * seeds.shape[0])
-    heap_t = np.empty(cap, np.float32)
-    heap_i = np.empty(cap, np.int64)
-    size = 0
-    for k in range(seeds.shape[0]):
-        i = seeds[k]
-        z, rem = divmod(i, ny * nx)
-        y, x = divmod(rem, nx)
-        v = np.float32(seed_values[k])
-        if v < dist[z, y, x]:
-            dist[z, y, x] = v
-            state[z, y, x] = _TRIAL
-            heap_t, heap_i, size = _push(heap_t, heap_i, size, v, i)
-    while size > 0:
-        t, i, size = _pop(heap_t, heap_i, size)
-        z, rem = divmod(i, ny * nx)
-        y, x = divmod(rem, nx)
-        if state[z, y, x] == _KNOWN or t > dist[z, y, x]:
-            continue  # stale heap entry
-        state[z, y, x] = _KNOWN
-        for a in range(3):
-            for s in (-1, 1):
-                zz, yy, xx = z, y, x
-                if a == 0:
-                    zz += s
-                elif a == 1:
-                    yy += s
-                else:
-                    xx += s
-                if not (0 <= zz < nz and 0 <= yy < ny and 0 <= xx < nx):
-                    continue
-                if not mask[zz, yy, xx] or state[zz, yy, xx] == _KNOWN:
-                    continue
-                cand = np.float32(_solve(dist, state, zz, yy, xx, shape, spacing))
-                if cand < dist[zz, yy, xx]:
-                    dist[zz, yy, xx] = cand
-                    state[zz, yy, xx] = _TRIAL
-                    heap_t, heap_i, size = _push(heap_t, heap_i, size, cand, zz * ny * nx + yy * nx + xx)
+def _enqueue(buckets, counts, bucket, i):
+    """Append voxel `i` to `bucket` (a row of `buckets`, grown when full); returns `buckets`."""
+    if counts[bucket] == buckets.shape[1]:
+        grown = np.empty((buckets.shape[0], 2 * buckets.shape[1]), buckets.dtype)
+        grown[:, :buckets.shape[1]] = buckets
+        buckets = grown
+    buckets[bucket, counts[bucket]] = i
+    counts[bucket] += 1
+    return buckets
 
+
+@numba.njit(cache=True, nogil=True)
+def _march(state, dist, seeds, seed_values, s0, s1, s2, h0, h1, h2, delta, n_buckets):
+    """March on the flat padded arrays; the buckets form a ring (trial values span < n_buckets)."""
+    buckets = np.empty((n_buckets, max(1024, seeds.shape[0] // 4)), np.int64)
+    counts = np.zeros(n_buckets, np.int64)
+    inv = 1.0 / delta
+    for k in range(seeds.shape[0]):
+        v = np.float32(seed_values[k])
+        if v < dist[seeds[k]]:
+            dist[seeds[k]] = v
+            state[seeds[k]] = _TRIAL
+    cur = np.int64(1) << 62
+    for k in range(seeds.shape[0]):
+        cur = min(cur, np.int64(dist[seeds[k]] * inv))
+    queued = 0
+    for k in range(seeds.shape[0]):
+        buckets = _enqueue(buckets, counts, np.int64(dist[seeds[k]] * inv) % n_buckets, seeds[k])
+        queued += 1
+    offsets = (-s0, s0, -s1, s1, -s2, s2)
+    while queued > 0:
+        r = cur % n_buckets
+        k = 0
+        while k < counts[r]:  # first in, first out; the bucket may grow while it is taken
+            i = buckets[r, k]
+            k += 1
+            if state[i] == _KNOWN:
+                continue  # a stale entry: the voxel was queued again with a smaller value
+            state[i] = _KNOWN
+            for d in offsets:
+                j = i + d
+                if state[j] == _KNOWN or state[j] == _OUT:
+                    continue
+                cand = np.float32(_solve(dist, state, j, s0, s1, s2, h0, h1, h2))
+                if cand < dist[j]:
+                    dist[j] = cand
+                    state[j] = _TRIAL
+                    # an untidy value below the current bucket joins the current bucket
+                    buckets = _enqueue(buckets, counts, max(np.int64(cand * inv), cur) % n_buckets, j)
+                    queued += 1
+        queued -= counts[r]
+        counts[r] = 0
+        cur += 1
 
 def march(mask, seeds, seed_values, spacing):
     """In-mask distance (um) from seed voxels, by second-order fast marching.
@@ -188,10 +168,19 @@ def march(mask, seeds, seed_values, spacing):
     -------
     (Z, Y, X) ndarray of float32
         Distance; ``inf`` where the front never arrives (outside `mask` or not connected).
+        A view into the padded work array.
     """
     mask = np.ascontiguousarray(mask, dtype=bool)
-    dist = np.full(mask.shape, np.inf, np.float32)
-    state = np.zeros(mask.shape, np.uint8)
-    _march(mask, dist, state, np.asarray(seeds, np.int64), np.asarray(seed_values, np.float64),
-           np.asarray(spacing, np.float64))
-    return dist
+    inner = tuple(slice(_PAD, -_PAD) for _ in range(3))
+    state = np.full(tuple(n + 2 * _PAD for n in mask.shape), _OUT, np.uint8)
+    state[inner][mask] = _FAR
+    dist = np.full(state.shape, np.inf, np.float32)
+    coords = np.unravel_index(np.asarray(seeds, np.int64), mask.shape)
+    padded_seeds = np.ravel_multi_index(tuple(c + _PAD for c in coords), state.shape)
+    h = [float(v) for v in spacing]
+    delta = BUCKET_VOXELS * min(h)
+    # a trial value exceeds the value being accepted by at most one voxel size
+    n_buckets = int(math.ceil(max(h) / delta)) + 4
+    _march(state.ravel(), dist.ravel(), padded_seeds, np.asarray(seed_values, np.float64),
+           state.shape[1] * state.shape[2], state.shape[2], 1, *h, delta, n_buckets)
+    return dist[inner]

@@ -20,6 +20,9 @@ added in order by :class:`PartialsMerger`:
   systematic sample of chunks (``tortuosity_max_voxels``): their *sampling error*
   (standard error of the mean, from replicate groups of the sample, with the finite
   population correction; 0 when nothing is sampled) is published in ``sampling_error``.
+  A phase filling a whole chunk and its halo has no wall there: its local thickness is
+  unbounded (larger than the block); those voxels are left out of the statistics and their
+  share is ``details.local_thickness_unbounded_share``.
 
 Valid region: label 0 (unassigned) is outside the domain everywhere; fractions and
 densities are over the assigned voxels; the transport faces are the first and last
@@ -369,15 +372,23 @@ def _thickness_partial(block, core, label, spacing, samples, threads, all_valid=
     n_phase = int(np.count_nonzero(mask[c0:c1]))
     bin_um = min(spacing) / _BINS_PER_VOXEL
     if n_phase == 0:
-        return {"groups": np.zeros((0, 3)), "hist": np.zeros(0, np.int64), "bin_um": bin_um, "step": 1}
+        return {"groups": np.zeros((0, 3)), "hist": np.zeros(0, np.int64), "bin_um": bin_um, "step": 1,
+                "unbounded": 0}
     step = max(1, math.ceil(math.sqrt(n_phase / samples)))
     thickness = local_thickness(mask, spacing_um=spacing, step=step, threads=threads, valid=valid)
     rows = np.arange(thickness.shape[0]) * step
     keep = np.nonzero((rows >= c0) & (rows < c1))[0]
     groups = []
     hist = np.zeros(0, np.int64)
+    unbounded = 0
     for part in np.array_split(keep, min(_GROUPS, len(keep))) if len(keep) else ():
         values = thickness[part][mask[::step, ::step][part]].astype(np.float64)
+        # a phase filling the whole block (chunk + halo) has no wall in it: its thickness is
+        # unbounded there (larger than the block), left out of the statistics and counted
+        finite = np.isfinite(values)
+        if not finite.all():
+            unbounded += int(values.size - np.count_nonzero(finite))
+            values = values[finite]
         groups.append((values.size, values.sum(), (values * values).sum()))
         if values.size:
             counts = np.bincount((values / bin_um).astype(np.int64))
@@ -386,7 +397,8 @@ def _thickness_partial(block, core, label, spacing, samples, threads, all_valid=
                 hist = counts
             else:
                 hist[:counts.size] += counts
-    return {"groups": np.asarray(groups, dtype=float).reshape(-1, 3), "hist": hist, "bin_um": bin_um, "step": step}
+    return {"groups": np.asarray(groups, dtype=float).reshape(-1, 3), "hist": hist, "bin_um": bin_um, "step": step,
+            "unbounded": unbounded}
 
 
 def chunk_partial(block, *, core, spacing_um, phases=Phases(), network=None, transport_axis=1, cc_face=0,
@@ -556,8 +568,10 @@ class PartialsMerger:
             state["extra"].append(comp.extra)
             state["prev_offset"], state["offset"], state["last"] = offset, offset + comp.sizes.size, comp.last
         for name, part in partial["thickness"].items():
-            state = self._thick.setdefault(name, {"groups": [], "hist": np.zeros(0, np.int64), "step": 1})
+            state = self._thick.setdefault(name, {"groups": [], "hist": np.zeros(0, np.int64), "step": 1,
+                                                  "unbounded": 0})
             state["groups"].append(part["groups"])
+            state["unbounded"] += part["unbounded"]
             hist = part["hist"]
             if hist.size > state["hist"].size:
                 hist = hist.copy()
@@ -612,7 +626,7 @@ class PartialsMerger:
                 err[key] = (0.0 if self.tortuosity_chunks == self.chunks and entry[key] is not None
                             else _standard_error(groups, self.tortuosity_chunks / self.chunks))
             tort[name], tort_err[name], excluded[name] = entry, err, ex
-        thick, thick_err, hists = {}, {}, {}
+        thick, thick_err, hists, unbounded = {}, {}, {}, {}
         for name, state in self._thick.items():
             groups = np.concatenate(state["groups"]) if state["groups"] else np.zeros((0, 3))
             n, s, s2 = groups.sum(axis=0) if len(groups) else (0, 0.0, 0.0)
@@ -623,6 +637,7 @@ class PartialsMerger:
             thick_err[name] = {"mean": 0.0 if step == 1 and mean is not None else
                                _standard_error(groups[:, :2], 1.0 / step**2)}
             hists[name] = _histogram(state["hist"], state.get("bin_um", 1.0), int(n))
+            unbounded[name] = _share(state["unbounded"], int(n) + state["unbounded"])
         doc["tortuosity_geometric"] = tort
         doc["local_thickness_um"] = thick
         doc["connected_share"] = {}
@@ -642,6 +657,7 @@ class PartialsMerger:
         doc["sampling_error"] = {"tortuosity_geometric": tort_err, "local_thickness_um": thick_err}
         if details:
             doc["details"] = {"tortuosity_excluded_share": excluded, "local_thickness_histogram": hists,
+                              "local_thickness_unbounded_share": unbounded,
                               "chunks": self.chunks, "tortuosity_chunks": self.tortuosity_chunks}
         return doc
 

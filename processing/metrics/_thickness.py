@@ -8,7 +8,8 @@ fits inside the phase. Algorithm:
    phase voxel centres only.
 2. Keep the centres of maximal balls: ``c`` is dropped when a 26-neighbour ``n`` has
    ``D(n) >= D(c) + |n - c| - 0.3 voxel`` (its ball contains the ball of ``c``, up to the
-   quantisation of distances between voxel centres).
+   quantisation of distances between voxel centres). With a row sample (``step``), a
+   ball that reaches no computed row is dropped before that test (it paints nothing).
 3. Paint the kept balls from the largest down, row by row (exact anisotropic sphere, no
    radius binning); a union-find "next unpainted voxel" pointer per row skips painted runs,
    so every voxel is written once and the cost follows the number of ball rows, not the
@@ -44,9 +45,9 @@ _CENTRE_TOLERANCE = 0.3
 
 
 @numba.njit(cache=True, nogil=True)
-def _maximal_ball_centres(dist, sz, sy, sx, tol, z_lo, z_hi, keep):
+def _maximal_ball_centres(dist, sz, sy, sx, tol, step, z_lo, z_hi, keep):
     """Mark in `keep` the centres of slices [z_lo, z_hi) whose ball is inside no
-    neighbour's ball (up to `tol` um)."""
+    neighbour's ball (up to `tol` um) and reaches a computed row (z, y multiples of `step`)."""
     nz, ny, nx = dist.shape
     offsets = np.empty(26, np.int64)
     reach = np.empty(26, np.float32)
@@ -64,10 +65,13 @@ def _maximal_ball_centres(dist, sz, sy, sx, tol, z_lo, z_hi, keep):
         for y in range(ny):
             interior = 0 < z < nz - 1 and 0 < y < ny - 1
             base = (z * ny + y) * nx
+            # squared distance (um^2) from this row to the nearest computed row
+            rz, ry = z % step, y % step
+            row_d2 = (min(rz, step - rz) * sz) ** 2 + (min(ry, step - ry) * sy) ** 2
             for x in range(nx):
                 r = dist[z, y, x]
-                if r <= 0:
-                    continue
+                if r <= 0 or r * r <= row_d2:
+                    continue  # not in the phase, or its ball paints no computed row
                 if interior and 0 < x < nx - 1:
                     # fast path: flat offsets, no bounds checks
                     maximal = True
@@ -224,7 +228,7 @@ def local_thickness(mask, *, spacing_um, voxel_correction=True, step=1, threads=
     keep = np.zeros(mask.shape, bool)
     bounds = np.linspace(0, mask.shape[0], n_threads + 1).astype(int)
     _in_threads(n_threads, lambda t: _maximal_ball_centres(
-        dist, *spacing, _CENTRE_TOLERANCE * min(spacing), bounds[t], bounds[t + 1], keep))
+        dist, *spacing, _CENTRE_TOLERANCE * min(spacing), int(step), bounds[t], bounds[t + 1], keep))
     # centres as int32 / float32 (the centre list is the largest array after the distance map)
     flat = np.flatnonzero(keep)
     del keep
