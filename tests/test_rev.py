@@ -362,20 +362,24 @@ def test_trend_false_alarms_over_whole_runs_are_controlled():
 
 def test_predicted_slices_match_the_stop():
     horizon = 1200
-    errors = []
+    errors, inside = {0.25: [], 0.5: []}, []
     for seed in range(6):
         values = 1.0 + np.random.default_rng(seed).normal(0, 0.5, horizon)
         tracker = RevTracker(spacing_um=0.05, metrics=[SLICE_MEAN], planned_depth_slices=horizon, rng=0)
         predicted = {}
         for depth in range(4, horizon + 1, 4):
             doc = tracker.update(series_volume(values[:depth]))
-            predicted[depth] = doc["slices_needed"]
+            predicted[depth] = doc["slices_needed"], doc["slices_needed_range"]
             if tracker.stop is not None:
                 break
         stop = tracker.stop["depth_slices"]
-        at = 4 * round(stop / 2 / 4)
-        errors.append(abs(predicted[at] - (stop - at)) / (stop - at))
-    assert np.median(errors) <= 0.35
+        for share in errors:
+            at = 4 * round(stop * share / 4)
+            needed, (low, high) = predicted[at]
+            errors[share].append(abs(needed - (stop - at)) / (stop - at))
+            inside.append(low <= stop - at <= high)
+    assert all(np.median(e) <= 0.25 for e in errors.values())
+    assert np.mean(inside) >= 0.75
 
 
 def test_seconds_needed_from_the_slice_cadence():
@@ -620,6 +624,8 @@ def test_monitor_shows_the_predicted_time_to_representative():
     assert "about 300 more slices" in detail and "~30m00s" in detail and "horizon 1,500 slices" in detail
     state.rev["seconds_needed"] = None
     assert "~" not in verdict(state)[2]
+    state.rev["slices_needed_range"] = [240, 420]
+    assert "80 % range 240-420" in verdict(state)[2]
 
 
 def test_a_metric_never_defined_does_not_hold_the_verdict_back():
