@@ -636,3 +636,73 @@ def test_a_metric_never_defined_does_not_hold_the_verdict_back():
     entry = tracker.document()["metrics"][never.name]
     assert entry["undefined"] and entry["converged"] and entry["value"] is None
     assert tracker.stop is not None
+
+
+def test_worker_analyses_the_last_few_slices_when_waited_for(tmp_path):
+    # A run that ends (Ctrl-C / SIGTERM: no final refresh) with fewer new slices than
+    # analysis.every_slices must not leave wait_idle waiting forever.
+    from agent.analysis_worker import AnalysisWorker
+    from agent.config import load_config
+    from agent.events import EventStream
+    from agent.store import VolumeStore
+    from processing.phases import Phases
+
+    labels = white_noise((10, 32, 32), 0.3, seed=1)
+    store = VolumeStore.create(tmp_path / "v.ome.zarr", canvas_shape=(32, 32), dtype=np.uint8, spacing_um=(0.05, 0.02, 0.02),
+                               phases=Phases(), run_attrs={})
+    events = EventStream()
+    worker = AnalysisWorker(events, phases=Phases(), config=load_config(None, ["analysis.pictures_every_slices=0"]))
+    for index, labelled in enumerate(labels, start=1):
+        store.append(index, labelled, labelled, {"shift_px": [0.0, 0.0]})
+        if index == 1:
+            worker.attach(store)
+        worker.notify(store.depth)
+        if index == 8:
+            assert worker.wait_idle(60)
+            assert events.latest("rev")["depth_slices"] == 8
+    assert worker.wait_idle(60)  # 2 new slices, fewer than every_slices (4)
+    assert events.latest("rev")["depth_slices"] == 10
+    worker.close()
+    store.close()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signame", ["SIGINT", "SIGTERM"])
+def test_a_signal_ends_the_run_with_the_volume_complete(fine_acquisition, tmp_path, signame):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from agent.publish import free_loopback_endpoint
+    from agent.store import VolumeStore
+
+    volume = tmp_path / "run.ome.zarr"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "agent.cli", "run", str(fine_acquisition), "--volume", str(volume),
+         "--planned-slices", str(10 * AGENT_SLICES), "--idle-exit-s", "600", "--endpoint", free_loopback_endpoint(),
+         "--set", "processing.calibration_slices=4", "--set", "acquisition.settle_s=0.05"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 600
+        path = volume.with_name(volume.name + ".events.jsonl")
+        while time.monotonic() < deadline and proc.poll() is None:
+            depths = [json.loads(line).get("depth_slices") for line in path.read_text().splitlines()
+                      if '"topic":"status"' in line] if path.exists() else []
+            if depths and depths[-1] == AGENT_SLICES:
+                break
+            time.sleep(0.2)
+        started = time.monotonic()
+        proc.send_signal(getattr(signal, signame))
+        proc.wait(timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    print(f"{signame}: exit {proc.returncode} {time.monotonic() - started:.1f} s after the signal, depth {AGENT_SLICES}")
+    assert proc.returncode == 0
+    events = _events(volume)
+    assert events[-1]["topic"] == "status" and events[-1]["state"] == "stopped"
+    assert max(e["depth_slices"] for e in events if e["topic"] == "rev") == AGENT_SLICES  # the verdict caught up
+    store = VolumeStore.open(volume, read_only=True)
+    assert [s["index"] for s in store.slices] == list(range(1, AGENT_SLICES + 1))
+    assert np.asarray(store.labels[:]).shape[0] == AGENT_SLICES

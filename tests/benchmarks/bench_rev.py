@@ -419,6 +419,123 @@ def end_to_end(seeds=(0, 1, 2), depth=96, width=128, r_px=3):
                   f"{proc.returncode:>4} {elapsed:>5.0f}")
 
 
+def _rendered(folder, depth, width, *, seed=0, r_px=3, spacing=(0.05, 0.02, 0.02)):
+    """`depth` slices of `width` x `width` px rendered from fine particles, written as Auto Slice & View
+    does into `folder`; returns the slice files in order."""
+    from processing.synthetic import render_acquisition, write_acquisition
+
+    gen = np.random.default_rng(seed)
+    labels = generate_microstructure((depth, width + 96, width + 96), spacing_um=spacing,
+                                     particle_radius_um=r_px * spacing[1], rng=gen)
+    acq = render_acquisition(labels, rng=gen, field_shape=(width, width))
+    return write_acquisition(acq, folder, layout="fei", pixel_size_um=spacing[1], slice_spacing_um=spacing[0])
+
+
+def _agent(folder, volume, *extra):
+    import os
+    import subprocess
+    import sys
+
+    from agent.publish import free_loopback_endpoint
+
+    return subprocess.Popen(
+        [sys.executable, "-m", "agent.cli", "run", str(folder), "--volume", str(volume),
+         "--endpoint", free_loopback_endpoint(), "--set", "processing.calibration_slices=4",
+         "--set", "acquisition.settle_s=0.05", *extra],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env={**os.environ})
+
+
+def _events(volume):
+    import json
+    from pathlib import Path
+
+    path = Path(str(volume) + ".events.jsonl")
+    if not path.exists():
+        return []
+    lines = path.read_text().splitlines()
+    out = []
+    for line in lines:
+        try:
+            out.append(json.loads(line))
+        except ValueError:  # the line being written
+            break
+    return out
+
+
+def burst(depth=1200, width=128):
+    """A burst through the real agent: `depth` slices copied into the watched folder as fast as they can
+    be written while ``revwatch run`` watches it; the lag, in slices, of the REV verdict behind the volume."""
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    print(f"\nBurst: {depth} slices of {width} x {width} px copied into the watched folder as fast as they can be "
+          f"written, revwatch run --planned-slices {depth} (default tracked set, analysis.every_slices default)")
+    with tempfile.TemporaryDirectory() as tmp:
+        staging, folder, volume = Path(tmp) / "staging", Path(tmp) / "acq", Path(tmp) / "run.ome.zarr"
+        files = _rendered(staging, depth, width)
+        shutil.copytree(staging, folder, ignore=lambda d, names: [n for n in names if n.endswith(".tif")])
+        proc = _agent(folder, volume, "--planned-slices", str(depth), "--idle-exit-s", "20")
+        time.sleep(3)
+        t0 = time.perf_counter()
+        for f in files:
+            shutil.copyfile(f, folder / f.relative_to(staging))
+        t_written = time.perf_counter() - t0
+        proc.wait(timeout=3600)
+        events = _events(volume)
+    t_start = next(e["time_unix_s"] for e in events)
+    rev_depth, rev_time, lags = 0, None, []
+    for e in events:
+        if e["topic"] == "rev":
+            rev_depth, rev_time = e["depth_slices"], e["time_unix_s"]
+        elif e["topic"] == "status" and e.get("state") == "processing":
+            lags.append((e["time_unix_s"], e["depth_slices"], e["slices_seen"], rev_depth))
+    t_last, committed, seen, verdict = lags[-1]
+    caught = next((e["time_unix_s"] for e in events if e["topic"] == "rev" and e["depth_slices"] >= committed), None)
+    revs = [e for e in events if e["topic"] == "rev"]
+    print(f"written in {t_written:.1f} s ({depth / t_written:.0f} slices/s); agent stored {committed} slices in "
+          f"{t_last - t_start:.0f} s ({committed / (t_last - t_start):.1f} slices/s); {len(revs)} rev documents; exit {proc.returncode}")
+    print(f"{'':<42} {'lag behind stored':>17} {'lag behind seen':>15}")
+    print(f"{'when the last slice was stored':<42} {committed - verdict:>17} {seen - verdict:>15}")
+    print(f"{'worst during the burst':<42} {max(c - v for _, c, _, v in lags):>17} {max(s - v for _, _, s, v in lags):>15}")
+    print(f"verdict about the last slice {caught - t_last:.1f} s after it was stored" if caught else
+          "no verdict about the last slice")
+
+
+def signals(depths=(100, 1000), width=128):
+    """Time from SIGINT / SIGTERM to exit of ``revwatch run`` once `depth` slices are stored, and
+    whether the volume is complete."""
+    import signal as _signal
+    import tempfile
+    from pathlib import Path
+
+    from agent.store import VolumeStore
+
+    print(f"\nStopping the agent: slices of {width} x {width} px all in the folder at start; the signal is sent as "
+          f"soon as the last one is stored (the analysis may be mid-update)")
+    print(f"{'depth':>5} {'signal':>7} {'s to exit':>9} {'exit':>4} {'stored':>6} {'complete':>8}")
+    for depth in depths:
+        for sig in (_signal.SIGINT, _signal.SIGTERM):
+            with tempfile.TemporaryDirectory() as tmp:
+                folder, volume = Path(tmp) / "acq", Path(tmp) / "run.ome.zarr"
+                _rendered(folder, depth, width)
+                proc = _agent(folder, volume, "--planned-slices", str(10 * depth), "--idle-exit-s", "600")
+                while proc.poll() is None:
+                    status = [e for e in _events(volume) if e["topic"] == "status"]
+                    if status and status[-1]["depth_slices"] >= depth:
+                        break
+                    time.sleep(0.2)
+                t0 = time.perf_counter()
+                proc.send_signal(sig)
+                proc.wait(timeout=600)
+                elapsed = time.perf_counter() - t0
+                store = VolumeStore.open(volume, read_only=True)
+                complete = ([s["index"] for s in store.slices] == list(range(1, depth + 1))
+                            and np.asarray(store.labels[:]).shape[0] == depth)
+                print(f"{depth:>5} {_signal.Signals(sig).name:>7} {elapsed:>9.1f} {proc.returncode:>4} {store.depth:>6} "
+                      f"{str(complete):>8}")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=30, help="seeds per stationary family")
@@ -427,7 +544,7 @@ def main():
     parser.add_argument("--dump", help="append each family's raw results (pickle) to this file")
     parser.add_argument("--no-porespy", action="store_true")
     parser.add_argument("--end-to-end", action="store_true", help="also run the agent on rendered slices")
-    parser.add_argument("--only", choices=["families", "cost", "porespy", "end-to-end", "trend-replay"])
+    parser.add_argument("--only", choices=["families", "cost", "porespy", "end-to-end", "trend-replay", "burst", "signals"])
     args = parser.parse_args()
     t0 = time.perf_counter()
     if args.only in (None, "families"):
@@ -440,6 +557,10 @@ def main():
         trend_replay(args.dump)
     if args.only == "end-to-end" or (args.only is None and args.end_to_end):
         end_to_end()
+    if args.only == "burst" or (args.only is None and args.end_to_end):
+        burst()
+    if args.only == "signals" or (args.only is None and args.end_to_end):
+        signals()
     print(f"\ntotal {time.perf_counter() - t0:.0f} s")
 
 
