@@ -462,44 +462,72 @@ def _events(volume):
     return out
 
 
+def _rss_mb(pid):
+    with open(f"/proc/{pid}/status") as f:
+        return next(int(line.split()[1]) / 1024 for line in f if line.startswith("VmRSS:"))
+
+
 def burst(depth=1200, width=128):
     """A burst through the real agent: `depth` slices copied into the watched folder as fast as they can
-    be written while ``revwatch run`` watches it; the lag, in slices, of the REV verdict behind the volume."""
+    be written while ``revwatch run`` watches it. The lag, in slices, of the REV verdict behind the volume;
+    the agent's resident memory against depth; then SIGINT once the last slice is stored: time to exit."""
     import shutil
+    import signal as _signal
     import tempfile
     from pathlib import Path
 
+    from agent.store import VolumeStore
+
     print(f"\nBurst: {depth} slices of {width} x {width} px copied into the watched folder as fast as they can be "
-          f"written, revwatch run --planned-slices {depth} (default tracked set, analysis.every_slices default)")
+          f"written, revwatch run --planned-slices {depth} (default tracked set and analysis.every_slices)")
     with tempfile.TemporaryDirectory() as tmp:
         staging, folder, volume = Path(tmp) / "staging", Path(tmp) / "acq", Path(tmp) / "run.ome.zarr"
         files = _rendered(staging, depth, width)
         shutil.copytree(staging, folder, ignore=lambda d, names: [n for n in names if n.endswith(".tif")])
-        proc = _agent(folder, volume, "--planned-slices", str(depth), "--idle-exit-s", "20")
+        proc = _agent(folder, volume, "--planned-slices", str(depth), "--idle-exit-s", "600")
         time.sleep(3)
         t0 = time.perf_counter()
         for f in files:
             shutil.copyfile(f, folder / f.relative_to(staging))
         t_written = time.perf_counter() - t0
-        proc.wait(timeout=3600)
+        rss = []  # (stored depth, MB)
+        while proc.poll() is None:
+            status = [e for e in _events(volume) if e["topic"] == "status"]
+            stored = status[-1]["depth_slices"] if status else 0
+            rss.append((stored, _rss_mb(proc.pid)))
+            if stored >= depth:
+                break
+            time.sleep(1.0)
+        t_signal = time.perf_counter()
+        proc.send_signal(_signal.SIGINT)
+        proc.wait(timeout=600)
+        t_exit = time.perf_counter() - t_signal
         events = _events(volume)
+        store = VolumeStore.open(volume, read_only=True)
+        complete = [s["index"] for s in store.slices] == list(range(1, depth + 1))
     t_start = next(e["time_unix_s"] for e in events)
-    rev_depth, rev_time, lags = 0, None, []
+    rev_depth, lags = 0, []
     for e in events:
         if e["topic"] == "rev":
-            rev_depth, rev_time = e["depth_slices"], e["time_unix_s"]
+            rev_depth = e["depth_slices"]
         elif e["topic"] == "status" and e.get("state") == "processing":
             lags.append((e["time_unix_s"], e["depth_slices"], e["slices_seen"], rev_depth))
     t_last, committed, seen, verdict = lags[-1]
     caught = next((e["time_unix_s"] for e in events if e["topic"] == "rev" and e["depth_slices"] >= committed), None)
     revs = [e for e in events if e["topic"] == "rev"]
-    print(f"written in {t_written:.1f} s ({depth / t_written:.0f} slices/s); agent stored {committed} slices in "
-          f"{t_last - t_start:.0f} s ({committed / (t_last - t_start):.1f} slices/s); {len(revs)} rev documents; exit {proc.returncode}")
-    print(f"{'':<42} {'lag behind stored':>17} {'lag behind seen':>15}")
-    print(f"{'when the last slice was stored':<42} {committed - verdict:>17} {seen - verdict:>15}")
-    print(f"{'worst during the burst':<42} {max(c - v for _, c, _, v in lags):>17} {max(s - v for _, _, s, v in lags):>15}")
+    print(f"written in {t_written:.1f} s ({depth / t_written:.0f} slices/s); the agent stored {committed} slices in "
+          f"{t_last - t_start:.0f} s ({committed / (t_last - t_start):.1f} slices/s); {len(revs)} rev documents")
+    print(f"{'lag of the verdict, slices':<42} {'behind stored':>13} {'behind seen':>11}")
+    print(f"{'  when the last slice was stored':<42} {committed - verdict:>13} {seen - verdict:>11}")
+    print(f"{'  worst during the burst':<42} {max(c - v for _, c, _, v in lags):>13} {max(s - v for _, _, s, v in lags):>11}")
+    print(f"  median during the burst                  {np.median([c - v for _, c, _, v in lags]):>13.0f} "
+          f"{np.median([s - v for _, _, s, v in lags]):>11.0f}")
     print(f"verdict about the last slice {caught - t_last:.1f} s after it was stored" if caught else
-          "no verdict about the last slice")
+          "no verdict about the last slice before the signal")
+    near = {d: min(rss, key=lambda r: abs(r[0] - d)) for d in (100, depth)}
+    print(f"agent resident memory: {near[100][1]:.0f} MB at depth {near[100][0]}, {near[depth][1]:.0f} MB at depth "
+          f"{near[depth][0]} (ratio {near[depth][1] / near[100][1]:.2f}), peak sampled {max(r[1] for r in rss):.0f} MB")
+    print(f"SIGINT at depth {committed}: exit {proc.returncode} after {t_exit:.1f} s, volume complete: {complete}")
 
 
 def signals(depths=(100, 1000), width=128):
