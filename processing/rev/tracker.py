@@ -477,8 +477,9 @@ class RevTracker:
         representative = not reasons
         needed = [e["slices_needed"] for e in entries.values()]
         slices_needed = 0 if representative else None if None in needed else max(needed)
-        ranges = [e["slices_needed_range"] for e in entries.values()]
-        needed_range = ([0, 0] if representative else None if None in ranges
+        # A metric too short for a variance has no range yet: its floor counts as a point.
+        ranges = [e["slices_needed_range"] or [e["slices_needed"]] * 2 for e in entries.values()]
+        needed_range = ([0, 0] if representative else None if slices_needed is None
                         else [max(r[0] for r in ranges), max(r[1] for r in ranges)])
         self._document = {
             "representative": representative,

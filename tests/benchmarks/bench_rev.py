@@ -57,7 +57,8 @@ DEFINITIONS = f"""Definitions
   saved          share of H not acquired: 1 - median stop / H.
   prediction     slices still needed, predicted at the update nearest 25/50/75 % of the stop depth, against the
                  actual remainder (stop - depth): |predicted - actual| / actual; 'within range': the actual
-                 remainder lies in the stated slices_needed_range (long-run variance at its 10 and 90 % quantiles)."""
+                 remainder lies in the stated slices_needed_range (long-run variance and future slope at their 10 and 90 %
+                 quantiles)."""
 
 
 def families(seeds, graded_seeds):
@@ -212,7 +213,7 @@ def run_families(seeds, graded_seeds, dump=None):
         if pairs:
             errs, inside = (np.array(c, float) for c in zip(*pairs))
             print(f"  prediction at {p:.0%} of the stop: median |error| {np.median(np.abs(errs)):.0%} of the slices still "
-                  f"needed, median signed {np.median(errs):+.0%}, actual within the stated 80 % range in "
+                  f"needed, median signed {np.median(errs):+.0%}, actual within the stated range in "
                   f"{inside.mean():.0%} ({len(errs)} seeds; target <= 25 %)")
     allerr = np.abs([e for pairs in summary["pred"].values() for e, _ in pairs])
     if allerr.size:
