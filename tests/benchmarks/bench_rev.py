@@ -423,12 +423,14 @@ def end_to_end(seeds=(0, 1, 2), depth=96, width=128, r_px=3):
 def _rendered(folder, depth, width, *, seed=0, r_px=3, spacing=(0.05, 0.02, 0.02)):
     """`depth` slices of `width` x `width` px rendered from fine particles, written as Auto Slice & View
     does into `folder`; returns the slice files in order."""
-    from processing.synthetic import render_acquisition, write_acquisition
+    from processing.synthetic import render_acquisition, simulate_drift, write_acquisition
 
     gen = np.random.default_rng(seed)
     labels = generate_microstructure((depth, width + 96, width + 96), spacing_um=spacing,
                                      particle_radius_um=r_px * spacing[1], rng=gen)
-    acq = render_acquisition(labels, rng=gen, field_shape=(width, width))
+    drift = simulate_drift(depth, rng=gen)  # the default drift, its walk shrunk to fit a margin of 40 px
+    drift *= min(1.0, 40.0 / max(np.abs(drift).max(), 1e-9))
+    acq = render_acquisition(labels, rng=gen, field_shape=(width, width), drift_px=drift)
     return write_acquisition(acq, folder, layout="fei", pixel_size_um=spacing[1], slice_spacing_um=spacing[0])
 
 
