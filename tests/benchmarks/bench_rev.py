@@ -435,17 +435,20 @@ def _rendered(folder, depth, width, *, seed=0, r_px=3, spacing=(0.05, 0.02, 0.02
 
 
 def _agent(folder, volume, *extra):
+    """``revwatch run`` on `folder` in the background, its log beside the volume (a pipe nobody reads
+    would fill and block the agent)."""
     import os
     import subprocess
     import sys
 
     from agent.publish import free_loopback_endpoint
 
-    return subprocess.Popen(
-        [sys.executable, "-m", "agent.cli", "run", str(folder), "--volume", str(volume),
-         "--endpoint", free_loopback_endpoint(), "--set", "processing.calibration_slices=4",
-         "--set", "acquisition.settle_s=0.05", *extra],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env={**os.environ})
+    with open(str(volume) + ".log", "w") as log:
+        return subprocess.Popen(
+            [sys.executable, "-m", "agent.cli", "run", str(folder), "--volume", str(volume),
+             "--endpoint", free_loopback_endpoint(), "--set", "processing.calibration_slices=4",
+             "--set", "acquisition.settle_s=0.05", *extra],
+            stdout=log, stderr=subprocess.STDOUT, env={**os.environ})
 
 
 def _events(volume):
