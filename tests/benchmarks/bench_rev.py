@@ -568,7 +568,7 @@ def burst(depth=1200, width=128):
     print(f"SIGINT at depth {committed}: exit {proc.returncode} after {t_exit:.1f} s, volume complete: {complete}")
 
 
-def signals(depths=(100, 1000), width=128):
+def signals(depths=(100, 1000), width=128, names=("SIGINT", "SIGTERM")):
     """Time from SIGINT / SIGTERM to exit of ``revwatch run`` once `depth` slices are stored, and
     whether the volume is complete."""
     import signal as _signal
@@ -581,7 +581,7 @@ def signals(depths=(100, 1000), width=128):
           f"soon as the last one is stored (the analysis may be mid-update)")
     print(f"{'depth':>5} {'signal':>7} {'s to exit':>9} {'exit':>4} {'stored':>6} {'complete':>8}")
     for depth in depths:
-        for sig in (_signal.SIGINT, _signal.SIGTERM):
+        for sig in (getattr(_signal, name) for name in names):
             with tempfile.TemporaryDirectory() as tmp:
                 folder, volume = Path(tmp) / "acq", Path(tmp) / "run.ome.zarr"
                 _rendered(folder, depth, width)
