@@ -373,10 +373,10 @@ def test_predicted_slices_match_the_stop():
             if tracker.stop is not None:
                 break
         stop = tracker.stop["depth_slices"]
-        for share in errors:
+        for share, errs in errors.items():
             at = 4 * round(stop * share / 4)
             needed, (low, high) = predicted[at]
-            errors[share].append(abs(needed - (stop - at)) / (stop - at))
+            errs.append(abs(needed - (stop - at)) / (stop - at))
             inside.append(low <= stop - at <= high)
     assert all(np.median(e) <= 0.25 for e in errors.values())
     assert np.mean(inside) >= 0.75
