@@ -49,6 +49,14 @@ stop 10 % (-6 %), at 50 % 8 % (-0 %), at 75 % 12 % (+0 %) (target <= 25 %). The 
 stored volume when the last slice was stored (worst 9, median 3; one update is 4 slices) and about the
 last slice 1.5 s after it was stored; the agent's resident memory 386 MB at depth 101, 489 MB at depth
 1200 (ratio 1.27); SIGINT at depth 1200: exit 0 after 2.0 s, the volume complete (1200 slices, in order).
+
+``--only signals`` (128 x 128 px, signal as soon as the last slice is stored), seconds from signal to
+exit (exit 0, volume complete in every case): depth 100: SIGINT 4.1, SIGTERM 3.3; depth 1000: SIGTERM
+3.6 (SIGINT at 1200: 2.0 above). Before the fix in ``AnalysisWorker.wait_idle`` an interrupted run whose
+last update was fewer than ``analysis.every_slices`` slices behind never exited.
+
+``--only porespy``: the same 112 cubes through ``porespy.metrics.rev_porosity`` agree exactly (max
+difference of the relative std 0.0); revwatch 11.8x faster on them.
 """
 
 from __future__ import annotations
