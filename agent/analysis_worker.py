@@ -107,6 +107,7 @@ class AnalysisWorker:
         self._wanted_time: float | None = None  # when the last notified depth was committed (slice cadence)
         self._done = 0
         self._final = False
+        self._draining = False  # someone waits for every notified depth: the remainder is due
         self._busy = False
         self._closing = False
         self._thread = threading.Thread(target=self._run, name="revwatch analysis", daemon=True)
@@ -153,11 +154,17 @@ class AnalysisWorker:
             self._cond.notify_all()
 
     def wait_idle(self, timeout_s: float | None = None) -> bool:
-        """Wait until every notified depth has been analysed; False on timeout."""
+        """Wait until every notified depth has been analysed (the last few slices too, fewer than
+        ``analysis.every_slices``); False on timeout."""
         with self._cond:
-            return self._cond.wait_for(
-                lambda: not self._busy and self._done >= self._wanted and not self._final, timeout_s
-            )
+            self._draining = True
+            self._cond.notify_all()
+            try:
+                return self._cond.wait_for(
+                    lambda: not self._busy and self._done >= self._wanted and not self._final, timeout_s
+                )
+            finally:
+                self._draining = False
 
     @property
     def pictures(self) -> dict[str, str]:
@@ -177,7 +184,8 @@ class AnalysisWorker:
     def _due(self) -> bool:
         if self._analysis is None or self._wanted <= self._done:
             return self._final and self._analysis is not None and self._wanted > 0
-        return self._final or self._wanted - self._done >= self.config.analysis.every_slices or self._done == 0
+        return (self._final or self._draining or self._wanted - self._done >= self.config.analysis.every_slices
+                or self._done == 0)
 
     def _run(self) -> None:
         while True:

@@ -222,6 +222,9 @@ def verdict(state: MonitorState) -> tuple[str, str, str]:
                       if not m.get("converged") and m.get("slices_needed") is not None]
         needed = max(per_metric, default=None)
     detail = f"about {needed:,} more slices needed" if needed else "REV not reached yet"
+    span = rev.get("slices_needed_range")
+    if needed and span and span[0] != span[1]:
+        detail += f" (range {span[0]:,}-{span[1]:,})"
     seconds = rev.get("seconds_needed")
     if needed and seconds is not None:
         detail += f" (~{_duration(seconds)} at the current slice rate)"

@@ -477,6 +477,10 @@ class RevTracker:
         representative = not reasons
         needed = [e["slices_needed"] for e in entries.values()]
         slices_needed = 0 if representative else None if None in needed else max(needed)
+        # A metric too short for a variance has no range yet: its floor counts as a point.
+        ranges = [e["slices_needed_range"] or [e["slices_needed"]] * 2 for e in entries.values()]
+        needed_range = ([0, 0] if representative else None if slices_needed is None
+                        else [max(r[0] for r in ranges), max(r[1] for r in ranges)])
         self._document = {
             "representative": representative,
             "depth_slices": self.depth,
@@ -492,6 +496,7 @@ class RevTracker:
             "feature_size_um": self.feature_size_um,
             "correlation_length_z_um": ell_um,
             "slices_needed": slices_needed,
+            "slices_needed_range": needed_range,
             "slices_per_s": rate,
             "seconds_needed": None if slices_needed is None or rate is None else slices_needed / rate,
             "tolerance": self.tolerance,
@@ -516,21 +521,26 @@ class RevTracker:
         batch = max(1, math.ceil(batch_slices / unit))
         floor = max(self.min_blocks * batch * unit, floor_user)
         entry = {"value": value, "relative_error": None, "converged": False, "rev_edge_um": self._rev_edge(st, tol),
-                 "slices_needed": None, "seconds_needed": None, "tolerance": tol, "not_stationary": False,
-                 "alpha": None, "trend_relative_drift": None, "drift_to_horizon": None, "unit_slices": unit,
+                 "slices_needed": None, "slices_needed_range": None, "seconds_needed": None, "tolerance": tol,
+                 "not_stationary": False, "alpha": None, "trend_relative_drift": None, "drift_to_horizon": None, "unit_slices": unit,
                  "batch_slices": batch * unit, "min_depth_slices": floor, "reason": None}
         rel = math.inf
         if not ok.any() and v.size >= self.min_blocks * batch:
             # Measured on enough units and never defined (a phase that does not percolate through
             # any block has no tortuosity): nothing to converge, and nothing to wait for.
             st.history.append([self.depth, value, math.nan])
-            entry.update(undefined=True, slices_needed=0)
+            entry.update(undefined=True, slices_needed=0, slices_needed_range=[0, 0])
             failure = None
         elif ok.sum() < self.min_blocks * batch:
             st.history.append([self.depth, value, math.nan])
             failure = (f"{name}: {int(ok.sum()) * unit} slices measured, the variance needs {floor} "
                        f"({self.min_blocks} batches of {batch * unit} slices)")
             entry["slices_needed"] = max(0, floor - self.depth)
+            if ok.sum() >= max(2 * batch, 3):
+                # A provisional variance from the batches so far predicts past the floor (its
+                # degrees of freedom are few: the range says how few).
+                hb = horizon_bound(v, weights=w, horizon_units=horizon / unit, batch=batch, confidence=self.confidence)
+                self._predict(entry, hb, tol, unit, floor)
         else:
             hb = horizon_bound(v, weights=w, horizon_units=horizon / unit, batch=batch, confidence=self.confidence)
             mean = value if math.isfinite(value) else hb.mean
@@ -550,10 +560,7 @@ class RevTracker:
             if entry["not_stationary"]:
                 failure = trend.reason
             elif not rel <= tol:
-                # the bound must then hold over `hold_updates` updates of the recent size
-                hold = (self.hold_updates - 1) * int(np.median(self._steps)) if self._steps else 0
-                needed = hb.predicted_units(tol) * unit + hold
-                entry["slices_needed"] = max(needed, floor - self.depth, 0)
+                self._predict(entry, hb, tol, unit, floor)
                 failure = (f"{name}: the value at the horizon ({horizon} slices) may differ by "
                            f"{rel:.1%} > {tol:.0%} (fitted drift {entry['drift_to_horizon'] or 0:+.1%}), "
                            f"about {entry['slices_needed']} more slices")
@@ -562,9 +569,11 @@ class RevTracker:
             elif self.depth < floor:
                 failure = f"{name}: below the floor of {floor} slices"
                 entry["slices_needed"] = floor - self.depth
+                entry["slices_needed_range"] = [floor - self.depth] * 2
             else:
                 failure = None
                 entry["slices_needed"] = 0
+                entry["slices_needed_range"] = [0, 0]
         if failure is None:
             if st.streak_start is None:
                 st.streak_start, st.streak_updates = self.depth, 0
@@ -581,6 +590,16 @@ class RevTracker:
             entry[key] = _json(entry[key])
         st.entry = entry
         return entry
+
+    def _predict(self, entry, hb, tol, unit, floor):
+        """Slices still needed (``slices_needed``) and their range (``slices_needed_range``: the
+        long-run variance and the future slope at their 10 and 90 % quantiles); the bound must
+        then hold over `hold_updates` updates of the recent size."""
+        hold = (self.hold_updates - 1) * int(np.median(self._steps)) if self._steps else 0
+        low, mid, high = (max(hb.predicted_units(tol, quantile=q) * unit + hold, floor - self.depth, 0)
+                          for q in (0.1, None, 0.9))
+        entry["slices_needed"] = mid
+        entry["slices_needed_range"] = [min(low, mid), max(high, mid)]
 
     def _alpha(self, st, v, w, batch, unit):
         """Kanit exponent of the variance of batch means over 1, 2, 4... batches (reported, not decided on)."""

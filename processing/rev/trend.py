@@ -237,6 +237,10 @@ class HorizonBound:
         Degrees of freedom of ``S^2``.
     units, horizon_units : int
         ``n`` and ``N``.
+    batch : int
+        Units per batch of ``S^2`` (its degrees of freedom grow as ``1.5 (n / batch - 1)``).
+    confidence : float
+        Two-sided confidence of ``z``.
     """
 
     mean: float
@@ -248,6 +252,8 @@ class HorizonBound:
     dof: float
     units: int
     horizon_units: float
+    batch: int = 1
+    confidence: float = 0.95
 
     @property
     def relative_bound(self) -> float:
@@ -256,29 +262,50 @@ class HorizonBound:
             return 0.0
         return self.bound / abs(self.mean) if self.mean != 0 else math.inf
 
-    def predicted_units(self, tolerance: float) -> int:
+    def predicted_units(self, tolerance: float, *, quantile: float | None = None) -> int:
         """Units still needed, if the metric stays stationary, before the bound is within `tolerance`.
 
-        The future fitted slope is taken at its median size under no trend (0.67 standard
-        errors), the long-run variance and ``z`` as now. 0 when already within.
+        The bound at a future depth ``n`` is computed as the rule will compute it then: the
+        long-run variance as now (its per-unit scaling makes the variance of the mean fall as
+        ``1 / n``, that of the extrapolated slope as ``1 / n^3``), the future fitted slope at its
+        median size under no trend (0.67 standard errors) and ``z`` at the degrees of freedom
+        ``S^2`` will have by then. 0 when already within.
+
+        Parameters
+        ----------
+        tolerance : float
+            Relative tolerance.
+        quantile : float, optional
+            Take the long-run variance and the size of the future slope at this quantile of
+            their sampling distributions (scaled chi-square with ``dof`` degrees of freedom,
+            and ``|N(0, 1)|`` standard errors) instead of the estimate and the median: 0.1 and
+            0.9 bracket the prediction (measured coverage in ``tests/benchmarks/bench_rev.py``).
         """
         target = tolerance * abs(self.mean)
-        if self.relative_bound <= tolerance:
+        if self.relative_bound <= tolerance and quantile is None:
             return 0
-        if target == 0 or not math.isfinite(self.long_run_variance):
+        s2, slope_size = self.long_run_variance, _MEDIAN_ABS_NORMAL
+        if quantile is not None:
+            if not 0 < quantile < 1:
+                raise ValueError(f"quantile must be in (0, 1), got {quantile!r}")
+            s2 *= self.dof / stats.chi2.ppf(1 - quantile, max(self.dof, 1.0))
+            slope_size = float(stats.norm.ppf(0.5 + quantile / 2))
+        if target == 0 or not math.isfinite(s2):
             return int(math.ceil(self.horizon_units - self.units))
 
         def bound(n):
-            trend_se, sample_se = _stderrs(self.long_run_variance, n, self.horizon_units)
-            return _MEDIAN_ABS_NORMAL * trend_se + self.z * math.hypot(trend_se, sample_se)
+            trend_se, sample_se = _stderrs(s2, n, self.horizon_units)
+            dof = max(1.5 * (n / self.batch - 1), self.dof, 1.0)
+            z = float(stats.t.ppf(0.5 + self.confidence / 2, dof))
+            return slope_size * trend_se + z * math.hypot(trend_se, sample_se)
 
-        lo, hi = float(self.units), float(self.horizon_units)
+        lo, hi = self.units, math.ceil(self.horizon_units)  # bound(hi) = 0; bisect on whole units
         if bound(lo) <= target:
             return 0
-        for _ in range(60):
-            mid = 0.5 * (lo + hi)
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
             lo, hi = (lo, mid) if bound(mid) <= target else (mid, hi)
-        return int(math.ceil(hi - self.units))
+        return hi - self.units
 
 
 def _stderrs(s2, n, horizon):
@@ -333,7 +360,8 @@ def horizon_bound(values, *, weights=None, horizon_units: float, batch: int, con
     stderr = math.hypot(trend_se, sample_se)
     z = float(stats.t.ppf(0.5 + confidence / 2, max(dof, 1.0)))
     return HorizonBound(mean=mean, drift=drift, stderr=stderr, z=z, bound=abs(drift) + z * stderr,
-                        long_run_variance=s2, dof=dof, units=n, horizon_units=horizon)
+                        long_run_variance=s2, dof=dof, units=n, horizon_units=horizon, batch=int(batch),
+                        confidence=float(confidence))
 
 
 def _linearised(values, weights):
