@@ -18,6 +18,7 @@ Run (2 shared cores: the full run takes tens of minutes; parallelism none)::
     PYTHONPATH=. python tests/benchmarks/bench_rev.py --seeds 4 --graded-seeds 2 --no-cost   # quick look
     PYTHONPATH=. python tests/benchmarks/bench_rev.py --only end-to-end
     PYTHONPATH=. python tests/benchmarks/bench_rev.py --only burst      # 1200 slices through revwatch run
+    PYTHONPATH=. python tests/benchmarks/bench_rev.py --only burst --burst 1000 1024 --burst-period 64   # memory at 1024^2
     PYTHONPATH=. python tests/benchmarks/bench_rev.py --only signals    # SIGINT / SIGTERM to exit at depth 100, 1000
 
 Results (2026-11-30, 2 cores shared with 3 other jobs, load average 6-10; nice -n 10, OMP_NUM_THREADS=1)
@@ -462,17 +463,26 @@ def end_to_end(seeds=(0, 1, 2), depth=96, width=128, r_px=3):
                   f"{proc.returncode:>4} {elapsed:>5.0f}")
 
 
-def _rendered(folder, depth, width, *, seed=0, r_px=3, spacing=(0.05, 0.02, 0.02)):
+def _rendered(folder, depth, width, *, seed=0, r_px=3, spacing=(0.05, 0.02, 0.02), period=None):
     """`depth` slices of `width` x `width` px rendered from fine particles, written as Auto Slice & View
-    does into `folder`; returns the slice files in order."""
+    does into `folder`; returns the slice files in order. With `period`, only that many slices are
+    rendered, without drift, and repeated (large slices for a memory measurement, whose structure
+    does not matter)."""
+    import dataclasses
+
     from processing.synthetic import render_acquisition, simulate_drift, write_acquisition
 
     gen = np.random.default_rng(seed)
-    labels = generate_microstructure((depth, width + 96, width + 96), spacing_um=spacing,
+    n = depth if period is None else min(period, depth)
+    labels = generate_microstructure((n, width + 96, width + 96), spacing_um=spacing,
                                      particle_radius_um=r_px * spacing[1], rng=gen)
-    drift = simulate_drift(depth, rng=gen)  # the default drift, its walk shrunk to fit a margin of 40 px
-    drift *= min(1.0, 40.0 / max(np.abs(drift).max(), 1e-9))
+    drift = simulate_drift(n, rng=gen)  # the default drift, its walk shrunk to fit a margin of 40 px
+    drift *= 0.0 if period is not None else min(1.0, 40.0 / max(np.abs(drift).max(), 1e-9))
     acq = render_acquisition(labels, rng=gen, field_shape=(width, width), drift_px=drift)
+    if n < depth:
+        cycle = np.arange(depth) % n
+        acq = dataclasses.replace(acq, slices=acq.slices[cycle], drift_px=acq.drift_px[cycle],
+                                  labels=acq.labels[cycle], gain=acq.gain[cycle], offset=acq.offset[cycle])
     return write_acquisition(acq, folder, layout="fei", pixel_size_um=spacing[1], slice_spacing_um=spacing[0])
 
 
@@ -515,7 +525,7 @@ def _rss_mb(pid):
         return next(int(line.split()[1]) / 1024 for line in f if line.startswith("VmRSS:"))
 
 
-def burst(depth=1200, width=128):
+def burst(depth=1200, width=128, period=None):
     """A burst through the real agent: `depth` slices copied into the watched folder as fast as they can
     be written while ``revwatch run`` watches it. The lag, in slices, of the REV verdict behind the volume;
     the agent's resident memory against depth; then SIGINT once the last slice is stored: time to exit."""
@@ -530,7 +540,7 @@ def burst(depth=1200, width=128):
           f"written, revwatch run --planned-slices {depth} (default tracked set and analysis.every_slices)")
     with tempfile.TemporaryDirectory() as tmp:
         staging, folder, volume = Path(tmp) / "staging", Path(tmp) / "acq", Path(tmp) / "run.ome.zarr"
-        files = _rendered(staging, depth, width)
+        files = _rendered(staging, depth, width, period=period, r_px=3 if period is None else 8)
         shutil.copytree(staging, folder, ignore=lambda d, names: [n for n in names if n.endswith(".tif")])
         proc = _agent(folder, volume, "--planned-slices", str(depth), "--idle-exit-s", "600")
         time.sleep(3)
@@ -575,6 +585,9 @@ def burst(depth=1200, width=128):
     near = {d: min(rss, key=lambda r: abs(r[0] - d)) for d in (100, depth)}
     print(f"agent resident memory: {near[100][1]:.0f} MB at depth {near[100][0]}, {near[depth][1]:.0f} MB at depth "
           f"{near[depth][0]} (ratio {near[depth][1] / near[100][1]:.2f}), peak sampled {max(r[1] for r in rss):.0f} MB")
+    early = max((r[1] for r in rss if r[0] <= 100), default=float("nan"))
+    print(f"agent peak resident memory (sampled every second): {early:.0f} MB up to depth 100, "
+          f"{max(r[1] for r in rss):.0f} MB up to depth {committed} (ratio {max(r[1] for r in rss) / early:.2f})")
     print(f"SIGINT at depth {committed}: exit {proc.returncode} after {t_exit:.1f} s, volume complete: {complete}")
 
 
@@ -621,6 +634,10 @@ def main():
     parser.add_argument("--no-porespy", action="store_true")
     parser.add_argument("--end-to-end", action="store_true", help="also run the agent on rendered slices")
     parser.add_argument("--only", choices=["families", "cost", "porespy", "end-to-end", "trend-replay", "burst", "signals"])
+    parser.add_argument("--burst", type=int, nargs=2, metavar=("DEPTH", "WIDTH"), default=(1200, 128),
+                        help="slices and their width for the burst (default 1200 128)")
+    parser.add_argument("--burst-period", type=int, metavar="N",
+                        help="render only N slices, without drift, and repeat them (large slices, for memory)")
     args = parser.parse_args()
     t0 = time.perf_counter()
     if args.only in (None, "families"):
@@ -634,7 +651,7 @@ def main():
     if args.only == "end-to-end" or (args.only is None and args.end_to_end):
         end_to_end()
     if args.only == "burst" or (args.only is None and args.end_to_end):
-        burst()
+        burst(*args.burst, period=args.burst_period)
     if args.only == "signals" or (args.only is None and args.end_to_end):
         signals()
     print(f"\ntotal {time.perf_counter() - t0:.0f} s")
