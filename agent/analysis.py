@@ -17,7 +17,8 @@ an update is proportional to the number of new slices, whatever the depth.
 Expensive metrics - local thickness, geometric tortuosity, connected / interconnected
 shares, inner porosity - are computed on consecutive, disjoint z-windows of
 ``window_slices`` slices (default: ``expensive_every_slices``), one window per
-``expensive_every_slices`` new slices, each a chunk of
+``expensive_every_slices`` new slices (at most ``windows_per_update`` per update: a
+backlog after a burst is worked off over the next updates), each a chunk of
 :func:`processing.metrics.chunk_partial` (one Dask task), added in order into a
 :class:`processing.metrics.PartialsMerger`. Each window costs the same, so the cost stays
 bounded as the volume grows, and memory is one window (plus two boundary slices per
@@ -242,11 +243,15 @@ class VolumeAnalysis:
     expensive_from_slice : int
         First slice of the first expensive-metric window (e.g. when resuming a long run,
         to leave the slices already analysed to the cheap metrics only).
+    windows_per_update : int
+        Expensive-metric windows computed at most per update (``full=True`` computes them all):
+        after a burst the backlog is worked off over the next updates, so that an update's
+        memory and time stay those of a few windows, not of the backlog.
     """
 
     def __init__(self, labels, *, spacing_um, phases=Phases(), transport_axis=1, cc_face=0, network=None,
                  scheduler=None, expensive_every_slices=32, window_slices=None, halo_slices=8,
-                 max_window_voxels=64_000_000, slab_slices=16, expensive_from_slice=0):
+                 max_window_voxels=64_000_000, slab_slices=16, expensive_from_slice=0, windows_per_update=2):
         if getattr(labels, "ndim", None) != 3:
             raise ValueError(f"labels must be a (Z, Y, X) array, got {type(labels).__name__} "
                              f"with shape {getattr(labels, 'shape', None)}")
@@ -279,6 +284,9 @@ class VolumeAnalysis:
                 or expensive_from_slice < 0:
             raise ValueError(f"expensive_from_slice must be an integer >= 0, got {expensive_from_slice!r}")
         self.origin = expensive_from_slice
+        if isinstance(windows_per_update, bool) or not isinstance(windows_per_update, int) or windows_per_update < 1:
+            raise ValueError(f"windows_per_update must be an integer >= 1, got {windows_per_update!r}")
+        self.windows_per_update = windows_per_update
         self._labels = labels
         self._n_values = n_label_values(phases)
         self._counts: SlabCounts | None = None
@@ -356,6 +364,8 @@ class VolumeAnalysis:
         tasks = self._count_tasks(self._counted, depth)
         # Windows whose halo after them is acquired are final; they are computed once.
         ready = max(0, (depth - self.origin - self.halo) // self.window)
+        if not full:
+            ready = min(ready, self._windows_done + self.windows_per_update)
         new_windows = list(range(self._windows_done, ready))
         window_tasks = [self._window_task(k, depth, last=False) for k in new_windows]
         want_tail = (full or ready == 0) and self.origin + ready * self.window < depth

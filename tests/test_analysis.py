@@ -69,7 +69,7 @@ def test_incremental_cheap_metrics_equal_full_recount(zarr_volume):
 def test_update_reads_only_new_slices_for_the_cheap_metrics():
     labels = composite((80, 32, 32), 1)
     source = ReadLog(labels)
-    va = VolumeAnalysis(source, spacing_um=SPACING, expensive_every_slices=16, halo_slices=1)
+    va = VolumeAnalysis(source, spacing_um=SPACING, expensive_every_slices=16, halo_slices=1, windows_per_update=3)
     va.update(50)  # windows [0, 48) done
     source.reads.clear()
     va.update(66)
@@ -79,6 +79,22 @@ def test_update_reads_only_new_slices_for_the_cheap_metrics():
     for start, stop in source.reads:
         read_slices.update(range(start, stop))
     assert read_slices == set(range(47, 66))
+
+
+def test_a_backlog_of_windows_is_worked_off_a_few_per_update():
+    labels = composite((80, 32, 32), 1)
+    source = ReadLog(labels)
+    va = VolumeAnalysis(source, spacing_um=SPACING, expensive_every_slices=16, halo_slices=1, windows_per_update=2)
+    doc = va.update(80)  # a burst: 4 windows are final, 2 are computed now
+    assert doc["expensive_windows"] == 2 and doc["expensive_depth_slices"] == 32
+    assert max(stop for start, stop in source.reads) == 80  # the counts are exact for the whole depth
+    slabs = {(max(z - 1, 0), z + 16) for z in range(0, 80, 16)}
+    assert {r for r in source.reads if r not in slabs} == {(0, 17), (15, 33)}  # two windows and their halo
+    assert va.update(80)["expensive_windows"] == 4
+    full = va.update(80, full=True)
+    assert full["expensive_depth_slices"] == 80
+    whole = VolumeAnalysis(labels, spacing_um=SPACING, expensive_every_slices=16, halo_slices=1, windows_per_update=10)
+    assert full["tortuosity_geometric"] == whole.update(80, full=True)["tortuosity_geometric"]
 
 
 def test_windowed_expensive_metrics_close_to_whole_volume():

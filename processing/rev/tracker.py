@@ -39,6 +39,9 @@ __all__ = ["RevTracker"]
 
 logger = logging.getLogger(__name__)
 
+# A block-measured metric defined on fewer of its units than this share (with enough units) is
+# undefined at the block scale: it does not hold the verdict back.
+_MIN_DEFINED_SHARE = 0.5
 _CUBES_KEPT = 32  # values kept per cube edge for the subvolume curve (the most recent)
 _LOOK_RATIO = 1.25  # trend looks on a geometric grid of depths
 
@@ -525,11 +528,15 @@ class RevTracker:
                  "not_stationary": False, "alpha": None, "trend_relative_drift": None, "drift_to_horizon": None, "unit_slices": unit,
                  "batch_slices": batch * unit, "min_depth_slices": floor, "reason": None}
         rel = math.inf
-        if not ok.any() and v.size >= self.min_blocks * batch:
-            # Measured on enough units and never defined (a phase that does not percolate through
-            # any block has no tortuosity): nothing to converge, and nothing to wait for.
+        if v.size >= self.min_blocks * batch and ok.sum() < _MIN_DEFINED_SHARE * v.size:
+            # Measured on enough units and defined on few of them (a phase that seldom percolates
+            # through a block has no tortuosity there): no block-scale REV to converge, and
+            # nothing to wait for. Whether a block or two were defined depends on where the block
+            # boundaries fall, so the verdict must not.
             st.history.append([self.depth, value, math.nan])
-            entry.update(undefined=True, slices_needed=0, slices_needed_range=[0, 0])
+            entry.update(undefined=True, slices_needed=0, slices_needed_range=[0, 0],
+                         reason=f"{name}: defined on {int(ok.sum())} of {v.size} blocks of {unit} slices: "
+                                "no block-scale REV, not used for the verdict")
             failure = None
         elif ok.sum() < self.min_blocks * batch:
             st.history.append([self.depth, value, math.nan])
