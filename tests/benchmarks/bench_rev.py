@@ -53,6 +53,12 @@ stored volume when the last slice was stored (worst 9, median 3; one update is 4
 last slice 1.5 s after it was stored; the agent's resident memory 386 MB at depth 101, 489 MB at depth
 1200 (ratio 1.27); SIGINT at depth 1200: exit 0 after 2.0 s, the volume complete (1200 slices, in order).
 
+``--only burst --burst 1000 1024 --burst-period 64`` (1000 slices of 1024 x 1024 px, 64 rendered and
+repeated; load 8-10): NOT MET. Before ``VolumeAnalysis(windows_per_update=2)``: peak resident memory
+1097 MB up to depth 100, 5196 MB up to 1000 (ratio 4.74), verdict 235 slices behind at the end,
+SIGINT exit after 145 s. After: 1099 / 3596 MB (ratio 3.27), 208 slices behind, exit after 86 s; the
+agent stored 1.0 slice/s.
+
 ``--only signals`` (128 x 128 px, signal as soon as the last slice is stored), seconds from signal to
 exit (exit 0, volume complete in every case): depth 100: SIGINT 4.1, SIGTERM 3.3; depth 1000: SIGTERM
 3.6 (SIGINT at 1200: 2.0 above). Before the fix in ``AnalysisWorker.wait_idle`` an interrupted run whose
