@@ -71,8 +71,11 @@ def best_offset(labels, truth, n_phases):
     m = MAX_OFFSET
     offsets = [(oy, ox) for oy in range(-m, m + 1) for ox in range(-m, m + 1)]
     oy, ox = max(offsets, key=lambda o: corr[o[0] % h, o[1] % w])
-    near = [(oy + a, ox + b) for a in (-1, 0, 1) for b in (-1, 0, 1)]
-    return max(near, key=lambda o: _overlay(labels, truth, o)[0] / max(_overlay(labels, truth, o)[1], 1))
+    def agreement(offset):
+        correct, compared, _, _ = _overlay(labels, truth, offset)
+        return correct / max(compared, 1)
+
+    return max(((oy + a, ox + b) for a in (-1, 0, 1) for b in (-1, 0, 1)), key=agreement)
 
 
 def _overlay(labels, truth, offset):
