@@ -275,6 +275,23 @@ def test_blocks_scale_with_the_feature_size():
     assert units[1] >= 2.5 * units[0]
 
 
+def test_blocks_do_not_depend_on_the_update_schedule():
+    # The agent's first update may hold one slice, a replay's four: the same slices must give the
+    # same blocks, hence the same block values and verdict.
+    synthetic = pytest.importorskip("processing.synthetic")
+    spacing = (0.05, 0.05, 0.05)
+    labels = synthetic.generate_microstructure((96, 64, 64), spacing_um=spacing, particle_radius_um=0.2, rng=3)
+    name = "tortuosity_geometric.electrolyte.y+"
+    docs = []
+    for depths in ([1, 2, 3, *range(7, 97, 5)], list(range(4, 97, 4)), [96]):
+        tracker = RevTracker(spacing_um=spacing, metrics=default_tracked(), planned_depth_slices=500, rng=0)
+        for depth in depths:
+            doc = tracker.update(labels[:depth])
+        docs.append((tracker.feature_size_um, doc["metrics"][name]["unit_slices"], doc["metrics"][name]["value"]))
+    assert docs[0][0] is not None
+    assert docs[0] == docs[1] == docs[2]
+
+
 # --------------------------------------------------------------------------- streaming tracker
 
 

@@ -14,7 +14,9 @@ Only the new slices are read at each update (plus the last one before them, and 
 number of cubes for the subvolume curve): the cost of an update does not grow with depth.
 The one floor on the depth comes from the microstructure: the long-run variance needs
 `min_blocks` batches, each `batch_lengths` correlation lengths along z thick (the largest
-mean chord of the phases along z, measured on the slices read).
+mean chord of the phases along z, measured on the slices read). Blocks are a few feature sizes
+thick (the largest mean in-plane chord, measured on the first 8 slices whatever the update
+schedule, so that the verdict does not depend on when the updates came).
 """
 
 from __future__ import annotations
@@ -44,6 +46,10 @@ logger = logging.getLogger(__name__)
 _MIN_DEFINED_SHARE = 0.5
 _CUBES_KEPT = 32  # values kept per cube edge for the subvolume curve (the most recent)
 _LOOK_RATIO = 1.25  # trend looks on a geometric grid of depths
+# The feature size (block thickness, smallest cube) is measured on exactly this many first
+# slices, whatever the update schedule: blocks whose boundaries depended on the depth of the
+# first update gave the agent (first update at 1 slice) and a replay (at 4) different verdicts.
+_FEATURE_SLICES = 8
 
 
 class _MetricState:
@@ -228,7 +234,9 @@ class RevTracker:
         self._n_values = max([2] + [m.n_values for m in metrics])
         self._xy: tuple[int, int] | None = None
         self.depth = 0
-        self.feature_size_um: float | None = None  # fixed at the first update: block thickness
+        self.feature_size_um: float | None = None  # fixed on the first _FEATURE_SLICES slices: block thickness
+        self._feature_fixed = False
+        self._unblocked: list[np.ndarray] = []  # slices read before the feature size was fixed
         self._chord_counts = None  # (voxels (L,), axis crossings (3, L, L)) summed over the slices read
         self._tail = None  # slices of the blocks still incomplete (their window)
         self._window = None
@@ -338,6 +346,11 @@ class RevTracker:
             counts = slab_counts(new[i:i + 1], previous_slice=prev, n_values=self._n_values) if countable else None
             if counts is not None:
                 self._add_chords(counts)
+            if not self._feature_fixed and self.depth + i + 1 >= _FEATURE_SLICES:
+                # The first slice from which the phases have a finite size fixes it (labels that
+                # cannot be counted have none).
+                self.feature_size_um = self._in_plane_feature_um() if counts is not None else None
+                self._feature_fixed = self.feature_size_um is not None or not countable
             for st in self._states:
                 if st.metric.counts is not None and counts is not None:
                     v, w = st.metric.counts(counts, self.spacing)
@@ -346,8 +359,6 @@ class RevTracker:
                 elif st.metric.additive:
                     st.values.append(float(st.metric.func(new[i:i + 1], self.spacing)))
                     st.weights.append(1.0)
-        if self.feature_size_um is None and self._chord_counts is not None:
-            self.feature_size_um = self._in_plane_feature_um()
         self._blocks(new, depth)
 
     def _add_chords(self, counts):
@@ -398,6 +409,12 @@ class RevTracker:
         blockwise = [st for st in self._states if not st.metric.additive]
         if not blockwise:
             return
+        if not self._feature_fixed:  # the block thickness is not known yet
+            self._unblocked.append(new)
+            return
+        if self._unblocked:
+            new = np.concatenate([*self._unblocked, new])
+            self._unblocked = []
         dz = self.spacing[0]
         for st in blockwise:
             if st.unit is None:
@@ -418,6 +435,8 @@ class RevTracker:
 
     def _sample_cubes(self, labels):
         """Read `subvolume_samples` cubes, cycling over metrics and edges, for ``rev_edge_um``."""
+        if not self._feature_fixed:  # the smallest cube is not known yet
+            return
         dz, dy, dx = self.spacing
         ny, nx = self._xy
         cap_um = (self.max_cube_voxels * dz * dy * dx) ** (1 / 3)
