@@ -43,10 +43,13 @@ workers must see the same Zarr store path). Documents are the same either way.
 
 from __future__ import annotations
 
+import concurrent.futures
 import copy
 import logging
 import math
+import multiprocessing.pool
 import os
+import threading
 
 import dask
 import dask.array as da
@@ -133,12 +136,29 @@ def _client(scheduler):
     return Client(scheduler, set_as_default=False)
 
 
-def _run(client, tasks, workers=None):
+def _run(client, tasks, workers=None, pool=None):
     if not tasks:
         return []
     if client is not None:
         return client.gather(client.compute(tasks))
-    return list(dask.compute(*tasks, scheduler="threads", num_workers=workers))
+    return list(dask.compute(*tasks, scheduler="threads", num_workers=workers, pool=pool))
+
+
+def _in_background(function, *args, on_done=None):
+    """``function(*args)`` on a daemon thread, as a Future: an abandoned computation (the agent
+    was interrupted) never holds up the exit. `on_done()` is called after the result is set."""
+    future = concurrent.futures.Future()
+
+    def run():
+        try:
+            future.set_result(function(*args))
+        except BaseException as exc:  # noqa: BLE001 - handed to whoever collects the result
+            future.set_exception(exc)
+        if on_done is not None:
+            on_done()
+
+    threading.Thread(target=run, name="revwatch expensive windows", daemon=True).start()
+    return future
 
 
 def whole_volume_table1(labels, *, spacing_um, phases=Phases(), transport_axis=1, cc_face=0, network=None,
@@ -244,14 +264,24 @@ class VolumeAnalysis:
         First slice of the first expensive-metric window (e.g. when resuming a long run,
         to leave the slices already analysed to the cheap metrics only).
     windows_per_update : int
-        Expensive-metric windows computed at most per update (``full=True`` computes them all):
-        after a burst the backlog is worked off over the next updates, so that an update's
-        memory and time stay those of a few windows, not of the backlog.
+        Expensive-metric windows computed at most at once (``full=True`` computes them all):
+        after a burst the backlog is worked off a few windows at a time, so that memory and
+        time stay those of a few windows, not of the backlog.
+    background : bool
+        Compute the expensive windows in the background: :meth:`update` starts them and returns
+        at once with the windows finished so far (``expensive_depth_slices`` says how deep they
+        reach), so that the cheap metrics and the REV verdict keep up with a burst while the
+        expensive metrics follow as fast as the machine allows. Background work runs on daemon
+        threads: :meth:`close` abandons it (an interrupted agent exits in seconds).
+    on_windows_done : callable, optional
+        Called (from a background thread) when background windows are finished, e.g. to
+        trigger an update that publishes them.
     """
 
     def __init__(self, labels, *, spacing_um, phases=Phases(), transport_axis=1, cc_face=0, network=None,
                  scheduler=None, expensive_every_slices=32, window_slices=None, halo_slices=8,
-                 max_window_voxels=64_000_000, slab_slices=16, expensive_from_slice=0, windows_per_update=2):
+                 max_window_voxels=64_000_000, slab_slices=16, expensive_from_slice=0, windows_per_update=2,
+                 background=False, on_windows_done=None):
         if getattr(labels, "ndim", None) != 3:
             raise ValueError(f"labels must be a (Z, Y, X) array, got {type(labels).__name__} "
                              f"with shape {getattr(labels, 'shape', None)}")
@@ -295,6 +325,12 @@ class VolumeAnalysis:
         self._merger = self._new_merger()
         self._depth = 0
         self._client = _client(scheduler)
+        self.background = bool(background)
+        self._on_windows_done = on_windows_done
+        # Daemon threads (a multiprocessing ThreadPool): Dask's default pool is joined at exit.
+        self._pool = multiprocessing.pool.ThreadPool(os.cpu_count() or 1) if background and scheduler is None else None
+        self._job = None  # (first window, end window, tail (index, depth) or None, Future of the partials)
+        self._early = None  # (depth, partial) of the incomplete first window, until a window is merged
 
     def _new_merger(self):
         return PartialsMerger(spacing_um=self.spacing_um, phases=self.phases, network=self.network,
@@ -347,7 +383,8 @@ class VolumeAnalysis:
         depth : int, optional
             Committed slices (default: the array's length). Must not decrease.
         full : bool
-            Also add the incomplete last window into the expensive metrics (end of run).
+            Wait for the background windows, compute every window still due, and add the
+            incomplete last window into the expensive metrics (end of run).
 
         Returns
         -------
@@ -361,29 +398,25 @@ class VolumeAnalysis:
         if depth < 1:
             raise ValueError(f"depth must be >= 1, got {depth}")
         self._depth = depth
-        tasks = self._count_tasks(self._counted, depth)
+        self._collect(wait=full)
         # Windows whose halo after them is acquired are final; they are computed once.
         ready = max(0, (depth - self.origin - self.halo) // self.window)
-        if not full:
-            ready = min(ready, self._windows_done + self.windows_per_update)
-        new_windows = list(range(self._windows_done, ready))
-        window_tasks = [self._window_task(k, depth, last=False) for k in new_windows]
-        want_tail = (full or ready == 0) and self.origin + ready * self.window < depth
-        tail_task = [self._window_task(ready, depth, last=True)] if want_tail else []
-        results = self._compute(tasks + window_tasks + tail_task)
-        counts = results[:len(tasks)]
-        windows = results[len(tasks):len(tasks) + len(window_tasks)]
-        tail = results[len(tasks) + len(window_tasks):]
+        if self._job is None:
+            end = ready if full else min(ready, self._windows_done + self.windows_per_update)
+            early = (ready == 0 or full) and self.origin + ready * self.window < depth
+            tail = (ready, depth) if early else None
+            if end > self._windows_done or tail:
+                self._start(self._windows_done, end, tail, depth)
+                self._collect(wait=full or not self.background)
+        counts = self._compute(self._count_tasks(self._counted, depth))
         for part in counts:
             self._counts = part if self._counts is None else self._counts + part
         self._counted = depth
-        for part in windows:
-            self._merger.add(part)
-        self._windows_done = ready
-        merger = self._merger
-        if tail:
+        merger, covered = self._merger, self.origin + self._windows_done * self.window
+        if self._early is not None and (full or not self._windows_done):
             merger = copy.deepcopy(self._merger)
-            merger.add(tail[0])
+            merger.add(self._early[1])
+            covered = self._early[0]
         doc = {"depth_slices": depth, "spacing_um": list(self.spacing_um)}
         doc.update(counts_metrics(self._counts, spacing_um=self.spacing_um, phases=self.phases,
                                   coverage_by=self.network.coverage_by))
@@ -395,17 +428,55 @@ class VolumeAnalysis:
         else:
             doc.update(tortuosity_geometric={}, local_thickness_um={}, connected_share={}, interconnected_share={},
                        inner_porosity_share=None, face_valid_share=None, sampling_error={})
-        covered = depth if tail else min(depth, self.origin + ready * self.window)
-        doc["expensive_depth_slices"] = max(0, covered - self.origin)
-        doc["expensive_windows"] = ready + len(tail)
+        doc["expensive_depth_slices"] = max(0, min(depth, covered) - self.origin) if merger.chunks else 0
+        doc["expensive_windows"] = self._windows_done + (merger is not self._merger)
         return doc
+
+    @property
+    def windows_pending(self) -> bool:
+        """Whether background windows are being computed."""
+        return self._job is not None
+
+    def _start(self, first, end, tail, depth):
+        """Compute windows [first, end) and the incomplete window `tail` = (index, depth)."""
+        tasks = [self._window_task(k, depth, last=False) for k in range(first, end)]
+        if tail is not None:
+            tasks.append(self._window_task(tail[0], tail[1], last=True))
+        if self.background:
+            future = _in_background(_run, self._client, tasks, None, self._pool, on_done=self._on_windows_done)
+        else:
+            future = concurrent.futures.Future()
+            future.set_result(self._compute(tasks))
+        self._job = (first, end, tail, future)
+
+    def _collect(self, *, wait):
+        """Merge the windows of the job started last, once finished (or now, with `wait`)."""
+        if self._job is None:
+            return
+        first, end, tail, future = self._job
+        if not (wait or future.done()):
+            return
+        self._job = None
+        partials = future.result()
+        for part in partials[:end - first]:
+            self._merger.add(part)
+        self._windows_done = end
+        if tail is not None:
+            self._early = (tail[1], partials[-1])
+        elif self._windows_done:
+            self._early = None
 
     def rev_values(self, metrics):
         """Whole-volume values of a ``metrics`` document for the REV tracker (see :func:`rev_values`)."""
         return rev_values(metrics)
 
     def close(self):
-        """Disconnect from the dask.distributed scheduler, if any."""
+        """Abandon the background windows, if any, and disconnect from the dask.distributed
+        scheduler, if any."""
+        self._job = None
+        if self._pool is not None:
+            self._pool.close()  # its daemon threads finish or die with the process; never joined
+            self._pool = None
         if self._client is not None:
             self._client.close()
             self._client = None

@@ -4,7 +4,11 @@ The slice thread only calls :meth:`AnalysisWorker.notify` with the new depth; th
 up every ``analysis.every_slices`` new slices (and once more at the end of the run), runs the
 Dask metrics (:class:`agent.analysis.VolumeAnalysis`) and the REV tracker
 (:class:`processing.rev.RevTracker`) on the committed part of the volume, and emits ``metrics``
-and ``rev`` documents, then the latched ``stop`` once the volume is representative. A failing
+and ``rev`` documents, then the latched ``stop`` once the volume is representative. The
+expensive metrics (local thickness, tortuosity, connectivity, on windows of slices) are
+computed in the background: the verdict keeps up with a burst while they follow, and a
+``metrics`` document is published whenever windows finish. On Ctrl-C / SIGTERM the windows
+in flight are abandoned, so the agent exits in seconds at any depth. A failing
 update is published as an ``error`` document and the next one is tried: slices keep flowing.
 Every ``analysis.pictures_every_slices`` slices (and at the end) it asks the picture thread
 (:class:`agent.pictures.PictureWorker`) to redraw the pictures beside the volume.
@@ -110,6 +114,7 @@ class AnalysisWorker:
         self._draining = False  # someone waits for every notified depth: the remainder is due
         self._busy = False
         self._closing = False
+        self._windows_finished = False  # background expensive windows are ready to publish
         self._thread = threading.Thread(target=self._run, name="revwatch analysis", daemon=True)
         self._thread.start()
 
@@ -127,6 +132,8 @@ class AnalysisWorker:
                 network=cfg.analysis.network(self.phases),
                 scheduler=cfg.analysis.scheduler,
                 expensive_every_slices=cfg.analysis.expensive_every_slices,
+                background=True,
+                on_windows_done=self._windows_done,
             )
             self._tracked = _tracked(cfg.rev.tracked, self.phases, transport_axis)
             if cfg.analysis.pictures_every_slices and self._pictures is None:
@@ -151,6 +158,11 @@ class AnalysisWorker:
             if int(depth) > self._wanted:
                 self._wanted, self._wanted_time = int(depth), time.monotonic()
             self._final = self._final or final
+            self._cond.notify_all()
+
+    def _windows_done(self) -> None:
+        with self._cond:
+            self._windows_finished = True
             self._cond.notify_all()
 
     def wait_idle(self, timeout_s: float | None = None) -> bool:
@@ -183,7 +195,8 @@ class AnalysisWorker:
 
     def _due(self) -> bool:
         if self._analysis is None or self._wanted <= self._done:
-            return self._final and self._analysis is not None and self._wanted > 0
+            # finished background windows are published (and the next ones started) at once
+            return (self._final or self._windows_finished) and self._analysis is not None and self._wanted > 0
         return (self._final or self._draining or self._wanted - self._done >= self.config.analysis.every_slices
                 or self._done == 0)
 
@@ -194,7 +207,7 @@ class AnalysisWorker:
                 if self._closing:
                     return
                 depth, final, when = self._wanted, self._final, self._wanted_time
-                self._final = False
+                self._final = self._windows_finished = False
                 self._busy = True
             try:
                 self._update(depth, final=final, time_s=when)
@@ -219,9 +232,10 @@ class AnalysisWorker:
             self._rev.spacing = spacing
         metrics = self._analysis.update(depth, full=final)
         self.events.emit("metrics", metrics)
-        rev = self._rev.update(CommittedView(self._store.labels, depth), values=self._analysis.rev_values(metrics),
-                               time_s=time_s)
-        self.events.emit("rev", rev)
+        if depth > self._rev.depth:  # else only expensive windows came in: nothing new for the REV decision
+            rev = self._rev.update(CommittedView(self._store.labels, depth),
+                                   values=self._analysis.rev_values(metrics), time_s=time_s)
+            self.events.emit("rev", rev)
         every = self.config.analysis.pictures_every_slices
         if self._pictures is not None and (final or depth // every > self._pictures_depth // every
                                            or not self._pictures_depth):

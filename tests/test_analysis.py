@@ -1,5 +1,7 @@
 """agent.analysis: incremental Table 1 over a growing Zarr volume, threads or a cluster."""
 
+import threading
+
 import numpy as np
 import pytest
 import zarr
@@ -95,6 +97,54 @@ def test_a_backlog_of_windows_is_worked_off_a_few_per_update():
     assert full["expensive_depth_slices"] == 80
     whole = VolumeAnalysis(labels, spacing_um=SPACING, expensive_every_slices=16, halo_slices=1, windows_per_update=10)
     assert full["tortuosity_geometric"] == whole.update(80, full=True)["tortuosity_geometric"]
+
+
+class GatedWindows(ReadLog):
+    """ReadLog whose reads longer than a count slab (the expensive windows) wait for `gate`."""
+
+    def __init__(self, data, gate, slab_reads):
+        super().__init__(data)
+        self.gate, self.slab_reads = gate, slab_reads
+
+    def __getitem__(self, key):
+        z = key[0] if isinstance(key, tuple) else key
+        if z.stop - z.start > self.slab_reads:
+            assert self.gate.wait(60)
+        return super().__getitem__(key)
+
+
+def test_background_windows_do_not_hold_up_the_cheap_metrics():
+    labels = composite((80, 32, 32), 1)
+    gate, finished = threading.Event(), threading.Event()
+    # count slabs read 17 slices, windows 16 + 2 x 4 halo
+    source = GatedWindows(labels, gate, slab_reads=17)
+    va = VolumeAnalysis(source, spacing_um=SPACING, expensive_every_slices=16, halo_slices=4, windows_per_update=2,
+                        background=True, on_windows_done=finished.set)
+    doc = va.update(80)  # a burst: the windows are started and left running
+    assert doc["volume_fraction"] == counts_metrics(count_volume(labels), spacing_um=SPACING)["volume_fraction"]
+    assert doc["expensive_windows"] == 0 and doc["expensive_depth_slices"] == 0 and va.windows_pending
+    gate.set()
+    assert finished.wait(60)
+    doc = va.update(80)  # merges windows 0 and 1, starts 2 and 3
+    assert doc["expensive_windows"] == 2 and doc["expensive_depth_slices"] == 32
+    full = va.update(80, full=True)
+    va.close()
+    same = VolumeAnalysis(labels, spacing_um=SPACING, expensive_every_slices=16, halo_slices=4, windows_per_update=2)
+    assert full == same.update(80, full=True)
+
+
+def test_closing_abandons_background_windows_at_once():
+    labels = composite((80, 32, 32), 1)
+    gate = threading.Event()
+    va = VolumeAnalysis(GatedWindows(labels, gate, slab_reads=17), spacing_um=SPACING, expensive_every_slices=16,
+                        halo_slices=4, background=True)
+    va.update(80)
+    assert va.windows_pending
+    closer = threading.Thread(target=va.close)
+    closer.start()
+    closer.join(10)  # the windows wait for the gate, which is never opened before close returns
+    assert not closer.is_alive() and not va.windows_pending
+    gate.set()
 
 
 def test_windowed_expensive_metrics_close_to_whole_volume():
