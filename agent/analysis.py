@@ -271,8 +271,9 @@ class VolumeAnalysis:
         Compute the expensive windows in the background: :meth:`update` starts them and returns
         at once with the windows finished so far (``expensive_depth_slices`` says how deep they
         reach), so that the cheap metrics and the REV verdict keep up with a burst while the
-        expensive metrics follow as fast as the machine allows. Background work runs on daemon
-        threads: :meth:`close` abandons it (an interrupted agent exits in seconds).
+        expensive metrics follow as fast as the machine allows (on one core fewer than it has, so
+        that the slice path keeps one). Background work runs on daemon threads: :meth:`close`
+        abandons it (an interrupted agent exits in seconds).
     on_windows_done : callable, optional
         Called (from a background thread) when background windows are finished, e.g. to
         trigger an update that publishes them.
@@ -327,8 +328,10 @@ class VolumeAnalysis:
         self._client = _client(scheduler)
         self.background = bool(background)
         self._on_windows_done = on_windows_done
-        # Daemon threads (a multiprocessing ThreadPool): Dask's default pool is joined at exit.
-        self._pool = multiprocessing.pool.ThreadPool(os.cpu_count() or 1) if background and scheduler is None else None
+        # Daemon threads (a multiprocessing ThreadPool): Dask's default pool is joined at exit. One
+        # core fewer than the machine has: the slices come first, the expensive metrics follow.
+        workers = max(1, (os.cpu_count() or 1) - 1)
+        self._pool = multiprocessing.pool.ThreadPool(workers) if background and scheduler is None else None
         self._job = None  # (first window, end window, tail (index, depth) or None, Future of the partials)
         self._early = None  # (depth, partial) of the incomplete first window, until a window is merged
 
