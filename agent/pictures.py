@@ -263,13 +263,15 @@ class VolumePictures:
         """Append the middle row and column of every slice not read yet."""
         for start in range(self._read, depth, _READ_BATCH):
             stop = min(depth, start + _READ_BATCH)
+            # Copies: a view of the row would keep the whole block read alive (every slice of the
+            # run, grey and labels, in memory).
             lab = np.asarray(labels[start:stop])
-            self._sections["xz_labels"].append(lab[:, self.row, :])
-            self._sections["yz_labels"].append(lab[:, :, self.column])
+            self._sections["xz_labels"].append(lab[:, self.row, :].copy())
+            self._sections["yz_labels"].append(lab[:, :, self.column].copy())
             if grey is not None:
                 g = np.asarray(grey[start:stop])
-                self._sections["xz_grey"].append(g[:, self.row, :])
-                self._sections["yz_grey"].append(g[:, :, self.column])
+                self._sections["xz_grey"].append(g[:, self.row, :].copy())
+                self._sections["yz_grey"].append(g[:, :, self.column].copy())
         self._read = max(self._read, depth)
 
     def _section(self, name):

@@ -6,6 +6,7 @@ import colorsys
 import hashlib
 import threading
 import time
+import tracemalloc
 from pathlib import Path
 
 import numpy as np
@@ -88,6 +89,34 @@ def test_volume_pictures_are_written_atomically_and_grow(tmp_path, small_acquisi
     check_picture(second["drift"], colours=False)
     check_picture(second["rev"], colours=False)
     assert sorted(p.name for p in (tmp_path / "p").iterdir()) == ["drift.png", "orthogonal.png", "rev.png", "slice.png"]
+
+
+class Reads:
+    """Array-like that returns a new array on every read, as Zarr does."""
+
+    def __init__(self, data):
+        self.data, self.shape, self.dtype = data, data.shape, data.dtype
+
+    def __getitem__(self, key):
+        return np.array(self.data[key])
+
+
+def test_the_orthogonal_sections_keep_only_their_rows(tmp_path):
+    # 64 slices of 256 x 256: 12.6 MB of grey and labels read, 0.1 MB of middle rows and columns kept
+    rng = np.random.default_rng(0)
+    grey = rng.integers(0, 60000, (64, 256, 256), dtype=np.uint16)
+    labels = rng.integers(1, 4, (64, 256, 256), dtype=np.uint8)
+    pictures = VolumePictures(tmp_path / "p", phases=Phases(), spacing_um=SPACING_UM, canvas_shape=(256, 256))
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        pictures._catch_up(Reads(grey), Reads(labels), 64)
+        kept = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert kept < 1e6, f"{kept / 1e6:.1f} MB kept after reading 64 slices"
+    assert pictures._section("xz_grey").shape == (64, 256)
+    np.testing.assert_array_equal(pictures._section("yz_labels"), labels[:, :, 128])
 
 
 def test_a_failing_picture_never_raises_in_the_run(tmp_path, monkeypatch):

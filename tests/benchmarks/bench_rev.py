@@ -594,6 +594,9 @@ def burst(depth=1200, width=128, period=None):
     early = max((r[1] for r in rss if r[0] <= 100), default=float("nan"))
     print(f"agent peak resident memory (sampled every second): {early:.0f} MB up to depth 100, "
           f"{max(r[1] for r in rss):.0f} MB up to depth {committed} (ratio {max(r[1] for r in rss) / early:.2f})")
+    steps = range(100, committed + 1, max(100, committed // 10 // 100 * 100))
+    print("agent resident memory, MB, at depth: " + ", ".join(
+        f"{d}: {min(rss, key=lambda r: abs(r[0] - d))[1]:.0f}" for d in steps))
     print(f"SIGINT at depth {committed}: exit {proc.returncode} after {t_exit:.1f} s, volume complete: {complete}")
 
 
