@@ -419,7 +419,9 @@ class _CapTemplate:
 
     # rows of sample below the interface in the band (the sample changes: keep it short)
     BELOW = -2
-    WEIGHT = 0.1
+    # weight of a new slice in the running template, after a plain mean over the first slices:
+    # low, so that the template averages the changing grain and follows errors slowly
+    WEIGHT = 0.03
     # an axis counts when its standard error (px) is below this
     MAX_SIGMA_PX = 0.5
     # low-pass of template and slices (px): above the grain's size, below the features'
@@ -429,6 +431,8 @@ class _CapTemplate:
     # least share of the band in view: as the stage moves down the cap leaves the top of the
     # slice, and its interface rows (the lasting y feature) are the last to go
     MIN_SEEN = 0.25
+    # slices between two registrations of the template onto the first slice (:meth:`_anchor`)
+    ANCHOR_EVERY = 10
 
     def __init__(self, interface_row, weight=None):
         self.interface_row = int(interface_row)
@@ -440,7 +444,9 @@ class _CapTemplate:
     def start(self, canvas_slice):
         """Template from a slice already on the canvas."""
         pixels = np.asarray(canvas_slice, dtype=np.float64)
-        self.template = pixels[:self.interface_row + self.BELOW + int(np.ceil(3 * self.SMOOTH_PX))].copy()
+        rows = self.interface_row + self.BELOW + int(np.ceil(3 * self.SMOOTH_PX))
+        self.template = pixels[:rows].copy()
+        self._first = pixels[:rows + 8].copy()  # the canvas's origin, by definition
         self._slices = 1
 
     def _warp(self, pixels, shift, grid):
@@ -543,6 +549,26 @@ class _CapTemplate:
         t[ok] = (1 - weight) * t[ok] + weight * (w[ok] - b) / a
         new = seen & ~np.isfinite(t)  # first seen (behind a margin until now)
         t[new] = (w[new] - b) / a
+        if self._slices % self.ANCHOR_EVERY == 0:
+            self._anchor()
+
+    def _anchor(self):
+        """Put the template back on the first slice's frame.
+
+        Each slice is blended in at its applied shift, so the template follows the errors of the
+        shifts (and the errors of the warm-up slices stay in it): registered onto the first slice
+        (the canvas's origin by definition), the template is moved back by what it has drifted.
+        """
+        failures = self._failures
+        found = self.measure(self._first, (0.0, 0.0))
+        self._failures = failures
+        if found is None:
+            return
+        drift, sigma = np.asarray(found[0]), np.asarray(found[1])
+        drift = np.where(sigma < self.MAX_SIGMA_PX, drift, 0.0)
+        if np.abs(drift).max() > 0:
+            # the first slice sits at `drift` on the template: move the template by -drift
+            self.template = ndimage.shift(self.template, -drift, order=1, mode="nearest", cval=np.nan)
 
 
 WINDOW = 16
