@@ -986,7 +986,7 @@ class DriftTracker:
         if self._cap is not None:
             self._joint.drop(n)
             measured, confidence, reliable, var = self._measure_cap(
-                self._masked_full(pixels), measured if reliable else predicted, confidence, reliable)
+                self._masked_full(pixels), measured if reliable else predicted, confidence, reliable, var)
         if reliable:
             shift = np.asarray(measured, dtype=float)
             self._error_var = var
@@ -1128,13 +1128,15 @@ class DriftTracker:
             self._block_residuals = {k: x - mean for k, x in zip(index, shifts)}
         return float(np.var(shifts, axis=0, ddof=1).mean()) / len(shifts)
 
-    def _measure_cap(self, pixels, measured, confidence, reliable):
+    def _measure_cap(self, pixels, measured, confidence, reliable, budget):
         """Fuse the correlation's shift with the cap template's (a Kalman filter per axis).
 
         The correlation on the slice tracks the steps but its cumulative error grows (the
         sample changes); the cap template measures the shift itself, noisier but without
-        build-up. The step noise is learnt from the innovations. Returns the shift, confidence,
-        reliability and the per-axis variance of the shift (px^2).
+        build-up. The step noise is learnt from the innovations. `budget` is the whole-slice
+        error budget (px^2, :meth:`_error_budget`), the variance of an axis the cap does not
+        hold. Returns the shift, confidence, reliability and the per-axis variance of the shift
+        (px^2).
         """
         m = np.asarray(measured, dtype=float)
         q = self._cap_q if reliable else np.full(2, 1.0)  # a prediction knows little
@@ -1146,7 +1148,7 @@ class DriftTracker:
             found = self._cap.measure(pixels, np.asarray(self._shift))
         if found is None:  # the cap shows nothing lasting here: the correlation alone
             self._cap_var = p_pred
-            return m, confidence, reliable, float(p_pred.mean())
+            return m, confidence, reliable, max(float(p_pred.mean()), budget)
         z, sigma = np.asarray(found[0]), np.asarray(found[1])
         use = sigma < _CapTemplate.MAX_SIGMA_PX
         r = sigma**2
@@ -1164,7 +1166,9 @@ class DriftTracker:
             self._cap_q = np.where(use & ~false_step, 0.9 * self._cap_q + 0.1 * learnt, self._cap_q)
         self._cap_var = np.where(false_step, r, (1 - gain) * p_pred)
         shift = m + gain * innovation
-        var = float(self._cap_var.mean())
+        # an axis the cap does not hold is the correlation's on the changing sample: its error
+        # is the whole-slice budget's (it bends like whole-slice registration)
+        var = float(np.where(use, self._cap_var, np.maximum(self._cap_var, budget)).mean())
         if not use.all() and not reliable:
             return shift, confidence, False, var
         if use.all():  # confidence from the cap's standard error, on the 1 - 6 / PSR scale
@@ -1228,8 +1232,8 @@ class DriftTracker:
                 continue
             r, c = _correlate(fa, fb, upsample=self.upsample, lowpass=self.lowpass, whiten=self.whiten,
                               destripe=self.destripe, workers=self.workers)
-            # the error budget's pairs (the cap mode has its own)
-            spread = self._cap is None and name in ("previous", "keyframe")
+            # the error budget's pairs (in cap mode, for an axis the cap does not hold)
+            spread = name in ("previous", "keyframe")
             v = (self._block_var(reference[canvas_win], binned[raw_win], record=name == "previous")
                  if spread and c >= self.min_confidence else None)
             results.append((name, ref_id, ((offset[0] + r[0]) * b, (offset[1] + r[1]) * b), c, v))
