@@ -77,7 +77,12 @@ Cap mode
 With ``interface_row`` the shift comes from a running template of the cap's lasting features
 (fiducial mark, the cap side of the interface) fitted by Lucas-Kanade with gain and offset, fused
 per axis with the correlation by a Kalman filter: a cap whose grain changes in every slice (a 3-D
-Pt/C deposit) still registers (300 slices of 256^2 with an X mark: 0.28-0.44 px RMS). The cap
+Pt/C deposit) still registers (300 slices of 256^2 with an X mark: 0.25-0.42 px RMS). The
+template is blended in at the applied shifts, so it would follow their errors (and keep those of
+its first slices): every 10 slices it is registered onto the first slice's cap, the canvas's
+origin, and moved back (randomised acquisitions with a cap: 10 of 12 within 0.3 px RMS, was 5
+of 9; tests/benchmarks/bench_align.py). An axis the cap does not hold reports the whole-slice
+error budget. The cap
 is measured while a quarter of its band is in view (the stage moving down pushes it out of the
 top), and where the correlation's step disagrees with the cap beyond any expected error (a
 confident false match on the changing sample) the cap's shift is taken alone.
@@ -419,7 +424,9 @@ class _CapTemplate:
 
     # rows of sample below the interface in the band (the sample changes: keep it short)
     BELOW = -2
-    WEIGHT = 0.1
+    # weight of a new slice in the running template, after a plain mean over the first slices:
+    # low, so that the template averages the changing grain and follows errors slowly
+    WEIGHT = 0.03
     # an axis counts when its standard error (px) is below this
     MAX_SIGMA_PX = 0.5
     # low-pass of template and slices (px): above the grain's size, below the features'
@@ -429,6 +436,8 @@ class _CapTemplate:
     # least share of the band in view: as the stage moves down the cap leaves the top of the
     # slice, and its interface rows (the lasting y feature) are the last to go
     MIN_SEEN = 0.25
+    # slices between two registrations of the template onto the first slice (:meth:`_anchor`)
+    ANCHOR_EVERY = 10
 
     def __init__(self, interface_row, weight=None):
         self.interface_row = int(interface_row)
@@ -440,7 +449,9 @@ class _CapTemplate:
     def start(self, canvas_slice):
         """Template from a slice already on the canvas."""
         pixels = np.asarray(canvas_slice, dtype=np.float64)
-        self.template = pixels[:self.interface_row + self.BELOW + int(np.ceil(3 * self.SMOOTH_PX))].copy()
+        rows = self.interface_row + self.BELOW + int(np.ceil(3 * self.SMOOTH_PX))
+        self.template = pixels[:rows].copy()
+        self._first = pixels[:rows + 8].copy()  # the canvas's origin, by definition
         self._slices = 1
 
     def _warp(self, pixels, shift, grid):
@@ -543,6 +554,26 @@ class _CapTemplate:
         t[ok] = (1 - weight) * t[ok] + weight * (w[ok] - b) / a
         new = seen & ~np.isfinite(t)  # first seen (behind a margin until now)
         t[new] = (w[new] - b) / a
+        if self._slices % self.ANCHOR_EVERY == 0:
+            self._anchor()
+
+    def _anchor(self):
+        """Put the template back on the first slice's frame.
+
+        Each slice is blended in at its applied shift, so the template follows the errors of the
+        shifts (and the errors of the warm-up slices stay in it): registered onto the first slice
+        (the canvas's origin by definition), the template is moved back by what it has drifted.
+        """
+        failures = self._failures
+        found = self.measure(self._first, (0.0, 0.0))
+        self._failures = failures
+        if found is None:
+            return
+        drift, sigma = np.asarray(found[0]), np.asarray(found[1])
+        drift = np.where(sigma < self.MAX_SIGMA_PX, drift, 0.0)
+        if np.abs(drift).max() > 0:
+            # the first slice sits at `drift` on the template: move the template by -drift
+            self.template = ndimage.shift(self.template, -drift, order=1, mode="nearest", cval=np.nan)
 
 
 WINDOW = 16
@@ -960,7 +991,7 @@ class DriftTracker:
         if self._cap is not None:
             self._joint.drop(n)
             measured, confidence, reliable, var = self._measure_cap(
-                self._masked_full(pixels), measured if reliable else predicted, confidence, reliable)
+                self._masked_full(pixels), measured if reliable else predicted, confidence, reliable, var)
         if reliable:
             shift = np.asarray(measured, dtype=float)
             self._error_var = var
@@ -1102,13 +1133,15 @@ class DriftTracker:
             self._block_residuals = {k: x - mean for k, x in zip(index, shifts)}
         return float(np.var(shifts, axis=0, ddof=1).mean()) / len(shifts)
 
-    def _measure_cap(self, pixels, measured, confidence, reliable):
+    def _measure_cap(self, pixels, measured, confidence, reliable, budget):
         """Fuse the correlation's shift with the cap template's (a Kalman filter per axis).
 
         The correlation on the slice tracks the steps but its cumulative error grows (the
         sample changes); the cap template measures the shift itself, noisier but without
-        build-up. The step noise is learnt from the innovations. Returns the shift, confidence,
-        reliability and the per-axis variance of the shift (px^2).
+        build-up. The step noise is learnt from the innovations. `budget` is the whole-slice
+        error budget (px^2, :meth:`_error_budget`), the variance of an axis the cap does not
+        hold. Returns the shift, confidence, reliability and the per-axis variance of the shift
+        (px^2).
         """
         m = np.asarray(measured, dtype=float)
         q = self._cap_q if reliable else np.full(2, 1.0)  # a prediction knows little
@@ -1120,7 +1153,7 @@ class DriftTracker:
             found = self._cap.measure(pixels, np.asarray(self._shift))
         if found is None:  # the cap shows nothing lasting here: the correlation alone
             self._cap_var = p_pred
-            return m, confidence, reliable, float(p_pred.mean())
+            return m, confidence, reliable, max(float(p_pred.mean()), budget)
         z, sigma = np.asarray(found[0]), np.asarray(found[1])
         use = sigma < _CapTemplate.MAX_SIGMA_PX
         r = sigma**2
@@ -1138,7 +1171,9 @@ class DriftTracker:
             self._cap_q = np.where(use & ~false_step, 0.9 * self._cap_q + 0.1 * learnt, self._cap_q)
         self._cap_var = np.where(false_step, r, (1 - gain) * p_pred)
         shift = m + gain * innovation
-        var = float(self._cap_var.mean())
+        # an axis the cap does not hold is the correlation's on the changing sample: its error
+        # is the whole-slice budget's (it bends like whole-slice registration)
+        var = float(np.where(use, self._cap_var, np.maximum(self._cap_var, budget)).mean())
         if not use.all() and not reliable:
             return shift, confidence, False, var
         if use.all():  # confidence from the cap's standard error, on the 1 - 6 / PSR scale
@@ -1202,8 +1237,8 @@ class DriftTracker:
                 continue
             r, c = _correlate(fa, fb, upsample=self.upsample, lowpass=self.lowpass, whiten=self.whiten,
                               destripe=self.destripe, workers=self.workers)
-            # the error budget's pairs (the cap mode has its own)
-            spread = self._cap is None and name in ("previous", "keyframe")
+            # the error budget's pairs (in cap mode, for an axis the cap does not hold)
+            spread = name in ("previous", "keyframe")
             v = (self._block_var(reference[canvas_win], binned[raw_win], record=name == "previous")
                  if spread and c >= self.min_confidence else None)
             results.append((name, ref_id, ((offset[0] + r[0]) * b, (offset[1] + r[1]) * b), c, v))

@@ -37,6 +37,41 @@ Cases
   curtains on slices 0 and 83 (pyvsnr's Gabor kernel, as the example); 40 empty rows padded
   (``cropping``), saved transposed as uint8. The truth is (0, -10) px on the shifted slices.
 
+Measured (issue 11, git wip/align, load 5.8-14 on 2 cores shared with 2 other engineers, so
+the ms/slice are not speed figures; ``--skip cap,whole,two-phase,2048,1024,pystack3d,band,rnd-whole,old
+--seeds 24``, cap mode only; the whole-slice, band and pystack3d cases are unchanged by these
+commits, their figures are the previous session's). ``random``, cap mode (``cap_rows``), RMS px
+(reported/true):
+
+====  =============================================  ==============  ============
+seed  case                                           before          after
+====  =============================================  ==============  ============
+0     cap 37, no fiducial, r120, curtains 0.34       0.237 (0.42)    0.135 (0.80)
+2     cap 50, no fiducial, tilt 14                   0.067           0.042 (1.01)
+3     cap 29 + fiducial, tilt 14, noise 24 %         0.386           0.138 (1.17)
+4     cap 25, no fiducial, r108, 6 drops, dy 10.6    0.601           0.267 (0.69)
+6     cap 56 + fid, circle, 9 drops, 2 charging      0.197           0.094 (1.15)
+7     cap 49 + fid, margins                          0.230           0.098 (0.94)
+8     cap 54 + fid, 2 charging                       0.048           0.033 (1.00)
+9     cap 26 + fid, tilt 10, curtains 0.32, margins  2.607           0.618 (0.42)
+11    cap 26, no fid, r126, blur 2, margins, mag     44.2 (all)      57.4 (0.09)
+16    cap 53                                         (not run)       0.124 (0.40)
+19    cap 52                                         (not run)       0.136 (0.79)
+23    cap 39                                         (not run)       0.052 (0.90)
+====  =============================================  ==============  ============
+
+10 of 12 cases <= 0.3 px RMS (median 0.129). Not met: seed 9 (strong tilted curtains, fixed in
+the raw frame, pull both the correlation and the cap fit towards zero shift; the chain removes
+curtains before the tracker, this benchmark feeds the raw slices), reported 0.42 of the truth
+and the 17 slices over 1 px not flagged; seed 11 (cap without a fiducial, its grain blurred out
+by a 2 px blur: x is not measurable from the cap, the cap fit is lost from slice ~10 on and the
+whole-slice correlation runs away on 126 px particles; 71 of the 74 slices over 1 px are flagged
+``wander``, the reported magnitude is 0.09 of the truth). Seed 11 is cut at its magnification
+change (slice 86), as the chain refuses the later slices; before, the whole run was fed.
+``cap`` (changing grain, 300 slices, this commit): with the X 0.417 / 0.276 / 0.254 px RMS
+(seeds 0-2; reported/true 0.61-1.05), without the X 4.71 px (reported/true 2.11, 287 of 286
+slices over 1 px flagged).
+
 Run::
 
     PYTHONPATH=. python tests/benchmarks/bench_align.py --quick   # fewer seeds and slices
@@ -126,7 +161,7 @@ def _evolving(n, size, *, radius_um, drift, seed, jump_probability=0.01, fractio
     return render_acquisition(labels, drift_px=d, field_shape=(size, size), rng=rng), d, rng
 
 
-def _random_cases(n_seeds, n_slices, old, record):
+def _random_cases(n_seeds, n_slices, old, record, skip=()):
     """Domain-randomised acquisitions (processing/scenarios.py, 256^2): the registration the chain
     would run. ``band``: on the band find_reference_band finds on the first 10 slices (the whole
     slice when none), ``cap``: ``interface_row`` at the true cap rows (``cap_rows`` configured),
@@ -135,17 +170,29 @@ def _random_cases(n_seeds, n_slices, old, record):
     from processing.scenarios import random_scenario, render_scenario
 
     for seed in range(n_seeds):
-        rendered = render_scenario(random_scenario(seed, n_slices=n_slices))
+        scenario = random_scenario(seed, n_slices=n_slices)
+        if {"band", "rnd-whole"} <= set(skip) and not scenario.cap_px:
+            continue  # cap mode only
+        rendered = render_scenario(scenario)
         slices, d = rendered.slices, rendered.truth.drift_px
-        print(f"  seed {seed}: {rendered.scenario.describe()}")
-        band = find_reference_band(slices[:10])
+        change = rendered.scenario.magnification_change
+        if change is not None:
+            # the chain refuses a slice at another magnification (agent/pipeline.py): the
+            # tracker never sees it, and its true shift is no translation anyway
+            slices, d = slices[:change[0]], d[:change[0]]
+        print(f"  seed {seed}: {rendered.scenario.describe()}" + ("" if change is None else
+              f" (the {change[0]} slices before the magnification change)"))
+        band = find_reference_band(slices[:10]) if "band" not in skip else None
         cap = rendered.truth.cap_px
         group = "rnd-cap" if cap else "rnd-nocap"
-        record(f"  rnd s{seed} band={band and band[:2]}", f"{group}-band", "new", _run(DriftTracker(roi=band), slices, d))
-        if old is not None:
-            record(f"  rnd s{seed} band={band and band[:2]}", f"{group}-band", "old", _run(old(roi=band), slices, d))
-        record(f"  rnd s{seed} whole", "rnd-whole", "new", _run(DriftTracker(), slices, d))
-        if cap >= 16:
+        if "band" not in skip:
+            record(f"  rnd s{seed} band={band and band[:2]}", f"{group}-band", "new",
+                   _run(DriftTracker(roi=band), slices, d))
+            if old is not None:
+                record(f"  rnd s{seed} band={band and band[:2]}", f"{group}-band", "old", _run(old(roi=band), slices, d))
+        if "rnd-whole" not in skip:
+            record(f"  rnd s{seed} whole", "rnd-whole", "new", _run(DriftTracker(), slices, d))
+        if cap >= 16 and "capmode" not in skip:
             record(f"  rnd s{seed} cap_rows={cap}", "rnd-capmode", "new",
                    _run(DriftTracker(interface_row=cap), slices, d))
 
@@ -192,13 +239,14 @@ def pystack3d_stack():
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--skip", default="", help="comma-separated cases to skip")
+    parser.add_argument("--skip", default="", help="comma-separated cases to skip (cap, whole, two-phase, 2048, 1024, "
+                        "random, pystack3d), groups of 'random' (band, rnd-whole, capmode) or 'old' (the old tracker)")
     parser.add_argument("--seeds", type=int, default=12, help="randomised scenarios (case 'random')")
     args = parser.parse_args()
     logging.disable(logging.WARNING)
     skip = set(args.skip.split(","))
     seeds = (0,) if args.quick else (0, 1, 2)
-    old = _old_tracker_class()
+    old = None if "old" in skip else _old_tracker_class()
     print(f"load: {os.getloadavg()[0]:.2f} (1 min), {os.cpu_count()} cores")
     print(f"{'case':34s} {'who':4s} {'RMS':>7s} {'worst':>7s} {'RMS-off':>8s} {'rep/true':>7s} "
           f"{'>1px/flagged':>11s} {'unrel':>5s} {'skip':>4s} {'ms/slice':>8s}")
@@ -248,7 +296,7 @@ def main():
         if old is not None:
             record("1024^2 r=1.2um (cost)", "1024", "old", _run(old(), acq.slices, d))
     if "random" not in skip:
-        _random_cases(args.seeds, 100 if args.quick else 200, old, record)
+        _random_cases(args.seeds, 100 if args.quick else 200, old, record, skip)
     if "pystack3d" not in skip:
         slices, truth, z_um = pystack3d_stack()
         for who, tracker in (("new", DriftTracker()), ("old", old() if old is not None else None)):
