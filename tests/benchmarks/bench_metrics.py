@@ -273,7 +273,7 @@ def bench_big(shape, chunk_voxels, tortuosity_max_voxels, cluster):
 # ----------------------------------------------------------------------------- taufactor
 
 
-def bench_taufactor(crop, budget_s):
+def bench_taufactor(crop, budget_s, origin=(0, 0, 0), networks=("pore", "carbon-binder")):
     import taufactor as tf
 
     print(f"== tortuosity factor against taufactor (CPU, conv_crit 1e-3); load: {load()}")
@@ -285,10 +285,11 @@ def bench_taufactor(crop, budget_s):
     if NMC.exists():
         labels = nmc_labels()
         if crop:
-            labels = np.ascontiguousarray(labels[:crop, :crop, :crop])
-        shape = "x".join(map(str, labels.shape))
-        cases[f"NMC pore {shape}"] = labels == 1
-        cases[f"NMC carbon-binder {shape}"] = labels == 2
+            labels = np.ascontiguousarray(labels[tuple(slice(o, o + crop) for o in origin)])
+        shape = "x".join(map(str, labels.shape)) + (f" at {tuple(origin)}" if any(origin) else "")
+        for name, label in (("pore", 1), ("carbon-binder", 2)):
+            if name in networks:
+                cases[f"NMC {name} {shape}"] = labels == label
     print(f"  {'case':36s} {'revwatch':>9s} {'s':>6s} {'taufactor':>10s} {'s':>6s} {'diff':>7s}")
     diffs = []
     for name, mask in cases.items():
@@ -390,12 +391,17 @@ def main(argv=None):
                         help="geometric tortuosity on a sample of chunks (default: every chunk)")
     parser.add_argument("--no-cluster", action="store_true", help="skip the LocalCluster run of part 2")
     parser.add_argument("--taufactor-crop", type=int, default=None, help="crop the NMC volume to N^3 for part 3")
+    parser.add_argument("--taufactor-origin", type=int, nargs=3, default=(0, 0, 0), metavar=("Z", "Y", "X"),
+                        help="first voxel of the crop of part 3 (the CBD percolates along y in the 160^3 crop at "
+                             "91 141 141, not at 0 0 0)")
+    parser.add_argument("--taufactor-networks", nargs="+", default=["pore", "carbon-binder"],
+                        choices=["pore", "carbon-binder"], help="NMC networks of part 3")
     parser.add_argument("--taufactor-budget-s", type=float, default=1800, help="time budget of one taufactor solve")
     args = parser.parse_args(argv)
     if args.only in (None, "nmc"):
         bench_nmc(args.skip_peers)
     if args.only in (None, "taufactor"):
-        bench_taufactor(args.taufactor_crop, args.taufactor_budget_s)
+        bench_taufactor(args.taufactor_crop, args.taufactor_budget_s, args.taufactor_origin, args.taufactor_networks)
     if args.only in (None, "big"):
         bench_big(tuple(args.big_shape), args.chunk_voxels, args.tortuosity_max_voxels, not args.no_cluster)
     if args.only in (None, "incremental"):
