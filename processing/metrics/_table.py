@@ -38,6 +38,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import cc3d
+import numba
 import numpy as np
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
@@ -347,9 +348,29 @@ class _Components:
     last: np.ndarray
 
 
+@numba.njit(cache=True, nogil=True)
+def _count_ids(ids, n, where):
+    """Voxels of each id 0..n (where `where` holds, unless it is empty), with no int64 copy of the ids."""
+    counts = np.zeros(n + 1, np.int64)
+    if where.size:
+        for k in range(ids.size):
+            if where[k]:
+                counts[ids[k]] += 1
+    else:
+        for k in range(ids.size):
+            counts[ids[k]] += 1
+    return counts
+
+
+def _component_sizes(comp, n, where=None):
+    """Voxels of each component id 0..n of `comp` (within `where`, a bool array of its shape)."""
+    where = np.zeros(0, bool) if where is None else np.ascontiguousarray(where).ravel()
+    return _count_ids(np.ascontiguousarray(comp).ravel(), n, where)
+
+
 def _components(mask, flags_of=None, extra_of=None):
     comp, n = cc3d.connected_components(mask, connectivity=_CONNECTIVITY, return_N=True)
-    sizes = np.bincount(comp.ravel(), minlength=n + 1)
+    sizes = _component_sizes(comp, n)
     flags = np.zeros(n + 1, bool) if flags_of is None else flags_of(comp, n)
     extra = np.zeros(n + 1, np.int64) if extra_of is None else extra_of(comp, n)
     dtype = np.uint16 if n < 2**16 else np.uint32
@@ -492,7 +513,7 @@ def chunk_partial(block, *, core, spacing_um, phases=Phases(), network=None, tra
             return flags
 
         components[("inner",)] = _components(chunk != active, on_border,
-                                              lambda comp, n: np.bincount(comp[is_pore], minlength=n + 1))
+                                              lambda comp, n: _component_sizes(comp, n, is_pore))
     out["components"] = components
     out["thickness"] = {name: _thickness_partial(block, core, phases.label(name), spacing, thickness_samples, threads,
                                                  all_valid)
