@@ -19,6 +19,36 @@ Run: ``PYTHONPATH=. python tests/benchmarks/bench_metrics.py [--only PART] [--bi
 
 Volumes of part 2 and 4 are tiles of a smooth random 3-phase block (fast to generate at any size).
 Print the machine load (``uptime``) beside the figures: the machine may be shared.
+
+Measured (2026-11-30, shared 2-core machine; CPU seconds are the comparable figure, wall time
+was inflated by the load):
+
+==============================  ============================  ===================================
+case                            before (issue 13, session 1)  after (fast-marching queue, 160 M
+                                                              chunks, sizes without int64 copy)
+==============================  ============================  ===================================
+``big`` 1000x1024^2, threads    522 s wall, CPU 1044 s        CPU 707 s (674 ns/voxel) = 354 s on
+                                (975 ns/voxel), 2.4 GB,       2 idle cores; 1590 s wall at load
+                                17 chunks of 64 M             8-11; peak +2.60 GiB; 7 chunks
+tortuosity electrolyte y+ / y-  --                            1.11096 / 1.11031 (1000 slices)
+384x1024^2 in memory, table1    CPU 295 s, 7 chunks of 64 M:  CPU 245 s, 3 chunks of 160 M:
+(load 5-8)                      tortuosity 1.110913 /         tortuosity 1.110434 / 1.110010;
+                                1.110623; thickness electro-  thickness electrolyte 0.07002 +-
+                                lyte 0.06918 +- 0.00061,      0.00050, active 0.09374 +- 0.00110
+                                active 0.09639 +- 0.00093 um  um (other metrics identical)
+fast marching 16x1024^2         1.87-2.12 s CPU               1.58-1.72 s CPU, distances
+(electrolyte, load 4)                                         bit-identical
+``taufactor`` CBD 160^3 crop    --                            revwatch 232.72 (CG 5933 it, 106 s);
+at (91, 141, 141)                                             taufactor 186.62 after 9500 it,
+                                                              NOT converged within 1800 s (nice
+                                                              10 at load 3-8)
+``nmc`` table1                  --                            12.0 B/voxel peak (CPU 6.5 s)
+==============================  ============================  ===================================
+
+Thickness differences between chunkings are the row sample's (the rows fall elsewhere; the
+tiled volume is periodic, 64x256x256, so a systematic row sample also aliases with it):
+within 1.1 and 1.9 combined standard errors; step 1 on 61 central slices gives 0.06907 and
+0.09520 um.
 """
 
 import argparse
