@@ -30,6 +30,9 @@ case                            before (issue 13, session 1)  after (fast-marchi
 ``big`` 1000x1024^2, threads    522 s wall, CPU 1044 s        CPU 707 s (674 ns/voxel) = 354 s on
                                 (975 ns/voxel), 2.4 GB,       2 idle cores; 1590 s wall at load
                                 17 chunks of 64 M             8-11; peak +2.60 GiB; 7 chunks
+``big``, LocalCluster            equal checked at 128 slices   same numbers as threads: True; CPU
+(2 processes)                                                 964 s (client + workers), 1420 s
+                                                              wall at load 9-11; peak +3.14 GiB
 tortuosity electrolyte y+ / y-  --                            1.11096 / 1.11031 (1000 slices)
 384x1024^2 in memory, table1    CPU 295 s, 7 chunks of 64 M:  CPU 245 s, 3 chunks of 160 M:
 (load 5-8)                      tortuosity 1.110913 /         tortuosity 1.110434 / 1.110010;
