@@ -222,7 +222,7 @@ class AnalysisConfig(_Section):
     tortuosity_factor_phases: list[str] = Field(
         default_factory=list, description="tortuosity factor (steady diffusion, TauFactor's) of these phases, "
         "for finished volumes (revwatch metrics); empty = not computed")
-    chunk_voxels: int = Field(64_000_000, ge=1, description="chunk of the whole-volume metrics (memory bound)")
+    chunk_voxels: int = Field(160_000_000, ge=1, description="chunk of the whole-volume metrics (memory bound)")
     halo_slices: int = Field(16, ge=0, description="margin of a chunk for local thickness and tortuosity")
 
     def network(self, phases: Phases):

@@ -19,6 +19,39 @@ Run: ``PYTHONPATH=. python tests/benchmarks/bench_metrics.py [--only PART] [--bi
 
 Volumes of part 2 and 4 are tiles of a smooth random 3-phase block (fast to generate at any size).
 Print the machine load (``uptime``) beside the figures: the machine may be shared.
+
+Measured (2026-11-30, shared 2-core machine; CPU seconds are the comparable figure, wall time
+was inflated by the load):
+
+==============================  ============================  ===================================
+case                            before (issue 13, session 1)  after (fast-marching queue, 160 M
+                                                              chunks, sizes without int64 copy)
+==============================  ============================  ===================================
+``big`` 1000x1024^2, threads    522 s wall, CPU 1044 s        CPU 707 s (674 ns/voxel) = 354 s on
+                                (975 ns/voxel), 2.4 GB,       2 idle cores; 1590 s wall at load
+                                17 chunks of 64 M             8-11; peak +2.60 GiB; 7 chunks
+``big``, LocalCluster            equal checked at 128 slices   same numbers as threads: True; CPU
+(2 processes)                                                 964 s (client + workers), 1420 s
+                                                              wall at load 9-11; peak +3.14 GiB
+tortuosity electrolyte y+ / y-  --                            1.11096 / 1.11031 (1000 slices)
+384x1024^2 in memory, table1    CPU 295 s, 7 chunks of 64 M:  CPU 245 s, 3 chunks of 160 M:
+(load 5-8)                      tortuosity 1.110913 /         tortuosity 1.110434 / 1.110010;
+                                1.110623; thickness electro-  thickness electrolyte 0.07002 +-
+                                lyte 0.06918 +- 0.00061,      0.00050, active 0.09374 +- 0.00110
+                                active 0.09639 +- 0.00093 um  um (other metrics identical)
+fast marching 16x1024^2         1.87-2.12 s CPU               1.58-1.72 s CPU, distances
+(electrolyte, load 4)                                         bit-identical
+``taufactor`` CBD 160^3 crop    --                            revwatch 232.72 (CG 5933 it, 106 s);
+at (91, 141, 141)                                             taufactor 186.62 after 9500 it,
+                                                              NOT converged within 1800 s (nice
+                                                              10 at load 3-8)
+``nmc`` table1                  --                            12.0 B/voxel peak (CPU 6.5 s)
+==============================  ============================  ===================================
+
+Thickness differences between chunkings are the row sample's (the rows fall elsewhere; the
+tiled volume is periodic, 64x256x256, so a systematic row sample also aliases with it):
+within 1.1 and 1.9 combined standard errors; step 1 on 61 central slices gives 0.06907 and
+0.09520 um.
 """
 
 import argparse
@@ -249,8 +282,10 @@ def bench_big(shape, chunk_voxels, tortuosity_max_voxels, cluster):
             t0 = time.perf_counter()
             doc = whole_volume_table1(arr, workers=2, **kwargs)
             elapsed = time.perf_counter() - t0
-        print(f"threads: {elapsed:7.1f} s, CPU {mem.cpu_s:.0f} s = {mem.cpu_s / 2:.0f} s on 2 idle cores (target <= 300 s "
-              f"for 1000x1024x1024), peak RSS +{mem.above_base / 2**30:.2f} GiB "
+        n = int(np.prod(shape))
+        print(f"threads: {elapsed:7.1f} s wall, CPU {mem.cpu_s:.0f} s ({1e9 * mem.cpu_s / n:.0f} ns/voxel) = "
+              f"{mem.cpu_s / 2:.0f} s on 2 idle cores (target <= 300 s for 1000x1024x1024), peak RSS "
+              f"+{mem.above_base / 2**30:.2f} GiB "
               f"(target <= 4 GB); chunks {doc['details']['chunks']}, tortuosity on {doc['details']['tortuosity_chunks']}")
         doc.pop("details")
         print("  ", json.dumps({k: doc[k] for k in ("tortuosity_geometric", "local_thickness_um", "connected_share",
@@ -266,14 +301,15 @@ def bench_big(shape, chunk_voxels, tortuosity_max_voxels, cluster):
                 remote = whole_volume_table1(arr, scheduler=lc.scheduler_address, **kwargs)
                 elapsed = time.perf_counter() - t0
         remote.pop("details")
-        print(f"LocalCluster (2 processes): {elapsed:7.1f} s (CPU {mem.cpu_s:.0f} s), peak RSS of client + workers "
+        print(f"LocalCluster (2 processes): {elapsed:7.1f} s wall, CPU {mem.cpu_s:.0f} s = {mem.cpu_s / 2:.0f} s on 2 "
+              f"idle cores (client and workers), peak RSS of client + workers "
               f"+{mem.above_base / 2**30:.2f} GiB; same numbers as threads: {remote == doc}")
 
 
 # ----------------------------------------------------------------------------- taufactor
 
 
-def bench_taufactor(crop, budget_s):
+def bench_taufactor(crop, budget_s, origin=(0, 0, 0), networks=("pore", "carbon-binder")):
     import taufactor as tf
 
     print(f"== tortuosity factor against taufactor (CPU, conv_crit 1e-3); load: {load()}")
@@ -285,10 +321,11 @@ def bench_taufactor(crop, budget_s):
     if NMC.exists():
         labels = nmc_labels()
         if crop:
-            labels = np.ascontiguousarray(labels[:crop, :crop, :crop])
-        shape = "x".join(map(str, labels.shape))
-        cases[f"NMC pore {shape}"] = labels == 1
-        cases[f"NMC carbon-binder {shape}"] = labels == 2
+            labels = np.ascontiguousarray(labels[tuple(slice(o, o + crop) for o in origin)])
+        shape = "x".join(map(str, labels.shape)) + (f" at {tuple(origin)}" if any(origin) else "")
+        for name, label in (("pore", 1), ("carbon-binder", 2)):
+            if name in networks:
+                cases[f"NMC {name} {shape}"] = labels == label
     print(f"  {'case':36s} {'revwatch':>9s} {'s':>6s} {'taufactor':>10s} {'s':>6s} {'diff':>7s}")
     diffs = []
     for name, mask in cases.items():
@@ -390,12 +427,17 @@ def main(argv=None):
                         help="geometric tortuosity on a sample of chunks (default: every chunk)")
     parser.add_argument("--no-cluster", action="store_true", help="skip the LocalCluster run of part 2")
     parser.add_argument("--taufactor-crop", type=int, default=None, help="crop the NMC volume to N^3 for part 3")
+    parser.add_argument("--taufactor-origin", type=int, nargs=3, default=(0, 0, 0), metavar=("Z", "Y", "X"),
+                        help="first voxel of the crop of part 3 (the CBD percolates along y in the 160^3 crop at "
+                             "91 141 141, not at 0 0 0)")
+    parser.add_argument("--taufactor-networks", nargs="+", default=["pore", "carbon-binder"],
+                        choices=["pore", "carbon-binder"], help="NMC networks of part 3")
     parser.add_argument("--taufactor-budget-s", type=float, default=1800, help="time budget of one taufactor solve")
     args = parser.parse_args(argv)
     if args.only in (None, "nmc"):
         bench_nmc(args.skip_peers)
     if args.only in (None, "taufactor"):
-        bench_taufactor(args.taufactor_crop, args.taufactor_budget_s)
+        bench_taufactor(args.taufactor_crop, args.taufactor_budget_s, args.taufactor_origin, args.taufactor_networks)
     if args.only in (None, "big"):
         bench_big(tuple(args.big_shape), args.chunk_voxels, args.tortuosity_max_voxels, not args.no_cluster)
     if args.only in (None, "incremental"):
