@@ -183,7 +183,9 @@ class AnalysisWorker:
         """{name: path} of the pictures written beside the volume so far (empty when off)."""
         return {} if self._pictures is None else self._pictures.paths
 
-    def close(self) -> None:
+    def close(self, *, finish: bool = True) -> None:
+        """Stop the thread; without `finish` (an interrupted run) the background windows and the
+        pictures not drawn yet are abandoned."""
         with self._cond:
             self._closing = True
             self._cond.notify_all()
@@ -191,7 +193,7 @@ class AnalysisWorker:
         if self._analysis is not None:
             self._analysis.close()
         if self._pictures is not None:
-            self._pictures.close()
+            self._pictures.close(finish=finish)
 
     def _due(self) -> bool:
         if self._analysis is None or self._wanted <= self._done:

@@ -278,7 +278,8 @@ class VolumePictures:
         parts = self._sections[name]
         return np.concatenate(parts, axis=0) if parts else None
 
-    def update(self, grey, labels, depth, *, provenance=None, rev_history=None, tolerance=0.05, curves=None):
+    def update(self, grey, labels, depth, *, provenance=None, rev_history=None, tolerance=0.05, curves=None,
+               cancelled=None):
         """Write the pictures for the first `depth` slices.
 
         Parameters
@@ -297,6 +298,9 @@ class VolumePictures:
         tolerance : float
         curves : dict, optional
             {metric: (edges_um, relative_std)} subvolume curves for the REV picture.
+        cancelled : callable, optional
+            Checked before each picture: when it returns True, the pictures not drawn yet are
+            left as they were.
 
         Returns
         -------
@@ -309,21 +313,27 @@ class VolumePictures:
         self._catch_up(grey, labels, depth)
         dz = self.spacing_um[0]
         title = f"{self.title}  ({depth} slices, {depth * dz:.3g} μm)".strip()
-        out = {}
         last_grey = None if grey is None else np.asarray(grey[depth - 1])
-        out["slice"] = _slice_picture(self.folder / "slice.png", last_grey, np.asarray(labels[depth - 1]),
-                                      phases=self.phases, spacing_um=self.spacing_um,
-                                      title=f"{title}: slice z = {depth - 1}")
         sections = {"xz": (self._section("xz_grey"), self._section("xz_labels"), self.row),
                     "yz": (self._section("yz_grey"), self._section("yz_labels"), self.column)}
-        out["orthogonal"] = _ortho_picture(self.folder / "orthogonal.png", sections, phases=self.phases,
-                                           spacing_um=self.spacing_um, title=title)
+        drawings = {
+            "slice": lambda: _slice_picture(self.folder / "slice.png", last_grey, np.asarray(labels[depth - 1]),
+                                            phases=self.phases, spacing_um=self.spacing_um,
+                                            title=f"{title}: slice z = {depth - 1}"),
+            "orthogonal": lambda: _ortho_picture(self.folder / "orthogonal.png", sections, phases=self.phases,
+                                                 spacing_um=self.spacing_um, title=title),
+        }
         if provenance:
-            out["drift"] = _drift_picture(self.folder / "drift.png", provenance[:depth], spacing_um=self.spacing_um,
-                                          title=title)
+            drawings["drift"] = lambda: _drift_picture(self.folder / "drift.png", provenance[:depth],
+                                                       spacing_um=self.spacing_um, title=title)
         if rev_history:
-            out["rev"] = _rev_picture(self.folder / "rev.png", rev_history, tolerance=tolerance,
-                                      spacing_um=self.spacing_um, curves=curves, title=title)
+            drawings["rev"] = lambda: _rev_picture(self.folder / "rev.png", rev_history, tolerance=tolerance,
+                                                   spacing_um=self.spacing_um, curves=curves, title=title)
+        out = {}
+        for name, draw in drawings.items():
+            if cancelled is not None and cancelled():
+                break
+            out[name] = draw()
         return out
 
 
@@ -348,6 +358,7 @@ class PictureWorker:
         self._request = None
         self._busy = False
         self._closing = False
+        self._cancelled = False
         self._paths: dict[str, str] = {}
         self.failures = 0
         self._thread = threading.Thread(target=self._run, name="revwatch pictures", daemon=True)
@@ -370,8 +381,13 @@ class PictureWorker:
         with self._cond:
             return self._cond.wait_for(lambda: self._request is None and not self._busy, timeout_s)
 
-    def close(self) -> None:
-        """Finish the pending request, then stop the thread."""
+    def close(self, *, finish: bool = True) -> None:
+        """Finish the pending request (or, without `finish`, drop it and stop the drawing in
+        progress after its current picture: an interrupted agent exits in seconds), then stop
+        the thread."""
+        with self._cond:
+            if not finish:
+                self._request, self._cancelled = None, True
         self.wait_idle(timeout_s=60)
         with self._cond:
             self._closing = True
@@ -392,7 +408,8 @@ class PictureWorker:
                 store = self._store
                 written = self._pictures.update(
                     CommittedView(store.grey, depth), CommittedView(store.labels, depth), depth,
-                    provenance=store.slices[:depth], rev_history=history, tolerance=tolerance)
+                    provenance=store.slices[:depth], rev_history=history, tolerance=tolerance,
+                    cancelled=lambda: self._cancelled)
                 with self._cond:
                     self._paths.update({name: str(path) for name, path in written.items()})
             except Exception:  # noqa: BLE001 - a picture must never stop acquisition

@@ -228,7 +228,7 @@ class Agent:
                 phases=self.phases,
                 config=cfg,
             )
-            stack.callback(self._analysis.close)
+            stack.callback(lambda: self._analysis.close(finish=not self._interrupted))
             if self._store is not None:
                 self._analysis.attach(self._store)
             self._install_signal_handlers(stack)

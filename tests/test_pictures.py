@@ -119,6 +119,18 @@ def test_the_orthogonal_sections_keep_only_their_rows(tmp_path):
     np.testing.assert_array_equal(pictures._section("yz_labels"), labels[:, :, 128])
 
 
+def test_a_cancelled_update_stops_after_the_current_picture(tmp_path, small_acquisition):
+    acq = small_acquisition
+    labels = acq.labels[:, :128, :128]
+    history = {"volume_fraction.pore": np.array([[4, 0.2, 0.3], [8, 0.21, 0.2]])}
+    pictures = VolumePictures(tmp_path / "p", phases=Phases(), spacing_um=SPACING_UM, canvas_shape=(128, 128))
+    asked = []
+    written = pictures.update(acq.slices, labels, 8, rev_history=history,
+                              cancelled=lambda: asked.append(1) or len(asked) > 1)
+    assert set(written) == {"slice"}
+    assert sorted(p.name for p in (tmp_path / "p").iterdir()) == ["slice.png"]  # no half-written file
+
+
 def test_a_failing_picture_never_raises_in_the_run(tmp_path, monkeypatch):
     store = VolumeStore.create(tmp_path / "v.ome.zarr", canvas_shape=(32, 32), dtype=np.uint8, spacing_um=SPACING_UM,
                                phases=Phases(), run_attrs={})
