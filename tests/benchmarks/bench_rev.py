@@ -192,7 +192,7 @@ def reference_depth(runs, depth_planned, names):
     return need
 
 
-def run_families(seeds, graded_seeds, dump=None):
+def run_families(seeds, graded_seeds, dump=None, only=None):
     print(DEFINITIONS)
     print(f"\nSlices {ROWS} x width px, spacing {SPACING} um, tolerance {TOLERANCE:.0%}, confidence {CONFIDENCE:.0%}, "
           f"tracked: {', '.join(m.name for m in default_tracked())}")
@@ -203,6 +203,8 @@ def run_families(seeds, graded_seeds, dump=None):
                "pred": {0.25: [], 0.5: [], 0.75: []}, "ratios": []}
     names = [m.name for m in default_tracked()]
     for name, depth, width, r_px, gradient, fam_seeds in families(seeds, graded_seeds):
+        if only and name not in only:
+            continue
         runs, t0 = [], time.perf_counter()
         for seed in fam_seeds:
             labels = generate_microstructure((depth, ROWS, width), spacing_um=SPACING, particle_radius_um=r_px * SPACING[1],
@@ -641,6 +643,8 @@ def main():
     parser.add_argument("--no-cost", action="store_true")
     parser.add_argument("--dump", help="append each family's raw results (pickle) to this file")
     parser.add_argument("--no-porespy", action="store_true")
+    parser.add_argument("--family", action="append", metavar="NAME",
+                        help="only this family (repeat for several; names as printed, e.g. 'r8px w1024')")
     parser.add_argument("--end-to-end", action="store_true", help="also run the agent on rendered slices")
     parser.add_argument("--only", choices=["families", "cost", "porespy", "end-to-end", "trend-replay", "burst", "signals"])
     parser.add_argument("--burst", type=int, nargs=2, metavar=("DEPTH", "WIDTH"), default=(1200, 128),
@@ -650,7 +654,8 @@ def main():
     args = parser.parse_args()
     t0 = time.perf_counter()
     if args.only in (None, "families"):
-        run_families(list(range(args.seeds)), list(range(100, 100 + args.graded_seeds)), dump=args.dump)
+        run_families(list(range(args.seeds)), list(range(100, 100 + args.graded_seeds)), dump=args.dump,
+                     only=args.family)
     if args.only == "cost" or (args.only is None and not args.no_cost):
         cost()
     if args.only == "porespy" or (args.only is None and not args.no_porespy):
