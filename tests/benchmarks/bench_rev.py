@@ -54,10 +54,22 @@ last slice 1.5 s after it was stored; the agent's resident memory 386 MB at dept
 1200 (ratio 1.27); SIGINT at depth 1200: exit 0 after 2.0 s, the volume complete (1200 slices, in order).
 
 ``--only burst --burst 1000 1024 --burst-period 64`` (1000 slices of 1024 x 1024 px, 64 rendered and
-repeated; load 8-10): NOT MET. Before ``VolumeAnalysis(windows_per_update=2)``: peak resident memory
-1097 MB up to depth 100, 5196 MB up to 1000 (ratio 4.74), verdict 235 slices behind at the end,
-SIGINT exit after 145 s. After: 1099 / 3596 MB (ratio 3.27), 208 slices behind, exit after 86 s; the
-agent stored 1.0 slice/s.
+repeated). Before this round (load 8-10): peak resident memory 1097 MB up to depth 100, 5196 MB up to
+1000 (ratio 4.74), the verdict 235 slices behind at the end, SIGINT exit after 145 s; with
+``windows_per_update=2``: 3596 MB (ratio 3.27), 208 behind, 86 s. Causes found: the picture thread kept
+every slice's grey and labels alive (views of the rows it keeps: 3 MB per slice at 1024^2), the expensive
+windows ran inside the update (the verdict waited for them), and Ctrl-C waited for them and for a round
+of pictures (about 6 s at this size). After (2026-11-30, load 5-7; the agent stored 1.2 slices/s):
+peak resident memory 1232 MB up to depth 100, 1533 MB up to depth 1000 (ratio 1.24, target <= 1.5;
+sampled 1058-1269 MB at depth 200-1000); the verdict 3 slices behind the stored volume when the last
+slice was stored (worst 14, median 5) and about the last slice 2.1 s after it was stored; SIGINT at
+depth 1000: exit 0 after 2.5 s, the volume complete. At 512 x 512 x 600: peak 615 / 822 MB (1.34),
+exit 6.1 s, before the pictures fix 689 / 1075 MB.
+
+``--only end-to-end`` (3 seeds, 96 slices of 128 x 128 px, after the feature size was fixed on the first
+8 slices; load 3-8): agent stop 75 / 59 / 96, the tracker alone on the stored labels 76 / 60 / 96: all
+within one update (exit 0 each, 52-63 s). Before, seed 2's agent never stopped (its first update at
+depth 1 gave other blocks than the tracker's first at depth 4).
 
 ``--only signals`` (128 x 128 px, signal as soon as the last slice is stored), seconds from signal to
 exit (exit 0, volume complete in every case): depth 100: SIGINT 4.1, SIGTERM 3.3; depth 1000: SIGTERM
