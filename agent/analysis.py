@@ -21,7 +21,7 @@ shares, inner porosity - are computed on consecutive, disjoint z-windows of
 backlog after a burst is worked off over the next updates), each a chunk of
 :func:`processing.metrics.chunk_partial` (one Dask task), added in order into a
 :class:`processing.metrics.PartialsMerger`. Each window costs the same, so the cost stays
-bounded as the volume grows, and memory is one window (plus two boundary slices per
+bounded as the volume grows, and memory is ``windows_per_update`` windows (plus two boundary slices per
 window for the connectivity).
 
 * Connectivity (connected share, interconnected share, inner porosity) is exact on the
@@ -33,6 +33,9 @@ window for the connectivity).
   volume's; on the 96 x 64 x 64 composites of the tests the two agree within 5 %.
 * A window is at most ``max_window_voxels`` voxels with its halo (the window is thinned
   to fit, never below one slice).
+* With ``background=True`` (the agent) the windows run on daemon threads while
+  :meth:`VolumeAnalysis.update` returns the cheap metrics at once; a document covers the
+  windows finished so far (``expensive_depth_slices``).
 * Until the first window is complete (and with ``full=True``), the expensive metrics also
   take the incomplete last window into account, computed on the fly and not kept.
 

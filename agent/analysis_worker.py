@@ -153,7 +153,8 @@ class AnalysisWorker:
                 self._cond.notify_all()
 
     def notify(self, depth: int, *, final: bool = False) -> None:
-        """The volume now holds `depth` committed slices; `final` forces a refresh of everything."""
+        """The volume now holds `depth` committed slices; `final` forces a refresh of every metric
+        (the REV decision is updated only when new slices came: a repeat would count as a hold)."""
         with self._cond:
             if int(depth) > self._wanted:
                 self._wanted, self._wanted_time = int(depth), time.monotonic()
