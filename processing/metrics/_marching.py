@@ -100,7 +100,7 @@ def _solve(t, j, s0, s1, s2, h0, h1, h2):
     return t
 
 
-@numba.njit(cache=True, nogil=True)
+@numba.njit(cache=True, nogil=True, inline="always")
 def _enqueue(buckets, counts, bucket, i):
     """Append voxel `i` to `bucket` (a row of `buckets`, grown when full); returns `buckets`."""
     if counts[bucket] == buckets.shape[1]:

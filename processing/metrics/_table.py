@@ -75,8 +75,8 @@ THICKNESS_ROLES = ("electrolyte", "active")
 _SLAB = 16
 # Default chunk: a volume up to this many voxels is one chunk (exact, no halo). Every chunk
 # but the first and last marches and measures 2 x HALO_SLICES extra slices: on 1000 x 1024^2,
-# 7 chunks of 160 M cost 1.19x the volume (17 chunks of 64 M cost 1.51x); a task peaks at about
-# 8 bytes per voxel of chunk + halo (2 concurrent tasks: 2.8 GB).
+# 8 chunks of 131 M (an even number, see chunk_plan) cost 1.22x the volume (17 chunks of 64 M
+# cost 1.51x); a task peaks at about 8 bytes per voxel of chunk + halo.
 CHUNK_VOXELS = 160_000_000
 # Margin (slices) around a chunk for the local thickness and the tortuosity.
 HALO_SLICES = 16
@@ -328,13 +328,18 @@ def chunk_plan(shape, *, chunk_axis=0, chunk_voxels=CHUNK_VOXELS):
     Returns
     -------
     list of (int, int)
-        ``[start, stop)`` of every chunk, equal sizes within one slice.
+        ``[start, stop)`` of every chunk, equal sizes within one slice. More than one
+        chunk are an even number (when the slices allow): two or four workers then finish
+        together instead of one working alone on the last chunk, and the chunking (hence
+        the numbers) does not depend on the machine.
     """
     if isinstance(chunk_voxels, bool) or not isinstance(chunk_voxels, (int, np.integer)) or chunk_voxels < 1:
         raise ValueError(f"chunk_voxels must be a positive integer, got {chunk_voxels!r}")
     n = shape[chunk_axis]
     per_slice = int(np.prod(shape)) // max(n, 1)
     n_chunks = max(1, math.ceil(n / max(1, chunk_voxels // max(per_slice, 1))))
+    if n_chunks > 1:
+        n_chunks = min(n_chunks + n_chunks % 2, n)
     bounds = np.linspace(0, n, n_chunks + 1).round().astype(int)
     return [(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
 
