@@ -38,6 +38,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import cc3d
+import edt
 import numba
 import numpy as np
 from scipy.sparse import coo_matrix
@@ -390,11 +391,12 @@ def _line_ids(comp, index, has, axis):
     return ids
 
 
-def _thickness_partial(block, core, label, spacing, samples, threads, all_valid=False):
+def _thickness_partial(block, core, label, spacing, samples, threads, all_valid=False, distance=None):
     """Local-thickness sums over the core rows of one chunk (halo around it).
 
     The row step keeps about `samples` phase voxels in the core; the kept rows are
-    split into replicate groups along the chunk axis (sampling error)."""
+    split into replicate groups along the chunk axis (sampling error). `distance`: the
+    block's multi-label distance map, if shared by several phases (all-valid blocks)."""
     c0, c1 = core
     valid = None if all_valid else block != UNASSIGNED
     mask = block == label
@@ -404,7 +406,8 @@ def _thickness_partial(block, core, label, spacing, samples, threads, all_valid=
         return {"groups": np.zeros((0, 3)), "hist": np.zeros(0, np.int64), "bin_um": bin_um, "step": 1,
                 "unbounded": 0}
     step = max(1, math.ceil(math.sqrt(n_phase / samples)))
-    thickness = local_thickness(mask, spacing_um=spacing, step=step, threads=threads, valid=valid)
+    thickness = local_thickness(mask, spacing_um=spacing, step=step, threads=threads, valid=valid,
+                                distance_um=distance)
     rows = np.arange(thickness.shape[0]) * step
     keep = np.nonzero((rows >= c0) & (rows < c1))[0]
     groups = []
@@ -523,9 +526,16 @@ def chunk_partial(block, *, core, spacing_um, phases=Phases(), network=None, tra
         components[("inner",)] = _components(chunk != active, on_border,
                                               lambda comp, n: _component_sizes(comp, n, is_pore))
     out["components"] = components
+    # one multi-label distance map serves every phase of an all-assigned block (1.3x the
+    # cost of one phase's instead of 2x for two)
+    distance = None
+    if all_valid and len(network.thickness) > 1:
+        distance = np.ascontiguousarray(edt.edt(block, anisotropy=spacing, black_border=False, parallel=threads),
+                                        dtype=np.float32)
     out["thickness"] = {name: _thickness_partial(block, core, phases.label(name), spacing, thickness_samples, threads,
-                                                 all_valid)
+                                                 all_valid, distance)
                         for name in network.thickness}
+    del distance
     out["tortuosity"] = {}
     if tortuosity:
         lines = np.zeros(block.shape[:axis] + block.shape[axis + 1:], bool)

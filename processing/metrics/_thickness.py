@@ -45,9 +45,10 @@ _CENTRE_TOLERANCE = 0.3
 
 
 @numba.njit(cache=True, nogil=True)
-def _maximal_ball_centres(dist, sz, sy, sx, tol, step, z_lo, z_hi, keep):
+def _maximal_ball_centres(dist, phase, sz, sy, sx, tol, step, z_lo, z_hi, keep):
     """Mark in `keep` the centres of slices [z_lo, z_hi) whose ball is inside no
-    neighbour's ball (up to `tol` um) and reaches a computed row (z, y multiples of `step`)."""
+    neighbour's ball of the phase (up to `tol` um) and reaches a computed row (z, y
+    multiples of `step`); `dist` may hold other phases' distances outside `phase`."""
     nz, ny, nx = dist.shape
     offsets = np.empty(26, np.int64)
     reach = np.empty(26, np.float32)
@@ -60,6 +61,7 @@ def _maximal_ball_centres(dist, sz, sy, sx, tol, step, z_lo, z_hi, keep):
                     reach[i] = math.sqrt((oz * sz) ** 2 + (oy * sy) ** 2 + (ox * sx) ** 2) - tol
                     i += 1
     flat = dist.ravel()
+    phase_flat = phase.ravel()
     keep_flat = keep.ravel()
     for z in range(z_lo, z_hi):
         for y in range(ny):
@@ -70,23 +72,23 @@ def _maximal_ball_centres(dist, sz, sy, sx, tol, step, z_lo, z_hi, keep):
             row_d2 = (min(rz, step - rz) * sz) ** 2 + (min(ry, step - ry) * sy) ** 2
             for x in range(nx):
                 r = dist[z, y, x]
-                if r <= 0 or r * r <= row_d2:
+                if not phase[z, y, x] or r * r <= row_d2:
                     continue  # not in the phase, or its ball paints no computed row
                 if interior and 0 < x < nx - 1:
                     # fast path: flat offsets, no bounds checks
                     maximal = True
                     p = base + x
                     for k in range(26):
-                        if flat[p + offsets[k]] >= r + reach[k]:
+                        if flat[p + offsets[k]] >= r + reach[k] and phase_flat[p + offsets[k]]:
                             maximal = False
                             break
                     keep_flat[p] = maximal
                 else:
-                    keep[z, y, x] = _is_maximal_border(dist, z, y, x, sz, sy, sx, tol)
+                    keep[z, y, x] = _is_maximal_border(dist, phase, z, y, x, sz, sy, sx, tol)
 
 
 @numba.njit(cache=True, nogil=True)
-def _is_maximal_border(dist, z, y, x, sz, sy, sx, tol):
+def _is_maximal_border(dist, phase, z, y, x, sz, sy, sx, tol):
     nz, ny, nx = dist.shape
     r = dist[z, y, x]
     for oz in range(-1, 2):
@@ -102,7 +104,7 @@ def _is_maximal_border(dist, z, y, x, sz, sy, sx, tol):
                 if xx < 0 or xx >= nx or (oz == 0 and oy == 0 and ox == 0):
                     continue
                 step = math.sqrt((oz * sz) ** 2 + (oy * sy) ** 2 + (ox * sx) ** 2)
-                if dist[zz, yy, xx] >= r + step - tol:
+                if dist[zz, yy, xx] >= r + step - tol and phase[zz, yy, xx]:
                     return False
     return True
 
@@ -174,7 +176,7 @@ def _in_threads(n, work):
         list(pool.map(work, range(n)))
 
 
-def local_thickness(mask, *, spacing_um, voxel_correction=True, step=1, threads=None, valid=None):
+def local_thickness(mask, *, spacing_um, voxel_correction=True, step=1, threads=None, valid=None, distance_um=None):
     """Local thickness map of a phase (Hildebrand-Ruegsegger diameter).
 
     Parameters
@@ -196,6 +198,11 @@ def local_thickness(mask, *, spacing_um, voxel_correction=True, step=1, threads=
         Assigned voxels (default all). Unassigned voxels are outside the domain, like
         the volume border: not a wall (distances are to assigned non-phase voxels only)
         and never a ball centre.
+    distance_um : (Z, Y, X) ndarray of float32, optional
+        Distance (um) of every voxel of `mask` to the nearest voxel centre outside it, as
+        ``edt`` gives it (``black_border=False``), when already computed: one multi-label
+        ``edt`` of a label volume serves all its phases at the cost of about 1.3 single
+        ones. Values outside `mask` are ignored. Not with `valid`.
 
     Returns
     -------
@@ -217,18 +224,24 @@ def local_thickness(mask, *, spacing_um, voxel_correction=True, step=1, threads=
     rows = mask[::step, ::step]
     if not rows.any():
         return np.zeros(rows.shape, np.float32)
-    # edt is ~1.7x faster on uint8 than on bool input
-    dist = edt.edt((mask if walls is None else walls).view(np.uint8), anisotropy=spacing, black_border=False,
-                   parallel=threads or os.cpu_count() or 1)
-    dist = np.ascontiguousarray(dist, dtype=np.float32)
-    if walls is not None:
-        dist[~mask] = 0  # balls are centred on the phase only
+    if distance_um is not None:
+        if valid is not None:
+            raise ValueError("distance_um cannot be combined with valid (its walls would include unassigned voxels)")
+        dist = np.asarray(distance_um)
+        if dist.shape != mask.shape or dist.dtype != np.float32 or not dist.flags.c_contiguous:
+            raise ValueError(f"distance_um must be a C-contiguous float32 array of the mask's shape {mask.shape}, "
+                             f"got {dist.dtype} {dist.shape}")
+    else:
+        # edt is ~1.7x faster on uint8 than on bool input
+        dist = edt.edt((mask if walls is None else walls).view(np.uint8), anisotropy=spacing, black_border=False,
+                       parallel=threads or os.cpu_count() or 1)
+        dist = np.ascontiguousarray(dist, dtype=np.float32)
         del walls
     n_threads = threads or os.cpu_count() or 1
     keep = np.zeros(mask.shape, bool)
     bounds = np.linspace(0, mask.shape[0], n_threads + 1).astype(int)
     _in_threads(n_threads, lambda t: _maximal_ball_centres(
-        dist, *spacing, _CENTRE_TOLERANCE * min(spacing), int(step), bounds[t], bounds[t + 1], keep))
+        dist, mask, *spacing, _CENTRE_TOLERANCE * min(spacing), int(step), bounds[t], bounds[t + 1], keep))
     # centres as int32 / float32 (the centre list is the largest array after the distance map)
     flat = np.flatnonzero(keep)
     del keep
