@@ -189,8 +189,9 @@ def whole_volume_table1(labels, *, spacing_um, phases=Phases(), transport_axis=1
     workers : int, optional
         Concurrent local tasks (default: Dask's, the CPU count).
     threads_per_task : int, optional
-        Threads of the distance transforms inside a task (default: the CPU count shared
-        by the concurrent local tasks).
+        Threads of a task (default: the CPU count shared by the concurrent local tasks);
+        local tasks give every CPU to the parts that hold the GIL (see
+        :func:`processing.metrics.chunk_partial`).
 
     Returns
     -------
@@ -207,13 +208,16 @@ def whole_volume_table1(labels, *, spacing_um, phases=Phases(), transport_axis=1
     cpus = os.cpu_count() or 1
     if threads_per_task is None:
         threads_per_task = 1 if scheduler is not None else max(1, cpus // min(workers or cpus, len(plan)))
+    # local tasks share one GIL: its holders (edt, cc3d) get every CPU (see chunk_partial)
+    gil_threads = threads_per_task if scheduler is not None else max(threads_per_task, cpus)
     # an in-memory array is one graph key (sent once to a worker), a Zarr array is read by path
     source = dask.delayed(labels, pure=False) if isinstance(labels, np.ndarray) else labels
     tasks = []
     for task in plan:
         kwargs = dict(spacing_um=o_spacing, phases=phases, network=network, transport_axis=o_axis, cc_face=cc_face,
                       first=task["first"], last=task["last"], with_previous=task["with_previous"],
-                      thickness_samples=samples, tortuosity=task["tortuosity"], threads=threads_per_task)
+                      thickness_samples=samples, tortuosity=task["tortuosity"], threads=gil_threads,
+                      tortuosity_threads=threads_per_task)
         block = dask.delayed(_read_block, pure=False)(source, chunk_axis, task["lo"], task["hi"])
         tasks.append(dask.delayed(_partial, pure=False)(block, task["core"], kwargs))
     client = _client(scheduler)
