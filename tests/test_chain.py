@@ -126,6 +126,38 @@ def test_calibration_waits_for_a_named_phase_that_comes_into_view_later():
     assert _accuracy(done[:10], acq.labels) > 0.95  # the slices held while waiting too
 
 
+def test_a_named_phase_that_comes_into_view_after_the_wait_recalibrates_the_model(caplog):
+    from processing.chain import PHASE_WAIT_WINDOWS
+    from processing.synthetic import generate_microstructure, render_acquisition
+
+    n, late = 60, PHASE_WAIT_WINDOWS * 4 + 12  # the middle phase comes in well after the wait
+    labels = generate_microstructure((n, 152, 152), spacing_um=(0.05, 0.02, 0.02), particle_radius_um=0.4, rng=7)
+    labels[:late][labels[:late] == 2] = 1
+    acq = render_acquisition(labels, field_shape=(128, 128), drift_px=np.zeros((n, 2)), rng=7)
+    chain = SliceChain(phases=Phases(), calibration_slices=4)
+    with caplog.at_level("WARNING", logger="processing.chain"):
+        done = push_all(chain, acq.slices) + chain.flush()
+    assert [p.index for p in done] == list(range(1, n + 1))
+    # found within two checks of its arrival, said in the log, and the model has all three names
+    assert len(chain.recalibrations) == 1
+    event = chain.recalibrations[0]
+    assert late < event["index"] <= late + 2 * 4 + 1
+    assert (event["classes_before"], event["classes_after"], event["empty_after"]) == (2, 3, [])
+    assert any("re-calibrated at slice" in r.getMessage() for r in caplog.records)
+    assert chain.phase_check.empty_names == ()
+    after = [p for p in done if p.index > event["index"]]
+    assert _accuracy(after, acq.labels) > 0.95  # a fixed two-class model: the active phase is mislabelled
+    assert _accuracy(done[:late], acq.labels) > 0.95  # the slices before keep their (right) labels
+
+
+def test_a_two_phase_sample_is_never_recalibrated_into_an_invented_phase():
+    acq = _rendered(60, 96, seed=3, levels=(60, 60, 190))
+    chain = SliceChain(phases=Phases(), calibration_slices=4)
+    done = push_all(chain, acq.slices) + chain.flush()
+    assert len(done) == 60 and chain.recalibrations == []
+    assert len(chain.phase_check.empty_names) == 1
+
+
 def test_a_two_phase_sample_calibrates_after_the_wait_without_an_invented_phase():
     from processing.chain import PHASE_WAIT_WINDOWS
 
