@@ -403,21 +403,22 @@ class SliceChain:
             raise CalibrationError(f"none of the {len(self._held)} held slices shows structure above noise")
         if self.tracker is None:
             self.roi = self._find_roi(usable)
-            if self.roi is not None and not self.cap_rows:
-                # z-invariant rows are cap or fiducial, not sample: out of calibration and labels;
-                # the band found is a core of the strip, grown to the rows that look like it. The
-                # cap is on top of the section (below any black margin): a band that does not reach
-                # the top is slowly changing sample (a large particle), neither cap nor reference.
-                rows = grow_rows(usable[0], (self.roi[0], self.roi[1]))
-                margin = flat_margins(usable[0]).all(axis=1)
-                top = int(np.argmin(margin)) if not margin.all() else 0
-                if rows[0] <= top + _CAP_TOP_TOLERANCE * usable[0].shape[0]:
+            if not self.cap_rows:
+                # z-invariant rows are cap or fiducial, not sample: out of calibration and labels
+                rows = None if self.roi is None else self._cap_of_band(usable[0], self.roi)
+                if rows is None and len(usable) >= _MIN_SLICES_FOR_BAND:
+                    # a slowly changing band of large particles can outlast the cap in the whole
+                    # slice: the cap is on top, so look for it in the top half on its own
+                    top = find_reference_band([u[: u.shape[0] // 2] for u in usable])
+                    rows = None if top is None else self._cap_of_band(usable[0], top)
+                    if rows is not None:
+                        log.info("the cap found in the top half of the slice: rows %d-%d", *rows)
+                        self.roi = (top[0], top[1], 0, usable[0].shape[1])
+                if rows is None:
+                    self.roi = None
+                else:
                     self._nonsample_rows = rows
                     log.info("not sample: rows %d-%d", *rows)
-                else:
-                    log.warning("z-invariant rows %d-%d do not reach the top of the section: sample changing "
-                                "slowly, not a cap; registering on the whole slice", *rows)
-                    self.roi = None
             log.info("alignment region: %s",
                      "whole slice" if self.roi is None else f"rows {self.roi[0]}-{self.roi[1]}")
             self.tracker = self._new_tracker()
@@ -434,6 +435,21 @@ class SliceChain:
         )
         self._context = DepthContext(self.phase_model, context_slices=self.context_slices, boundaries=self.boundaries)
         return aligned
+
+    @staticmethod
+    def _cap_of_band(first, band):
+        """The rows of the cap that a z-invariant `band` (y0, y1, ...) lies in, or None: the band
+        found is a core of the strip, grown to the rows that look like it; the cap is on top of
+        the section (below any black margin), and a band that does not reach the top is slowly
+        changing sample (a large particle), neither cap nor reference."""
+        rows = grow_rows(first, (band[0], band[1]))
+        margin = flat_margins(first).all(axis=1)
+        top = int(np.argmin(margin)) if not margin.all() else 0
+        if rows[0] <= top + _CAP_TOP_TOLERANCE * first.shape[0]:
+            return rows
+        log.warning("z-invariant rows %d-%d do not reach the top of the section: sample changing slowly, not a "
+                    "cap", *rows)
+        return None
 
     def _new_tracker(self) -> DriftTracker:
         """The drift tracker: on the cap's lasting features when the cap rows are known."""
