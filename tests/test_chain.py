@@ -55,6 +55,21 @@ def test_cap_rows_are_unassigned_and_align_on_the_cap(capped):
     assert np.mean(labels[sample] == capped.labels[sample]) > 0.9
 
 
+def test_the_cap_is_found_above_large_slowly_changing_particles():
+    from processing.scenarios import random_scenario, render_scenario
+
+    # faceted particles of 120 px radius under a cap: a band of particle rows changes less over
+    # the calibration slices than the cap's grain, and does not reach the top
+    rendered = render_scenario(random_scenario(0, n_slices=12))
+    assert rendered.truth.cap_px > 16 and rendered.scenario.particle_radius_px > 100
+    chain = SliceChain(phases=Phases(rendered.scenario.phase_names), roi="auto")
+    done = push_all(chain, rendered.slices) + chain.flush()
+    sample_rows = np.flatnonzero((rendered.truth.labels[0] > 0).any(axis=1))
+    y0, y1 = chain.state()["nonsample_rows"]
+    assert y0 <= 2 and sample_rows[0] - 4 <= y1 <= sample_rows[0] + 2
+    assert all(not p.labels[:sample_rows[0] - 4].any() for p in done)  # the cap is unassigned
+
+
 def test_a_slice_of_another_shape_is_refused_without_changing_the_chain(capped):
     chain = SliceChain(phases=Phases(), calibration_slices=2)
     push_all(chain, capped.slices[:3])
