@@ -141,14 +141,21 @@ def test_calibration_waits_for_a_named_phase_that_comes_into_view_later():
     assert _accuracy(done[:10], acq.labels) > 0.95  # the slices held while waiting too
 
 
-def test_a_named_phase_that_comes_into_view_after_the_wait_recalibrates_the_model(caplog):
+def _late_middle_phase(n=60):
+    """An acquisition whose middle phase comes into view well after the calibration wait (4-slice
+    calibration windows); returns it and the first slice of the middle phase (0-based)."""
     from processing.chain import PHASE_WAIT_WINDOWS
     from processing.synthetic import generate_microstructure, render_acquisition
 
-    n, late = 60, PHASE_WAIT_WINDOWS * 4 + 12  # the middle phase comes in well after the wait
+    late = PHASE_WAIT_WINDOWS * 4 + 12
     labels = generate_microstructure((n, 152, 152), spacing_um=(0.05, 0.02, 0.02), particle_radius_um=0.4, rng=7)
     labels[:late][labels[:late] == 2] = 1
-    acq = render_acquisition(labels, field_shape=(128, 128), drift_px=np.zeros((n, 2)), rng=7)
+    return render_acquisition(labels, field_shape=(128, 128), drift_px=np.zeros((n, 2)), rng=7), late
+
+
+def test_a_named_phase_that_comes_into_view_after_the_wait_recalibrates_the_model(caplog):
+    n = 60
+    acq, late = _late_middle_phase(n)
     chain = SliceChain(phases=Phases(), calibration_slices=4)
     with caplog.at_level("WARNING", logger="processing.chain"):
         done = push_all(chain, acq.slices) + chain.flush()
@@ -277,6 +284,37 @@ def test_the_agent_reports_waiting_calibration_and_flagged_slices(tmp_path):
         flags = {i + 1: s.get("flag") for i, s in enumerate(store.slices)}
         assert flags[1] == "held" and flags[13] is not None and flags[5] is None
         assert not np.asarray(store.labels[0]).any()
+    finally:
+        store.close()
+
+
+@pytest.mark.slow
+def test_the_agent_reports_a_recalibration_and_stores_the_new_model(tmp_path):
+    from agent.pipeline import Agent
+    from agent.publish import free_loopback_endpoint
+    from agent.store import VolumeStore
+    from processing.io import write_slice
+    from test_system import agent_config
+
+    acq, late = _late_middle_phase()
+    folder = tmp_path / "acq"
+    folder.mkdir()
+    for i, pixels in enumerate(acq.slices, start=1):
+        write_slice(folder, i, pixels, pixel_size_um=0.02)
+    config = agent_config(folder, tmp_path / "v.zarr", free_loopback_endpoint(),
+                          acquisition={"pixel_size_nm": 20.0, "slice_spacing_nm": 50.0},
+                          processing={"calibration_slices": 4, "roi": "whole"})
+    agent = Agent(config)
+    docs = []
+    agent.events.subscribe(lambda name, doc: docs.append((name, doc)), name="test")
+    agent.run(idle_exit_s=1.5)
+    recalibrated = [d for n, d in docs if n == "error" and "re-calibrated" in d["message"]]
+    assert len(recalibrated) == 1 and recalibrated[0]["kind"] == "phase_model"
+    assert late < recalibrated[0]["index"] <= late + 9
+    assert [d for n, d in docs if n == "status"][-1]["phase_recalibrations"] == 1
+    store = VolumeStore.open(tmp_path / "v.zarr")
+    try:
+        assert len(store.run_attrs["phase_model"]["levels"]) == 3
     finally:
         store.close()
 
