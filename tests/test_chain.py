@@ -251,10 +251,11 @@ def test_slow_drift_of_30_percent_over_1000_slices_keeps_the_labels():
 
 
 def test_the_agent_reports_waiting_calibration_and_flagged_slices(tmp_path):
+    from test_system import agent_config
+
     from agent.pipeline import Agent
     from agent.publish import free_loopback_endpoint
     from processing.io import write_slice
-    from test_system import agent_config
 
     acq = _rendered(14, 96, seed=8, brightness_drift=0.0)
     blank = np.random.default_rng(5).normal(110, 16, (3, 96, 96)).clip(0, 255).astype(np.uint8)
@@ -290,11 +291,12 @@ def test_the_agent_reports_waiting_calibration_and_flagged_slices(tmp_path):
 
 @pytest.mark.slow
 def test_the_agent_reports_a_recalibration_and_stores_the_new_model(tmp_path):
+    from test_system import agent_config
+
     from agent.pipeline import Agent
     from agent.publish import free_loopback_endpoint
     from agent.store import VolumeStore
     from processing.io import write_slice
-    from test_system import agent_config
 
     acq, late = _late_middle_phase()
     folder = tmp_path / "acq"

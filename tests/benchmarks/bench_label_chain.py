@@ -44,12 +44,12 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_acquisitions import compare_slice  # noqa: E402
+from bench_acquisitions import compare_slice
 
-from agent.config import Config  # noqa: E402
-from processing.chain import SliceChain  # noqa: E402
-from processing.io import SliceImage  # noqa: E402
-from processing.scenarios import random_scenario, render_scenario  # noqa: E402
+from agent.config import Config
+from processing.chain import SliceChain
+from processing.io import SliceImage
+from processing.scenarios import random_scenario, render_scenario
 
 
 def run_scenario(seed, n_slices):
