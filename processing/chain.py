@@ -14,19 +14,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from processing.align import (
-    DriftEstimate,
-    DriftTracker,
-    apply_shift,
-    find_reference_band,
-)
+from processing.align import DriftEstimate, DriftTracker, apply_shift, find_reference_band
 from processing.context import DepthContext
-from processing.correct import (
-    BrightnessMonitor,
-    CorrectionModel,
-    fit_correction,
-    slice_structure,
-)
+from processing.correct import BrightnessMonitor, CorrectionModel, fit_correction, slice_structure
 from processing.errors import CalibrationError, SliceShapeError
 from processing.io import SliceImage
 from processing.mask import RegionMask, flat_margins, grow_rows
