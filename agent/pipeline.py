@@ -136,6 +136,7 @@ class Agent:
         self._summary_at = (time.monotonic(), 0)
         self._analysis: AnalysisWorker | None = None
         self._phase_check_reported = False
+        self._recalibrations_reported = 0
 
     # -- inputs from the watcher (its thread): only queue them -----------------------------
 
@@ -429,6 +430,7 @@ class Agent:
         elif done and self._store is None:
             self._log_calibration(len(done) + self._chain.label_delay_slices)
         self._report_phase_check()
+        self._report_recalibrations()
         for processed in done:
             self._append(processed)
 
@@ -451,6 +453,18 @@ class Agent:
         if refuse:
             raise CalibrationError("the calibration slices do not show the named phases (phases.on_mismatch = "
                                    "'refuse'):\n  " + "\n  ".join(check.warnings))
+
+    def _report_recalibrations(self) -> None:
+        """Each re-calibration of the phase model (a named phase came into view after calibration)
+        as an ``error`` document of kind ``phase_model``; the stored run attributes follow it."""
+        recalibrations = self._chain.recalibrations if self._chain is not None else []
+        for event in recalibrations[self._recalibrations_reported:]:
+            self.events.emit("error", {"kind": "phase_model", "source": "segment", "index": event["index"],
+                                       "message": event["message"], "critical": False})
+            if self._store is not None:
+                state = self._chain.state()
+                self._store.update_run_attrs({key: state[key] for key in ("phase_model", "correction")})
+        self._recalibrations_reported = len(recalibrations)
 
     def _append(self, processed) -> None:
         if self._store is None:
@@ -632,6 +646,7 @@ class Agent:
             "drift_wander": done.drift.wander if done else None,
             "uncertain_share": done.uncertain_share if done else None,
             "label_delay_slices": self._chain.label_delay_slices if self._chain else 0,
+            "phase_recalibrations": len(self._chain.recalibrations) if self._chain else 0,
             "quality": done.quality if done else None,
             "slices_flagged": self._flagged,
             "slices_held": self._held,

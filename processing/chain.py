@@ -20,7 +20,7 @@ from processing.correct import BrightnessMonitor, CorrectionModel, fit_correctio
 from processing.errors import CalibrationError, SliceShapeError
 from processing.io import SliceImage
 from processing.mask import RegionMask, flat_margins, grow_rows
-from processing.phases import Phases
+from processing.phases import Phases, estimate_grey_classes
 from processing.segment import PhaseModel, calibrate_phases
 
 __all__ = ["ProcessedSlice", "SliceChain"]
@@ -33,6 +33,9 @@ _MAX_HELD_PER_CALIBRATION_SLICE = 4  # slices without contrast held while waitin
 # A named phase may not be in view yet (large particles): calibration waits for it up to this
 # many calibration windows, then goes on with the classes the data show (no invented phase).
 PHASE_WAIT_WINDOWS = 6
+# After calibration with named phases left empty, the grey classes of the recent good slices are
+# estimated again every `calibration_slices` slices: a phase that comes into view later (a
+# persistent population the model does not explain) re-calibrates the phase model.
 # A cap found automatically starts within this share of the slice height from the top edge.
 _CAP_TOP_TOLERANCE = 0.02
 # fewer cap rows than this hold no usable cap features: register on the band as a region
@@ -108,7 +111,11 @@ class SliceChain:
         grey classes than named phases, it also waits (a phase may come into view later), trying
         again every `calibration_slices` slices, up to :data:`PHASE_WAIT_WINDOWS` times as many
         slices. Once calibrated, the held slices are all processed (those without contrast are
-        held: labels 0, flagged).
+        held: labels 0, flagged). While named phases are still empty, the grey classes of the last
+        `calibration_slices` slices are estimated again every `calibration_slices` slices; when
+        they show more classes than the model, the corrections and the phase model are
+        re-calibrated on them (:attr:`recalibrations`, a logged warning); slices decided before
+        keep their labels.
     brightness_normalisation, curtaining_removal, background_flattening : bool, optional
         Corrections applied before alignment and segmentation.
     curtain_angle : "auto" or float, optional
@@ -150,7 +157,11 @@ class SliceChain:
     ----------
     phase_check : processing.phases.PhaseCheck or None
         After calibration: the configured phases compared with the grey classes of the data
-        (its ``warnings`` say every mismatch).
+        (its ``warnings`` say every mismatch); replaced at a re-calibration.
+    recalibrations : list of dict
+        Every re-calibration after a named phase came into view (``index``:
+        the slice that triggered it, ``classes_before``, ``classes_after``, ``empty_before``,
+        ``empty_after``, ``message``). Labels of slices decided before it are not changed.
     """
 
     def __init__(
@@ -191,6 +202,9 @@ class SliceChain:
         self._good_uncertain: deque = deque(maxlen=25)  # recent good slices' uncertain shares
         self._contrast: list[float] = []  # of the held slices, while calibrating
         self._missing_phases: tuple = ()  # named phases not seen by the last calibration attempt
+        self._recent: deque = deque(maxlen=self.calibration_slices)  # raw slices, while names are empty
+        self._since_check = 0  # good slices since the last look for a phase come into view
+        self.recalibrations: list[dict] = []  # each re-calibration: slice index, phases before and after
         self.dropped: list[tuple[SliceImage, str]] = []  # held slices given up before calibration
         self.correction = correction
         self.phase_model = phase_model
@@ -309,7 +323,8 @@ class SliceChain:
             )
         self._held.append((image, time.time()))
         if not self.calibrating:
-            return self._process_held(final=False)
+            decided = self._watch_for_new_phase(image)
+            return decided + self._process_held(final=False)
         self._contrast.append(slice_structure(pixels))
         usable = sum(c >= _MIN_CONTRAST for c in self._contrast)
         log.info("calibration attempt on slice %d: structure over noise %.1f (%s); %d of %d usable slices, %d held",
@@ -388,21 +403,22 @@ class SliceChain:
             raise CalibrationError(f"none of the {len(self._held)} held slices shows structure above noise")
         if self.tracker is None:
             self.roi = self._find_roi(usable)
-            if self.roi is not None and not self.cap_rows:
-                # z-invariant rows are cap or fiducial, not sample: out of calibration and labels;
-                # the band found is a core of the strip, grown to the rows that look like it. The
-                # cap is on top of the section (below any black margin): a band that does not reach
-                # the top is slowly changing sample (a large particle), neither cap nor reference.
-                rows = grow_rows(usable[0], (self.roi[0], self.roi[1]))
-                margin = flat_margins(usable[0]).all(axis=1)
-                top = int(np.argmin(margin)) if not margin.all() else 0
-                if rows[0] <= top + _CAP_TOP_TOLERANCE * usable[0].shape[0]:
+            if not self.cap_rows:
+                # z-invariant rows are cap or fiducial, not sample: out of calibration and labels
+                rows = None if self.roi is None else self._cap_of_band(usable[0], self.roi)
+                if rows is None and len(usable) >= _MIN_SLICES_FOR_BAND:
+                    # a slowly changing band of large particles can outlast the cap in the whole
+                    # slice: the cap is on top, so look for it in the top half on its own
+                    top = find_reference_band([u[: u.shape[0] // 2] for u in usable])
+                    rows = None if top is None else self._cap_of_band(usable[0], top)
+                    if rows is not None:
+                        log.info("the cap found in the top half of the slice: rows %d-%d", *rows)
+                        self.roi = (top[0], top[1], 0, usable[0].shape[1])
+                if rows is None:
+                    self.roi = None
+                else:
                     self._nonsample_rows = rows
                     log.info("not sample: rows %d-%d", *rows)
-                else:
-                    log.warning("z-invariant rows %d-%d do not reach the top of the section: sample changing "
-                                "slowly, not a cap; registering on the whole slice", *rows)
-                    self.roi = None
             log.info("alignment region: %s",
                      "whole slice" if self.roi is None else f"rows {self.roi[0]}-{self.roi[1]}")
             self.tracker = self._new_tracker()
@@ -419,6 +435,21 @@ class SliceChain:
         )
         self._context = DepthContext(self.phase_model, context_slices=self.context_slices, boundaries=self.boundaries)
         return aligned
+
+    @staticmethod
+    def _cap_of_band(first, band):
+        """The rows of the cap that a z-invariant `band` (y0, y1, ...) lies in, or None: the band
+        found is a core of the strip, grown to the rows that look like it; the cap is on top of
+        the section (below any black margin), and a band that does not reach the top is slowly
+        changing sample (a large particle), neither cap nor reference."""
+        rows = grow_rows(first, (band[0], band[1]))
+        margin = flat_margins(first).all(axis=1)
+        top = int(np.argmin(margin)) if not margin.all() else 0
+        if rows[0] <= top + _CAP_TOP_TOLERANCE * first.shape[0]:
+            return rows
+        log.warning("z-invariant rows %d-%d do not reach the top of the section: sample changing slowly, not a "
+                    "cap", *rows)
+        return None
 
     def _new_tracker(self) -> DriftTracker:
         """The drift tracker: on the cap's lasting features when the cap rows are known."""
@@ -479,6 +510,67 @@ class SliceChain:
                                      payload=(image, arrival, grey, drift, timings_ms, quality, curtain))
         timings_ms["segment"] = 1e3 * (time.perf_counter() - t0)
         return [self._finish(*d) for d in decided]
+
+    def _watch_for_new_phase(self, image: SliceImage) -> list[ProcessedSlice]:
+        """Re-calibrate when a named phase left empty comes into view: the grey classes of the
+        last `calibration_slices` raw slices outnumber the phase model's.
+
+        The brightness correction is re-fitted with the phase model (its reference levels were
+        fitted on the classes seen so far, and the new phase's mode would make every later slice
+        a brightness outlier). The slices waiting in the 3-D context are decided first, with the
+        old model; returns them."""
+        check = self.phase_check
+        if not isinstance(self.phase_model, PhaseModel) or check is None or not check.empty_names:
+            return []
+        self._recent.append(np.asarray(image.pixels))
+        self._since_check += 1
+        if self._since_check < self.calibration_slices:
+            return []
+        self._since_check = 0
+        raw = list(self._recent)
+        valid = [self._frame_valid(pixels) for pixels in raw]
+        before = self.phase_model.n_phases
+        estimate = estimate_grey_classes(raw, valid=valid, smooth_px=self.phase_model.smooth_px)
+        if len(estimate.phase_classes) <= before:
+            return []
+        try:
+            correction = fit_correction(raw, n_phases=len(self.phases.names), min_structure=_MIN_CONTRAST,
+                                        **self.correction_options)
+            corrected = correction.apply_stack(raw)
+            model, new_check = calibrate_phases([c.pixels for c in corrected], self.phases, valid=valid,
+                                                smooth_px=self.smooth_px)
+        except CalibrationError as exc:
+            log.warning("slice %d: %d grey classes where the phase model has %d, but re-calibration failed: %s",
+                        image.index, len(estimate.phase_classes), before, exc)
+            return []
+        if model.n_phases <= before:
+            return []
+        message = (f"phase model re-calibrated at slice {image.index}: the last {len(raw)} slices show "
+                   f"{model.n_phases} grey classes where the model had {before} "
+                   f"(empty phases before: {', '.join(check.empty_names)}; now: "
+                   f"{', '.join(new_check.empty_names) or 'none'}); slices decided before keep their labels")
+        log.warning(message)
+        self.recalibrations.append({"index": image.index, "classes_before": before, "classes_after": model.n_phases,
+                                    "empty_before": list(check.empty_names),
+                                    "empty_after": list(new_check.empty_names), "message": message})
+        decided = self.decide_waiting()
+        self.correction, self.phase_model, self.phase_check = correction, model, new_check
+        self.monitor = BrightnessMonitor(correction.levels, z_limit=self.outlier_z)
+        self._brightness = (corrected[-1].gain, corrected[-1].offset)
+        self._context = DepthContext(model, context_slices=self.context_slices, boundaries=self.boundaries)
+        self._recent.clear()
+        return decided
+
+    def _frame_valid(self, pixels) -> np.ndarray:
+        """The valid region of a raw slice in its own frame: the region mask, without the cap rows
+        and the z-invariant band (widened by the drift so far)."""
+        valid = self.region.valid(pixels) if not self.region.is_trivial else np.ones(pixels.shape, dtype=bool)
+        valid[: self.cap_rows] = False
+        if self._nonsample_rows is not None:
+            shift = self.tracker.shift_px if self.tracker is not None and self.tracker.shift_px is not None else (0, 0)
+            reach = int(np.ceil(abs(shift[0]))) + 2
+            valid[max(self._nonsample_rows[0] - reach, 0):self._nonsample_rows[1] + reach] = False
+        return valid
 
     def _finish(self, payload, seg) -> ProcessedSlice:
         image, arrival, grey, drift, timings_ms, quality, curtain = payload

@@ -55,6 +55,21 @@ def test_cap_rows_are_unassigned_and_align_on_the_cap(capped):
     assert np.mean(labels[sample] == capped.labels[sample]) > 0.9
 
 
+def test_the_cap_is_found_above_large_slowly_changing_particles():
+    from processing.scenarios import random_scenario, render_scenario
+
+    # faceted particles of 120 px radius under a cap: a band of particle rows changes less over
+    # the calibration slices than the cap's grain, and does not reach the top
+    rendered = render_scenario(random_scenario(0, n_slices=12))
+    assert rendered.truth.cap_px > 16 and rendered.scenario.particle_radius_px > 100
+    chain = SliceChain(phases=Phases(rendered.scenario.phase_names), roi="auto")
+    done = push_all(chain, rendered.slices) + chain.flush()
+    sample_rows = np.flatnonzero((rendered.truth.labels[0] > 0).any(axis=1))
+    y0, y1 = chain.state()["nonsample_rows"]
+    assert y0 <= 2 and sample_rows[0] - 4 <= y1 <= sample_rows[0] + 2
+    assert all(not p.labels[:sample_rows[0] - 4].any() for p in done)  # the cap is unassigned
+
+
 def test_a_slice_of_another_shape_is_refused_without_changing_the_chain(capped):
     chain = SliceChain(phases=Phases(), calibration_slices=2)
     push_all(chain, capped.slices[:3])
@@ -124,6 +139,45 @@ def test_calibration_waits_for_a_named_phase_that_comes_into_view_later():
     assert [p.index for p in done] == list(range(1, 31))
     assert _accuracy(done, acq.labels) > 0.95
     assert _accuracy(done[:10], acq.labels) > 0.95  # the slices held while waiting too
+
+
+def _late_middle_phase(n=60):
+    """An acquisition whose middle phase comes into view well after the calibration wait (4-slice
+    calibration windows); returns it and the first slice of the middle phase (0-based)."""
+    from processing.chain import PHASE_WAIT_WINDOWS
+    from processing.synthetic import generate_microstructure, render_acquisition
+
+    late = PHASE_WAIT_WINDOWS * 4 + 12
+    labels = generate_microstructure((n, 152, 152), spacing_um=(0.05, 0.02, 0.02), particle_radius_um=0.4, rng=7)
+    labels[:late][labels[:late] == 2] = 1
+    return render_acquisition(labels, field_shape=(128, 128), drift_px=np.zeros((n, 2)), rng=7), late
+
+
+def test_a_named_phase_that_comes_into_view_after_the_wait_recalibrates_the_model(caplog):
+    n = 60
+    acq, late = _late_middle_phase(n)
+    chain = SliceChain(phases=Phases(), calibration_slices=4)
+    with caplog.at_level("WARNING", logger="processing.chain"):
+        done = push_all(chain, acq.slices) + chain.flush()
+    assert [p.index for p in done] == list(range(1, n + 1))
+    # found within two checks of its arrival, said in the log, and the model has all three names
+    assert len(chain.recalibrations) == 1
+    event = chain.recalibrations[0]
+    assert late < event["index"] <= late + 2 * 4 + 1
+    assert (event["classes_before"], event["classes_after"], event["empty_after"]) == (2, 3, [])
+    assert any("re-calibrated at slice" in r.getMessage() for r in caplog.records)
+    assert chain.phase_check.empty_names == ()
+    after = [p for p in done if p.index > event["index"]]
+    assert _accuracy(after, acq.labels) > 0.95  # a fixed two-class model: the active phase is mislabelled
+    assert _accuracy(done[:late], acq.labels) > 0.95  # the slices before keep their (right) labels
+
+
+def test_a_two_phase_sample_is_never_recalibrated_into_an_invented_phase():
+    acq = _rendered(60, 96, seed=3, levels=(60, 60, 190))
+    chain = SliceChain(phases=Phases(), calibration_slices=4)
+    done = push_all(chain, acq.slices) + chain.flush()
+    assert len(done) == 60 and chain.recalibrations == []
+    assert len(chain.phase_check.empty_names) == 1
 
 
 def test_a_two_phase_sample_calibrates_after_the_wait_without_an_invented_phase():
@@ -197,10 +251,11 @@ def test_slow_drift_of_30_percent_over_1000_slices_keeps_the_labels():
 
 
 def test_the_agent_reports_waiting_calibration_and_flagged_slices(tmp_path):
+    from test_system import agent_config
+
     from agent.pipeline import Agent
     from agent.publish import free_loopback_endpoint
     from processing.io import write_slice
-    from test_system import agent_config
 
     acq = _rendered(14, 96, seed=8, brightness_drift=0.0)
     blank = np.random.default_rng(5).normal(110, 16, (3, 96, 96)).clip(0, 255).astype(np.uint8)
@@ -230,6 +285,41 @@ def test_the_agent_reports_waiting_calibration_and_flagged_slices(tmp_path):
         flags = {i + 1: s.get("flag") for i, s in enumerate(store.slices)}
         assert flags[1] == "held" and flags[13] is not None and flags[5] is None
         assert not np.asarray(store.labels[0]).any()
+    finally:
+        store.close()
+
+
+@pytest.mark.slow
+def test_the_agent_reports_a_recalibration_and_stores_the_new_model(tmp_path):
+    from test_system import agent_config
+
+    from agent.pipeline import Agent
+    from agent.publish import free_loopback_endpoint
+    from agent.store import VolumeStore
+    from processing.io import write_slice
+
+    acq, late = _late_middle_phase()
+    folder = tmp_path / "acq"
+    folder.mkdir()
+    for i, pixels in enumerate(acq.slices, start=1):
+        write_slice(folder, i, pixels, pixel_size_um=0.02)
+    config = agent_config(folder, tmp_path / "v.zarr", free_loopback_endpoint(),
+                          acquisition={"pixel_size_nm": 20.0, "slice_spacing_nm": 50.0},
+                          processing={"calibration_slices": 4, "roi": "whole"},
+                          # with smooth_px "auto" the first slices already give three classes (a
+                          # partial-volume rim taken for the middle phase): nothing left to wait for
+                          phases={"smooth_px": 1.0})
+    agent = Agent(config)
+    docs = []
+    agent.events.subscribe(lambda name, doc: docs.append((name, doc)), name="test")
+    agent.run(idle_exit_s=1.5)
+    recalibrated = [d for n, d in docs if n == "error" and "re-calibrated" in d["message"]]
+    assert len(recalibrated) == 1 and recalibrated[0]["kind"] == "phase_model"
+    assert late < recalibrated[0]["index"] <= late + 9
+    assert [d for n, d in docs if n == "status"][-1]["phase_recalibrations"] == 1
+    store = VolumeStore.open(tmp_path / "v.zarr")
+    try:
+        assert len(store.run_attrs["phase_model"]["levels"]) == 3
     finally:
         store.close()
 
