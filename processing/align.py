@@ -921,13 +921,17 @@ class DriftTracker:
             return None
         return (slice(cy0, cy1), slice(cx0, cx1)), (slice(cy0 - oy, cy1 - oy), slice(cx0 - ox, cx1 - ox))
 
-    def update(self, pixels):
+    def update(self, pixels, *, raw=None):
         """Measure the drift of the next slice.
 
         Parameters
         ----------
         pixels : (Y, X) ndarray
             The raw (or corrected, not yet shifted) slice; the same shape as the first slice.
+        raw : (Y, X) ndarray, optional
+            The slice as acquired when `pixels` is corrected: its flat margins are found on it
+            (the curtain correction stripes the margins of the corrected slice, which would then
+            count as sample, fixed in the raw frame).
 
         Returns
         -------
@@ -941,15 +945,17 @@ class DriftTracker:
         pixels = np.asarray(pixels)
         if pixels.ndim != 2:
             raise SliceShapeError(f"pixels: expected a 2-D slice, got shape {pixels.shape}")
+        if raw is not None and np.shape(raw) != pixels.shape:
+            raise SliceShapeError(f"raw: expected the shape of pixels {pixels.shape}, got {np.shape(raw)}")
         if self._shape is None:
-            self._start(pixels)
+            self._start(pixels, raw)
             return DriftEstimate((0.0, 0.0), (0.0, 0.0), 1.0, True, None)
         if pixels.shape != self._shape:
             raise SliceShapeError(
                 f"slice shape {pixels.shape} differs from the run's canvas {self._shape} (first slice)")
         b = self._bin
         if self._raw_box is None:  # resumed: the margins are found on the first raw slice
-            self._raw_box = self._find_raw_box(pixels)
+            self._raw_box = self._find_raw_box(pixels if raw is None else raw)
         binned = self._masked(_bin(pixels, b))
         prev = self._shift
         n = self.n_slices
@@ -1018,7 +1024,7 @@ class DriftTracker:
                                    n, self.roi)
                     self.roi = None
                     self._bin = self._choose_bin(pixels.shape)
-                    self._raw_box = self._find_raw_box(pixels)
+                    self._raw_box = self._find_raw_box(pixels if raw is None else raw)
                     binned = self._masked(_bin(pixels, self._bin))
                     self._lagged.clear()
                 self._previous = self._mean = self._keyframe = None
@@ -1290,11 +1296,11 @@ class DriftTracker:
         self._var_of = {0: 0.0}
         self.n_slices = 1
 
-    def _start(self, pixels):
+    def _start(self, pixels, raw=None):
         # the bin first: a refused region leaves the tracker unstarted (the same error next time)
         self._bin = self._choose_bin(pixels.shape)
         self._shape = pixels.shape
-        self._raw_box = self._find_raw_box(pixels)
+        self._raw_box = self._find_raw_box(pixels if raw is None else raw)
         self._joint.freeze(0, (0.0, 0.0), 0.0)
         self._var_of = {0: 0.0}
         self._update_references(self._masked(_bin(pixels, self._bin)), (0.0, 0.0), 0)

@@ -449,7 +449,8 @@ class SliceChain:
             shift = self.tracker.shift_px if self.tracker.shift_px is not None else (0.0, 0.0)
             drift = DriftEstimate(tuple(shift), (0.0, 0.0), 0.0, False)
         else:
-            drift = self.tracker.update(pixels)
+            # the margins are found on the raw slice: the curtain correction stripes them
+            drift = self.tracker.update(pixels, raw=image.pixels)
         grey, valid = apply_shift(pixels, drift.shift_px, fill=0)
         t2 = time.perf_counter()
         if not self.region.is_trivial:

@@ -93,7 +93,7 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from processing.align import DriftTracker
+from processing.align import DriftEstimate, DriftTracker
 from processing.synthetic import generate_microstructure, render_acquisition, simulate_drift
 from tests.test_drift_fiducial import changing_cap
 
@@ -116,11 +116,34 @@ def _old_tracker_class():
     return module.DriftTracker
 
 
+def _chain_feed(slices, n_phases):
+    """The slices as processing/chain.py feeds them to the tracker: corrected (brightness,
+    curtains) with a model fitted on the first 8 slices with structure, None for a held slice
+    (blank, charging), which the chain never registers; each as (raw, corrected)."""
+    from processing.chain import _MIN_CONTRAST
+    from processing.correct import BrightnessMonitor, fit_correction, slice_structure
+
+    usable = [s for s in slices[:40] if slice_structure(s) >= _MIN_CONTRAST][:8]
+    correction = fit_correction(usable, n_phases=n_phases, min_structure=_MIN_CONTRAST)
+    monitor = BrightnessMonitor(correction.levels)
+    prior, out = (1.0, 0.0), []
+    for raw in slices:
+        corrected = correction.apply(raw, prior=prior)
+        quality, pixels = monitor.check(corrected)
+        if quality.state == "good":
+            prior = (corrected.gain, corrected.offset)
+        out.append(None if quality.state == "held" else (raw, pixels))
+    return out
+
+
 def _run(tracker, slices, truth):
     times, est = [], []
     for pixels in slices:
         t = time.perf_counter()
-        est.append(tracker.update(pixels))
+        if pixels is None:  # held by the chain: it keeps the last shift, reports nothing
+            est.append(DriftEstimate(tracker.shift_px, (0.0, 0.0), 0.0, False, residual_px=np.nan))
+        else:
+            est.append(tracker.update(pixels[1], raw=pixels[0]) if isinstance(pixels, tuple) else tracker.update(pixels))
         times.append(time.perf_counter() - t)
     shifts = np.array([e.shift_px for e in est])
     error = shifts - truth
@@ -161,7 +184,7 @@ def _evolving(n, size, *, radius_um, drift, seed, jump_probability=0.01, fractio
     return render_acquisition(labels, drift_px=d, field_shape=(size, size), rng=rng), d, rng
 
 
-def _random_cases(n_seeds, n_slices, old, record, skip=()):
+def _random_cases(seeds, n_slices, old, record, skip=()):
     """Domain-randomised acquisitions (processing/scenarios.py, 256^2): the registration the chain
     would run. ``band``: on the band find_reference_band finds on the first 10 slices (the whole
     slice when none), ``cap``: ``interface_row`` at the true cap rows (``cap_rows`` configured),
@@ -169,7 +192,7 @@ def _random_cases(n_seeds, n_slices, old, record, skip=()):
     from processing.align import find_reference_band
     from processing.scenarios import random_scenario, render_scenario
 
-    for seed in range(n_seeds):
+    for seed in seeds:
         scenario = random_scenario(seed, n_slices=n_slices)
         if {"band", "rnd-whole"} <= set(skip) and not scenario.cap_px:
             continue  # cap mode only
@@ -195,6 +218,8 @@ def _random_cases(n_seeds, n_slices, old, record, skip=()):
         if cap >= 16 and "capmode" not in skip:
             record(f"  rnd s{seed} cap_rows={cap}", "rnd-capmode", "new",
                    _run(DriftTracker(interface_row=cap), slices, d))
+            record(f"  rnd s{seed} cap_rows={cap} chain", "rnd-capchain", "new",
+                   _run(DriftTracker(interface_row=cap), _chain_feed(slices, len(scenario.phase_names)), d))
 
 
 def pystack3d_stack():
@@ -242,6 +267,7 @@ def main():
     parser.add_argument("--skip", default="", help="comma-separated cases to skip (cap, whole, two-phase, 2048, 1024, "
                         "random, pystack3d), groups of 'random' (band, rnd-whole, capmode) or 'old' (the old tracker)")
     parser.add_argument("--seeds", type=int, default=12, help="randomised scenarios (case 'random')")
+    parser.add_argument("--only", default="", help="comma-separated seeds of 'random' (instead of --seeds)")
     args = parser.parse_args()
     logging.disable(logging.WARNING)
     skip = set(args.skip.split(","))
@@ -296,7 +322,8 @@ def main():
         if old is not None:
             record("1024^2 r=1.2um (cost)", "1024", "old", _run(old(), acq.slices, d))
     if "random" not in skip:
-        _random_cases(args.seeds, 100 if args.quick else 200, old, record, skip)
+        chosen = range(args.seeds) if not args.only else [int(v) for v in args.only.split(",")]
+        _random_cases(chosen, 100 if args.quick else 200, old, record, skip)
     if "pystack3d" not in skip:
         slices, truth, z_um = pystack3d_stack()
         for who, tracker in (("new", DriftTracker()), ("old", old() if old is not None else None)):
