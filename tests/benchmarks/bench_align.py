@@ -93,7 +93,7 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from processing.align import DriftEstimate, DriftTracker
+from processing.align import DriftTracker
 from processing.synthetic import generate_microstructure, render_acquisition, simulate_drift
 from tests.test_drift_fiducial import changing_cap
 
@@ -140,8 +140,8 @@ def _run(tracker, slices, truth):
     times, est = [], []
     for pixels in slices:
         t = time.perf_counter()
-        if pixels is None:  # held by the chain: it keeps the last shift, reports nothing
-            est.append(DriftEstimate(tracker.shift_px, (0.0, 0.0), 0.0, False, residual_px=np.nan))
+        if pixels is None:  # held by the chain: not registered
+            est.append(tracker.skip())
         else:
             est.append(tracker.update(pixels[1], raw=pixels[0]) if isinstance(pixels, tuple) else tracker.update(pixels))
         times.append(time.perf_counter() - t)
