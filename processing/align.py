@@ -438,9 +438,12 @@ class _CapTemplate:
     MIN_SEEN = 0.25
     # slices between two registrations of the template onto the first slice (:meth:`_anchor`)
     ANCHOR_EVERY = 10
+    # weight of a new slice in the curtains' profile (:meth:`_learn_pattern`)
+    PATTERN_WEIGHT = 0.1
 
-    def __init__(self, interface_row, weight=None):
+    def __init__(self, interface_row, weight=None, stripe_angle_deg=0.0):
         self.interface_row = int(interface_row)
+        self.stripe_angle_deg = float(stripe_angle_deg)
         self.weight = float(self.WEIGHT if weight is None else weight)
         self.template = None  # (rows, X) float64, canvas rows 0 .. interface + BELOW
         self._failures = 0  # measurements lost in a row
@@ -453,6 +456,25 @@ class _CapTemplate:
         self.template = pixels[:rows].copy()
         self._first = pixels[:rows + 8].copy()  # the canvas's origin, by definition
         self._slices = 1
+        # curtains the correction left, fixed in the raw frame: a profile along the (sheared)
+        # raw columns, see :meth:`_learn_pattern`
+        tilt = np.tan(np.radians(self.stripe_angle_deg))
+        self._pad = int(np.ceil(abs(tilt) * pixels.shape[0])) + 1
+        self.pattern = np.zeros(pixels.shape[1] + 2 * self._pad)
+        self._pattern_slices = 0
+
+    def _columns(self, top, bottom, width):
+        """Index into :attr:`pattern` of raw rows ``top:bottom``, columns ``0:width``."""
+        rows = np.arange(top, bottom)[:, None]
+        tilt = np.tan(np.radians(self.stripe_angle_deg))
+        return np.rint(np.arange(width)[None, :] - rows * tilt).astype(int) + self._pad
+
+    def _unpatterned(self, pixels, top, bottom):
+        """Raw rows ``top:bottom`` of `pixels` (float64) minus the curtains' profile."""
+        crop = np.array(pixels[top:bottom], dtype=np.float64)
+        if self._pattern_slices:
+            crop -= self.pattern[self._columns(top, top + crop.shape[0], crop.shape[1])]
+        return crop
 
     def _warp(self, pixels, shift, grid):
         """Raw `pixels` sampled at canvas positions `grid` for `shift`; NaN outside the slice."""
@@ -475,7 +497,7 @@ class _CapTemplate:
         grid = np.mgrid[y0:y1, margin:width - margin].astype(np.float64)
         guess = np.asarray(guess, dtype=float)
         top = max(0, int(np.floor(y0 - guess[0])) - 8)  # the raw rows the band can come from
-        crop = np.asarray(pixels[top:min(pixels.shape[0], int(np.ceil(y1 - guess[0])) + 8)], dtype=np.float64)
+        crop = self._unpatterned(pixels, top, min(pixels.shape[0], int(np.ceil(y1 - guess[0])) + 8))
         if crop.shape[0] < 8:
             return None
         grid[0] -= top
@@ -536,10 +558,12 @@ class _CapTemplate:
         return (float(shift[0]), float(shift[1])), (float(sigma[0]), float(sigma[1]))
 
     def update(self, pixels, shift):
-        """Blend the slice's band, registered with `shift`, into the template."""
+        """Blend the slice's band, registered with `shift`, into the template, and what the
+        template does not explain in the raw frame into the fixed pattern."""
         t = self.template
         grid = np.mgrid[0:t.shape[0], 0:t.shape[1]].astype(np.float64)
-        w = self._warp(np.asarray(pixels, dtype=np.float64), shift, grid)
+        raw = self._unpatterned(pixels, 0, pixels.shape[0])
+        w = self._warp(raw, shift, grid)
         seen = np.isfinite(w)
         ok = seen & np.isfinite(t)
         if ok.sum() < self.MIN_SEEN * w.size:
@@ -549,6 +573,7 @@ class _CapTemplate:
         a, b = np.polyfit(t[ok], w[ok], 1)
         if a <= 1e-6:
             return
+        self._learn_pattern(raw, shift, a, b)
         self._slices += 1
         weight = max(self.weight, 1.0 / self._slices)  # a plain mean over the first slices
         t[ok] = (1 - weight) * t[ok] + weight * (w[ok] - b) / a
@@ -556,6 +581,35 @@ class _CapTemplate:
         t[new] = (w[new] - b) / a
         if self._slices % self.ANCHOR_EVERY == 0:
             self._anchor()
+
+    def _learn_pattern(self, raw, shift, a, b):
+        """Fold the residual of the band's raw rows against the template (placed back in the
+        raw frame), averaged along the curtains' direction, into their profile.
+
+        Curtains fixed in the raw frame (what the correction left of them) pull the template's
+        fit towards zero shift (10 degree curtains on a 26-row cap: 3 % of the shift). The
+        sample's drift moves the cap's features across the raw frame and its grain changes, so
+        their residuals average out of the profile; a misfit along y (the interface) is the same
+        in every column and does not enter it.
+        """
+        t = self.template
+        top, bottom = max(0, int(np.floor(-shift[0]))), min(raw.shape[0], int(np.ceil(t.shape[0] - 1 - shift[0])))
+        if bottom - top < 4:
+            return
+        grid = np.mgrid[top:bottom, 0:raw.shape[1]].astype(np.float64)
+        pos = [grid[0] + shift[0], grid[1] + shift[1]]  # canvas = raw + shift
+        placed = ndimage.map_coordinates(t, pos, order=1, mode="nearest", cval=np.nan)
+        inside = (pos[1] >= 0) & (pos[1] <= t.shape[1] - 1)
+        residual = (raw[top:bottom] - b) / a - placed
+        ok = inside & np.isfinite(residual)
+        columns = self._columns(top, bottom, raw.shape[1])[ok]
+        counts = np.bincount(columns, minlength=self.pattern.size)
+        sums = np.bincount(columns, weights=residual[ok], minlength=self.pattern.size)
+        seen = counts >= 4
+        profile = sums[seen] / counts[seen]
+        profile -= profile.mean()  # an offset is the fit's, not a curtain
+        self._pattern_slices += 1
+        self.pattern[seen] += self.PATTERN_WEIGHT * (profile - self.pattern[seen])
 
     def _anchor(self):
         """Put the template back on the first slice's frame.
@@ -817,6 +871,7 @@ class DriftTracker:
         self._shape = None
         self._bin = None
         self._raw_box = None  # the raw slice's rectangle without flat margins (binned px)
+        self._stripe_angle = 0.0  # of the curtains, degrees from vertical (found on the first slice)
         self._previous = None  # last reliable slice on the canvas (binned)
         self._mean = None  # running mean of aligned slices on the canvas (binned)
         self._keyframe = None  # an older aligned slice kept while it still matches (binned)
@@ -890,6 +945,21 @@ class DriftTracker:
         logger.info("registration leaves out flat margins: raw rows %d-%d, columns %d-%d kept",
                     box[0] * self._bin, box[1] * self._bin, box[2] * self._bin, box[3] * self._bin)
         return box
+
+    def _find_stripe_angle(self, pixels):
+        """Angle (degrees from vertical) of the curtains of a slice, 0 when straight or none.
+
+        The cap template learns the profile of what the curtain correction left of them along
+        this direction (:meth:`_CapTemplate._learn_pattern`).
+        """
+        from processing.correct import stripe_angle
+
+        if self._cap is None:
+            return 0.0
+        angle = float(stripe_angle(_bin(pixels, self._bin)))
+        if angle:
+            logger.info("curtains tilted by %.1f degrees", angle)
+        return angle
 
     def _masked(self, binned):
         """`binned` with NaN outside the raw rectangle (so that margins never reach a reference)."""
@@ -1299,6 +1369,7 @@ class DriftTracker:
         self._bin = self._choose_bin(aligned.shape)
         self._shape = aligned.shape
         self._raw_box = None
+        self._stripe_angle = self._find_stripe_angle(aligned)
         binned = _bin(aligned.astype(np.float32), self._bin)
         covered = _bin((aligned > 0).astype(np.float32), self._bin) > 0.99
         fill = binned[covered].mean() if covered.any() else 0.0
@@ -1309,6 +1380,7 @@ class DriftTracker:
         self._lagged.clear()
         self._lagged.append((0, self._previous.copy()))
         if self._cap is not None:
+            self._cap.stripe_angle_deg = self._stripe_angle
             self._cap.start(aligned)
         self._shift = tuple(float(v) for v in _as_pair(shift_px, "shift_px"))
         self._joint.freeze(0, self._shift, 0.0)  # the stored shift: the new canvas's origin
@@ -1321,10 +1393,12 @@ class DriftTracker:
         self._bin = self._choose_bin(pixels.shape)
         self._shape = pixels.shape
         self._raw_box = self._find_raw_box(pixels if raw is None else raw)
+        self._stripe_angle = self._find_stripe_angle(pixels)
         self._joint.freeze(0, (0.0, 0.0), 0.0)
         self._var_of = {0: 0.0}
         self._update_references(self._masked(_bin(pixels, self._bin)), (0.0, 0.0), 0)
         if self._cap is not None:
+            self._cap.stripe_angle_deg = self._stripe_angle
             self._cap.start(self._masked_full(pixels))
         self._shift = (0.0, 0.0)
         self.n_slices = 1
