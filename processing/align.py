@@ -80,9 +80,11 @@ per axis with the correlation by a Kalman filter: a cap whose grain changes in e
 Pt/C deposit) still registers (300 slices of 256^2 with an X mark: 0.25-0.42 px RMS). The
 template is blended in at the applied shifts, so it would follow their errors (and keep those of
 its first slices): every 10 slices it is registered onto the first slice's cap, the canvas's
-origin, and moved back (randomised acquisitions with a cap: 10 of 12 within 0.3 px RMS, was 5
-of 9; tests/benchmarks/bench_align.py). An axis the cap does not hold reports the whole-slice
-error budget. The cap
+origin, and moved back. Curtains the correction left, fixed in the raw frame, would pull its fit
+towards zero shift: the template learns their profile along their angle (found on the first
+slice) from its residuals in the raw frame and takes it out before each fit (randomised
+acquisitions with a cap, as the chain feeds them: see tests/benchmarks/bench_align.py). An axis
+the cap does not hold reports the whole-slice error budget. The cap
 is measured while a quarter of its band is in view (the stage moving down pushes it out of the
 top), and where the correlation's step disagrees with the cap beyond any expected error (a
 confident false match on the changing sample) the cap's shift is taken alone.
