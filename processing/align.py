@@ -1121,8 +1121,10 @@ class DriftTracker:
     def skip(self):
         """The estimate of a slice the caller does not register (a blank or charging slice).
 
-        The shift predicted from the recent motion, flagged unreliable, with the prediction's
-        error; the references are unchanged and the next slice is registered as usual.
+        The last slice's shift (extrapolating the recent motion was worse on the randomised
+        acquisitions: 0.62 against 0.46 px RMS on one with a 1.5 px/slice drift, the error all on
+        the held slices), flagged unreliable, with the prediction's error; the references are
+        unchanged and the next slice is registered as usual.
 
         Returns
         -------
@@ -1130,13 +1132,11 @@ class DriftTracker:
         """
         if self._shape is None:
             return DriftEstimate((0.0, 0.0), (0.0, 0.0), 0.0, False)
-        prev = self._shift
-        predicted, predicted_var = self._joint.prediction(self.n_slices)
-        self._shift = (float(predicted[0]), float(predicted[1]))
+        _, predicted_var = self._joint.prediction(self.n_slices)
         self.n_slices += 1
         residual = float(np.sqrt(2.0 * (self._error_var + predicted_var)))
-        return DriftEstimate(self._shift, (self._shift[0] - prev[0], self._shift[1] - prev[1]), 0.0, False,
-                             residual_px=residual, wander=residual > self.WANDER_PX)
+        return DriftEstimate(self._shift, (0.0, 0.0), 0.0, False, residual_px=residual,
+                             wander=residual > self.WANDER_PX)
 
     def _error_budget(self, results, usable):
         """Per-axis variance (px^2) of the slice's shift: a reference's own variance plus the pair's.

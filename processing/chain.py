@@ -445,7 +445,7 @@ class SliceChain:
             log.warning("slice %d %s: %s", image.index, quality.state, quality.reason)
         t1 = time.perf_counter()
         if quality.state == "held":
-            # a blank or charging slice would mislead the registration: the predicted shift
+            # a blank or charging slice would mislead the registration: the last shift, its error
             drift = self.tracker.skip()
         else:
             # the margins are found on the raw slice: the curtain correction stripes them
