@@ -575,7 +575,8 @@ class _CapTemplate:
         a, b = np.polyfit(t[ok], w[ok], 1)
         if a <= 1e-6:
             return
-        self._learn_pattern(raw, shift, a, b)
+        if self.stripe_angle_deg:  # vertical curtains: a fiducial's vertical arm would enter the profile
+            self._learn_pattern(raw, shift, a, b)
         self._slices += 1
         weight = max(self.weight, 1.0 / self._slices)  # a plain mean over the first slices
         t[ok] = (1 - weight) * t[ok] + weight * (w[ok] - b) / a
