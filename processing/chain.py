@@ -476,11 +476,11 @@ class SliceChain:
             log.warning("slice %d %s: %s", image.index, quality.state, quality.reason)
         t1 = time.perf_counter()
         if quality.state == "held":
-            # a blank or charging slice would mislead the registration: it keeps the last shift
-            shift = self.tracker.shift_px if self.tracker.shift_px is not None else (0.0, 0.0)
-            drift = DriftEstimate(tuple(shift), (0.0, 0.0), 0.0, False)
+            # a blank or charging slice would mislead the registration: the last shift, its error
+            drift = self.tracker.skip()
         else:
-            drift = self.tracker.update(pixels)
+            # the margins are found on the raw slice: the curtain correction stripes them
+            drift = self.tracker.update(pixels, raw=image.pixels)
         grey, valid = apply_shift(pixels, drift.shift_px, fill=0)
         t2 = time.perf_counter()
         if not self.region.is_trivial:

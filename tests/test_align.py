@@ -150,6 +150,24 @@ def test_blank_slice_is_flagged_and_not_shifted(blank):
     assert _rms(later) < 0.3  # the slice after the blank one is registered again
 
 
+def test_a_held_slice_keeps_the_last_shift_reports_its_error_and_the_next_one_is_registered():
+    # the chain holds blank and charging slices away from the tracker: before issue 11's last
+    # round they kept the last shift with a residual of 0 (an error of a whole step unreported)
+    n = 20
+    d = np.zeros((n, 2))
+    d[:, 1] = 1.5 * np.arange(n)  # steady drift along x
+    labels = np.repeat(generate_microstructure((1, 352, 352), particle_radius_um=0.5, rng=6), n, axis=0)
+    acq = render_acquisition(labels, drift_px=d, noise_sigma=16.0, field_shape=(256, 256), rng=6)
+    tracker = DriftTracker()
+    est = [tracker.skip() if k in (10, 11) else tracker.update(s) for k, s in enumerate(acq.slices)]
+    error = np.array([e.shift_px for e in est]) - d
+    assert not est[10].reliable and not est[11].reliable
+    assert est[10].shift_px == est[11].shift_px == est[9].shift_px
+    assert est[10].residual_px > est[9].residual_px  # the prediction's error
+    assert est[11].residual_px > est[10].residual_px  # growing with the gap
+    assert _rms(error[12:]) < 0.1  # registered again, as if nothing happened
+
+
 def test_slice_of_another_size_names_both_shapes():
     tracker = DriftTracker()
     tracker.update(np.zeros((64, 80), np.uint8) + np.arange(80, dtype=np.uint8))

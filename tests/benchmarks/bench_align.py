@@ -22,7 +22,9 @@ Cases
 - ``random``: ``--seeds`` (12) domain-randomised acquisitions of processing/scenarios.py, 200
   slices of 256^2 (cap present or absent, radii 5-150 px, drift 0.2-2 px/slice with jumps,
   margins, circular fields, brightness drops, charging, tilted curtains, a magnification change),
-  on the raw slices (the chain corrects curtains and holds blank or charging slices first): ``band``
+  on the raw slices and, in cap mode, also as the chain feeds them (``chain``: corrected with a
+  model fitted on the first 8 slices, the margins found on the raw slice, held slices given
+  ``DriftTracker.skip()``): ``band``
   = what the chain does without ``cap_rows`` (find_reference_band on the first 10 slices, the whole
   slice when none), ``whole`` = whole-slice registration, ``cap_rows`` = ``interface_row`` at the
   true cap rows (the chain with ``cap_rows`` configured). The summary gives, per group, the median
@@ -72,6 +74,42 @@ change (slice 86), as the chain refuses the later slices; before, the whole run 
 (seeds 0-2; reported/true 0.61-1.05), without the X 4.71 px (reported/true 2.11, 287 of 286
 slices over 1 px flagged).
 
+Issue 11, last round (git wip/align, load 3-6 on 2 cores shared with 2 other engineers' un-niced
+benchmarks, so no ms/slice are speed figures; ``--skip cap,whole,two-phase,2048,1024,pystack3d,band,
+rnd-whole,old,capraw --only 9,11,4,8,3,6,0,2,7,16,19,23``), cap mode as the chain feeds it, RMS px
+(reported/true). ``margins`` = margins found on the raw slice (before: on the corrected slice,
+whose margins the curtain correction stripes: seed 9 then 9.0 px), held slices keeping the last
+shift outside the tracker; ``pattern`` = also the cap template's curtain profile, and held slices
+given the *predicted* shift (``skip()`` as first written; it now keeps the last shift, as in
+``margins``, and reports the prediction's error: seeds 4 and 8 not re-measured with it; the
+profile is now learnt only where the first slice shows tilted curtains, as it took in the
+fiducial's vertical arm on tests/test_drift_fiducial.py's changing cap: the seeds without tilted
+curtains, 0, 4, 7, 11, 23, are not re-measured either):
+
+====  ================================  ==============  ==============  ==============
+seed  case                              raw (above)     chain, margins  chain, pattern
+====  ================================  ==============  ==============  ==============
+0     cap 37, no fid, r120              0.135 (0.80)    0.087 (1.09)    0.073 (1.15)
+2     cap 50, tilt 14                   0.042 (1.01)    0.039 (1.13)    0.040 (1.20)
+3     cap 29 + fid, tilt 14, 2 drops    0.138 (1.17)    0.187 (0.85)    0.197 (1.21)
+4     cap 25, r108, 6 drops             0.267 (0.69)    0.361 (0.46)    0.399 (0.69)
+6     cap 56 + fid, circle, charging    0.094 (1.15)    0.095 (1.14)    0.090 (1.19)
+7     cap 49 + fid, margins             0.098 (0.94)    0.056 (1.28)    0.058 (1.23)
+8     cap 54 + fid, 2 drops, 2 charg.   0.033 (1.00)    0.460 (0.06)    0.618 (0.70)
+9     cap 26 + fid, tilt 10, curtains   0.618 (0.42)    0.490 (0.47)    0.368 (0.54)
+11    cap 26, no fid, r126, blur 2      57.4 (0.09)     58.1 (0.08)     62.6 (0.08)
+16    cap 53 + fid, tilt -11            0.124 (0.40)    0.078 (0.56)    0.075 (0.54)
+19    cap 52, tilt -10                  0.136 (0.79)    0.114 (0.90)    0.085 (1.08)
+23    cap 39                            0.052 (0.90)    0.044 (1.00)    0.048 (0.92)
+====  ================================  ==============  ==============  ==============
+
+Chain feed, pattern: 8 of 12 within 0.3 px RMS (median 0.087), reported/true median 1.00. Not
+met: seed 9 (0.368: the curtains still pull 1.8 % of the shift towards zero, in the cap fit and in
+the correlation alike), seed 11 (x is not in the cap; the 126 px inclined ellipsoids move ~3 px per
+slice in the correlation, which runs away; flagged ``wander`` on 74 of 74 slices over 1 px, the
+magnitude reported 0.08 of the truth), seeds 4 and 8 (all their error is on the held slices: seed
+8, 2-5.4 px on slices 29, 30, 60, 75, 179, every other slice within 0.08 px).
+
 Run::
 
     PYTHONPATH=. python tests/benchmarks/bench_align.py --quick   # fewer seeds and slices
@@ -116,11 +154,34 @@ def _old_tracker_class():
     return module.DriftTracker
 
 
+def _chain_feed(slices, n_phases):
+    """The slices as processing/chain.py feeds them to the tracker: corrected (brightness,
+    curtains) with a model fitted on the first 8 slices with structure, None for a held slice
+    (blank, charging), which the chain never registers; each as (raw, corrected)."""
+    from processing.chain import _MIN_CONTRAST
+    from processing.correct import BrightnessMonitor, fit_correction, slice_structure
+
+    usable = [s for s in slices[:40] if slice_structure(s) >= _MIN_CONTRAST][:8]
+    correction = fit_correction(usable, n_phases=n_phases, min_structure=_MIN_CONTRAST)
+    monitor = BrightnessMonitor(correction.levels)
+    prior, out = (1.0, 0.0), []
+    for raw in slices:
+        corrected = correction.apply(raw, prior=prior)
+        quality, pixels = monitor.check(corrected)
+        if quality.state == "good":
+            prior = (corrected.gain, corrected.offset)
+        out.append(None if quality.state == "held" else (raw, pixels))
+    return out
+
+
 def _run(tracker, slices, truth):
     times, est = [], []
     for pixels in slices:
         t = time.perf_counter()
-        est.append(tracker.update(pixels))
+        if pixels is None:  # held by the chain: not registered
+            est.append(tracker.skip())
+        else:
+            est.append(tracker.update(pixels[1], raw=pixels[0]) if isinstance(pixels, tuple) else tracker.update(pixels))
         times.append(time.perf_counter() - t)
     shifts = np.array([e.shift_px for e in est])
     error = shifts - truth
@@ -161,7 +222,7 @@ def _evolving(n, size, *, radius_um, drift, seed, jump_probability=0.01, fractio
     return render_acquisition(labels, drift_px=d, field_shape=(size, size), rng=rng), d, rng
 
 
-def _random_cases(n_seeds, n_slices, old, record, skip=()):
+def _random_cases(seeds, n_slices, old, record, skip=()):
     """Domain-randomised acquisitions (processing/scenarios.py, 256^2): the registration the chain
     would run. ``band``: on the band find_reference_band finds on the first 10 slices (the whole
     slice when none), ``cap``: ``interface_row`` at the true cap rows (``cap_rows`` configured),
@@ -169,7 +230,7 @@ def _random_cases(n_seeds, n_slices, old, record, skip=()):
     from processing.align import find_reference_band
     from processing.scenarios import random_scenario, render_scenario
 
-    for seed in range(n_seeds):
+    for seed in seeds:
         scenario = random_scenario(seed, n_slices=n_slices)
         if {"band", "rnd-whole"} <= set(skip) and not scenario.cap_px:
             continue  # cap mode only
@@ -193,8 +254,11 @@ def _random_cases(n_seeds, n_slices, old, record, skip=()):
         if "rnd-whole" not in skip:
             record(f"  rnd s{seed} whole", "rnd-whole", "new", _run(DriftTracker(), slices, d))
         if cap >= 16 and "capmode" not in skip:
-            record(f"  rnd s{seed} cap_rows={cap}", "rnd-capmode", "new",
-                   _run(DriftTracker(interface_row=cap), slices, d))
+            if "capraw" not in skip:
+                record(f"  rnd s{seed} cap_rows={cap}", "rnd-capmode", "new",
+                       _run(DriftTracker(interface_row=cap), slices, d))
+            record(f"  rnd s{seed} cap_rows={cap} chain", "rnd-capchain", "new",
+                   _run(DriftTracker(interface_row=cap), _chain_feed(slices, len(scenario.phase_names)), d))
 
 
 def pystack3d_stack():
@@ -240,8 +304,10 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--skip", default="", help="comma-separated cases to skip (cap, whole, two-phase, 2048, 1024, "
-                        "random, pystack3d), groups of 'random' (band, rnd-whole, capmode) or 'old' (the old tracker)")
+                        "random, pystack3d), groups of 'random' (band, rnd-whole, capmode, capraw: cap mode on the raw slices) "
+                        "or 'old' (the old tracker)")
     parser.add_argument("--seeds", type=int, default=12, help="randomised scenarios (case 'random')")
+    parser.add_argument("--only", default="", help="comma-separated seeds of 'random' (instead of --seeds)")
     args = parser.parse_args()
     logging.disable(logging.WARNING)
     skip = set(args.skip.split(","))
@@ -296,7 +362,8 @@ def main():
         if old is not None:
             record("1024^2 r=1.2um (cost)", "1024", "old", _run(old(), acq.slices, d))
     if "random" not in skip:
-        _random_cases(args.seeds, 100 if args.quick else 200, old, record, skip)
+        chosen = range(args.seeds) if not args.only else [int(v) for v in args.only.split(",")]
+        _random_cases(chosen, 100 if args.quick else 200, old, record, skip)
     if "pystack3d" not in skip:
         slices, truth, z_um = pystack3d_stack()
         for who, tracker in (("new", DriftTracker()), ("old", old() if old is not None else None)):
