@@ -100,7 +100,7 @@ import numpy as np
 import scipy.fft
 from scipy import ndimage
 
-from processing.errors import SliceShapeError
+from processing.errors import SliceShapeError, check_slice
 from processing.mask import flat_margins
 
 __all__ = ["DriftEstimate", "DriftTracker", "apply_shift", "find_reference_band", "phase_correlate"]
@@ -177,9 +177,7 @@ def apply_shift(pixels, shift_px, *, fill=0, order=1):
     valid : (Y, X) bool ndarray
         True where every interpolation tap fell inside the slice; False pixels hold `fill`.
     """
-    pixels = np.asarray(pixels)
-    if pixels.ndim != 2:
-        raise ValueError(f"pixels: expected a 2-D slice, got shape {pixels.shape}")
+    pixels = check_slice(pixels)
     if order not in (0, 1):
         raise ValueError(f"order: expected 0 or 1, got {order!r}")
     dy, dx = _as_pair(shift_px, "shift_px")
@@ -1015,9 +1013,7 @@ class DriftTracker:
         SliceShapeError
             When the slice's shape differs from the first slice's.
         """
-        pixels = np.asarray(pixels)
-        if pixels.ndim != 2:
-            raise SliceShapeError(f"pixels: expected a 2-D slice, got shape {pixels.shape}")
+        pixels = check_slice(pixels)
         if raw is not None and np.shape(raw) != pixels.shape:
             raise SliceShapeError(f"raw: expected the shape of pixels {pixels.shape}, got {np.shape(raw)}")
         if self._shape is None:
@@ -1366,9 +1362,7 @@ class DriftTracker:
         shift_px : (float, float)
             The cumulative shift that was applied to it.
         """
-        aligned = np.asarray(aligned)
-        if aligned.ndim != 2:
-            raise SliceShapeError(f"aligned: expected a 2-D slice, got shape {aligned.shape}")
+        aligned = check_slice(aligned, "aligned")
         self._bin = self._choose_bin(aligned.shape)
         self._shape = aligned.shape
         self._raw_box = None

@@ -44,22 +44,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from processing.errors import SliceShapeError
+from processing.errors import SliceShapeError, check_slice
 from processing.segment import PhaseModel, SegmentedSlice, _classify, _smooth, _square_reduce
 
 __all__ = ["segment_in_context", "DepthContext"]
 
 # reach (px) of the markers that tell a blurred edge between two other phases
 _REACH_PX = 3
-
-
-def _check_slice(name, array, shape=None):
-    array = np.asarray(array)
-    if array.ndim != 2:
-        raise SliceShapeError(f"{name}: expected a 2-D slice, got shape {array.shape}")
-    if shape is not None and array.shape != shape:
-        raise SliceShapeError(f"{name}: shape {array.shape} differs from the slice's {shape}")
-    return array
 
 
 def _check_options(marker_margin_sigma, edge_gradient_share):
@@ -152,10 +143,10 @@ def segment_in_context(grey, model: PhaseModel, *, neighbours=(), valid=None, ma
     SliceShapeError
         A slice is not 2-D, or a neighbour or `valid` has another shape.
     """
-    grey = _check_slice("grey", grey).astype(np.float32, copy=False)
-    neighbours = [_check_slice(f"neighbours[{i}]", n, grey.shape).astype(np.float32, copy=False)
+    grey = check_slice(grey, "grey").astype(np.float32, copy=False)
+    neighbours = [check_slice(n, f"neighbours[{i}]", shape=grey.shape).astype(np.float32, copy=False)
                   for i, n in enumerate(neighbours)]
-    valid = None if valid is None else _check_slice("valid", valid, grey.shape).astype(bool, copy=False)
+    valid = None if valid is None else check_slice(valid, "valid", shape=grey.shape).astype(bool, copy=False)
     _check_options(marker_margin_sigma, edge_gradient_share)
     return _segment(grey, model, [(n, _smooth(n, 1.0)) for n in neighbours], valid,
                     marker_margin_sigma, edge_gradient_share)
@@ -270,11 +261,11 @@ class DepthContext:
         if grey is None:
             self._window.append(_Pending(None, None, None, payload))
         else:
-            grey = _check_slice("grey", grey).astype(np.float32, copy=False)
+            grey = check_slice(grey, "grey").astype(np.float32, copy=False)
             if self._shape is not None and grey.shape != self._shape:
                 raise SliceShapeError(f"grey: shape {grey.shape} differs from the previous slices' {self._shape}")
             self._shape = grey.shape
-            valid = None if valid is None else _check_slice("valid", valid, grey.shape).astype(bool, copy=False)
+            valid = None if valid is None else check_slice(valid, "valid", shape=grey.shape).astype(bool, copy=False)
             reference = _smooth(grey, 1.0) if self.context_slices else None
             self._window.append(_Pending(grey, reference, valid, payload))
         self._undecided += 1

@@ -36,7 +36,7 @@ from dataclasses import asdict, dataclass, fields
 import numpy as np
 from scipy import ndimage
 
-from processing.errors import CalibrationError
+from processing.errors import CalibrationError, check_slice
 from processing.segment import fit_gray_mixture, otsu_class_means
 
 __all__ = [
@@ -64,13 +64,6 @@ _MIN_BAND_STRENGTH = 3.0
 _ANGLE_CROP = 512  # px: central crop whose spectrum gives the stripe angle (about 0.06 degree once refined)
 _MAX_CONTRAST = 20.0  # level gap over binned noise beyond which contrast is not compared
 _BACKGROUND_METHODS = (None, "polynomial")
-
-
-def _check_image(pixels, name="pixels"):
-    arr = np.asarray(pixels)
-    if arr.ndim != 2 or arr.size == 0:
-        raise ValueError(f"{name}: expected a non-empty 2-D slice, got shape {arr.shape}")
-    return arr
 
 
 def _histogram(pixels, step):
@@ -118,7 +111,7 @@ def find_levels(pixels, n_phases, *, init=None, step=2):
     weights : (n_phases,) ndarray of float
         Share of the pixels of each phase (0 when NaN).
     """
-    pixels = _check_image(pixels)
+    pixels = check_slice(pixels)
     if not 2 <= int(n_phases) <= 4:
         raise ValueError(f"n_phases: expected 2 to 4, got {n_phases!r}")
     n_phases = int(n_phases)
@@ -415,7 +408,7 @@ def stripe_amplitude(pixels, *, levels=None, angle_deg=0.0, width_px=16.0):
     width_px : float, optional
         Widest stripe counted (px).
     """
-    image = np.asarray(_check_image(pixels), dtype=np.float32)
+    image = np.asarray(check_slice(pixels), dtype=np.float32)
     return _profile_rms(_stripe_residual(image, levels, width_px), _Shear(image.shape, angle_deg), width_px)
 
 
@@ -451,7 +444,7 @@ def stripe_angle(pixels, *, levels=None, max_angle_deg=15.0, width_px=16.0):
     angle_deg : float
         Degrees from vertical, positive when the stripes lean towards +x going down.
     """
-    image = np.asarray(_check_image(pixels), dtype=np.float32)
+    image = np.asarray(check_slice(pixels), dtype=np.float32)
     if not 0 <= max_angle_deg <= 45:
         raise ValueError(f"max_angle_deg: expected 0 to 45 degrees, got {max_angle_deg!r}")
     return _stripe_angle(image, levels, max_angle_deg, width_px)[0]
@@ -620,7 +613,7 @@ def remove_curtaining(pixels, *, levels=None, angle_deg=0.0, max_angle_deg=15.0,
     -------
     CurtainCorrection
     """
-    image = np.array(_check_image(pixels), dtype=np.float32)
+    image = np.array(check_slice(pixels), dtype=np.float32)
     if not (isinstance(passes, (int, np.integer)) and passes >= 1):
         raise ValueError(f"passes: expected an integer >= 1, got {passes!r}")
     if not width_px >= 2:
@@ -705,7 +698,7 @@ def flatten_background(pixels, *, levels=None, order=2, step=8):
     -------
     (Y, X) ndarray of float32
     """
-    image = np.asarray(_check_image(pixels), dtype=np.float32)
+    image = np.asarray(check_slice(pixels), dtype=np.float32)
     if not (isinstance(order, (int, np.integer)) and 0 <= order <= 4):
         raise ValueError(f"order: expected an integer 0..4, got {order!r}")
     h, w = image.shape
@@ -738,7 +731,7 @@ def slice_structure(pixels):
     -------
     float
     """
-    return _structure_and_noise(_check_image(pixels))[0]
+    return _structure_and_noise(check_slice(pixels))[0]
 
 
 @dataclass(frozen=True, eq=False)
@@ -837,7 +830,7 @@ class CorrectionModel:
         -------
         CorrectedSlice
         """
-        pixels = _check_image(pixels)
+        pixels = check_slice(pixels)
         if self.brightness:
             gain, offset, misfit, _ = _fit_brightness(pixels, self.levels, prior, 2)
         else:
@@ -1086,8 +1079,8 @@ def fit_correction(slices, *, n_phases=3, brightness=True, curtaining="column", 
     if not slices:
         raise CalibrationError("fit_correction: no slices given")
     found, structure = [], []
-    for s in slices:
-        _check_image(s, "slices[i]")
+    for i, s in enumerate(slices):
+        check_slice(s, f"slices[{i}]")
         structure.append(slice_structure(s))
         levels, _ = find_levels(s, n_phases)
         if structure[-1] >= min_structure and np.all(np.isfinite(levels)):

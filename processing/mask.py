@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-from processing.errors import SliceShapeError
+from processing.errors import SliceShapeError, check_slice
 
 __all__ = ["RegionMask", "flat_margins", "grow_rows"]
 
@@ -45,9 +45,7 @@ def flat_margins(pixels, *, window_px=5, flat_tol=0.01, min_area=0.002):
     (Y, X) bool ndarray
         True on the flat margins.
     """
-    pixels = np.asarray(pixels)
-    if pixels.ndim != 2:
-        raise SliceShapeError(f"pixels: expected a 2-D slice, got shape {pixels.shape}")
+    pixels = check_slice(pixels)
     if not (isinstance(window_px, (int, np.integer)) and window_px >= 3):
         raise ValueError(f"window_px: expected an integer >= 3, got {window_px!r}")
     if not 0 <= flat_tol < 1:
@@ -117,9 +115,7 @@ def grow_rows(pixels, rows, *, std_tol=0.25, mean_tol=0.5):
     (int, int)
         The grown band.
     """
-    pixels = np.asarray(pixels, dtype=np.float32)
-    if pixels.ndim != 2:
-        raise SliceShapeError(f"pixels: expected a 2-D slice, got shape {pixels.shape}")
+    pixels = check_slice(pixels).astype(np.float32, copy=False)
     y0, y1 = (int(v) for v in rows)
     if not 0 <= y0 < y1 <= pixels.shape[0]:
         raise ValueError(f"rows: expected 0 <= y0 < y1 <= {pixels.shape[0]}, got {rows!r}")
@@ -199,9 +195,7 @@ class RegionMask:
         SliceShapeError
             The mask image's shape differs from the slice's.
         """
-        pixels = np.asarray(pixels)
-        if pixels.ndim != 2:
-            raise SliceShapeError(f"pixels: expected a 2-D slice, got shape {pixels.shape}")
+        pixels = check_slice(pixels)
         if self.include is not None:
             if self.include.shape != pixels.shape:
                 raise SliceShapeError(f"mask image is {self.include.shape}, the slices are {pixels.shape}")

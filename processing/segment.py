@@ -33,7 +33,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-from processing.errors import CalibrationError, SliceShapeError
+from processing.errors import CalibrationError, SliceShapeError, check_slice
 
 __all__ = [
     "SegmentedSlice",
@@ -316,9 +316,7 @@ class PhaseModel:
         -------
         SegmentedSlice
         """
-        pixels = np.asarray(pixels)
-        if pixels.ndim != 2:
-            raise SliceShapeError(f"pixels: expected a 2-D slice, got shape {pixels.shape}")
+        pixels = check_slice(pixels)
         if valid is not None:
             valid = np.asarray(valid, dtype=bool)
             if valid.shape != pixels.shape:
@@ -488,9 +486,7 @@ def fit_phase_model(slices, *, n_phases=3, smooth_px=1.0, method="gmm", rim_fix=
         raise CalibrationError("fit_phase_model: no slices given")
     values = []
     for i, s in enumerate(slices):
-        s = np.asarray(s)
-        if s.ndim != 2:
-            raise SliceShapeError(f"slices[{i}]: expected a 2-D slice, got shape {s.shape}")
+        s = check_slice(s, f"slices[{i}]")
         sm = _smooth(s, smooth_px)
         values.append(sm[np.asarray(valid[i], dtype=bool)] if valid is not None else sm.ravel())
     values = np.concatenate(values)
@@ -537,9 +533,7 @@ class PixelClassifier:
 
     def segment(self, pixels, *, valid=None):
         """Label one slice (same contract as :meth:`PhaseModel.segment`)."""
-        pixels = np.asarray(pixels)
-        if pixels.ndim != 2:
-            raise SliceShapeError(f"pixels: expected a 2-D slice, got shape {pixels.shape}")
+        pixels = check_slice(pixels)
         feats = self.features(pixels)
         flat = feats.reshape(-1, feats.shape[-1])
         mask = np.ones(flat.shape[0], dtype=bool) if valid is None else np.asarray(valid, dtype=bool).ravel()
