@@ -216,7 +216,7 @@ def _rev_picture(path, depth_curves, *, tolerance, spacing_um, curves=None, titl
         ax_err.set_ylabel("relative error (%)")
         ax_err.set_title("Kanit relative error of the running value", fontsize="medium")
         ax_err.legend(fontsize="x-small")
-    else:
+    elif ax_val.get_legend_handles_labels()[0]:  # no curve yet when no value has a final one
         ax_val.legend(fontsize="x-small")
     ax_val.axhspan(-100 * tolerance, 100 * tolerance, color="k", alpha=0.08, lw=0)
     ax_val.set_xlabel("depth z (μm)")
