@@ -468,11 +468,9 @@ class SliceChain:
 
     def _correct_and_align(self, image: SliceImage):
         t0 = time.perf_counter()
-        corrected = self.correction.apply(image.pixels, prior=self._brightness)
-        quality, pixels = self.monitor.check(corrected)
-        if quality.state == "good":
-            self._brightness = (corrected.gain, corrected.offset)  # outliers do not guide the next slice
-        else:
+        corrected, quality, pixels, self._brightness = self.correction.apply_checked(image.pixels, self.monitor,
+                                                                                    prior=self._brightness)
+        if quality.state != "good":
             log.warning("slice %d %s: %s", image.index, quality.state, quality.reason)
         t1 = time.perf_counter()
         if quality.state == "held":

@@ -871,6 +871,47 @@ class CorrectionModel:
             prior = (out[-1].gain, out[-1].offset)
         return out
 
+    def apply_checked(self, pixels, monitor, *, prior=(1.0, 0.0)):
+        """Correct one slice and check it, as the slice chain does.
+
+        Parameters
+        ----------
+        pixels : (Y, X) ndarray
+            Raw slice.
+        monitor : BrightnessMonitor
+            Checks the corrected slice (it keeps its own running reference).
+        prior : (gain, offset), optional
+            The brightness map that guides this slice (the last good slice's).
+
+        Returns
+        -------
+        corrected : CorrectedSlice
+        quality : SliceQuality
+        pixels : (Y, X) ndarray of float32
+            The slice to segment (see :meth:`BrightnessMonitor.check`).
+        prior : (gain, offset)
+            The map for the next slice: this one's when it is good (an outlier does not guide
+            the next slice), else `prior` unchanged.
+        """
+        corrected = self.apply(pixels, prior=prior)
+        quality, checked = monitor.check(corrected)
+        if quality.state == "good":
+            prior = (corrected.gain, corrected.offset)
+        return corrected, quality, checked, prior
+
+    def apply_monitored(self, slices, monitor, *, prior=(1.0, 0.0)):
+        """:meth:`apply_checked` on slices in order.
+
+        Returns
+        -------
+        list of (CorrectedSlice, SliceQuality, (Y, X) ndarray of float32)
+        """
+        out = []
+        for raw in slices:
+            *checked, prior = self.apply_checked(raw, monitor, prior=prior)
+            out.append(tuple(checked))
+        return out
+
     def to_dict(self):
         """Plain-JSON form (for the volume's attributes)."""
         d = asdict(self)

@@ -227,16 +227,7 @@ def test_pystack3d_curtains_are_reduced_and_never_added():
 
 
 def _monitored(slices, levels):
-    model = CorrectionModel(levels)
-    monitor = BrightnessMonitor(levels)
-    prior, out = (1.0, 0.0), []
-    for s in slices:
-        corrected = model.apply(s, prior=prior)
-        quality, _ = monitor.check(corrected)
-        if quality.state == "good":
-            prior = (corrected.gain, corrected.offset)
-        out.append(quality)
-    return out
+    return [quality for _, quality, _ in CorrectionModel(levels).apply_monitored(slices, BrightnessMonitor(levels))]
 
 
 def test_sudden_drops_and_charging_are_flagged_and_slow_drift_is_not():

@@ -163,15 +163,8 @@ def _chain_feed(slices, n_phases):
 
     usable = [s for s in slices[:40] if slice_structure(s) >= _MIN_CONTRAST][:8]
     correction = fit_correction(usable, n_phases=n_phases, min_structure=_MIN_CONTRAST)
-    monitor = BrightnessMonitor(correction.levels)
-    prior, out = (1.0, 0.0), []
-    for raw in slices:
-        corrected = correction.apply(raw, prior=prior)
-        quality, pixels = monitor.check(corrected)
-        if quality.state == "good":
-            prior = (corrected.gain, corrected.offset)
-        out.append(None if quality.state == "held" else (raw, pixels))
-    return out
+    checked = correction.apply_monitored(slices, BrightnessMonitor(correction.levels))
+    return [None if quality.state == "held" else (raw, pixels) for raw, (_, quality, pixels) in zip(slices, checked)]
 
 
 def _run(tracker, slices, truth):
