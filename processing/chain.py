@@ -33,9 +33,6 @@ _MAX_HELD_PER_CALIBRATION_SLICE = 4  # slices without contrast held while waitin
 # A named phase may not be in view yet (large particles): calibration waits for it up to this
 # many calibration windows, then goes on with the classes the data show (no invented phase).
 PHASE_WAIT_WINDOWS = 6
-# After calibration with named phases left empty, the grey classes of the recent good slices are
-# estimated again every `calibration_slices` slices: a phase that comes into view later (a
-# persistent population the model does not explain) re-calibrates the phase model.
 # A cap found automatically starts within this share of the slice height from the top edge.
 _CAP_TOP_TOLERANCE = 0.02
 # fewer cap rows than this hold no usable cap features: register on the band as a region
