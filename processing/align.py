@@ -100,6 +100,7 @@ import numpy as np
 import scipy.fft
 from scipy import ndimage
 
+from processing.correct import stripe_angle
 from processing.errors import SliceShapeError, check_slice
 from processing.mask import flat_margins
 
@@ -441,9 +442,9 @@ class _CapTemplate:
     # weight of a new slice in the curtains' profile (:meth:`_learn_pattern`)
     PATTERN_WEIGHT = 0.1
 
-    def __init__(self, interface_row, weight=None, stripe_angle_deg=0.0):
+    def __init__(self, interface_row, weight=None):
         self.interface_row = int(interface_row)
-        self.stripe_angle_deg = float(stripe_angle_deg)
+        self.stripe_angle_deg = 0.0  # of the curtains, set by the tracker from the first slice
         self.weight = float(self.WEIGHT if weight is None else weight)
         self.template = None  # (rows, X) float64, canvas rows 0 .. interface + BELOW
         self._failures = 0  # measurements lost in a row
@@ -872,7 +873,6 @@ class DriftTracker:
         self._shape = None
         self._bin = None
         self._raw_box = None  # the raw slice's rectangle without flat margins (binned px)
-        self._stripe_angle = 0.0  # of the curtains, degrees from vertical (found on the first slice)
         self._previous = None  # last reliable slice on the canvas (binned)
         self._mean = None  # running mean of aligned slices on the canvas (binned)
         self._keyframe = None  # an older aligned slice kept while it still matches (binned)
@@ -953,10 +953,6 @@ class DriftTracker:
         The cap template learns the profile of what the curtain correction left of them along
         this direction (:meth:`_CapTemplate._learn_pattern`).
         """
-        from processing.correct import stripe_angle
-
-        if self._cap is None:
-            return 0.0
         angle = float(stripe_angle(_bin(pixels, self._bin)))
         if angle:
             logger.info("curtains tilted by %.1f degrees", angle)
@@ -1014,7 +1010,9 @@ class DriftTracker:
             When the slice's shape differs from the first slice's.
         """
         pixels = check_slice(pixels)
-        if raw is not None and np.shape(raw) != pixels.shape:
+        if raw is None:
+            raw = pixels
+        elif np.shape(raw) != pixels.shape:
             raise SliceShapeError(f"raw: expected the shape of pixels {pixels.shape}, got {np.shape(raw)}")
         if self._shape is None:
             self._start(pixels, raw)
@@ -1024,7 +1022,7 @@ class DriftTracker:
                 f"slice shape {pixels.shape} differs from the run's canvas {self._shape} (first slice)")
         b = self._bin
         if self._raw_box is None:  # resumed: the margins are found on the first raw slice
-            self._raw_box = self._find_raw_box(pixels if raw is None else raw)
+            self._raw_box = self._find_raw_box(raw)
         binned = self._masked(_bin(pixels, b))
         prev = self._shift
         n = self.n_slices
@@ -1093,7 +1091,7 @@ class DriftTracker:
                                    n, self.roi)
                     self.roi = None
                     self._bin = self._choose_bin(pixels.shape)
-                    self._raw_box = self._find_raw_box(pixels if raw is None else raw)
+                    self._raw_box = self._find_raw_box(raw)
                     binned = self._masked(_bin(pixels, self._bin))
                     self._lagged.clear()
                 self._previous = self._mean = self._keyframe = None
@@ -1366,7 +1364,6 @@ class DriftTracker:
         self._bin = self._choose_bin(aligned.shape)
         self._shape = aligned.shape
         self._raw_box = None
-        self._stripe_angle = self._find_stripe_angle(aligned)
         binned = _bin(aligned.astype(np.float32), self._bin)
         covered = _bin((aligned > 0).astype(np.float32), self._bin) > 0.99
         fill = binned[covered].mean() if covered.any() else 0.0
@@ -1377,7 +1374,7 @@ class DriftTracker:
         self._lagged.clear()
         self._lagged.append((0, self._previous.copy()))
         if self._cap is not None:
-            self._cap.stripe_angle_deg = self._stripe_angle
+            self._cap.stripe_angle_deg = self._find_stripe_angle(aligned)
             self._cap.start(aligned)
         self._shift = tuple(float(v) for v in _as_pair(shift_px, "shift_px"))
         self._joint.freeze(0, self._shift, 0.0)  # the stored shift: the new canvas's origin
@@ -1385,17 +1382,16 @@ class DriftTracker:
         self._var_of = {0: 0.0}
         self.n_slices = 1
 
-    def _start(self, pixels, raw=None):
+    def _start(self, pixels, raw):
         # the bin first: a refused region leaves the tracker unstarted (the same error next time)
         self._bin = self._choose_bin(pixels.shape)
         self._shape = pixels.shape
-        self._raw_box = self._find_raw_box(pixels if raw is None else raw)
-        self._stripe_angle = self._find_stripe_angle(pixels)
+        self._raw_box = self._find_raw_box(raw)
         self._joint.freeze(0, (0.0, 0.0), 0.0)
         self._var_of = {0: 0.0}
         self._update_references(self._masked(_bin(pixels, self._bin)), (0.0, 0.0), 0)
         if self._cap is not None:
-            self._cap.stripe_angle_deg = self._stripe_angle
+            self._cap.stripe_angle_deg = self._find_stripe_angle(pixels)
             self._cap.start(self._masked_full(pixels))
         self._shift = (0.0, 0.0)
         self.n_slices = 1
