@@ -211,6 +211,7 @@ class SliceChain:
         if roi is not None and roi != "auto":
             roi = tuple(int(v) for v in roi)
         self.roi = roi
+        self._nonsample_rows: tuple[int, int] | None = None  # the cap found with roi "auto"
         self.tracker = None if roi == "auto" else self._new_tracker()
         self.context_slices = int(context_slices)
         self.boundaries = boundaries
@@ -219,7 +220,6 @@ class SliceChain:
         self.training_labels = training_labels
         self.smooth_px = smooth_px if smooth_px == "auto" else float(smooth_px)
         self.phase_check = None
-        self._nonsample_rows: tuple[int, int] | None = None  # z-invariant band found with roi "auto"
         self._brightness = (1.0, 0.0)  # the previous slice's (gain, offset): guides the next match
         self._held: list[tuple[SliceImage, float]] = []
         self._dtype = None
@@ -449,12 +449,14 @@ class SliceChain:
         return None
 
     def _new_tracker(self) -> DriftTracker:
-        """The drift tracker: on the cap's lasting features when the cap rows are known."""
-        if self.cap_rows >= _MIN_CAP_ROWS:
+        """The drift tracker: on the cap's lasting features when the cap rows are known, stated
+        (`cap_rows`) or found on the calibration slices."""
+        cap = self.cap_rows or (0 if self._nonsample_rows is None else self._nonsample_rows[1])
+        if cap >= _MIN_CAP_ROWS:
             # The cap's grain may change from slice to slice (a 3-D deposit): the tracker takes
             # the shift from the cap's lasting features (fiducial, interface side) and the steps
             # between slices from the correlation on the whole slice.
-            return DriftTracker(interface_row=self.cap_rows)
+            return DriftTracker(interface_row=cap)
         return DriftTracker(roi=self.roi)
 
     def _find_roi(self, slices):

@@ -7,7 +7,8 @@ only, without the agent, files or subprocess. Per scenario: label accuracy on as
 pixels of each slice at its best offset (:func:`bench_acquisitions.compare_slice`; held slices
 left out), median and worst slice; the phase-fraction bias (points) of the worst phase over the
 run; the unassigned share inside the sample (median slice); slices held; re-calibrations of the
-phase model. Then median and worst over the scenarios.
+phase model; the RMS of the applied drift against the true shift (px, every slice, held ones
+too). Then median and worst over the scenarios.
 
 Run::
 
@@ -66,9 +67,10 @@ def run_scenario(seed, n_slices):
     out += chain.flush()
     elapsed = time.perf_counter() - t0
     k = len(scenario.phase_names)
-    accuracy, unassigned = [], []
+    accuracy, unassigned, drift_error = [], [], []
     agent_counts, truth_counts = np.zeros(k), np.zeros(k)
     for p in out:
+        drift_error.append(np.subtract(p.drift.shift_px, rendered.truth.drift_px[p.index - 1]))
         if p.flag == "held":
             continue
         c = compare_slice(p.labels, rendered.truth.labels[p.index - 1], k)
@@ -83,6 +85,7 @@ def run_scenario(seed, n_slices):
         "seed": seed, "describe": scenario.describe(), "accuracy": np.array(accuracy), "bias": bias,
         "unassigned": float(np.median(unassigned)) if unassigned else float("nan"),
         "held": sum(p.flag == "held" for p in out), "recalibrations": len(chain.recalibrations),
+        "drift_rms_px": float(np.sqrt(np.mean(np.sum(np.square(drift_error), axis=1)))) if drift_error else np.nan,
         "elapsed_s": elapsed,
     }
 
@@ -95,7 +98,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.ERROR)
     print(f"{'seed':>4} {'acc med':>7} {'worst':>6} {'bias':>6}  {'per phase':<24} {'unas':>5} {'held':>4} "
-          f"{'recal':>5} {'s':>4}  scenario")
+          f"{'recal':>5} {'drift':>5} {'s':>4}  scenario")
     results = []
     for seed in range(*args.seeds):
         r = run_scenario(seed, args.slices)
@@ -104,7 +107,7 @@ def main(argv=None):
         worst_phase = r["bias"][np.argmax(np.abs(r["bias"]))]
         print(f"{seed:4d} {100 * np.median(acc):7.2f} {100 * acc.min():6.2f} {worst_phase:+6.2f}  "
               f"{'/'.join(f'{b:+.1f}' for b in r['bias']):<24} {100 * r['unassigned']:5.2f} {r['held']:4d} "
-              f"{r['recalibrations']:5d} {r['elapsed_s']:4.0f}  {r['describe']}", flush=True)
+              f"{r['recalibrations']:5d} {r['drift_rms_px']:5.2f} {r['elapsed_s']:4.0f}  {r['describe']}", flush=True)
     medians = np.array([np.median(r["accuracy"]) if r["accuracy"].size else np.nan for r in results])
     worst_bias = np.array([np.abs(r["bias"]).max() for r in results])
     print(f"over {len(results)} scenarios: accuracy (median slice) median {100 * np.nanmedian(medians):.2f} % "
