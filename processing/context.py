@@ -35,6 +35,19 @@ are in: its grey levels are averaged with those of slices z-k..z+k where they ag
 weight on the grey difference, so edges that move between slices are not blurred along z). This
 lowers the noise inside phases before the markers are chosen (measured: +0.5 to +0.8 point of
 accuracy at noise 25 % of the contrast and blur 2 px, neutral on clean slices).
+
+Shine-through in pores: an open pore of the darkest phase shows part of the material behind the
+cut, so its grey level rises towards that of the slices behind it, and a pore over a particle is
+taken for a brighter phase (the pores' fraction biased low). The following slice shows, at the
+same place, what lies behind, so with ``context_slices`` >= 1 the expected grey level of a pore
+pixel is ``L1 + s (g_next - L1)`` (``L1`` the darkest level, ``g_next`` the next slice smoothed,
+``s`` the shine share). ``s`` is measured on the run itself (:class:`ShineEstimate`): the mean grey
+of pixels deep inside the darkest phase whose next slice is bright, against those whose next
+slice is dark (a difference of phase levels, so stripes and noise shared between slices do not
+count). A pixel that thresholds put in a brighter phase goes to the darkest phase when its grey
+level is nearer that expectation than any brighter level; where the two are within a mixture
+sigma the pixel counts as uncertain. No shine is assumed until ``s`` >= 0.05 is measured on at
+least 500 pixels of each group (a darkest phase that is solid shows none).
 """
 
 from __future__ import annotations
@@ -47,7 +60,7 @@ import numpy as np
 from processing.errors import SliceShapeError, check_slice
 from processing.segment import PhaseModel, SegmentedSlice, _classify, _smooth, _square_reduce
 
-__all__ = ["segment_in_context", "DepthContext"]
+__all__ = ["segment_in_context", "DepthContext", "ShineEstimate"]
 
 # reach (px) of the markers that tell a blurred edge between two other phases
 _REACH_PX = 3
@@ -199,6 +212,98 @@ def _segment(grey, model, neighbours, valid, marker_margin_sigma, edge_gradient_
     return SegmentedSlice(labels, n_uncertain / counted if counted else 0.0)
 
 
+# Shine-through: the smallest shine share acted on, the pixels each group needs, the depth (px)
+# inside the darkest phase of the pixels measured (beyond blur and alignment error), the largest
+# share believed (more would leave a pore nothing of its own level), and the smoothing (px) of the
+# following slice (its noise would otherwise enter the expectation).
+_MIN_SHINE = 0.05
+_MIN_SHINE_PIXELS = 500
+_SHINE_DEPTH_PX = 2
+_MAX_SHINE = 0.8
+_SHINE_SMOOTH_PX = 2.0
+
+
+@dataclass
+class ShineEstimate:
+    """Running measurement of the shine-through share of the darkest phase (see the module notes).
+
+    Sums over the pixels deep inside the darkest phase, split by the next slice's grey level
+    at the same place: ``low`` (below the first threshold: pore behind) and ``high`` (above the
+    first threshold by half the way to the second level: brighter material behind).
+    """
+
+    n_low: int = 0
+    n_high: int = 0
+    grey_low: float = 0.0
+    grey_high: float = 0.0
+    next_low: float = 0.0
+    next_high: float = 0.0
+
+    def add(self, smooth, following, labels, model, valid=None):
+        """Add one slice: `smooth` its grey levels and `following` the next slice's, both smoothed;
+        `labels` its threshold labels (1 = darkest)."""
+        deep = _square_reduce((labels != 1).view(np.uint8), 2 * _SHINE_DEPTH_PX + 1, np.maximum) == 0
+        if valid is not None:
+            deep &= valid
+        behind = following[deep]
+        grey = smooth[deep]
+        low = behind < model.thresholds[0]
+        high = behind >= 0.5 * (model.thresholds[0] + model.levels[1])
+        self.n_low += int(np.count_nonzero(low))
+        self.n_high += int(np.count_nonzero(high))
+        self.grey_low += float(grey[low].sum())
+        self.grey_high += float(grey[high].sum())
+        self.next_low += float(behind[low].sum())
+        self.next_high += float(behind[high].sum())
+
+    @property
+    def share(self) -> float:
+        """The shine share s (0 = none, or not measured yet on enough pixels)."""
+        if min(self.n_low, self.n_high) < _MIN_SHINE_PIXELS:
+            return 0.0
+        spread = self.next_high / self.n_high - self.next_low / self.n_low
+        if not spread > 0:
+            return 0.0
+        s = (self.grey_high / self.n_high - self.grey_low / self.n_low) / spread
+        return float(min(s, _MAX_SHINE)) if s >= _MIN_SHINE else 0.0
+
+    def expected(self, following):
+        """Expected grey level of a darkest-phase pixel given the next slice's smoothed grey
+        `following`: the line through the two groups' means (the darkest level measured with
+        the shine of its usual background already in it)."""
+        s = self.share
+        base = self.grey_low / max(self.n_low, 1) - s * self.next_low / max(self.n_low, 1)
+        return np.float32(base) + np.float32(s) * following
+
+
+def _undo_shine(seg, smooth, expected, model, valid):
+    """Labels with the pixels whose grey level the darkest phase's shine-through explains better
+    than any brighter level moved to the darkest phase; the uncertain share grows by the pixels
+    where the two explanations are within a mixture sigma."""
+    labels = seg.labels
+    levels = np.asarray(model.levels, dtype=np.float32)
+    brighter = np.min(np.abs(smooth[..., None] - levels[None, None, 1:]), axis=-1)
+    to_darkest = np.abs(smooth - expected)
+    sigma = np.float32(np.mean(model.sigmas))
+    # only where the shine raises a pore above its usual level: elsewhere
+    # the thresholds (Bayes, with the phases' weights) decide
+    candidates = (labels > (model.label_values[0] if model.label_values else 1)) & (expected > levels[0])
+    if valid is not None:
+        candidates &= valid
+    flip = candidates & (to_darkest < brighter)
+    unsure = candidates & (np.abs(to_darkest - brighter) <= sigma)
+    # pixels already counted uncertain by their grey level alone are not counted twice
+    for lo, hi in model.uncertain_bounds:
+        unsure &= (smooth < lo) | (smooth > hi)
+    counted = int(np.count_nonzero(valid)) if valid is not None else labels.size
+    if not flip.any() and not unsure.any():
+        return seg
+    darkest = model.label_values[0] if model.label_values else 1
+    labels = np.where(flip, np.uint8(darkest), labels).astype(np.uint8)
+    extra = int(np.count_nonzero(unsure)) / counted if counted else 0.0
+    return SegmentedSlice(labels, min(seg.uncertain_share + extra, 1.0))
+
+
 @dataclass
 class _Pending:
     grey: np.ndarray | None  # float32; None: a slice not to segment (e.g. held back as blank)
@@ -244,6 +349,7 @@ class DepthContext:
         self.options = {"marker_margin_sigma": marker_margin_sigma, "edge_gradient_share": edge_gradient_share,
                         "boundaries": boundaries}
         self._window: deque[_Pending] = deque(maxlen=2 * self.context_slices + 1)
+        self.shine = ShineEstimate()
         self._undecided = 0  # pending slices at the end of the window
         self._shape = None
 
@@ -291,4 +397,15 @@ class DepthContext:
         if not isinstance(self.model, PhaseModel):
             return pending.payload, self.model.segment(pending.grey, valid=pending.valid)
         seg = _segment(pending.grey, self.model, neighbours, pending.valid, reference=pending.reference, **self.options)
+        following = self._window[i + 1] if i + 1 < len(self._window) else None
+        if following is None or following.grey is None:
+            return pending.payload, seg
+        # shine-through in the darkest phase, judged on what the next slice shows behind each pixel
+        smooth = _smooth(pending.grey, self.model.smooth_px)
+        behind = _smooth(following.grey, _SHINE_SMOOTH_PX)
+        valid = pending.valid if following.valid is None else (
+            following.valid if pending.valid is None else pending.valid & following.valid)
+        self.shine.add(smooth, behind, _classify(smooth, self.model.thresholds), self.model, valid)
+        if self.shine.share:
+            seg = _undo_shine(seg, smooth, self.shine.expected(behind), self.model, valid)
         return pending.payload, seg
