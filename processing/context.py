@@ -46,7 +46,7 @@ of pixels deep inside the darkest phase whose next slice is bright, against thos
 slice is dark (a difference of phase levels, so stripes and noise shared between slices do not
 count). A pixel that thresholds put in a brighter phase goes to the darkest phase when its grey
 level is nearer that expectation than any brighter level; where the two are within a mixture
-sigma the pixel counts as uncertain. No shine is assumed until ``s`` >= 0.05 is measured on at
+sigma the pixel counts as uncertain. No shine is assumed until ``s`` >= 0.08 is measured on at
 least 500 pixels of each group (a darkest phase that is solid shows none).
 """
 
@@ -216,22 +216,27 @@ def _segment(grey, model, neighbours, valid, marker_margin_sigma, edge_gradient_
 # inside the darkest phase of the pixels measured (beyond blur and alignment error), the largest
 # share believed (more would leave a pore nothing of its own level), and the smoothing (px) of the
 # following slice (its noise would otherwise enter the expectation).
-_MIN_SHINE = 0.05
+_MIN_SHINE = 0.08
 _MIN_SHINE_PIXELS = 500
 _SHINE_DEPTH_PX = 2
 _MAX_SHINE = 0.8
 _SHINE_SMOOTH_PX = 2.0
+# The share is a property of the acquisition: measured on the first slices that have a following
+# one (the cost of the rule is then nil on the rest of a run without shine).
+_SHINE_SLICES = 32
 
 
 @dataclass
 class ShineEstimate:
     """Running measurement of the shine-through share of the darkest phase (see the module notes).
 
-    Sums over the pixels deep inside the darkest phase, split by the next slice's grey level
+    Sums over the pixels deep inside the darkest phase (of the first :data:`_SHINE_SLICES` slices
+    with a following one), split by the next slice's grey level
     at the same place: ``low`` (below the first threshold: pore behind) and ``high`` (above the
     first threshold by half the way to the second level: brighter material behind).
     """
 
+    slices: int = 0
     n_low: int = 0
     n_high: int = 0
     grey_low: float = 0.0
@@ -239,16 +244,19 @@ class ShineEstimate:
     next_low: float = 0.0
     next_high: float = 0.0
 
-    def add(self, smooth, following, labels, model, valid=None):
-        """Add one slice: `smooth` its grey levels and `following` the next slice's, both smoothed;
-        `labels` its threshold labels (1 = darkest)."""
+    def add(self, grey, following, model, valid=None):
+        """Add one slice: `grey` its grey levels and `following` the next slice's (aligned)."""
+        grey = _smooth(grey, model.smooth_px)
+        behind = _smooth(following, _SHINE_SMOOTH_PX)
+        labels = _classify(grey, model.thresholds)
         deep = _square_reduce((labels != 1).view(np.uint8), 2 * _SHINE_DEPTH_PX + 1, np.maximum) == 0
         if valid is not None:
             deep &= valid
-        behind = following[deep]
-        grey = smooth[deep]
+        behind = behind[deep]
+        grey = grey[deep]
         low = behind < model.thresholds[0]
         high = behind >= 0.5 * (model.thresholds[0] + model.levels[1])
+        self.slices += 1
         self.n_low += int(np.count_nonzero(low))
         self.n_high += int(np.count_nonzero(high))
         self.grey_low += float(grey[low].sum())
@@ -401,11 +409,12 @@ class DepthContext:
         if following is None or following.grey is None:
             return pending.payload, seg
         # shine-through in the darkest phase, judged on what the next slice shows behind each pixel
-        smooth = _smooth(pending.grey, self.model.smooth_px)
-        behind = _smooth(following.grey, _SHINE_SMOOTH_PX)
         valid = pending.valid if following.valid is None else (
             following.valid if pending.valid is None else pending.valid & following.valid)
-        self.shine.add(smooth, behind, _classify(smooth, self.model.thresholds), self.model, valid)
+        if self.shine.slices < _SHINE_SLICES:
+            self.shine.add(pending.grey, following.grey, self.model, valid)
         if self.shine.share:
-            seg = _undo_shine(seg, smooth, self.shine.expected(behind), self.model, valid)
+            smooth = _smooth(pending.grey, self.model.smooth_px)
+            expected = self.shine.expected(_smooth(following.grey, _SHINE_SMOOTH_PX))
+            seg = _undo_shine(seg, smooth, expected, self.model, valid)
         return pending.payload, seg
