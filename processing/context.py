@@ -35,10 +35,12 @@ are in: its grey levels are averaged with those of slices z-k..z+k where they ag
 weight on the grey difference, so edges that move between slices are not blurred along z). This
 lowers the noise inside phases before the markers are chosen (measured: +0.5 to +0.8 point of
 accuracy at noise 25 % of the contrast and blur 2 px, neutral on clean slices). The in-plane
-pre-filter of the decision is then narrowed by ``sqrt(2k + 1)`` (not below 1 px): the same noise
-as the calibration's pre-filter on one slice, so the same thresholds, with edges blurred less (a
-wide pre-filter, e.g. 3 px picked by ``smooth_px="auto"`` on noisy slices, blurs a pore/active
-edge across the middle phase's levels over several pixels, wider than the rim rule reaches).
+pre-filter of the decision is then narrowed by the factor the average lowered the noise (measured
+once, on the first slice with neighbours: about sqrt(2k + 1) for independent noise, 1 for
+repeated slices; never below 1 px): the noise the calibration's thresholds were set for, with
+edges blurred less (a wide pre-filter, e.g. 3 px picked by ``smooth_px="auto"`` on noisy slices,
+blurs a pore/active edge across the middle phase's levels over several pixels, further than the
+rim rule reaches).
 
 Shine-through in pores: an open pore of the darkest phase shows part of the material behind the
 cut, so its grey level rises towards that of the slices behind it, and a pore over a particle is
@@ -316,6 +318,42 @@ def _undo_shine(seg, smooth, expected, model, valid):
     return SegmentedSlice(labels, min(seg.uncertain_share + extra, 1.0))
 
 
+# Side (px) of the central crop on which the noise left by the z average is measured.
+_NOISE_CROP_PX = 512
+
+
+def _noise(image, valid):
+    """Robust noise of a slice: 1.4826 x MAD of its residual from a 1 px smoothing."""
+    residual = (image - _smooth(image, 1.0))[valid]
+    return 1.4826 * float(np.median(np.abs(residual - np.median(residual)))) if residual.size else 0.0
+
+
+def _narrowed(model, pending, neighbours):
+    """The model with the pre-filter the decision needs after the average along z.
+
+    The average lowers the noise by a factor f (measured on a central crop: about
+    sqrt(number of slices) for independent noise, 1 for repeated slices); a pre-filter f times
+    narrower then leaves the noise for which the calibration set the thresholds, and blurs the
+    edges less (a wide pre-filter, e.g. 3 px picked by ``smooth_px="auto"`` on noisy slices,
+    blurs a pore/active edge across the middle phase's levels further than the rim rule reaches).
+    Never below 1 px.
+    """
+    if model.smooth_px <= 1.0:
+        return model
+    h, w = pending.grey.shape
+    y0, x0 = max(0, (h - _NOISE_CROP_PX) // 2), max(0, (w - _NOISE_CROP_PX) // 2)
+    crop = (slice(y0, y0 + _NOISE_CROP_PX), slice(x0, x0 + _NOISE_CROP_PX))
+    grey = pending.grey[crop]
+    valid = np.ones(grey.shape, bool) if pending.valid is None else pending.valid[crop]
+    averaged = _denoise_along_z(grey, pending.reference[crop], [(g[crop], r[crop]) for g, r in neighbours],
+                                1.5 * float(np.mean(model.sigmas)))
+    before, after = _noise(grey, valid), _noise(averaged, valid)
+    if not (before > 0 and after > 0):
+        return model
+    factor = float(np.clip(before / after, 1.0, np.sqrt(len(neighbours) + 1)))
+    return replace(model, smooth_px=max(1.0, model.smooth_px / factor))
+
+
 @dataclass
 class _Pending:
     grey: np.ndarray | None  # float32; None: a slice not to segment (e.g. held back as blank)
@@ -358,13 +396,8 @@ class DepthContext:
         _check_options(marker_margin_sigma, edge_gradient_share)
         self.model = model
         self.context_slices = int(context_slices)
-        # the average along z lowers the noise as much as the calibration's pre-filter did on one
-        # slice with a pre-filter sqrt(2k + 1) times narrower (noise variance ~ 1 / (slices x
-        # sigma^2)): the same thresholds apply, and edges are blurred less (not below 1 px)
-        self._decision_model = model
-        if isinstance(model, PhaseModel) and self.context_slices and model.smooth_px > 1.0:
-            self._decision_model = replace(
-                model, smooth_px=max(1.0, model.smooth_px / float(np.sqrt(2 * self.context_slices + 1))))
+        # the decision's pre-filter, narrowed once the noise the z average leaves is measured
+        self._decision_model = None  # measured on the first slice with all its neighbours
         self.options = {"marker_margin_sigma": marker_margin_sigma, "edge_gradient_share": edge_gradient_share,
                         "boundaries": boundaries}
         self._window: deque[_Pending] = deque(maxlen=2 * self.context_slices + 1)
@@ -415,8 +448,10 @@ class DepthContext:
                       if j != i and self._window[j].grey is not None]
         if not isinstance(self.model, PhaseModel):
             return pending.payload, self.model.segment(pending.grey, valid=pending.valid)
-        seg = _segment(pending.grey, self._decision_model if neighbours else self.model, neighbours, pending.valid,
-                       reference=pending.reference, **self.options)
+        if self._decision_model is None and len(neighbours) == 2 * k:
+            self._decision_model = _narrowed(self.model, pending, neighbours)
+        decision = self._decision_model if neighbours and self._decision_model is not None else self.model
+        seg = _segment(pending.grey, decision, neighbours, pending.valid, reference=pending.reference, **self.options)
         following = self._window[i + 1] if i + 1 < len(self._window) else None
         if following is None or following.grey is None:
             return pending.payload, seg

@@ -195,21 +195,23 @@ def test_the_decision_pre_filter_is_narrowed_by_the_average_along_z():
     acq = clean_render(labels, noise=30.0, blur=1.2, rng=32)
     model = fit_phase_model(acq.slices[:4].astype(np.float32), n_phases=3, smooth_px=3.0)
 
-    def decide(narrow):
+    def decide(slices, narrow=True):
         context = DepthContext(model, context_slices=1)
         if not narrow:
             context._decision_model = model  # the wide pre-filter of the calibration
         out = []
-        for s in acq.slices.astype(np.float32):
+        for s in slices.astype(np.float32):
             out += context.push(s)
         out += context.flush()
         return np.stack([seg.labels for _, seg in out]), context
 
-    narrowed, context = decide(True)
-    wide, _ = decide(False)
-    assert context._decision_model.smooth_px == pytest.approx(3.0 / np.sqrt(3))
-    assert DepthContext(model, context_slices=0)._decision_model is model  # no average, no change
+    narrowed, context = decide(acq.slices)
+    wide, _ = decide(acq.slices, narrow=False)
+    assert context._decision_model.smooth_px == pytest.approx(3.0 / np.sqrt(3), rel=0.15)
     truth = acq.labels
     assert np.mean(narrowed == truth) > np.mean(wide == truth) + 0.01
     bias = np.abs(shares(narrowed, 3) - shares(truth, 3)).max()
     assert bias < np.abs(shares(wide, 3) - shares(truth, 3)).max()
+    # a repeated slice (no new noise to average) keeps the calibration's pre-filter
+    _, repeated = decide(np.repeat(acq.slices[:1], 4, axis=0))
+    assert repeated._decision_model.smooth_px == pytest.approx(3.0)
