@@ -34,20 +34,39 @@ the neighbouring slices. With ``context_slices`` k > 0, slice z is decided once 
 are in: its grey levels are averaged with those of slices z-k..z+k where they agree (a bilateral
 weight on the grey difference, so edges that move between slices are not blurred along z). This
 lowers the noise inside phases before the markers are chosen (measured: +0.5 to +0.8 point of
-accuracy at noise 25 % of the contrast and blur 2 px, neutral on clean slices).
+accuracy at noise 25 % of the contrast and blur 2 px, neutral on clean slices). The in-plane
+pre-filter of the decision is then narrowed by the factor the average lowered the noise (measured
+once, on the first slice with neighbours: about sqrt(2k + 1) for independent noise, 1 for
+repeated slices; never below 1 px): the noise the calibration's thresholds were set for, with
+edges blurred less (a wide pre-filter, e.g. 3 px picked by ``smooth_px="auto"`` on noisy slices,
+blurs a pore/active edge across the middle phase's levels over several pixels, further than the
+rim rule reaches).
+
+Shine-through in pores: an open pore of the darkest phase shows part of the material behind the
+cut, so its grey level rises towards that of the slices behind it, and a pore over a particle is
+taken for a brighter phase (the pores' fraction biased low). The following slice shows, at the
+same place, what lies behind, so with ``context_slices`` >= 1 the expected grey level of a pore
+pixel is ``L1 + s (g_next - L1)`` (``L1`` the darkest level, ``g_next`` the next slice smoothed,
+``s`` the shine share). ``s`` is measured on the run itself (:class:`ShineEstimate`): the mean grey
+of pixels deep inside the darkest phase whose next slice is bright, against those whose next
+slice is dark (a difference of phase levels, so stripes and noise shared between slices do not
+count). A pixel that thresholds put in a brighter phase goes to the darkest phase when its grey
+level is nearer that expectation than any brighter level; where the two are within a mixture
+sigma the pixel counts as uncertain. No shine is assumed until ``s`` >= 0.08 is measured on at
+least 500 pixels of each group (a darkest phase that is solid shows none).
 """
 
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
 from processing.errors import SliceShapeError, check_slice
 from processing.segment import PhaseModel, SegmentedSlice, _classify, _smooth, _square_reduce
 
-__all__ = ["segment_in_context", "DepthContext"]
+__all__ = ["segment_in_context", "DepthContext", "ShineEstimate"]
 
 # reach (px) of the markers that tell a blurred edge between two other phases
 _REACH_PX = 3
@@ -199,6 +218,142 @@ def _segment(grey, model, neighbours, valid, marker_margin_sigma, edge_gradient_
     return SegmentedSlice(labels, n_uncertain / counted if counted else 0.0)
 
 
+# Shine-through: the smallest shine share acted on, the pixels each group needs, the depth (px)
+# inside the darkest phase of the pixels measured (beyond blur and alignment error), the largest
+# share believed (more would leave a pore nothing of its own level), and the smoothing (px) of the
+# following slice (its noise would otherwise enter the expectation).
+_MIN_SHINE = 0.08
+_MIN_SHINE_PIXELS = 500
+_SHINE_DEPTH_PX = 2
+_MAX_SHINE = 0.8
+_SHINE_SMOOTH_PX = 2.0
+# The share is a property of the acquisition: measured on the first slices that have a following
+# one (the cost of the rule is then nil on the rest of a run without shine).
+_SHINE_SLICES = 32
+
+
+@dataclass
+class ShineEstimate:
+    """Running measurement of the shine-through share of the darkest phase (see the module notes).
+
+    Sums over the pixels deep inside the darkest phase (of the first :data:`_SHINE_SLICES` slices
+    with a following one), split by the next slice's grey level
+    at the same place: ``low`` (below the first threshold: pore behind) and ``high`` (above the
+    first threshold by half the way to the second level: brighter material behind).
+    """
+
+    slices: int = 0
+    n_low: int = 0
+    n_high: int = 0
+    grey_low: float = 0.0
+    grey_high: float = 0.0
+    next_low: float = 0.0
+    next_high: float = 0.0
+
+    def add(self, grey, following, model, valid=None):
+        """Add one slice: `grey` its grey levels and `following` the next slice's (aligned)."""
+        grey = _smooth(grey, model.smooth_px)
+        behind = _smooth(following, _SHINE_SMOOTH_PX)
+        labels = _classify(grey, model.thresholds)
+        deep = _square_reduce((labels != 1).view(np.uint8), 2 * _SHINE_DEPTH_PX + 1, np.maximum) == 0
+        if valid is not None:
+            deep &= valid
+        behind = behind[deep]
+        grey = grey[deep]
+        low = behind < model.thresholds[0]
+        high = behind >= 0.5 * (model.thresholds[0] + model.levels[1])
+        self.slices += 1
+        self.n_low += int(np.count_nonzero(low))
+        self.n_high += int(np.count_nonzero(high))
+        self.grey_low += float(grey[low].sum())
+        self.grey_high += float(grey[high].sum())
+        self.next_low += float(behind[low].sum())
+        self.next_high += float(behind[high].sum())
+
+    @property
+    def share(self) -> float:
+        """The shine share s (0 = none, or not measured yet on enough pixels)."""
+        if min(self.n_low, self.n_high) < _MIN_SHINE_PIXELS:
+            return 0.0
+        spread = self.next_high / self.n_high - self.next_low / self.n_low
+        if not spread > 0:
+            return 0.0
+        s = (self.grey_high / self.n_high - self.grey_low / self.n_low) / spread
+        return float(min(s, _MAX_SHINE)) if s >= _MIN_SHINE else 0.0
+
+    def expected(self, following):
+        """Expected grey level of a darkest-phase pixel given the next slice's smoothed grey
+        `following`: the line through the two groups' means (the darkest level measured with
+        the shine of its usual background already in it)."""
+        s = self.share
+        base = self.grey_low / max(self.n_low, 1) - s * self.next_low / max(self.n_low, 1)
+        return np.float32(base) + np.float32(s) * following
+
+
+def _undo_shine(seg, smooth, expected, model, valid):
+    """Labels with the pixels whose grey level the darkest phase's shine-through explains better
+    than any brighter level moved to the darkest phase; the uncertain share grows by the pixels
+    where the two explanations are within a mixture sigma."""
+    labels = seg.labels
+    levels = np.asarray(model.levels, dtype=np.float32)
+    brighter = np.min(np.abs(smooth[..., None] - levels[None, None, 1:]), axis=-1)
+    to_darkest = np.abs(smooth - expected)
+    sigma = np.float32(np.mean(model.sigmas))
+    # only where the shine raises a pore above its usual level: elsewhere
+    # the thresholds (Bayes, with the phases' weights) decide
+    candidates = (labels > (model.label_values[0] if model.label_values else 1)) & (expected > levels[0])
+    if valid is not None:
+        candidates &= valid
+    flip = candidates & (to_darkest < brighter)
+    unsure = candidates & (np.abs(to_darkest - brighter) <= sigma)
+    # pixels already counted uncertain by their grey level alone are not counted twice
+    for lo, hi in model.uncertain_bounds:
+        unsure &= (smooth < lo) | (smooth > hi)
+    counted = int(np.count_nonzero(valid)) if valid is not None else labels.size
+    if not flip.any() and not unsure.any():
+        return seg
+    darkest = model.label_values[0] if model.label_values else 1
+    labels = np.where(flip, np.uint8(darkest), labels).astype(np.uint8)
+    extra = int(np.count_nonzero(unsure)) / counted if counted else 0.0
+    return SegmentedSlice(labels, min(seg.uncertain_share + extra, 1.0))
+
+
+# Side (px) of the central crop on which the noise left by the z average is measured.
+_NOISE_CROP_PX = 512
+
+
+def _noise(image, valid):
+    """Robust noise of a slice: 1.4826 x MAD of its residual from a 1 px smoothing."""
+    residual = (image - _smooth(image, 1.0))[valid]
+    return 1.4826 * float(np.median(np.abs(residual - np.median(residual)))) if residual.size else 0.0
+
+
+def _narrowed(model, pending, neighbours):
+    """The model with the pre-filter the decision needs after the average along z.
+
+    The average lowers the noise by a factor f (measured on a central crop: about
+    sqrt(number of slices) for independent noise, 1 for repeated slices); a pre-filter f times
+    narrower then leaves the noise for which the calibration set the thresholds, and blurs the
+    edges less (a wide pre-filter, e.g. 3 px picked by ``smooth_px="auto"`` on noisy slices,
+    blurs a pore/active edge across the middle phase's levels further than the rim rule reaches).
+    Never below 1 px.
+    """
+    if model.smooth_px <= 1.0:
+        return model
+    h, w = pending.grey.shape
+    y0, x0 = max(0, (h - _NOISE_CROP_PX) // 2), max(0, (w - _NOISE_CROP_PX) // 2)
+    crop = (slice(y0, y0 + _NOISE_CROP_PX), slice(x0, x0 + _NOISE_CROP_PX))
+    grey = pending.grey[crop]
+    valid = np.ones(grey.shape, bool) if pending.valid is None else pending.valid[crop]
+    averaged = _denoise_along_z(grey, pending.reference[crop], [(g[crop], r[crop]) for g, r in neighbours],
+                                1.5 * float(np.mean(model.sigmas)))
+    before, after = _noise(grey, valid), _noise(averaged, valid)
+    if not (before > 0 and after > 0):
+        return model
+    factor = float(np.clip(before / after, 1.0, np.sqrt(len(neighbours) + 1)))
+    return replace(model, smooth_px=max(1.0, model.smooth_px / factor))
+
+
 @dataclass
 class _Pending:
     grey: np.ndarray | None  # float32; None: a slice not to segment (e.g. held back as blank)
@@ -241,9 +396,12 @@ class DepthContext:
         _check_options(marker_margin_sigma, edge_gradient_share)
         self.model = model
         self.context_slices = int(context_slices)
+        # the decision's pre-filter, narrowed once the noise the z average leaves is measured
+        self._decision_model = None  # measured on the first slice with all its neighbours
         self.options = {"marker_margin_sigma": marker_margin_sigma, "edge_gradient_share": edge_gradient_share,
                         "boundaries": boundaries}
         self._window: deque[_Pending] = deque(maxlen=2 * self.context_slices + 1)
+        self.shine = ShineEstimate()
         self._undecided = 0  # pending slices at the end of the window
         self._shape = None
 
@@ -290,5 +448,20 @@ class DepthContext:
                       if j != i and self._window[j].grey is not None]
         if not isinstance(self.model, PhaseModel):
             return pending.payload, self.model.segment(pending.grey, valid=pending.valid)
-        seg = _segment(pending.grey, self.model, neighbours, pending.valid, reference=pending.reference, **self.options)
+        if self._decision_model is None and len(neighbours) == 2 * k:
+            self._decision_model = _narrowed(self.model, pending, neighbours)
+        decision = self._decision_model if neighbours and self._decision_model is not None else self.model
+        seg = _segment(pending.grey, decision, neighbours, pending.valid, reference=pending.reference, **self.options)
+        following = self._window[i + 1] if i + 1 < len(self._window) else None
+        if following is None or following.grey is None:
+            return pending.payload, seg
+        # shine-through in the darkest phase, judged on what the next slice shows behind each pixel
+        valid = pending.valid if following.valid is None else (
+            following.valid if pending.valid is None else pending.valid & following.valid)
+        if self.shine.slices < _SHINE_SLICES:
+            self.shine.add(pending.grey, following.grey, self.model, valid)
+        if self.shine.share:
+            smooth = _smooth(pending.grey, self.model.smooth_px)
+            expected = self.shine.expected(_smooth(following.grey, _SHINE_SMOOTH_PX))
+            seg = _undo_shine(seg, smooth, expected, self.model, valid)
         return pending.payload, seg

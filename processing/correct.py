@@ -148,13 +148,21 @@ def _map_modes(found, weights, levels, prior):
     return None
 
 
+# Largest gain change from the previous slice's map that a slice missing a phase may follow (a
+# slow drift moves it by well under 1 % per slice; the sudden drops of interest are 30-70 %).
+_SLOW_GAIN = 0.1
+
+
 def _map_with_phases_missing(found, weights, levels, prior):
-    """Misfit of the found modes under the previous slice's map `prior`, some phases missing.
+    """Map of the found modes onto `levels` when some phases are missing from the slice.
 
     A phase may be absent from a slice (large particles). A mode of under 2 % of the pixels, or
     one closer than half the smallest level gap to a stronger neighbour (one phase split in
-    two), is no mode; the others must sit where the previous map puts their levels. Nothing is
-    fitted: two modes always fit an affine map exactly, so a fitted map would go unchecked.
+    two), is no mode; the others must sit where the previous map puts their levels. Two modes
+    always fit an affine map exactly, so a fitted map is only taken when its gain stays within
+    :data:`_SLOW_GAIN` of the previous map's (a slow drift, followed from slice to slice; without
+    it the modes would drift away from the fixed map until good slices were held); a larger
+    change keeps the previous map and its misfit (a sudden drop stays an outlier).
     Returns (gain, offset, misfit) with misfit as in :func:`_map_modes`, or None with fewer than
     two modes.
     """
@@ -166,6 +174,11 @@ def _map_with_phases_missing(found, weights, levels, prior):
             ok[i if weights[i] < weights[i + 1] else i + 1] = False
     if ok.sum() < 2:
         return None
+    w = np.sqrt(weights[ok])
+    a = np.vstack([found[ok], np.ones(ok.sum())]).T * w[:, None]
+    gain, offset = np.linalg.lstsq(a, levels[ok] * w, rcond=None)[0]
+    if abs(np.log(max(gain, 1e-12) / gain0)) <= np.log(1 + _SLOW_GAIN):
+        gain0, offset0 = gain, offset
     return float(gain0), float(offset0), float(np.abs(gain0 * found[ok] + offset0 - levels[ok]).max() / gap)
 
 

@@ -131,3 +131,87 @@ def test_valid_region_and_bad_input():
         segment_in_context(grey, model, edge_gradient_share=0)
     with pytest.raises(ValueError, match="context_slices"):
         DepthContext(model, context_slices=-1)
+
+
+def decide_thresholds(slices, model, k):
+    """Labels by the chain's default decision (thresholds on the slice denoised along z)."""
+    context = DepthContext(model, context_slices=k)
+    out = []
+    for s in slices.astype(np.float32):
+        out += context.push(s)
+    out += context.flush()
+    return np.stack([seg.labels for _, seg in out]), np.array([seg.uncertain_share for _, seg in out]), context
+
+
+@pytest.fixture(scope="module")
+def shine_labels():
+    return generate_microstructure((16, 216, 216), particle_radius_um=0.2, rng=21)
+
+
+def render_two_phases(labels, *, pore_back, rng):
+    """Pores (label 1) and one bright solid (labels 2 and 3 at one level), no drift or curtains."""
+    acq = render_acquisition(labels, levels=(45.0, 150.0, 150.0), noise_sigma=14.0, blur_px=1.0, curtaining=0.0,
+                             brightness_drift=0.0, drift_px=np.zeros((labels.shape[0], 2)), pore_back=pore_back,
+                             field_shape=(labels.shape[1] - 16, labels.shape[2] - 16), rng=rng)
+    # the last slice has nothing behind it in the rendering (no shine there): left out of the scores
+    return acq.slices, np.minimum(acq.labels, 2)[:-1]
+
+
+def test_shine_through_in_pores_is_measured_and_undone(shine_labels, monkeypatch):
+    # pores show 40 % of the material behind them: thresholds take pores over particles for the
+    # solid (pore fraction biased low); the next slice shows what is behind each pixel
+    slices, truth = render_two_phases(shine_labels, pore_back=0.4, rng=22)
+    model = fit_phase_model(slices[:4].astype(np.float32), n_phases=2)
+    labels, uncertain, context = decide_thresholds(slices, model, k=1)
+    with monkeypatch.context() as m:
+        m.setattr("processing.context._MIN_SHINE", np.inf)  # the same decision without the shine rule
+        plain, plain_uncertain, _ = decide_thresholds(slices, model, k=1)
+    bias_plain = 100 * (shares(plain[:-1], 2) - shares(truth, 2))
+    bias = 100 * (shares(labels[:-1], 2) - shares(truth, 2))
+    assert bias_plain[0] < -1.0, bias_plain  # the effect is there
+    assert abs(bias[0]) < 0.8 * abs(bias_plain[0]), (bias, bias_plain)
+    assert np.mean(labels[:-1] == truth) > np.mean(plain[:-1] == truth) + 0.002
+    assert 0.2 < context.shine.share < 0.8
+    # where a pore's expected shine and the solid's level are close, the slice says it is less sure
+    assert uncertain.mean() > plain_uncertain.mean()
+
+
+def test_no_shine_is_assumed_where_there_is_none(shine_labels, monkeypatch):
+    slices, _ = render_two_phases(shine_labels, pore_back=0.0, rng=23)
+    model = fit_phase_model(slices[:4].astype(np.float32), n_phases=2)
+    labels, uncertain, context = decide_thresholds(slices, model, k=1)
+    assert context.shine.n_high >= 500 and context.shine.share == 0.0
+    with monkeypatch.context() as m:
+        m.setattr("processing.context._MIN_SHINE", np.inf)
+        plain, plain_uncertain, _ = decide_thresholds(slices, model, k=1)
+    np.testing.assert_array_equal(labels, plain)
+    np.testing.assert_array_equal(uncertain, plain_uncertain)
+
+
+def test_the_decision_pre_filter_is_narrowed_by_the_average_along_z():
+    # noisy slices, where a 3 px pre-filter separates the classes on one slice; the average over
+    # three slices gives the same noise with a sqrt(3) times narrower one, and sharper edges
+    labels = generate_microstructure((12, 272, 272), particle_radius_um=0.3, rng=31)
+    acq = clean_render(labels, noise=30.0, blur=1.2, rng=32)
+    model = fit_phase_model(acq.slices[:4].astype(np.float32), n_phases=3, smooth_px=3.0)
+
+    def decide(slices, narrow=True):
+        context = DepthContext(model, context_slices=1)
+        if not narrow:
+            context._decision_model = model  # the wide pre-filter of the calibration
+        out = []
+        for s in slices.astype(np.float32):
+            out += context.push(s)
+        out += context.flush()
+        return np.stack([seg.labels for _, seg in out]), context
+
+    narrowed, context = decide(acq.slices)
+    wide, _ = decide(acq.slices, narrow=False)
+    assert context._decision_model.smooth_px == pytest.approx(3.0 / np.sqrt(3), rel=0.15)
+    truth = acq.labels
+    assert np.mean(narrowed == truth) > np.mean(wide == truth) + 0.01
+    bias = np.abs(shares(narrowed, 3) - shares(truth, 3)).max()
+    assert bias < np.abs(shares(wide, 3) - shares(truth, 3)).max()
+    # a repeated slice (no new noise to average) keeps the calibration's pre-filter
+    _, repeated = decide(np.repeat(acq.slices[:1], 4, axis=0))
+    assert repeated._decision_model.smooth_px == pytest.approx(3.0)

@@ -32,6 +32,17 @@ all     median 86.16, worst 41.98 -> median 90.56, worst 41.98
 Tried and not kept: phase-model levels taken from the class estimate's non-halo classes when the
 one-component-per-phase mixture strays from them (partial-volume pull): seed 7 41.98 -> 84.75,
 but seed 6 91.07 -> 38.84 and seed 8 51.83 -> 22.28.
+
+Per-pixel decisions (wip/pixels), this tool as it stands, seeds 0-15, 150 slices, accuracy of the
+median slice and the worst phase's bias (points), before = main at d2f2295 (the lead's run), after
+= slow gain drift followed by slices lacking a phase (correct.py), shine-through in pores undone
+from the following slice, the decision's pre-filter narrowed by the noise the z average removes
+(context.py); load average 4-6 on 2 cores: 3 92.01/+4.44 -> 93.18/-1.92 (shine); 6 91.35/+3.47 ->
+94.37/+1.12 (3 px auto pre-filter narrowed); 8 51.84/+37.5 -> 57.63/+30.3, held 19 -> 4 (the 4
+injected); 7 42.03 -> 43.14; 4 90.26 -> 90.60; 9 73.01 -> 73.38; 10 74.09 -> 74.55; 5 85.45 ->
+85.52; the others within 0.05. All: median 90.81 -> 91.89 %, worst 42.03 -> 43.14 %; worst-phase
+|bias| median 4.36 -> 4.01 points. Seeds 7, 8, 10, 13 stay wrong by 19-52 points: their phase
+model (levels, class count) is wrong, which no per-pixel rule undoes.
 """
 
 from __future__ import annotations
