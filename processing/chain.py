@@ -19,7 +19,7 @@ from processing.context import DepthContext
 from processing.correct import BrightnessMonitor, CorrectionModel, fit_correction, slice_structure
 from processing.errors import CalibrationError, SliceShapeError
 from processing.io import SliceImage
-from processing.mask import RegionMask, flat_margins, grow_rows
+from processing.mask import RegionMask, find_cap, flat_margins, grow_rows
 from processing.phases import Phases, estimate_grey_classes
 from processing.segment import PhaseModel, calibrate_phases
 
@@ -411,6 +411,16 @@ class SliceChain:
                     if rows is not None:
                         log.info("the cap found in the top half of the slice: rows %d-%d", *rows)
                         self.roi = (top[0], top[1], 0, usable[0].shape[1])
+                if rows is None and self.region.auto:
+                    # no z-invariant band (a fine-grained cap decorrelates under sub-pixel drift,
+                    # fixed curtains pull the registration): the cap by its look, one material
+                    # above a straight edge across the width in every slice
+                    rows = find_cap(usable)
+                    if rows is not None:
+                        self.roi = None  # registered on the whole slice, as without a band
+                        log.warning("rows %d-%d look like the protective cap in every calibration slice (one "
+                                    "material above a straight edge): not sample; state processing.cap_rows or "
+                                    "set mask.auto = false to override", *rows)
                 if rows is None:
                     self.roi = None
                 else:
