@@ -171,9 +171,10 @@ def _cap_edge(pixels, *, block_px, step_share, min_rows, agree_share, level_spre
         step = np.zeros(height)
         y = np.arange(w, height - w + 1)
         step[y] = np.abs(csum[y + w] - 2 * csum[y] + csum[y - w]) / w
-        step[: int(rows[0]) + max(w, min_rows)] = 0.0  # the top of the block is no edge
-        # nor is the edge of a flat margin below
-        step[ndimage.binary_dilation(seen.mean(axis=1) < 0.5, iterations=w)] = 0.0
+        # the top of the block is no edge, nor a flat margin's edge (within the window and the
+        # smoothing's reach of it)
+        step[: int(rows[0]) + max(w + 2, min_rows)] = 0.0
+        step[ndimage.binary_dilation(seen.mean(axis=1) < 0.5, iterations=w + 2)] = 0.0
         steps.append(step)
         profiles.append(profile)
         tops.append(int(rows[0]))
@@ -181,22 +182,21 @@ def _cap_edge(pixels, *, block_px, step_share, min_rows, agree_share, level_spre
         return None
     steps = np.array(steps)
     hits = (steps > step_share * contrast).mean(axis=0)
-    runs, n_runs = ndimage.label(hits >= agree_share)
-    for run in range(1, min(n_runs, 8) + 1):
-        around = np.flatnonzero(runs == run)
-        edge = int(around[np.argmax(np.median(steps[:, around], axis=0))])  # the centre of the step
-        if edge > max_rows:
-            return None
-        levels = [float(np.median(p[t:edge - w])) for p, t in zip(profiles, tops) if edge - w - t >= min_rows]
-        if len(levels) >= 2:
-            q25, q75 = np.percentile(levels, [25, 75])
-            if q75 - q25 <= level_spread * contrast:
-                return edge
-    return None
+    candidates = np.flatnonzero(hits >= agree_share)
+    if candidates.size == 0:
+        return None
+    # the first row of steps only: below it, a row of particle edges could pass for one
+    around = np.arange(int(candidates[0]), min(int(candidates[0]) + 2 * w, height))
+    edge = int(around[np.argmax(np.median(steps[:, around], axis=0))])  # the centre of the step
+    levels = [float(np.median(p[t:edge - w])) for p, t in zip(profiles, tops) if edge - w - t >= min_rows]
+    if edge > max_rows or len(levels) < 2:
+        return None
+    q25, q75 = np.percentile(levels, [25, 75])
+    return edge if q75 - q25 <= level_spread * contrast else None
 
 
 def find_cap(slices, *, block_px=16, window_px=4, step_share=0.08, min_rows=4, agree_share=0.6, max_share=0.5,
-             level_spread=0.15, min_slices=0.75):
+             level_spread=0.15, min_slices=0.75, drift_px=8):
     """The protective cap on top of the section: rows ``[0, edge)`` of the first slice, or None.
 
     A cap is a band of one material (one grey level, fine grain, maybe a fiducial mark milled in
@@ -220,8 +220,8 @@ def find_cap(slices, *, block_px=16, window_px=4, step_share=0.08, min_rows=4, a
         Width of the column blocks (>= 4) and height of the row windows (>= 2), pixels.
     step_share, level_spread : float, optional
         Shares (0..1) of the slice's contrast, see above.
-    min_rows : int, optional
-        Rows (see above).
+    min_rows, drift_px : int, optional
+        Rows, pixels (see above).
     agree_share, max_share, min_slices : float, optional
         Shares (0..1), see above.
 
@@ -245,8 +245,9 @@ def find_cap(slices, *, block_px=16, window_px=4, step_share=0.08, min_rows=4, a
     found = [_cap_edge(s, block_px=int(block_px), step_share=step_share, min_rows=int(min_rows),
                        agree_share=agree_share, level_spread=level_spread, max_rows=max_share * height,
                        window_px=int(window_px)) for s in slices]
-    share = sum(e is not None for e in found) / len(found)
-    if found[0] is None or share < min_slices:
+    # the same cap in the other slices: its edge moved by the drift only
+    share = 0.0 if found[0] is None else sum(e is not None and abs(e - found[0]) <= drift_px for e in found) / len(found)
+    if share < min_slices:
         if found[0] is not None or share:
             log.info("no cap: a band on top with a straight edge in %.0f %% of %d slices (need %.0f %%, the first "
                      "among them)", 100 * share, len(found), 100 * min_slices)
