@@ -37,6 +37,8 @@ PHASE_WAIT_WINDOWS = 6
 _CAP_TOP_TOLERANCE = 0.02
 # fewer cap rows than this hold no usable cap features: register on the band as a region
 _MIN_CAP_ROWS = 16
+# The z-invariant band and the cap's look agree when their lower edges are this close (pixels).
+_CAP_EDGE_TOLERANCE_PX = 8
 
 
 @dataclass(frozen=True, eq=False)
@@ -402,30 +404,30 @@ class SliceChain:
             self.roi = self._find_roi(usable)
             if not self.cap_rows:
                 # z-invariant rows are cap or fiducial, not sample: out of calibration and labels
-                rows = None if self.roi is None else self._cap_of_band(usable[0], self.roi)
-                if rows is None and len(usable) >= _MIN_SLICES_FOR_BAND:
+                band = None if self.roi is None else self._cap_of_band(usable[0], self.roi)
+                if band is None and len(usable) >= _MIN_SLICES_FOR_BAND:
                     # a slowly changing band of large particles can outlast the cap in the whole
                     # slice: the cap is on top, so look for it in the top half on its own
                     top = find_reference_band([u[: u.shape[0] // 2] for u in usable])
-                    rows = None if top is None else self._cap_of_band(usable[0], top)
-                    if rows is not None:
-                        log.info("the cap found in the top half of the slice: rows %d-%d", *rows)
+                    band = None if top is None else self._cap_of_band(usable[0], top)
+                    if band is not None:
+                        log.info("the cap found in the top half of the slice: rows %d-%d", *band)
                         self.roi = (top[0], top[1], 0, usable[0].shape[1])
-                if rows is None and self.region.auto:
-                    # no z-invariant band (a fine-grained cap decorrelates under sub-pixel drift,
-                    # fixed curtains pull the registration): the cap by its look, one material
-                    # above a straight edge across the width in every slice
-                    rows = find_cap(usable)
-                    if rows is not None:
-                        self.roi = None  # registered on the whole slice, as without a band
-                        log.warning("rows %d-%d look like the protective cap in every calibration slice (one "
-                                    "material above a straight edge): not sample; state processing.cap_rows or "
-                                    "set mask.auto = false to override", *rows)
-                if rows is None:
-                    self.roi = None
-                else:
+                # a cap also looks like one: one material above a straight edge across the width,
+                # in most slices (large particles that barely change are z-invariant too, and a
+                # fine-grained cap under sub-pixel drift or fixed curtains may not be)
+                rows = find_cap(usable) if self.region.auto else band
+                if band is not None and (rows is None or abs(rows[1] - band[1]) > _CAP_EDGE_TOLERANCE_PX):
+                    log.warning("z-invariant rows %d-%d do not look like a cap (one material above a straight "
+                                "edge): kept as sample; state processing.cap_rows if they are cap", *band)
+                    band = None
+                if band is None:
+                    self.roi = None  # registered on the whole slice
+                if rows is not None:
                     self._nonsample_rows = rows
-                    log.info("not sample: rows %d-%d", *rows)
+                    log.warning("not sample: rows %d-%d, the protective cap (one material above a straight edge"
+                                "%s); state processing.cap_rows or set mask.auto = false to override", *rows,
+                                ", z-invariant" if band is not None else "")
             log.info("alignment region: %s",
                      "whole slice" if self.roi is None else f"rows {self.roi[0]}-{self.roi[1]}")
             self.tracker = self._new_tracker()
