@@ -423,6 +423,8 @@ class SliceChain:
                     band = None
                 if band is None:
                     self.roi = None  # registered on the whole slice
+                else:
+                    rows = band  # grown to the rows of the cap's texture: its edge's blur too
                 if rows is not None:
                     self._nonsample_rows = rows
                     log.warning("not sample: rows %d-%d, the protective cap (one material above a straight edge"
