@@ -774,10 +774,15 @@ def calibrate_phases(slices, phases, *, valid=None, training_labels=None, rng=0,
     check = check_phases(estimate, phases, model_levels=levels)
     found = estimate.phase_classes
     start = None
-    if len(found) == check.n_fit and len(found) < len(estimate.classes):
-        # the classes found, halo apart, are the phases: one component per name alone would
-        # take the edge halo for a phase or be pulled towards it
-        start = ([c.level for c in found], [c.level for c in estimate.classes if c.halo])
+    if levels is not None and len(found) == check.n_fit == n and len(found) < len(estimate.classes):
+        # one component per name took the edge halo for a phase, or put two levels on one class:
+        # the classes found, halo apart, are the phases; start from them, the halo fitted aside
+        nearest = [min(range(len(estimate.classes)), key=lambda k: abs(estimate.classes[k].level - v)) for v in levels]
+        if len(set(nearest)) < n or any(estimate.classes[k].halo for k in nearest):
+            start = ([c.level for c in found], [c.level for c in estimate.classes if c.halo])
+            check = replace(check, notes=check.notes + (
+                "one mixture component per name put a level on an edge halo or two levels on one class (levels "
+                + ", ".join(f"{v:.0f}" for v in levels) + "): the model starts from the classes found instead",))
     if check.n_fit != n or start is not None:
         model = fit_phase_model(slices, n_phases=check.n_fit, valid=valid, start=start, **options)
         if check.n_fit != n:
