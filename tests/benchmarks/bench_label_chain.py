@@ -41,6 +41,8 @@ seed  before (d2f2295)         after                    what changed
                                                         (a magnification change mid-run moves the
                                                         cap against the fixed mask)
 others  0 1 2 5 8 10 12 13 14: unchanged (identical rows)
+all   median 90.81, worst 42.03 -> median 91.20, worst 48.69 (seed 13); worst-phase |bias| median
+      4.36, worst 51.41 -> median 4.52, worst 37.48 (seed 8)
 ====  =======================  =======================  ==========================================
 
 Seeds 9, 10 (four phases): with any thresholds on the chain's corrected grey (searched against
