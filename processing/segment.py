@@ -780,9 +780,9 @@ def calibrate_phases(slices, phases, *, valid=None, training_labels=None, rng=0,
         nearest = [min(range(len(estimate.classes)), key=lambda k: abs(estimate.classes[k].level - v)) for v in levels]
         if len(set(nearest)) < n or any(estimate.classes[k].halo for k in nearest):
             start = ([c.level for c in found], [c.level for c in estimate.classes if c.halo])
-            check = replace(check, notes=check.notes + (
-                "one mixture component per name put a level on an edge halo or two levels on one class (levels "
-                + ", ".join(f"{v:.0f}" for v in levels) + "): the model starts from the classes found instead",))
+            note = ("one mixture component per name put a level on an edge halo or two levels on one class (levels "
+                    + ", ".join(f"{v:.0f}" for v in levels) + "): the model starts from the classes found instead")
+            check = replace(check, notes=(*check.notes, note))
     if check.n_fit != n or start is not None:
         model = fit_phase_model(slices, n_phases=check.n_fit, valid=valid, start=start, **options)
         if check.n_fit != n:
@@ -793,8 +793,9 @@ def calibrate_phases(slices, phases, *, valid=None, training_labels=None, rng=0,
                                                          model.sigmas[1:])]
     if d and min(d) < _DEGENERATE_SEPARATION:
         i = int(np.argmin(d))
-        check = replace(check, warnings=check.warnings + (
-            f"the fitted phase levels {model.levels[i]:.1f} and {model.levels[i + 1]:.1f} are not separable "
-            f"(Ashman's D {d[i]:.1f}): the phase model is degenerate and the labels of these two phases are a "
-            "guess; check the names against the classes of `revwatch calibrate`, or train the pixel classifier",))
+        warning = (f"the fitted phase levels {model.levels[i]:.1f} and {model.levels[i + 1]:.1f} are not separable "
+                   f"(Ashman's D {d[i]:.1f}): the phase model is degenerate and the labels of these two phases are "
+                   "a guess; check the names against the classes of `revwatch calibrate`, or train the pixel "
+                   "classifier")
+        check = replace(check, warnings=(*check.warnings, warning))
     return model, check

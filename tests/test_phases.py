@@ -173,7 +173,7 @@ def test_an_edge_halo_between_phases_does_not_take_a_phase_level(seed):
 def test_a_degenerate_phase_model_is_a_warning(monkeypatch):
     # a fit that lands two levels on one class (seen on a randomised acquisition: 127.0 and
     # 127.07) must be reported, not used quietly
-    import processing.segment as segment
+    from processing import segment
 
     rng = np.random.default_rng(0)
     grey = np.where(ndimage.gaussian_filter(rng.normal(size=(4, 128, 128)), (0, 4, 4)) > 0, 60.0, 140.0)
