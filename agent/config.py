@@ -166,7 +166,8 @@ class MaskConfig(_Section):
     Positions in pixels of the slice as written by the microscope (before drift correction).
     """
 
-    auto: bool = Field(True, description="find flat margins (black borders, the fill outside a circular field)")
+    auto: bool = Field(True, description="find flat margins (black borders, the fill outside a circular field) and, "
+                       "with processing.roi 'auto' and no cap_rows, the protective cap on top of the section")
     exclude_rows: list[list[int]] = Field(default_factory=list, description="row ranges [y0, y1) that are not sample")
     exclude_rectangles: list[list[int]] = Field(
         default_factory=list, description="rectangles [y0, y1, x0, x1] that are not sample (fiducial, label)"

@@ -19,7 +19,7 @@ from processing.context import DepthContext
 from processing.correct import BrightnessMonitor, CorrectionModel, fit_correction, slice_structure
 from processing.errors import CalibrationError, SliceShapeError
 from processing.io import SliceImage
-from processing.mask import RegionMask, flat_margins, grow_rows
+from processing.mask import RegionMask, find_cap, flat_margins, grow_rows
 from processing.phases import Phases, estimate_grey_classes
 from processing.segment import PhaseModel, calibrate_phases
 
@@ -37,6 +37,8 @@ PHASE_WAIT_WINDOWS = 6
 _CAP_TOP_TOLERANCE = 0.02
 # fewer cap rows than this hold no usable cap features: register on the band as a region
 _MIN_CAP_ROWS = 16
+# The z-invariant band and the cap's look agree when their lower edges are this close (pixels).
+_CAP_EDGE_TOLERANCE_PX = 8
 
 
 @dataclass(frozen=True, eq=False)
@@ -402,20 +404,32 @@ class SliceChain:
             self.roi = self._find_roi(usable)
             if not self.cap_rows:
                 # z-invariant rows are cap or fiducial, not sample: out of calibration and labels
-                rows = None if self.roi is None else self._cap_of_band(usable[0], self.roi)
-                if rows is None and len(usable) >= _MIN_SLICES_FOR_BAND:
+                band = None if self.roi is None else self._cap_of_band(usable[0], self.roi)
+                if band is None and len(usable) >= _MIN_SLICES_FOR_BAND:
                     # a slowly changing band of large particles can outlast the cap in the whole
                     # slice: the cap is on top, so look for it in the top half on its own
                     top = find_reference_band([u[: u.shape[0] // 2] for u in usable])
-                    rows = None if top is None else self._cap_of_band(usable[0], top)
-                    if rows is not None:
-                        log.info("the cap found in the top half of the slice: rows %d-%d", *rows)
+                    band = None if top is None else self._cap_of_band(usable[0], top)
+                    if band is not None:
+                        log.info("the cap found in the top half of the slice: rows %d-%d", *band)
                         self.roi = (top[0], top[1], 0, usable[0].shape[1])
-                if rows is None:
-                    self.roi = None
+                # a cap also looks like one: one material above a straight edge across the width,
+                # in most slices (large particles that barely change are z-invariant too, and a
+                # fine-grained cap under sub-pixel drift or fixed curtains may not be)
+                rows = find_cap(usable) if self.region.auto else band
+                if band is not None and (rows is None or abs(rows[1] - band[1]) > _CAP_EDGE_TOLERANCE_PX):
+                    log.warning("z-invariant rows %d-%d do not look like a cap (one material above a straight "
+                                "edge): kept as sample; state processing.cap_rows if they are cap", *band)
+                    band = None
+                if band is None:
+                    self.roi = None  # registered on the whole slice
                 else:
+                    rows = band  # grown to the rows of the cap's texture: its edge's blur too
+                if rows is not None:
                     self._nonsample_rows = rows
-                    log.info("not sample: rows %d-%d", *rows)
+                    log.warning("not sample: rows %d-%d, the protective cap (one material above a straight edge"
+                                "%s); state processing.cap_rows or set mask.auto = false to override", *rows,
+                                ", z-invariant" if band is not None else "")
             log.info("alignment region: %s",
                      "whole slice" if self.roi is None else f"rows {self.roi[0]}-{self.roi[1]}")
             self.tracker = self._new_tracker()

@@ -7,13 +7,16 @@ every metric's denominator and of the phase calibration.
 Found automatically here: *flat margins*, regions of (nearly) constant grey touching the border
 of the slice (black margins, the digital fill outside a circular field or a reconstruction).
 A constant region is not sample (sample has noise); a saturated phase is, so regions at the
-largest value of the dtype are kept. The chain adds the rows it found z-invariant (cap,
-fiducial band) and the drift borders. The user overrides with rows, rectangles, polygons or a
+largest value of the dtype are kept. And the *cap* (:func:`find_cap`): a band of one material on
+top of the section, across the whole width, above a straight horizontal edge, in every
+calibration slice. The chain adds the rows it found z-invariant (cap, fiducial band), the cap
+found here when the z-invariant search finds none, and the drift borders. The user overrides with rows, rectangles, polygons or a
 mask image (:class:`RegionMask`), in the frame of the slice as written by the microscope.
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import numpy as np
@@ -21,7 +24,9 @@ from scipy import ndimage
 
 from processing.errors import SliceShapeError, check_slice
 
-__all__ = ["RegionMask", "flat_margins", "grow_rows"]
+__all__ = ["RegionMask", "flat_margins", "grow_rows", "find_cap"]
+
+log = logging.getLogger(__name__)
 
 
 def flat_margins(pixels, *, window_px=5, flat_tol=0.01, min_area=0.002):
@@ -131,6 +136,123 @@ def grow_rows(pixels, rows, *, std_tol=0.25, mean_tol=0.5):
     while y1 < pixels.shape[0] and alike(y1):
         y1 += 1
     return y0, y1
+
+
+def _cap_edge(pixels, *, block_px, step_share, min_rows, agree_share, level_spread, max_rows, window_px):
+    """The row where a cap on top of one slice ends, or None.
+
+    In each column block, the mean grey of rows ``y..y+w`` against rows ``y-w..y``: a step there
+    larger than `step_share` of the slice's contrast is an edge of the block. The cap's edge is
+    the first row (below the top, the first rows that are not a flat margin; not beside a flat
+    margin; above `max_rows`) where at least `agree_share` of the blocks step at once (a straight horizontal edge across the width: the
+    edges of particles are curved), above which the blocks are of one level (interquartile spread
+    at most `level_spread` of the contrast: one material, not a row of particles).
+    """
+    values = np.asarray(pixels, dtype=np.float32)
+    flat = flat_margins(pixels)
+    sample = values[~flat]
+    if sample.size < 100:
+        return None
+    lo, hi = np.percentile(sample[:: max(1, sample.size // 65536)], [5, 95])
+    contrast = max(float(hi - lo), 1e-6)
+    smooth = ndimage.gaussian_filter(values, 1.0)
+    height, width = values.shape
+    n_blocks = max(1, width // block_px)
+    w = int(window_px)
+    steps, profiles, tops = [], [], []
+    for b in range(n_blocks):
+        cols = slice(b * width // n_blocks, (b + 1) * width // n_blocks)
+        seen = ~flat[:, cols]
+        rows = np.flatnonzero(seen.mean(axis=1) >= 0.5)
+        if rows.size < 4 * w:
+            continue
+        profile = np.where(seen, smooth[:, cols], 0).sum(axis=1) / np.maximum(seen.sum(axis=1), 1)
+        csum = np.concatenate([[0.0], np.cumsum(profile)])
+        step = np.zeros(height)
+        y = np.arange(w, height - w + 1)
+        step[y] = np.abs(csum[y + w] - 2 * csum[y] + csum[y - w]) / w
+        # the top of the block is no edge, nor a flat margin's edge (within the window and the
+        # smoothing's reach of it)
+        step[: int(rows[0]) + max(w + 2, min_rows)] = 0.0
+        step[ndimage.binary_dilation(seen.mean(axis=1) < 0.5, iterations=w + 2)] = 0.0
+        steps.append(step)
+        profiles.append(profile)
+        tops.append(int(rows[0]))
+    if len(steps) < 2:
+        return None
+    steps = np.array(steps)
+    hits = (steps > step_share * contrast).mean(axis=0)
+    candidates = np.flatnonzero(hits >= agree_share)
+    if candidates.size == 0:
+        return None
+    # the first row of steps only: below it, a row of particle edges could pass for one
+    around = np.arange(int(candidates[0]), min(int(candidates[0]) + 2 * w, height))
+    edge = int(around[np.argmax(np.median(steps[:, around], axis=0))])  # the centre of the step
+    levels = [float(np.median(p[t:edge - w])) for p, t in zip(profiles, tops) if edge - w - t >= min_rows]
+    if edge > max_rows or len(levels) < 2:
+        return None
+    q25, q75 = np.percentile(levels, [25, 75])
+    return edge if q75 - q25 <= level_spread * contrast else None
+
+
+def find_cap(slices, *, block_px=16, window_px=4, step_share=0.08, min_rows=4, agree_share=0.6, max_share=0.5,
+             level_spread=0.15, min_slices=0.75, drift_px=8):
+    """The protective cap on top of the section: rows ``[0, edge)`` of the first slice, or None.
+
+    A cap is a band of one material (one grey level, fine grain, maybe a fiducial mark milled in
+    it) from the top of the section down to a straight horizontal edge across the whole width:
+    the surface of the sample. Sample does not look like that: a row of it crosses several
+    phases, and the edge of a large particle is curved. Per slice, the width is cut into column
+    blocks of `block_px`; in each, the mean grey of the `window_px` rows below a row is compared
+    with the `window_px` rows above it. The cap's edge is the first row (below the top, the first rows that are not
+    a flat margin, plus `min_rows`) where at least `agree_share` of the blocks step at once by
+    more than `step_share` of the slice's contrast (5th to 95th percentile), and above which the
+    blocks are at one level (interquartile spread at most `level_spread` of the contrast: one
+    material, not a row of particles). The edge must lie in the top `max_share` of the height,
+    and a cap must be found so in at least `min_slices` of the slices, the first among them (the
+    cap is in every slice; a chance row of steps in one is not).
+
+    Parameters
+    ----------
+    slices : sequence of (Y, X) ndarray
+        Calibration slices (raw), of one shape; the rows returned are in the first one's frame.
+    block_px, window_px : int, optional
+        Width of the column blocks (>= 4) and height of the row windows (>= 2), pixels.
+    step_share, level_spread : float, optional
+        Shares (0..1) of the slice's contrast, see above.
+    min_rows, drift_px : int, optional
+        Rows, pixels (see above).
+    agree_share, max_share, min_slices : float, optional
+        Shares (0..1), see above.
+
+    Returns
+    -------
+    (int, int) or None
+        ``(0, edge)``: the rows of the first slice above the sample (the top flat margin too).
+    """
+    slices = [np.asarray(s) for s in ([slices] if isinstance(slices, np.ndarray) and slices.ndim == 2 else slices)]
+    if not slices or any(s.ndim != 2 or s.shape != slices[0].shape for s in slices):
+        raise SliceShapeError(f"slices: expected 2-D slices of one shape, got {[s.shape for s in slices]}")
+    if not (isinstance(block_px, (int, np.integer)) and block_px >= 4):
+        raise ValueError(f"block_px: expected an integer >= 4, got {block_px!r}")
+    if not (isinstance(window_px, (int, np.integer)) and window_px >= 2):
+        raise ValueError(f"window_px: expected an integer >= 2, got {window_px!r}")
+    for name, value in (("step_share", step_share), ("agree_share", agree_share), ("max_share", max_share),
+                        ("level_spread", level_spread), ("min_slices", min_slices)):
+        if not 0 < value <= 1:
+            raise ValueError(f"{name}: expected 0 < share <= 1, got {value!r}")
+    height = slices[0].shape[0]
+    found = [_cap_edge(s, block_px=int(block_px), step_share=step_share, min_rows=int(min_rows),
+                       agree_share=agree_share, level_spread=level_spread, max_rows=max_share * height,
+                       window_px=int(window_px)) for s in slices]
+    # the same cap in the other slices: its edge moved by the drift only
+    share = 0.0 if found[0] is None else sum(e is not None and abs(e - found[0]) <= drift_px for e in found) / len(found)
+    if share < min_slices:
+        if found[0] is not None or share:
+            log.info("no cap: a band on top with a straight edge in %.0f %% of %d slices (need %.0f %%, the first "
+                     "among them)", 100 * share, len(found), 100 * min_slices)
+        return None
+    return 0, int(found[0])
 
 
 @dataclass(frozen=True)

@@ -439,7 +439,7 @@ class PhaseModel:
 
 
 def fit_phase_model(slices, *, n_phases=3, smooth_px=1.0, method="gmm", rim_fix=True, rim_px=2,
-                    certainty=0.95, valid=None):
+                    certainty=0.95, valid=None, start=None):
     """Calibrate the phase model on the first (corrected) slices.
 
     Parameters
@@ -459,6 +459,12 @@ def fit_phase_model(slices, *, n_phases=3, smooth_px=1.0, method="gmm", rim_fix=
         Posterior below which a pixel counts as uncertain (0.5 < c < 1).
     valid : sequence of (Y, X) bool ndarray, optional
         Pixels of each slice to use.
+    start : (sequence of float, sequence of float), optional
+        ``(phase_levels, halo_levels)``: start the mixture at the `n_phases` phase levels of the
+        grey classes found (:func:`processing.phases.estimate_grey_classes`) instead of multi-Otsu,
+        with one more component at each edge-halo level, fitted alongside and then left out of the
+        model (its pixels go to its neighbours by the thresholds): a blurred-edge rim is then not
+        taken for a phase, nor does it pull a phase's level towards it.
 
     Returns
     -------
@@ -495,7 +501,17 @@ def fit_phase_model(slices, *, n_phases=3, smooth_px=1.0, method="gmm", rim_fix=
         otsu, init = otsu_class_means(centres, counts, n_phases)
     except ValueError as exc:
         raise CalibrationError(f"fit_phase_model: cannot find {n_phases} phases: {exc}") from exc
+    halo = np.zeros(n_phases, dtype=bool)
+    if start is not None:
+        phase_levels, halo_levels = (sorted(float(v) for v in levels) for levels in start)
+        if len(phase_levels) != n_phases:
+            raise ValueError(f"start: expected {n_phases} phase levels, got {phase_levels!r}")
+        init = sorted(phase_levels + halo_levels)
+        halo = np.isin(init, halo_levels) & ~np.isin(init, phase_levels)
     mu, sigma, weight = fit_gray_mixture(centres, counts, init)
+    if halo.any():
+        # EM keeps the order of components started apart; the halo's pixels go to its neighbours
+        mu, sigma, weight = mu[~halo], sigma[~halo], weight[~halo] / weight[~halo].sum()
     if np.any(np.diff(mu) <= 0) or np.any(weight < 1e-4):
         raise CalibrationError(f"fit_phase_model: the grey levels do not show {n_phases} phases "
                                f"(mixture means {mu.round(1).tolist()}, weights {weight.round(4).tolist()})")
@@ -646,6 +662,8 @@ AUTO_SMOOTH_PX = (1.0, 1.5, 2.0, 3.0)
 _ENOUGH_SEPARATION = 3.5
 # Pixels of calibration slices on which the grey classes are estimated.
 _EVIDENCE_PIXELS = 4_000_000
+# Neighbouring phase levels of a fitted model closer than this (Ashman's D) are one class split.
+_DEGENERATE_SEPARATION = 1.0
 
 
 def _auto_smoothing(slices, valid, n_names):
@@ -713,7 +731,7 @@ def calibrate_phases(slices, phases, *, valid=None, training_labels=None, rng=0,
     """
     from dataclasses import replace
 
-    from processing.phases import check_phases, estimate_grey_classes
+    from processing.phases import _ashman_d, check_phases, estimate_grey_classes
 
     slices = [np.asarray(s) for s in ([slices] if isinstance(slices, np.ndarray) and slices.ndim == 2 else slices)]
     n = len(phases.names)
@@ -754,9 +772,30 @@ def calibrate_phases(slices, phases, *, valid=None, training_labels=None, rng=0,
     except CalibrationError:
         model, levels = None, None
     check = check_phases(estimate, phases, model_levels=levels)
-    if check.n_fit != n:
-        model = replace(fit_phase_model(slices, n_phases=check.n_fit, valid=valid, **options),
-                        label_values=check.label_values)
+    found = estimate.phase_classes
+    start = None
+    if levels is not None and len(found) == check.n_fit == n and len(found) < len(estimate.classes):
+        # one component per name took the edge halo for a phase, or put two levels on one class:
+        # the classes found, halo apart, are the phases; start from them, the halo fitted aside
+        nearest = [min(range(len(estimate.classes)), key=lambda k: abs(estimate.classes[k].level - v)) for v in levels]
+        if len(set(nearest)) < n or any(estimate.classes[k].halo for k in nearest):
+            start = ([c.level for c in found], [c.level for c in estimate.classes if c.halo])
+            note = ("one mixture component per name put a level on an edge halo or two levels on one class (levels "
+                    + ", ".join(f"{v:.0f}" for v in levels) + "): the model starts from the classes found instead")
+            check = replace(check, notes=(*check.notes, note))
+    if check.n_fit != n or start is not None:
+        model = fit_phase_model(slices, n_phases=check.n_fit, valid=valid, start=start, **options)
+        if check.n_fit != n:
+            model = replace(model, label_values=check.label_values)
     elif model is None:
         model = fit_phase_model(slices, n_phases=n, valid=valid, **options)  # raises with the reason
+    d = [_ashman_d(a, sa, b, sb) for a, sa, b, sb in zip(model.levels[:-1], model.sigmas[:-1], model.levels[1:],
+                                                         model.sigmas[1:])]
+    if d and min(d) < _DEGENERATE_SEPARATION:
+        i = int(np.argmin(d))
+        warning = (f"the fitted phase levels {model.levels[i]:.1f} and {model.levels[i + 1]:.1f} are not separable "
+                   f"(Ashman's D {d[i]:.1f}): the phase model is degenerate and the labels of these two phases are "
+                   "a guess; check the names against the classes of `revwatch calibrate`, or train the pixel "
+                   "classifier")
+        check = replace(check, warnings=(*check.warnings, warning))
     return model, check
