@@ -590,7 +590,7 @@ class _CapTemplate:
 
     def _refine_rows(self, crop, shift, grid, template):
         """Gauss-Newton on y alone, the slice's row profile against the template's, from the best
-        integer offset within +-4 px of `shift`; None unless it converges within 5 px of it. x stays at `shift`'s, with an infinite standard error.
+        integer offset within +-2 px of `shift`; None unless it converges within 3 px of it. x stays at `shift`'s, with an infinite standard error.
 
         Averaged along the rows, the grain that x does not hold (the template blended it in at
         shifts x had not placed) drops out, and the interface's edge remains.
@@ -604,11 +604,11 @@ class _CapTemplate:
         start = shift.copy()
         # an integer search first: y is wherever the correlation's guess left it
         scores = []
-        for oy in range(-4, 5):
+        for oy in range(-2, 3):
             w = self._warp(crop, shift + (oy, 0.0), grid)
             rows = (np.isfinite(w).sum(axis=1) >= self.MIN_SEEN * w.shape[1]) & np.isfinite(profile)
             scores.append(np.corrcoef(np.nanmean(w[rows], axis=1), profile[rows])[0, 1] if rows.sum() >= 6 else -np.inf)
-        shift = shift + (float(np.argmax(scores)) - 4.0, 0.0)
+        shift = shift + (float(np.argmax(scores)) - 2.0, 0.0)
         for _ in range(10):
             w = self._warp(crop, shift, grid)
             rows = (np.isfinite(w).sum(axis=1) >= self.MIN_SEEN * w.shape[1]) & np.isfinite(slope)
@@ -623,7 +623,7 @@ class _CapTemplate:
             shift = shift + (step, 0.0)
             if abs(step) < 2e-3:
                 break
-        if abs(step) > 0.05 or np.abs(shift - start).max() > 5.0:
+        if abs(step) > 0.05 or np.abs(shift - start).max() > 3.0:
             return None
         residual = seen - design @ coef
         # the blur correlates neighbouring rows: fewer independent ones
