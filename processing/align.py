@@ -94,8 +94,8 @@ the changing sample pulls the same way for many slices) against the stage's own 
 then the axis is held and its variance grows by the stage's (randomised seed 11, 126-px inclined
 particles, no fiducial: the correlation ran away to 62 px RMS, held 13 px, the stage's own
 excursion, reported 0.87 of it). Otherwise it reports the larger of that error and the whole-slice
-budget. The cap is measured while a quarter of its band is in view (the stage moving down pushes it out of the
-top), and where the correlation's step disagrees with the cap beyond any expected error (a
+budget. The cap is measured while a quarter of its band is in view (the stage moving down pushes
+it out of the top), and where the correlation's step disagrees with the cap beyond any expected error (a
 confident false match on the changing sample) the cap's shift is taken alone.
 """
 
@@ -590,7 +590,8 @@ class _CapTemplate:
 
     def _refine_rows(self, crop, shift, grid, template):
         """Gauss-Newton on y alone, the slice's row profile against the template's, from the best
-        integer offset within +-2 px of `shift`; None unless it converges within 3 px of it. x stays at `shift`'s, with an infinite standard error.
+        integer offset within +-2 px of `shift`; None unless it converges within 3 px of it. x
+        stays at `shift`'s, with an infinite standard error.
 
         Averaged along the rows, the grain that x does not hold (the template blended it in at
         shifts x had not placed) drops out, and the interface's edge remains.
