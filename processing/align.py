@@ -92,7 +92,7 @@ on a slice takes the correlation's step unless the correlation is worse than sta
 error per slice (the innovations where the cap held an axis, times their correlation time, since
 the changing sample pulls the same way for many slices) against the stage's own steps (likewise);
 then the axis is held and its variance grows by the stage's (randomised seed 11, 126-px inclined
-particles, no fiducial: the correlation ran away to 62 px RMS, held 13 px, the stage's own
+particles, no fiducial: the correlation ran away to 58 px RMS, held 13 px, the stage's own
 excursion, reported 0.87 of it). Otherwise it reports the larger of that error and the whole-slice
 budget. The cap is measured while a quarter of its band is in view (the stage moving down pushes
 it out of the top), and where the correlation's step disagrees with the cap beyond any expected error (a
