@@ -83,10 +83,19 @@ its first slices): every 10 slices it is registered onto the first slice's cap, 
 origin, and moved back. Curtains the correction left, fixed in the raw frame, would pull its fit
 towards zero shift: the template learns their profile along their angle (found on the first
 slice) from its residuals in the raw frame and takes it out before each fit (randomised
-acquisitions with a cap, as the chain feeds them: see tests/benchmarks/bench_align.py). An axis
-the cap does not hold reports the whole-slice error budget. The cap
-is measured while a quarter of its band is in view (the stage moving down pushes it out of the
-top), and where the correlation's step disagrees with the cap beyond any expected error (a
+acquisitions with a cap, as the chain feeds them: see tests/benchmarks/bench_align.py). The
+template is blended in only where the cap held both axes (a shift it did not hold would blend its
+error in, and the next fits would confirm it). A cap without vertical features (no fiducial, no
+side wall) leaves x free: when the joint fit fails, y alone is fitted on the row profiles, where
+the changing grain averages out and the interface's edge remains. An axis the cap does not measure
+on a slice takes the correlation's step unless the correlation is worse than standing still: its
+error per slice (the innovations where the cap held an axis, times their correlation time, since
+the changing sample pulls the same way for many slices) against the stage's own steps (likewise);
+then the axis is held and its variance grows by the stage's (randomised seed 11, 126-px inclined
+particles, no fiducial: the correlation ran away to 58 px RMS, held 13 px, the stage's own
+excursion, reported 0.87 of it). Otherwise it reports the larger of that error and the whole-slice
+budget. The cap is measured while a quarter of its band is in view (the stage moving down pushes
+it out of the top), and where the correlation's step disagrees with the cap beyond any expected error (a
 confident false match on the changing sample) the cap's shift is taken alone.
 """
 
@@ -434,6 +443,9 @@ class _CapTemplate:
     SMOOTH_PX = 2.0
     # pixels per independent residual (grain and blur correlate neighbours)
     CORRELATED_PX = 10.0  # calibrated: the standard error then matches the error on the benchmark
+    # rows of sample below the interface in the y-only fit of the row profiles (along a row the
+    # sample's changing grain averages out and the interface's edge stands out)
+    ROWS_BELOW = 4
     # least share of the band in view: as the stage moves down the cap leaves the top of the
     # slice, and its interface rows (the lasting y feature) are the last to go
     MIN_SEEN = 0.25
@@ -495,23 +507,44 @@ class _CapTemplate:
         # away from the template's borders, where its low-pass differs from the slice's
         margin = int(np.ceil(3 * self.SMOOTH_PX))
         y0, y1 = margin, self.interface_row + self.BELOW
-        grid = np.mgrid[y0:y1, margin:width - margin].astype(np.float64)
+        y1_rows = min(rows, self.interface_row + self.ROWS_BELOW)
+        grid = np.mgrid[y0:y1_rows, margin:width - margin].astype(np.float64)
         guess = np.asarray(guess, dtype=float)
         top = max(0, int(np.floor(y0 - guess[0])) - 8)  # the raw rows the band can come from
-        crop = self._unpatterned(pixels, top, min(pixels.shape[0], int(np.ceil(y1 - guess[0])) + 8))
+        crop = self._unpatterned(pixels, top, min(pixels.shape[0], int(np.ceil(y1_rows - guess[0])) + 8))
         if crop.shape[0] < 8:
             return None
         grid[0] -= top
         # a young template still holds the grain of its few slices: low-pass it a little
-        fine = self.template if self._slices >= 10 else ndimage.gaussian_filter(self.template, 1.0, mode="nearest")
-        fine = fine[y0:y1, margin:width - margin]
+        smoothed = self.template if self._slices >= 10 else ndimage.gaussian_filter(self.template, 1.0, mode="nearest")
+        fine_rows = smoothed[y0:y1_rows, margin:width - margin]
+        grid_rows, grid, fine = grid, grid[:, :y1 - y0], fine_rows[:y1 - y0]
         found = self._refine(crop, guess, grid, fine)
+        start = guess
+        if found is None:
+            self._failures += 1
+            if self._failures <= 3 or self._failures % 10 == 0:  # a cap without lasting features: search rarely
+                best = self._search(crop, guess, grid, y0, y1, margin)
+                if best is not None:
+                    found = self._refine(crop, best, grid, fine)
+                    start = best
         if found is not None:
             self._failures = 0
+            if max(found[1]) < self.MAX_SIGMA_PX:
+                return found
+            start = np.asarray(found[0])
+        # a cap without vertical features (no fiducial, no side wall) leaves x free and the joint
+        # fit wanders along it: its interface still holds y
+        rows = self._refine_rows(crop, start, grid_rows, fine_rows)
+        if rows is None or (found is not None and found[1][0] <= rows[1][0]):
             return found
-        self._failures += 1
-        if self._failures > 3 and self._failures % 10:  # a cap without lasting features: search rarely
-            return None
+        if found is None:
+            return rows
+        return (rows[0][0], found[0][1]), (rows[1][0], found[1][1])
+
+    def _search(self, crop, guess, grid, y0, y1, margin):
+        """The integer offset within +-3 px of `guess` that best matches the low-passed template."""
+        width = self.template.shape[1]
         t = ndimage.gaussian_filter(self.template, self.SMOOTH_PX, mode="nearest")[y0:y1, margin:width - margin]
         smooth = ndimage.gaussian_filter(crop, self.SMOOTH_PX, mode="nearest")
         best, best_r = None, -np.inf
@@ -524,10 +557,7 @@ class _CapTemplate:
                 r = float(np.corrcoef(w[ok], t[ok])[0, 1])
                 if r > best_r:
                     best, best_r = guess + (oy, ox), r
-        found = None if best is None else self._refine(crop, best, grid, fine)
-        if found is not None:
-            self._failures = 0
-        return found
+        return best
 
     def _refine(self, crop, shift, grid, template):
         """Gauss-Newton steps from `shift`; None unless they converge within 2 px of it."""
@@ -557,6 +587,51 @@ class _CapTemplate:
         cov = np.linalg.pinv(design.T @ design) * float(residual @ residual) / max(ok.sum() - 4, 1) * self.CORRELATED_PX
         sigma = np.sqrt(np.clip(np.diag(cov)[2:], 0.0, None)) / coef[0]
         return (float(shift[0]), float(shift[1])), (float(sigma[0]), float(sigma[1]))
+
+    def _refine_rows(self, crop, shift, grid, template):
+        """Gauss-Newton on y alone, the slice's row profile against the template's, from the best
+        integer offset within +-2 px of `shift`; None unless it converges within 3 px of it. x
+        stays at `shift`'s, with an infinite standard error.
+
+        Averaged along the rows, the grain that x does not hold (the template blended it in at
+        shifts x had not placed) drops out, and the interface's edge remains.
+        """
+        seen_rows = np.isfinite(template).any(axis=1)
+        if seen_rows.sum() < 6:
+            return None
+        profile = np.full(template.shape[0], np.nan)
+        profile[seen_rows] = np.nanmean(template[seen_rows], axis=1)
+        slope = np.gradient(profile)
+        start = shift.copy()
+        # an integer search first: y is wherever the correlation's guess left it
+        scores = []
+        for oy in range(-2, 3):
+            w = self._warp(crop, shift + (oy, 0.0), grid)
+            rows = (np.isfinite(w).sum(axis=1) >= self.MIN_SEEN * w.shape[1]) & np.isfinite(profile)
+            scores.append(np.corrcoef(np.nanmean(w[rows], axis=1), profile[rows])[0, 1] if rows.sum() >= 6 else -np.inf)
+        shift = shift + (float(np.argmax(scores)) - 2.0, 0.0)
+        for _ in range(10):
+            w = self._warp(crop, shift, grid)
+            rows = (np.isfinite(w).sum(axis=1) >= self.MIN_SEEN * w.shape[1]) & np.isfinite(slope)
+            if rows.sum() < 6:
+                return None
+            seen = np.nanmean(w[rows], axis=1)
+            design = np.stack([profile[rows], np.ones(int(rows.sum())), slope[rows]], axis=1)
+            coef, *_ = np.linalg.lstsq(design, seen, rcond=None)
+            if coef[0] <= 1e-6:
+                return None
+            step = float(np.clip(coef[2] / coef[0], -1.0, 1.0))
+            shift = shift + (step, 0.0)
+            if abs(step) < 2e-3:
+                break
+        if abs(step) > 0.05 or np.abs(shift - start).max() > 3.0:
+            return None
+        residual = seen - design @ coef
+        # the blur correlates neighbouring rows: fewer independent ones
+        cov = (np.linalg.pinv(design.T @ design) * float(residual @ residual) / max(rows.sum() - 3, 1)
+               * np.sqrt(self.CORRELATED_PX))
+        sigma = float(np.sqrt(max(cov[2, 2], 0.0))) / coef[0]
+        return (float(shift[0]), float(shift[1])), (sigma, np.inf)
 
     def update(self, pixels, shift):
         """Blend the slice's band, registered with `shift`, into the template, and what the
@@ -818,6 +893,8 @@ class DriftTracker:
     JUMP_CONFIDENCE = 0.6
     # an estimated error of the applied shift above this (px) is reported as a wander
     WANDER_PX = 1.0
+    # cap mode: slices the cap holds an axis on before its steps and the correlation's errors are known
+    STAGE_SLICES = 3
 
     def __init__(self, *, roi=None, upsample=1, bin=None, reference_weight=0.5, min_confidence=0.5,
                  max_rejected=5, keyframe=True, lowpass=0.1, whiten=1.0, destripe=True, workers=2,
@@ -859,6 +936,12 @@ class DriftTracker:
         self._previous_id = self._keyframe_id = 0
         self._cap_var = np.zeros(2)  # variance of the applied shift per axis (px^2), cap mode
         self._cap_q = np.full(2, 0.2**2)  # variance of the correlation's step per axis (px^2)
+        self._cap_held = False  # the cap's fit held both axes on the last slice
+        # cap mode, the last 32 slices: the cap's shift minus the correlation's, and the steps of
+        # the applied shift (px, NaN on an axis the cap did not hold)
+        self._innovations = deque(maxlen=32)
+        self._stage_steps = deque(maxlen=32)
+        self._held = np.zeros(2, dtype=bool)  # axes held at the last shift (cap mode)
         self.roi = roi
         self.upsample = int(upsample)
         self.bin = bin
@@ -1075,7 +1158,9 @@ class DriftTracker:
             self._update_references(binned, shift, n)
             self._var_of[n] = var
             self._record_block_motion()
-            if self._cap is not None:
+            if self._cap is not None and self._cap_held:
+                # a shift the cap did not hold in x (or at all) would blend its error into the
+                # template, which the next fits would then confirm
                 self._cap.update(self._masked_full(pixels), shift)
         else:
             shift, var = predicted, self._error_var + predicted_var
@@ -1237,18 +1322,41 @@ class DriftTracker:
         (px^2).
         """
         m = np.asarray(measured, dtype=float)
+        previous = np.asarray(self._shift)
         q = self._cap_q if reliable else np.full(2, 1.0)  # a prediction knows little
         p_pred = self._cap_var + q
         found = self._cap.measure(pixels, m)
-        if found is None and np.abs(m - self._shift).max() > 1.0:
+        if found is None and np.abs(m - previous).max() > 1.0:
             # the correlation's step may be what is wrong (a confident false match on the changing
             # sample): the cap is looked for where the last slice was too
-            found = self._cap.measure(pixels, np.asarray(self._shift))
+            found = self._cap.measure(pixels, previous)
+        sigma = np.full(2, np.inf) if found is None else np.asarray(found[1])
+        use = sigma < _CapTemplate.MAX_SIGMA_PX
+        self._cap_held = bool(use.all())
+        self._held = self._held & ~use
+        # what the correlation's error (the innovations, where the cap held an axis) and the
+        # stage's own motion (its steps there) add up to per slice
+        step_var = self._persistent_var(self._innovations)
+        stage_var = float(np.mean(self._persistent_var(self._stage_steps)))  # a stage drifts alike on both axes
+        if reliable and not use.all() and np.isfinite(step_var).all() and np.isfinite(stage_var):
+            # an axis the cap does not measure here: the correlation's step, unless its error (learnt
+            # from the innovations where the cap held the axis, times their correlation time: the
+            # changing sample pulls the same way for many slices) exceeds the stage's own steps
+            # (their mean square, where the cap held an axis); then the shift is held, and its
+            # error grows by what the stage may have moved
+            hold = ~use & (step_var > stage_var)
+            started = "".join(a for a, h, was in zip("yx", hold, self._held) if h and not was)
+            if started:
+                logger.warning("slice %d: nothing lasting measures %s and the sample's correlation errs by more "
+                               "than the stage moves: %s held, its error grows by the stage's motion",
+                               self.n_slices, started, started)
+            self._held = hold
+            m = np.where(hold, previous, m)
+            p_pred = np.where(hold, self._cap_var + stage_var, np.where(use, p_pred, self._cap_var + step_var))
         if found is None:  # the cap shows nothing lasting here: the correlation alone
             self._cap_var = p_pred
             return m, confidence, reliable, max(float(p_pred.mean()), budget)
-        z, sigma = np.asarray(found[0]), np.asarray(found[1])
-        use = sigma < _CapTemplate.MAX_SIGMA_PX
+        z = np.asarray(found[0])
         r = sigma**2
         innovation = z - m
         gain = np.where(use, p_pred / (p_pred + r), 0.0)
@@ -1259,11 +1367,15 @@ class DriftTracker:
             logger.warning("slice %d: the correlation's shift (%.2f, %.2f) disagrees with the cap's (%.2f, %.2f): "
                            "the cap's is kept", self.n_slices, *m, *z)
             gain = np.where(false_step, 1.0, gain)
-        if reliable:  # E[innovation^2] = p + q + r
+        if reliable:  # E[innovation^2] = p + q + r; a false step counts too (clipped): it is what the
+            # correlation's steps are worth on this sample
             learnt = np.clip(innovation**2 - self._cap_var - r, 0.02**2, 4.0)
-            self._cap_q = np.where(use & ~false_step, 0.9 * self._cap_q + 0.1 * learnt, self._cap_q)
+            self._cap_q = np.where(use, 0.9 * self._cap_q + 0.1 * learnt, self._cap_q)
+            self._innovations.append(np.where(use, innovation, np.nan))
         self._cap_var = np.where(false_step, r, (1 - gain) * p_pred)
         shift = m + gain * innovation
+        if reliable:  # the stage's steps, seen on the axes the cap holds
+            self._stage_steps.append(np.where(use, shift - previous, np.nan))
         # an axis the cap does not hold is the correlation's on the changing sample: its error
         # is the whole-slice budget's (it bends like whole-slice registration)
         var = float(np.where(use, self._cap_var, np.maximum(self._cap_var, budget)).mean())
@@ -1272,6 +1384,37 @@ class DriftTracker:
         if use.all():  # confidence from the cap's standard error, on the 1 - 6 / PSR scale
             confidence = max(confidence, float(np.clip(1.0 - np.hypot(*sigma) / _CapTemplate.MAX_SIGMA_PX, 0, 1)))
         return shift, confidence, True, var
+
+    @staticmethod
+    def _persistent_var(history):
+        """Per axis, what a series of errors or steps adds up to per slice (px^2), or NaN.
+
+        The mean square of `history` ((N, 2), NaN where an axis was not seen) times its
+        correlation time, from its autocorrelation about zero, not about its mean: a bias that
+        persists (the apparent motion of an inclined feature, a stage drifting one way) counts as
+        correlation; summed over lags up to its first non-positive value. An axis seen on fewer
+        than ``STAGE_SLICES`` slices takes the others' (isotropic); NaN when none was.
+        """
+        history = np.asarray(history, dtype=float).reshape(-1, 2)
+        out = np.full(2, np.nan)
+        for axis in range(2):
+            v = history[:, axis]
+            if np.isfinite(v).sum() < DriftTracker.STAGE_SLICES:
+                continue
+            power = float(np.nanmean(v * v))
+            slices = 1.0
+            for lag in range(1, len(v) - 2):
+                products = v[lag:] * v[:-lag]
+                if not power > 0 or np.isfinite(products).sum() < 3:
+                    break
+                rho = np.nanmean(products) / power
+                if rho <= 0:
+                    break
+                slices += 2.0 * rho
+            out[axis] = power * slices
+        if np.isnan(out).all():
+            return out
+        return np.where(np.isnan(out), np.nanmean(out), out)
 
     def _search_wide(self, binned):
         """Integer cumulative shift (binned px) of the slice over the whole overlap, or None.
