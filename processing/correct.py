@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import logging
 from collections import deque
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 
 import numpy as np
 from scipy import ndimage
@@ -731,6 +731,53 @@ def flatten_background(pixels, *, levels=None, order=2, step=8):
     return image - background
 
 
+# Percentiles of a slice's grey levels compared between slices (1 to 99 %), and the number of
+# pixels sampled for them (a sort of about 65k values: a fraction of a millisecond per slice).
+_PERCENTILES = np.arange(1.0, 100.0)
+_PERCENTILE_SAMPLE = 65536
+
+
+def grey_percentiles(pixels):
+    """Percentiles 1 to 99 % of a slice's grey levels, from a regular subsample.
+
+    Parameters
+    ----------
+    pixels : (Y, X) ndarray
+        A slice.
+
+    Returns
+    -------
+    (99,) ndarray of float
+        Grey levels (the slice's units).
+    """
+    pixels = check_slice(pixels)
+    step = max(1, int(np.ceil(np.sqrt(pixels.size / _PERCENTILE_SAMPLE))))
+    return np.percentile(pixels[::step, ::step], _PERCENTILES)
+
+
+def histogram_shift(percentiles, reference):
+    """Distance between two grey-level distributions, as a share of the reference's grey range.
+
+    The mean absolute difference of the percentiles (the Wasserstein-1 distance between the two
+    histograms) over the reference's 2-98 % range: a gain change by a factor f moves it by about
+    ``|1 - f|`` times the mean grey level over that range, an offset by the offset over it, while
+    phase fractions changing by a share s between levels a gap g apart move it by only ``s * g``
+    over it (the same slice content, unlike one percentile that may jump a whole gap).
+
+    Parameters
+    ----------
+    percentiles, reference : (99,) ndarray
+        :func:`grey_percentiles` of a slice and of the reference, in the same units.
+
+    Returns
+    -------
+    float
+        0 for the same distribution; inf when the reference is flat.
+    """
+    span = reference[97] - reference[1]
+    return float(np.mean(np.abs(percentiles - reference)) / span) if span > 0 else np.inf
+
+
 def slice_structure(pixels):
     """How much a slice shows beyond noise: the standard deviation of the 2 x 2 binned slice over
     its noise standard deviation (0 for a flat slice, about 1 for white noise only; 1.5 on the
@@ -767,6 +814,9 @@ class CorrectedSlice:
         after the map (at most 20).
     curtain : CurtainCorrection or None
         The curtaining removal and its before/after stripe amplitudes (None when off).
+    percentiles : (99,) ndarray or None
+        :func:`grey_percentiles` of the raw slice (its histogram, compared between slices by
+        :class:`BrightnessMonitor`).
     """
 
     pixels: np.ndarray
@@ -776,6 +826,7 @@ class CorrectedSlice:
     contrast: float = np.inf
     structure: float = np.inf
     curtain: CurtainCorrection | None = None
+    percentiles: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -849,6 +900,7 @@ class CorrectionModel:
         else:
             gain, offset, misfit = 1.0, 0.0, 0.0
         structure, sigma = _structure_and_noise(pixels)
+        percentiles = grey_percentiles(pixels)
         # capped: beyond it the phases are perfectly separable, and noise-free slices would turn
         # quantisation noise into large contrast swings
         contrast = min(float(np.min(np.diff(self.levels)) / (gain * max(sigma, 0.3))), _MAX_CONTRAST)
@@ -863,7 +915,8 @@ class CorrectionModel:
                                         max_angle_deg=self.curtain_max_angle_deg, width_px=self.curtain_width_px,
                                         passes=self.curtain_passes)
             image = curtain.pixels
-        return CorrectedSlice(image, float(gain), float(offset), float(misfit), contrast, structure, curtain)
+        return CorrectedSlice(image, float(gain), float(offset), float(misfit), contrast, structure, curtain,
+                              percentiles)
 
     def apply_stack(self, slices, *, prior=(1.0, 0.0)):
         """Correct slices in order, each one's brightness map guiding the next.
@@ -954,6 +1007,14 @@ class SliceQuality:
     background, streaks : float
         Spread (grey units) of the residual ``pixel - level of its phase`` over a 4 x 4 grid of
         tiles (smooth charging) and over rows after their smoothing (charging streaks).
+    shift : float
+        :func:`histogram_shift` of the raw slice from the recent good slices (share of their grey
+        range; 0 without a reference). It sees a drop or charging slice without the phase
+        modes, which may map onto the reference by chance (two phases always do).
+    offset : float
+        See :class:`CorrectedSlice` (with `gain`, the map of `percentiles` into reference units).
+    percentiles : (99,) ndarray or None
+        :attr:`CorrectedSlice.percentiles` (the raw slice's).
     """
 
     state: str
@@ -964,7 +1025,13 @@ class SliceQuality:
     misfit: float
     background: float
     streaks: float
+    shift: float = 0.0
+    offset: float = 0.0
+    percentiles: np.ndarray | None = field(default=None, compare=False, repr=False)
 
+
+# Floor of the scale of the histogram shift's limit (share of the grey range).
+_SHIFT_FLOOR = 0.01
 
 # Misfit (level gaps) beyond which a slice's phases cannot be mapped onto the reference: held.
 _HOLD_MISFIT = 0.5
@@ -1035,15 +1102,21 @@ class BrightnessMonitor:
             renormalised.
         """
         pixels = corrected.pixels
-        gain, contrast, misfit = corrected.gain, corrected.contrast, corrected.misfit
+        gain, offset, contrast, misfit = corrected.gain, corrected.offset, corrected.contrast, corrected.misfit
         background, streaks = self._evenness(pixels)
+        # the raw histogram against the last good slices', and once mapped against theirs mapped
+        percentiles, shift, mapped_ref = corrected.percentiles, 0.0, None
+        recent = [q for q in self._good if q.percentiles is not None][-5:]
+        if percentiles is not None and recent:
+            shift = histogram_shift(percentiles, np.median([q.percentiles for q in recent], axis=0))
+            mapped_ref = np.median([q.gain * q.percentiles + q.offset for q in recent], axis=0)
         figures = dict(gain=gain, contrast=contrast, structure=corrected.structure, misfit=misfit,
-                       background=background, streaks=streaks)
+                       background=background, streaks=streaks, shift=shift, offset=offset, percentiles=percentiles)
         if not (np.isfinite(misfit) and corrected.structure >= self.min_structure):
             why = ("no phase modes found" if not np.isfinite(misfit)
                    else f"nothing above noise (structure {corrected.structure:.1f})")
             return SliceQuality("held", f"{why}: blank, saturated or charging slice", **figures), pixels
-        reasons, charging, lost = [], False, False
+        reasons, charging, lost, shifted = [], False, False, False
         # how far the slice's phase modes may sit from an affine map onto the reference: overlapping
         # phases fit their modes loosely on every slice, so the recent good slices set the limit
         misfit_limit = 0.25
@@ -1054,6 +1127,7 @@ class BrightnessMonitor:
         # without a reference only gross unevenness counts (clean generated slices: 0.02 to 0.08 of the
         # smallest level gap, more on small slices); then the recent good slices set the limit
         bg_limit = streak_limit = 0.25 * self.gap
+        shift_limit = np.inf
         reference, scale = float(np.log(gain)), 0.03
         if len(self._good) >= 3:
             log_gains = np.log([q.gain for q in self._good])
@@ -1067,6 +1141,12 @@ class BrightnessMonitor:
                 lost = contrast < 0.4 * ref_contrast
             bg_limit = max(0.08 * self.gap, self._limit("background", 0.02 * self.gap))
             streak_limit = max(0.08 * self.gap, self._limit("streaks", 0.02 * self.gap))
+            # good slices: 0.01 to 0.05 of the grey range from their predecessors (the content
+            # changing); drops and charging 0.1 to 0.3
+            shift_limit = self._limit("shift", _SHIFT_FLOOR)
+            shifted = mapped_ref is not None and shift > shift_limit
+            if shifted:
+                reasons.append(f"grey histogram moved by {shift:.2f} of the grey range from the recent slices")
         if background > bg_limit or streaks > streak_limit:
             charging = True
             reasons.append(f"uneven brightness (charging): background spread {background:.1f}, "
@@ -1097,6 +1177,13 @@ class BrightnessMonitor:
             figures.update(background=background, streaks=streaks)
             if background > bg_limit or streaks > streak_limit:
                 return SliceQuality("held", reason + "; still uneven after flattening", **figures), pixels
+        if shifted:
+            # renormalised only when the map (and flattening) brings the histogram back
+            after = histogram_shift(gain * percentiles + offset if not charging else grey_percentiles(pixels),
+                                    mapped_ref)
+            if after > shift_limit:
+                return SliceQuality("held", reason + f"; still {after:.2f} of the grey range off once corrected",
+                                    **figures), pixels
         return SliceQuality("renormalised", reason, **figures), pixels
 
 

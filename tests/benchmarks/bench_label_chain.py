@@ -78,6 +78,8 @@ def run_scenario(seed, n_slices):
     out += chain.flush()
     elapsed = time.perf_counter() - t0
     k = len(scenario.phase_names)
+    faults = {i + 1 for i in (*rendered.truth.drop_slices, *rendered.truth.charging_slices)}
+    flags = {p.index: p.flag for p in out}
     accuracy, unassigned, drift_error = [], [], []
     agent_counts, truth_counts = np.zeros(k), np.zeros(k)
     for p in out:
@@ -95,7 +97,11 @@ def run_scenario(seed, n_slices):
     return {
         "seed": seed, "describe": scenario.describe(), "accuracy": np.array(accuracy), "bias": bias,
         "unassigned": float(np.median(unassigned)) if unassigned else float("nan"),
-        "held": sum(p.flag == "held" for p in out), "recalibrations": len(chain.recalibrations),
+        "held": sum(p.flag == "held" for p in out),
+        "faults": len(faults), "flagged": sum(flags.get(i) is not None for i in faults),
+        "missed": sorted(i for i in faults if flags.get(i) is None),
+        "false_held": sum(f == "held" and i not in faults for i, f in flags.items()),
+        "recalibrations": len(chain.recalibrations),
         "drift_rms_px": float(np.sqrt(np.mean(np.sum(np.square(drift_error), axis=1)))) if drift_error else np.nan,
         "elapsed_s": elapsed,
     }
@@ -109,7 +115,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.ERROR)
     print(f"{'seed':>4} {'acc med':>7} {'worst':>6} {'bias':>6}  {'per phase':<24} {'unas':>5} {'held':>4} "
-          f"{'recal':>5} {'drift':>5} {'s':>4}  scenario")
+          f"{'flagged':>7} {'f.held':>6} {'recal':>5} {'drift':>5} {'s':>4}  scenario")
     results = []
     for seed in range(*args.seeds):
         r = run_scenario(seed, args.slices)
@@ -118,12 +124,16 @@ def main(argv=None):
         worst_phase = r["bias"][np.argmax(np.abs(r["bias"]))]
         print(f"{seed:4d} {100 * np.median(acc):7.2f} {100 * acc.min():6.2f} {worst_phase:+6.2f}  "
               f"{'/'.join(f'{b:+.1f}' for b in r['bias']):<24} {100 * r['unassigned']:5.2f} {r['held']:4d} "
-              f"{r['recalibrations']:5d} {r['drift_rms_px']:5.2f} {r['elapsed_s']:4.0f}  {r['describe']}", flush=True)
+              f"{r['flagged']:>3d}/{r['faults']:<3d} {r['false_held']:6d} {r['recalibrations']:5d} {r['drift_rms_px']:5.2f} {r['elapsed_s']:4.0f}  {r['describe']}", flush=True)
     medians = np.array([np.median(r["accuracy"]) if r["accuracy"].size else np.nan for r in results])
     worst_bias = np.array([np.abs(r["bias"]).max() for r in results])
     print(f"over {len(results)} scenarios: accuracy (median slice) median {100 * np.nanmedian(medians):.2f} % "
           f"worst {100 * np.nanmin(medians):.2f} %; worst-phase |bias| median {np.median(worst_bias):.2f} "
-          f"worst {worst_bias.max():.2f} points")
+          f"worst {worst_bias.max():.2f} points; injected faults flagged {sum(r['flagged'] for r in results)}/"
+          f"{sum(r['faults'] for r in results)}, good slices held {sum(r['false_held'] for r in results)}")
+    for r in results:
+        if r["missed"]:
+            print(f"seed {r['seed']}: faults not flagged at slices {r['missed']}")
 
 
 if __name__ == "__main__":
