@@ -1008,9 +1008,10 @@ class SliceQuality:
         Spread (grey units) of the residual ``pixel - level of its phase`` over a 4 x 4 grid of
         tiles (smooth charging) and over rows after their smoothing (charging streaks).
     shift : float
-        :func:`histogram_shift` of the raw slice from the recent good slices (share of their grey
-        range; 0 without a reference). It sees a drop or charging slice without the phase
-        modes, which may map onto the reference by chance (two phases always do).
+        :func:`histogram_shift` of the raw slice from the last good slice (share of its grey
+        range), over the square root of the slices between them; 0 without a reference. It sees
+        a drop or charging slice without the phase modes, which may map onto the reference by
+        chance (two phases always do).
     offset : float
         See :class:`CorrectedSlice` (with `gain`, the map of `percentiles` into reference units).
     percentiles : (99,) ndarray or None
@@ -1073,6 +1074,7 @@ class BrightnessMonitor:
         self._good: deque = deque(maxlen=int(window))
         self.persist = int(persist)
         self._changed: list = []  # consecutive slices flagged for brightness or contrast only
+        self._checked = self._good_at = 0  # slices checked, and then when the last good one was
 
     def _evenness(self, pixels):
         res = _residual(np.asarray(pixels[::2, ::2], dtype=np.float32), self.levels, self.gap / 2)
@@ -1104,12 +1106,16 @@ class BrightnessMonitor:
         pixels = corrected.pixels
         gain, offset, contrast, misfit = corrected.gain, corrected.offset, corrected.contrast, corrected.misfit
         background, streaks = self._evenness(pixels)
-        # the raw histogram against the last good slices', and once mapped against theirs mapped
+        # the raw histogram against the last good slice's, and once mapped against its mapped one;
+        # the content changes smoothly in z, by about the square root of the slices between them
+        # (slowly for a few slices, then by a trend)
+        self._checked += 1
         percentiles, shift, mapped_ref = corrected.percentiles, 0.0, None
-        recent = [q for q in self._good if q.percentiles is not None][-5:]
-        if percentiles is not None and recent:
-            shift = histogram_shift(percentiles, np.median([q.percentiles for q in recent], axis=0))
-            mapped_ref = np.median([q.gain * q.percentiles + q.offset for q in recent], axis=0)
+        last = self._good[-1] if self._good else None
+        if percentiles is not None and last is not None and last.percentiles is not None:
+            per_slice = np.sqrt(self._checked - self._good_at)
+            shift = histogram_shift(percentiles, last.percentiles) / per_slice
+            mapped_ref = last.gain * last.percentiles + last.offset
         figures = dict(gain=gain, contrast=contrast, structure=corrected.structure, misfit=misfit,
                        background=background, streaks=streaks, shift=shift, offset=offset, percentiles=percentiles)
         if not (np.isfinite(misfit) and corrected.structure >= self.min_structure):
@@ -1146,7 +1152,7 @@ class BrightnessMonitor:
             shift_limit = self._limit("shift", _SHIFT_FLOOR)
             shifted = mapped_ref is not None and shift > shift_limit
             if shifted:
-                reasons.append(f"grey histogram moved by {shift:.2f} of the grey range from the recent slices")
+                reasons.append(f"grey histogram moved by {shift:.2f} of the grey range per slice from the last good slice")
         if background > bg_limit or streaks > streak_limit:
             charging = True
             reasons.append(f"uneven brightness (charging): background spread {background:.1f}, "
@@ -1154,6 +1160,7 @@ class BrightnessMonitor:
         if not reasons:
             quality = SliceQuality("good", "", **figures)
             self._good.append(quality)
+            self._good_at = self._checked
             self._changed.clear()
             return quality, pixels
         reason = "; ".join(reasons)
@@ -1167,6 +1174,7 @@ class BrightnessMonitor:
                             len(self._changed), gain / np.exp(reference))
                 self._good.clear()
                 self._good.extend(self._changed)
+                self._good_at = self._checked
                 self._changed.clear()
         # modes within half a level gap of the reference still label right: only a worse map is held
         if misfit > max(misfit_limit, _HOLD_MISFIT) or lost:
@@ -1180,7 +1188,7 @@ class BrightnessMonitor:
         if shifted:
             # renormalised only when the map (and flattening) brings the histogram back
             after = histogram_shift(gain * percentiles + offset if not charging else grey_percentiles(pixels),
-                                    mapped_ref)
+                                    mapped_ref) / per_slice
             if after > shift_limit:
                 return SliceQuality("held", reason + f"; still {after:.2f} of the grey range off once corrected",
                                     **figures), pixels
