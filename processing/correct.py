@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import logging
 from collections import deque
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 
 import numpy as np
 from scipy import ndimage
@@ -731,6 +731,53 @@ def flatten_background(pixels, *, levels=None, order=2, step=8):
     return image - background
 
 
+# Percentiles of a slice's grey levels compared between slices (1 to 99 %), and the number of
+# pixels sampled for them (a sort of about 65k values: a fraction of a millisecond per slice).
+_PERCENTILES = np.arange(1.0, 100.0)
+_PERCENTILE_SAMPLE = 65536
+
+
+def grey_percentiles(pixels):
+    """Percentiles 1 to 99 % of a slice's grey levels, from a regular subsample.
+
+    Parameters
+    ----------
+    pixels : (Y, X) ndarray
+        A slice.
+
+    Returns
+    -------
+    (99,) ndarray of float
+        Grey levels (the slice's units).
+    """
+    pixels = check_slice(pixels)
+    step = max(1, int(np.ceil(np.sqrt(pixels.size / _PERCENTILE_SAMPLE))))
+    return np.percentile(pixels[::step, ::step], _PERCENTILES)
+
+
+def histogram_shift(percentiles, reference):
+    """Distance between two grey-level distributions, as a share of the reference's grey range.
+
+    The mean absolute difference of the percentiles (the Wasserstein-1 distance between the two
+    histograms) over the reference's 2-98 % range: a gain change by a factor f moves it by about
+    ``|1 - f|`` times the mean grey level over that range, an offset by the offset over it, while
+    phase fractions changing by a share s between levels a gap g apart move it by only ``s * g``
+    over it (the same slice content, unlike one percentile that may jump a whole gap).
+
+    Parameters
+    ----------
+    percentiles, reference : (99,) ndarray
+        :func:`grey_percentiles` of a slice and of the reference, in the same units.
+
+    Returns
+    -------
+    float
+        0 for the same distribution; inf when the reference is flat.
+    """
+    span = reference[97] - reference[1]
+    return float(np.mean(np.abs(percentiles - reference)) / span) if span > 0 else np.inf
+
+
 def slice_structure(pixels):
     """How much a slice shows beyond noise: the standard deviation of the 2 x 2 binned slice over
     its noise standard deviation (0 for a flat slice, about 1 for white noise only; 1.5 on the
@@ -767,6 +814,9 @@ class CorrectedSlice:
         after the map (at most 20).
     curtain : CurtainCorrection or None
         The curtaining removal and its before/after stripe amplitudes (None when off).
+    percentiles : (99,) ndarray or None
+        :func:`grey_percentiles` of the raw slice (its histogram, compared between slices by
+        :class:`BrightnessMonitor`).
     """
 
     pixels: np.ndarray
@@ -776,6 +826,7 @@ class CorrectedSlice:
     contrast: float = np.inf
     structure: float = np.inf
     curtain: CurtainCorrection | None = None
+    percentiles: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -849,6 +900,7 @@ class CorrectionModel:
         else:
             gain, offset, misfit = 1.0, 0.0, 0.0
         structure, sigma = _structure_and_noise(pixels)
+        percentiles = grey_percentiles(pixels)
         # capped: beyond it the phases are perfectly separable, and noise-free slices would turn
         # quantisation noise into large contrast swings
         contrast = min(float(np.min(np.diff(self.levels)) / (gain * max(sigma, 0.3))), _MAX_CONTRAST)
@@ -863,7 +915,8 @@ class CorrectionModel:
                                         max_angle_deg=self.curtain_max_angle_deg, width_px=self.curtain_width_px,
                                         passes=self.curtain_passes)
             image = curtain.pixels
-        return CorrectedSlice(image, float(gain), float(offset), float(misfit), contrast, structure, curtain)
+        return CorrectedSlice(image, float(gain), float(offset), float(misfit), contrast, structure, curtain,
+                              percentiles)
 
     def apply_stack(self, slices, *, prior=(1.0, 0.0)):
         """Correct slices in order, each one's brightness map guiding the next.
@@ -954,6 +1007,15 @@ class SliceQuality:
     background, streaks : float
         Spread (grey units) of the residual ``pixel - level of its phase`` over a 4 x 4 grid of
         tiles (smooth charging) and over rows after their smoothing (charging streaks).
+    shift : float
+        :func:`histogram_shift` of the raw slice from the last good slice (share of its grey
+        range), over the square root of the slices between them; 0 without a reference. It sees
+        a drop or charging slice without the phase modes, which may map onto the reference by
+        chance (two phases always do).
+    offset : float
+        See :class:`CorrectedSlice` (with `gain`, the map of `percentiles` into reference units).
+    percentiles : (99,) ndarray or None
+        :attr:`CorrectedSlice.percentiles` (the raw slice's).
     """
 
     state: str
@@ -964,7 +1026,13 @@ class SliceQuality:
     misfit: float
     background: float
     streaks: float
+    shift: float = 0.0
+    offset: float = 0.0
+    percentiles: np.ndarray | None = field(default=None, compare=False, repr=False)
 
+
+# Floor of the scale of the histogram shift's limit (share of the grey range).
+_SHIFT_FLOOR = 0.01
 
 # Misfit (level gaps) beyond which a slice's phases cannot be mapped onto the reference: held.
 _HOLD_MISFIT = 0.5
@@ -1006,6 +1074,7 @@ class BrightnessMonitor:
         self._good: deque = deque(maxlen=int(window))
         self.persist = int(persist)
         self._changed: list = []  # consecutive slices flagged for brightness or contrast only
+        self._checked = self._good_at = 0  # slices checked, and then when the last good one was
 
     def _evenness(self, pixels):
         res = _residual(np.asarray(pixels[::2, ::2], dtype=np.float32), self.levels, self.gap / 2)
@@ -1035,15 +1104,25 @@ class BrightnessMonitor:
             renormalised.
         """
         pixels = corrected.pixels
-        gain, contrast, misfit = corrected.gain, corrected.contrast, corrected.misfit
+        gain, offset, contrast, misfit = corrected.gain, corrected.offset, corrected.contrast, corrected.misfit
         background, streaks = self._evenness(pixels)
+        # the raw histogram against the last good slice's, and once mapped against its mapped one;
+        # the content changes smoothly in z, by about the square root of the slices between them
+        # (slowly for a few slices, then by a trend)
+        self._checked += 1
+        percentiles, shift, mapped_ref = corrected.percentiles, 0.0, None
+        last = self._good[-1] if self._good else None
+        if percentiles is not None and last is not None and last.percentiles is not None:
+            per_slice = np.sqrt(self._checked - self._good_at)
+            shift = histogram_shift(percentiles, last.percentiles) / per_slice
+            mapped_ref = last.gain * last.percentiles + last.offset
         figures = dict(gain=gain, contrast=contrast, structure=corrected.structure, misfit=misfit,
-                       background=background, streaks=streaks)
+                       background=background, streaks=streaks, shift=shift, offset=offset, percentiles=percentiles)
         if not (np.isfinite(misfit) and corrected.structure >= self.min_structure):
             why = ("no phase modes found" if not np.isfinite(misfit)
                    else f"nothing above noise (structure {corrected.structure:.1f})")
             return SliceQuality("held", f"{why}: blank, saturated or charging slice", **figures), pixels
-        reasons, charging, lost = [], False, False
+        reasons, charging, lost, shifted = [], False, False, False
         # how far the slice's phase modes may sit from an affine map onto the reference: overlapping
         # phases fit their modes loosely on every slice, so the recent good slices set the limit
         misfit_limit = 0.25
@@ -1054,6 +1133,7 @@ class BrightnessMonitor:
         # without a reference only gross unevenness counts (clean generated slices: 0.02 to 0.08 of the
         # smallest level gap, more on small slices); then the recent good slices set the limit
         bg_limit = streak_limit = 0.25 * self.gap
+        shift_limit = np.inf
         reference, scale = float(np.log(gain)), 0.03
         if len(self._good) >= 3:
             log_gains = np.log([q.gain for q in self._good])
@@ -1067,6 +1147,12 @@ class BrightnessMonitor:
                 lost = contrast < 0.4 * ref_contrast
             bg_limit = max(0.08 * self.gap, self._limit("background", 0.02 * self.gap))
             streak_limit = max(0.08 * self.gap, self._limit("streaks", 0.02 * self.gap))
+            # good slices: 0.01 to 0.05 of the grey range from their predecessors (the content
+            # changing); drops and charging 0.1 to 0.3
+            shift_limit = self._limit("shift", _SHIFT_FLOOR)
+            shifted = mapped_ref is not None and shift > shift_limit
+            if shifted:
+                reasons.append(f"grey histogram moved by {shift:.2f} of the grey range per slice from the last good slice")
         if background > bg_limit or streaks > streak_limit:
             charging = True
             reasons.append(f"uneven brightness (charging): background spread {background:.1f}, "
@@ -1074,6 +1160,7 @@ class BrightnessMonitor:
         if not reasons:
             quality = SliceQuality("good", "", **figures)
             self._good.append(quality)
+            self._good_at = self._checked
             self._changed.clear()
             return quality, pixels
         reason = "; ".join(reasons)
@@ -1087,6 +1174,7 @@ class BrightnessMonitor:
                             len(self._changed), gain / np.exp(reference))
                 self._good.clear()
                 self._good.extend(self._changed)
+                self._good_at = self._checked
                 self._changed.clear()
         # modes within half a level gap of the reference still label right: only a worse map is held
         if misfit > max(misfit_limit, _HOLD_MISFIT) or lost:
@@ -1097,6 +1185,13 @@ class BrightnessMonitor:
             figures.update(background=background, streaks=streaks)
             if background > bg_limit or streaks > streak_limit:
                 return SliceQuality("held", reason + "; still uneven after flattening", **figures), pixels
+        if shifted:
+            # renormalised only when the map (and flattening) brings the histogram back
+            after = histogram_shift(gain * percentiles + offset if not charging else grey_percentiles(pixels),
+                                    mapped_ref) / per_slice
+            if after > shift_limit:
+                return SliceQuality("held", reason + f"; still {after:.2f} of the grey range off once corrected",
+                                    **figures), pixels
         return SliceQuality("renormalised", reason, **figures), pixels
 
 
