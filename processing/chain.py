@@ -486,7 +486,7 @@ class SliceChain:
         if quality.state != "good":
             log.warning("slice %d %s: %s", image.index, quality.state, quality.reason)
         t1 = time.perf_counter()
-        if quality.state == "held":
+        if not quality.registrable:
             # a blank or charging slice would mislead the registration: the last shift, its error
             drift = self.tracker.skip()
         else:

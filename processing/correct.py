@@ -1016,6 +1016,11 @@ class SliceQuality:
         See :class:`CorrectedSlice` (with `gain`, the map of `percentiles` into reference units).
     percentiles : (99,) ndarray or None
         :attr:`CorrectedSlice.percentiles` (the raw slice's).
+    registrable : bool
+        Whether the slice still shows its structure for the drift registration: False for a
+        blank slice, one whose phases are lost in noise, or one still uneven from charging. A
+        slice held only because its brightness does not map onto the reference is registrable
+        (the registration does not depend on brightness), so the drift is followed through it.
     """
 
     state: str
@@ -1029,6 +1034,7 @@ class SliceQuality:
     shift: float = 0.0
     offset: float = 0.0
     percentiles: np.ndarray | None = field(default=None, compare=False, repr=False)
+    registrable: bool = True
 
 
 # Floor of the scale of the histogram shift's limit (share of the grey range).
@@ -1121,7 +1127,8 @@ class BrightnessMonitor:
         if not (np.isfinite(misfit) and corrected.structure >= self.min_structure):
             why = ("no phase modes found" if not np.isfinite(misfit)
                    else f"nothing above noise (structure {corrected.structure:.1f})")
-            return SliceQuality("held", f"{why}: blank, saturated or charging slice", **figures), pixels
+            return SliceQuality("held", f"{why}: blank, saturated or charging slice", **figures,
+                                registrable=False), pixels
         reasons, charging, lost, shifted = [], False, False, False
         # how far the slice's phase modes may sit from an affine map onto the reference: overlapping
         # phases fit their modes loosely on every slice, so the recent good slices set the limit
@@ -1178,13 +1185,15 @@ class BrightnessMonitor:
                 self._changed.clear()
         # modes within half a level gap of the reference still label right: only a worse map is held
         if misfit > max(misfit_limit, _HOLD_MISFIT) or lost:
-            return SliceQuality("held", reason + ("; phases no longer separable" if lost else ""), **figures), pixels
+            return SliceQuality("held", reason + ("; phases no longer separable" if lost else ""), **figures,
+                                registrable=not (lost or charging)), pixels
         if charging:
             pixels = flatten_background(pixels, levels=self.levels, order=4)
             background, streaks = self._evenness(pixels)
             figures.update(background=background, streaks=streaks)
             if background > bg_limit or streaks > streak_limit:
-                return SliceQuality("held", reason + "; still uneven after flattening", **figures), pixels
+                return SliceQuality("held", reason + "; still uneven after flattening", **figures,
+                                    registrable=False), pixels
         if shifted:
             # renormalised only when the map (and flattening) brings the histogram back
             after = histogram_shift(gain * percentiles + offset if not charging else grey_percentiles(pixels),

@@ -227,6 +227,32 @@ def test_brightness_drops_and_charging_are_flagged_and_never_more_confident():
     assert renormalised and _accuracy(renormalised, acq.labels) > 0.85
 
 
+def test_slices_held_for_their_brightness_map_are_still_registered():
+    """A slice held because its phase levels do not map onto the reference still shows its
+    structure: the drift is followed through it, not frozen at the last good slice's."""
+    from processing.synthetic import generate_microstructure, render_acquisition
+
+    n = 24
+    labels = generate_microstructure((n, 180, 230), spacing_um=(0.05, 0.02, 0.02), particle_radius_um=0.4, rng=5)
+    labels[:] = labels[0]  # a sample that does not change: the registration's only error is the noise
+    drift = np.zeros((n, 2))
+    drift[:, 1] = np.arange(n) * 1.0  # the stage moves 1 px per slice in x
+    acq = render_acquisition(labels, field_shape=(160, 160), drift_px=drift, brightness_drift=0.0, rng=5)
+    slices = acq.slices.copy()
+    low, mid, high = acq.levels
+    # the middle phase brightened by 0.8 of its gap: no affine map fits the three levels
+    lut = np.interp(np.arange(256), [0, low, mid, high, 255], [0, low, mid + 0.8 * (high - mid), high, 255])
+    odd = range(12, 20)
+    for k in odd:
+        slices[k] = np.rint(lut[slices[k]]).astype(np.uint8)
+    chain = SliceChain(phases=Phases(), calibration_slices=4, roi=None)
+    done = {p.index - 1: p for p in push_all(chain, slices) + chain.flush()}
+    held = sorted(k for k, p in done.items() if p.flag == "held")
+    assert len(held) >= 4 and set(held) <= set(range(odd.start, odd.stop + 3)), {k: p.flag_reason for k, p in done.items() if p.flag}
+    errors = [abs(done[k].drift.shift_px[1] - drift[k, 1]) for k in held]
+    assert max(errors) < 0.5, errors  # frozen at the last good slice's shift, they would be 1 to 8 px off
+
+
 @pytest.mark.slow
 def test_slow_drift_of_30_percent_over_1000_slices_keeps_the_labels():
     acq = _rendered(60, 96, seed=7, brightness_drift=0.0, levels=(35, 90, 150), curtaining=0.05)
