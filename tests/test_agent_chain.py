@@ -72,7 +72,9 @@ def test_the_agent_labels_what_the_chain_labels_and_both_register_on_the_cap(wri
     volume = tmp_path / "v.zarr"
     config = load_config(root / "revwatch.toml", overrides=[
         f'acquisition.folder="{root / "acquisition"}"', f'volume.path="{volume}"',
-        f'publish.endpoint="{free_loopback_endpoint()}"', "acquisition.settle_s=0.05"])
+        f'publish.endpoint="{free_loopback_endpoint()}"', "acquisition.settle_s=0.05",
+        # the metrics and pictures read the labels, never change them: off, to keep the test short
+        "analysis.pictures_every_slices=0", "analysis.expensive_every_slices=1000"])
     Agent(config).run(idle_exit_s=1.5)
     store = VolumeStore.open(volume, read_only=True)
     try:
