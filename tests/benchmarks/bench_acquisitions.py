@@ -42,6 +42,12 @@ depth error                            0.00 %           0.00 %           1 %
 No crash, no slice skipped. Seed 4 (four phases, 108 px particles, a cap) holds both the worst
 unassigned share and the 105 px drift.
 
+The agent stores the labels ``bench_label_chain.py`` gets from the chain alone at the same
+``--slices`` (``tests/test_agent_chain.py``; seed 4 at 300 slices: identical voxels). A scenario's
+structure is generated for the whole run, so a seed at 150 slices is another acquisition than at
+300: seed 4's cap is hidden under a particle of its grey at 300 slices (no cap mode on either path,
+105.71 px), visible at 150 (0.18 px on the chain).
+
 Run::
 
     PYTHONPATH=. python tests/benchmarks/bench_acquisitions.py --quick           # 3 x 120 slices
