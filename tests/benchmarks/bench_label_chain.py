@@ -16,7 +16,9 @@ Same acquisition as ``bench_acquisitions.py`` only at the same slice count: a sc
 is generated for the whole run and its faults are placed along it, so seed 4 at ``--slices 150``
 is not the first half of seed 4 at 300 (bench_acquisitions' default). At the same count the chain
 here labels exactly what ``revwatch run`` stores (``tests/test_agent_chain.py``): seed 4 at 300
-slices, 105.71 px drift RMS on both paths; seed 7, worst-phase bias +51.98 points on both.
+slices, 105.71 px drift RMS on both paths; seed 7, worst-phase bias +51.98 points on both. One
+exception: after a magnification change (seed 11) the chain here takes every slice (it is given no
+pixel size), where the agent refuses the slices at another pixel size (``skip`` there).
 
 Run::
 
