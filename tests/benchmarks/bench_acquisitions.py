@@ -42,10 +42,17 @@ depth error                            0.00 %           0.00 %           1 %
 No crash, no slice skipped. Seed 4 (four phases, 108 px particles, a cap) holds both the worst
 unassigned share and the 105 px drift.
 
+The agent stores the labels ``bench_label_chain.py`` gets from the chain alone at the same
+``--slices`` (``tests/test_agent_chain.py``; seed 4 at 300 slices: identical voxels). A scenario's
+structure is generated for the whole run, so a seed at 150 slices is another acquisition than at
+300: seed 4's cap is hidden under a particle of its grey at 300 slices (no cap mode on either path,
+105.71 px), visible at 150 (0.18 px on the chain).
+
 Run::
 
     PYTHONPATH=. python tests/benchmarks/bench_acquisitions.py --quick           # 3 x 120 slices
     PYTHONPATH=. python tests/benchmarks/bench_acquisitions.py --n 6 --slices 300 --out /tmp/acq
+    PYTHONPATH=. python tests/benchmarks/bench_acquisitions.py --n 12 --slices 300 --long 0 --only 4 7 --out /tmp/acq
     PYTHONPATH=. python tests/benchmarks/bench_acquisitions.py                    # 20 x 300, 3 of them 1000
 """
 
@@ -317,6 +324,8 @@ def main(argv=None):
     parser.add_argument("--long", type=int, default=None, help="how many of them (the last) get 1000 slices (default 3 when --n >= 20)")
     parser.add_argument("--size", type=int, default=256, help="slice edge in px (default 256)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the whole set (scenario i has seed*1000+i)")
+    parser.add_argument("--only", type=int, nargs="+", default=None, metavar="I",
+                        help="run only these scenarios of the set (0-based positions i < N), e.g. --only 4 7")
     parser.add_argument("--out", type=Path, default=None, help="work and result folder (default a new temp folder)")
     parser.add_argument("--idle-exit-s", type=float, default=8.0, help="passed to revwatch run")
     parser.add_argument("--keep", action="store_true", help="keep the acquisitions and volumes (default: delete after scoring)")
@@ -333,7 +342,9 @@ def main(argv=None):
     script = Path(sys.executable).with_name("revwatch")
     revwatch = [str(script)] if script.is_file() else [sys.executable, "-m", "agent.cli"]
     results = []
-    for i in range(n):
+    for i in range(n) if args.only is None else sorted(set(args.only)):
+        if not 0 <= i < n:
+            parser.error(f"--only {i}: the set has scenarios 0..{n - 1} (--n {n})")
         seed = args.seed * 1000 + i
         root = out / f"s{seed:06d}"
         result_path = root / "result.json"
