@@ -663,61 +663,16 @@ def sparse_labels_from_rectangles(shape, rectangles, phases):
 # D >= 3.5 two equal Gaussian classes overlap on about 4 % of a class's pixels.
 AUTO_SMOOTH_PX = (1.0, 1.5, 2.0, 3.0)
 _ENOUGH_SEPARATION = 3.5
-# The pre-filter is there for the pixel noise: a pre-filter is wide enough once the noise it
-# leaves alone would put at most 0.5 % of a phase's pixels past the midpoint to the nearest
-# neighbouring level (contrast / noise >= 2 x 2.576). Classes wider than that are wide for other
-# reasons (shine-through, partial volume, curtains) that a wider pre-filter does not remove, while
-# it moves edges and erases thin films and small pores.
-_NOISE_SEPARATION = 2 * 2.576
 # Pixels of calibration slices on which the grey classes are estimated.
 _EVIDENCE_PIXELS = 4_000_000
 # Neighbouring phase levels of a fitted model closer than this (Ashman's D) are one class split.
 _DEGENERATE_SEPARATION = 1.0
 
 
-def pixel_noise(slices, valid=None):
-    """Robust standard deviation (grey units) of the pixel noise of slices: 1.4826 MAD / sqrt(2)
-    of the differences between vertical neighbours that are both valid (vertical stripes and
-    most structure cancel; edges are outliers to the median).
-
-    Parameters
-    ----------
-    slices : sequence of (Y, X) ndarray
-    valid : sequence of (Y, X) bool ndarray, optional
-
-    Returns
-    -------
-    float
-        0 when no pair of valid neighbours.
-    """
-    diffs = []
-    for i, s in enumerate(slices):
-        d = np.diff(np.asarray(s, dtype=np.float32), axis=0)
-        if valid is not None:
-            v = np.asarray(valid[i], dtype=bool)
-            d = d[v[1:] & v[:-1]]
-        diffs.append(d.ravel())
-    d = np.concatenate(diffs) if diffs else np.empty(0)
-    if not d.size:
-        return 0.0
-    return float(1.4826 * np.median(np.abs(d - np.median(d))) / np.sqrt(2))
-
-
-def _noise_factor(smooth_px):
-    """Standard deviation of white noise after the pre-filter of `smooth_px`, per unit before:
-    the sum of squares of the binomial row, ``C(2n, n) / 4**n`` for both axes together."""
-    from math import comb
-
-    n = _binomial_order(smooth_px)
-    return comb(2 * n, n) / 4.0**n
-
-
 def _auto_smoothing(slices, valid, n_names):
     """(smooth_px, estimate): the pre-filter of AUTO_SMOOTH_PX whose estimate shows the most
     separable grey classes, up to the `n_names` named (more smoothing takes noise away and may
-    separate two close phases); among those, the smallest that leaves noise well below the
-    smallest contrast between neighbouring classes (:data:`_NOISE_SEPARATION`, the pixel noise
-    measured by :func:`pixel_noise`), else the smallest that separates every neighbouring pair
+    separate two close phases); among those, the smallest that separates every neighbouring pair
     of classes with D >= 3.5, else the best separating."""
     from processing.phases import _ashman_d, estimate_grey_classes
 
@@ -729,12 +684,6 @@ def _auto_smoothing(slices, valid, n_names):
         candidates.append((min(len(found), n_names), d, smooth_px, estimate))
     most = max(c[0] for c in candidates)
     candidates = [c for c in candidates if c[0] == most]
-    noise = pixel_noise(slices, valid)
-    if noise > 0 and most >= 2:
-        for _, _, smooth_px, estimate in candidates:
-            levels = [c.level for c in estimate.phase_classes]
-            if float(np.min(np.diff(levels))) >= _NOISE_SEPARATION * noise * _noise_factor(smooth_px):
-                return smooth_px, estimate
     enough = [c for c in candidates if c[1] >= _ENOUGH_SEPARATION]
     if enough:
         return enough[0][2], enough[0][3]
