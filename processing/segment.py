@@ -464,10 +464,11 @@ def fit_phase_model(slices, *, n_phases=3, smooth_px=1.0, method="gmm", rim_fix=
         grey classes found (:func:`processing.phases.estimate_grey_classes`) instead of multi-Otsu,
         with one more component at each edge-halo level, fitted alongside and then left out of the
         model (its pixels go to its neighbours by the thresholds): a blurred-edge rim is then not
-        taken for a phase, nor does it pull a phase's level towards it. Each component then keeps
-        its own width, as in the classes found: a phase widened by something other than noise
-        (shine-through in pores, partial volume) does not widen the others, which would merge two
-        close phases or move the threshold between them deep into the smaller one.
+        taken for a phase, nor does it pull a phase's level towards it. Without halo levels each
+        component keeps its own width, as in the classes found: a phase widened by something
+        other than noise (shine-through in pores, partial volume) does not widen the others,
+        which would merge two close phases. (With a halo the widths stay equal: free widths let
+        the halo's wide component and a narrow spike of a sharp class drift, tests/test_phases.py.)
 
     Returns
     -------
@@ -511,7 +512,7 @@ def fit_phase_model(slices, *, n_phases=3, smooth_px=1.0, method="gmm", rim_fix=
             raise ValueError(f"start: expected {n_phases} phase levels, got {phase_levels!r}")
         init = sorted(phase_levels + halo_levels)
         halo = np.isin(init, halo_levels) & ~np.isin(init, phase_levels)
-    mu, sigma, weight = fit_gray_mixture(centres, counts, init, equal_sigma=start is None)
+    mu, sigma, weight = fit_gray_mixture(centres, counts, init, equal_sigma=start is None or bool(halo_levels))
     if halo.any():
         # EM keeps the order of components started apart; the halo's pixels go to its neighbours
         mu, sigma, weight = mu[~halo], sigma[~halo], weight[~halo] / weight[~halo].sum()
