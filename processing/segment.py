@@ -464,11 +464,7 @@ def fit_phase_model(slices, *, n_phases=3, smooth_px=1.0, method="gmm", rim_fix=
         grey classes found (:func:`processing.phases.estimate_grey_classes`) instead of multi-Otsu,
         with one more component at each edge-halo level, fitted alongside and then left out of the
         model (its pixels go to its neighbours by the thresholds): a blurred-edge rim is then not
-        taken for a phase, nor does it pull a phase's level towards it. Without halo levels each
-        component keeps its own width, as in the classes found: a phase widened by something
-        other than noise (shine-through in pores, partial volume) does not widen the others,
-        which would merge two close phases. (With a halo the widths stay equal: free widths let
-        the halo's wide component and a narrow spike of a sharp class drift, tests/test_phases.py.)
+        taken for a phase, nor does it pull a phase's level towards it.
 
     Returns
     -------
@@ -512,7 +508,7 @@ def fit_phase_model(slices, *, n_phases=3, smooth_px=1.0, method="gmm", rim_fix=
             raise ValueError(f"start: expected {n_phases} phase levels, got {phase_levels!r}")
         init = sorted(phase_levels + halo_levels)
         halo = np.isin(init, halo_levels) & ~np.isin(init, phase_levels)
-    mu, sigma, weight = fit_gray_mixture(centres, counts, init, equal_sigma=start is None or bool(halo_levels))
+    mu, sigma, weight = fit_gray_mixture(centres, counts, init)
     if halo.any():
         # EM keeps the order of components started apart; the halo's pixels go to its neighbours
         mu, sigma, weight = mu[~halo], sigma[~halo], weight[~halo] / weight[~halo].sum()
@@ -778,11 +774,9 @@ def calibrate_phases(slices, phases, *, valid=None, training_labels=None, rng=0,
     check = check_phases(estimate, phases, model_levels=levels)
     found = estimate.phase_classes
     start = None
-    if levels is not None and len(found) == check.n_fit == n:
-        # one component per name took the edge halo for a phase, or put two levels on one class
-        # (one wide class, e.g. pores with shine-through, widens the common sigma until two close
-        # phases merge): the classes found, halo apart, are the phases; start from them, the halo
-        # fitted aside
+    if levels is not None and len(found) == check.n_fit == n and len(found) < len(estimate.classes):
+        # one component per name took the edge halo for a phase, or put two levels on one class:
+        # the classes found, halo apart, are the phases; start from them, the halo fitted aside
         nearest = [min(range(len(estimate.classes)), key=lambda k: abs(estimate.classes[k].level - v)) for v in levels]
         if len(set(nearest)) < n or any(estimate.classes[k].halo for k in nearest):
             start = ([c.level for c in found], [c.level for c in estimate.classes if c.halo])
