@@ -105,7 +105,9 @@ chain's output compared with the truth at each slice's best offset; no code chan
   films between pores and particles (41 % of electrolyte at 1 px from its edge mislabelled).
   Not kept: free widths broke the edge-halo test (level 154 -> 136) and took seed 8 to 43.9 %;
   a pre-filter chosen from the pixel noise took 1 px on the real slices (2-phase 91.3 -> 62.8 %,
-  CT 99.3 -> 60.6 %: their noise is spatially correlated).
+  CT 99.3 -> 60.6 %: their noise is spatially correlated); the estimate's own classes (levels,
+  widths, shares) with each threshold at its pair's pooled width: 84.8 % (+9.4) but the
+  edge-halo test fails (both seeds).
 - seed 8: pores are 1 px interface gaps and cracks around r7 px particles, blur 0.94: their raw
   median is 108 against a level of 39 (invisible to any grey-level model); the data show 2
   classes (pore+electrolyte 101, active 132) and the darker is named pore: +30 points. The cap
