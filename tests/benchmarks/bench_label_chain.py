@@ -98,6 +98,32 @@ complete (3 2/2, 4 6/6, 5 3/3, 6 11/11, 7 1/1, 8 4/4, 12 2/2, 13 6/6). All: 49/5
 slices held 1 -> 1 (seed 13 slice 93, held for its phase-mode misfit 0.51 both times). Accuracy of
 the median slice: 10 74.55 -> 74.50, 11 96.60 -> 96.67 (worst slice 84.49 -> 93.16), 14 68.04 ->
 67.61 (bias -9.30 -> -8.15), 6 94.37 -> 94.34, the others unchanged; median 91.89 % both.
+
+Where the two- and three-phase seeds lose (wip/phasemodel, b4221a9, 150 slices unless said; the
+chain's output compared with the truth at each slice's best offset; no code change kept):
+
+- seed 0 (96.0 %; its 60-slice rendering 89.1 %): curtains. Strength 0.34, straight: the corrected
+  slices keep strong vertical stripes in the lower half, below the particles (where the generator
+  strengthens them); 22 % of active goes to electrolyte, in stripes, rows below ~100 only.
+- seed 7: the phase model. Levels right (64/127/144 against true medians 65/127/146), but one
+  common mixture sigma (8.2) widened by the pores (estimate: pore class sigma 11-22, shine-through
+  0.15 and edges) and the electrolyte weight 0.087 (true share 0.19) put the Bayes threshold at
+  143.6, next to the electrolyte level: electrolyte -13.6 points. Started from the classes found
+  with each component's own width: 87.4 % (bias +6.1, pore now too wide); with smooth_px 1 too:
+  94.5 % (+3.8). The auto pre-filter takes 3 px here (its separation D barely changes with the
+  pre-filter: the class widths are not noise); the 2-D thresholds then miss thin electrolyte
+  films between pores and particles (41 % of electrolyte at 1 px from its edge mislabelled).
+  Not kept: free widths broke the edge-halo test (level 154 -> 136) and took seed 8 to 43.9 %;
+  a pre-filter chosen from the pixel noise took 1 px on the real slices (2-phase 91.3 -> 62.8 %,
+  CT 99.3 -> 60.6 %: their noise is spatially correlated); the estimate's own classes (levels,
+  widths, shares) with each threshold at its pair's pooled width: 84.8 % (+9.4) but the
+  edge-halo test fails (both seeds).
+- seed 8: pores are 1 px interface gaps and cracks around r7 px particles, blur 0.94: their raw
+  median is 108 against a level of 39 (invisible to any grey-level model); the data show 2
+  classes (pore+electrolyte 101, active 132) and the darker is named pore: +30 points. The cap
+  (54 rows, fiducial) is not found and is labelled active.
+- seed 15: pore -4.5 points: 44 % of the pore pixels at 1 px from a pore edge, 33 % at 2 px go
+  to active (blur 1.9 px, voids, pore 13 % against active 49 %: the Bayes shift toward the pore).
 """
 
 from __future__ import annotations
