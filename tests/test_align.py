@@ -97,6 +97,7 @@ def test_tracker_error_on_static_structure_is_small(radius_um, noise, drift, see
     assert np.hypot(*error[-1]) < 0.5  # end-to-end: no build-up
 
 
+@pytest.mark.slow
 def test_keyframe_and_running_mean_build_up_less_error_than_previous_slice_chaining():
     acq = _acquisition(60, 256, seed=3, static=True, noise=24.0)
     chained = np.array([e.shift_px for e in _track(acq.slices, reference_weight=1.0, keyframe=False, lags=())])

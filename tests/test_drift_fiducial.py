@@ -198,6 +198,7 @@ def _changing_cap_case(n, seed, *, fiducial=True):
     return changing_cap(acq, CAP_PX, fiducial=fiducial, rng=rng), d
 
 
+@pytest.mark.slow
 def test_cap_with_changing_grain_registers_on_its_fiducial():
     slices, d = _changing_cap_case(80, 21)
     on_cap = DriftTracker(interface_row=CAP_PX)
