@@ -9,7 +9,8 @@ accuracy on blurred, noisy slices (``tests/test_segment.py``):
 - a Gaussian pre-filter (``smooth_px``) before thresholding: averages the noise inside phases;
 - partial-volume rims: a blurred boundary between the darkest and the brightest phase passes
   through the middle phase's grey levels and would leave a thin false rim of it. Middle-phase
-  pixels that touch both extreme phases are reassigned to the nearer extreme (``rim_fix``).
+  pixels with the darkest phase on one side and the brightest on the opposite side, within the
+  width of a blurred edge, are reassigned to the nearer extreme (``rim_fix``).
 
 At run time a slice is rounded to 256 steps spanning the phase levels before the pre-filter, so
 smoothing, thresholds and rims work on small integers, in row blocks that stay in cache (about
@@ -231,6 +232,19 @@ def _smooth(image, sigma):
     return _binomial_sum(image, order) * np.float32(4.0**-order)
 
 
+def _seen_along(mask, dy, dx, reach):
+    """(Y, X) bool: True where `mask` holds at ``(y + k dy, x + k dx)`` for some k in 1..reach."""
+    h, w = mask.shape
+    out = np.zeros_like(mask)
+    for k in range(1, reach + 1):
+        oy, ox = k * dy, k * dx
+        if abs(oy) >= h or abs(ox) >= w:
+            break
+        out[max(-oy, 0):h - max(oy, 0), max(-ox, 0):w - max(ox, 0)] |= mask[max(oy, 0):h + min(oy, 0),
+                                                                            max(ox, 0):w + min(ox, 0)]
+    return out
+
+
 def _square_reduce(image, size, op):
     """``op`` (a ufunc such as ``np.bitwise_or`` or ``np.maximum``) over a size x size square,
     edges repeated.
@@ -278,8 +292,9 @@ class PhaseModel:
     rim_fix : bool
         Reassign middle-phase partial-volume rims between the extreme phases (>= 3 phases).
     rim_px : int
-        Reach (pixels, 8-connected) within which a middle-phase pixel must see both extreme
-        phases to count as a rim; about the width of a blurred edge (2 for blur ~1 px).
+        Reach (pixels) within which a middle-phase pixel must see the darkest phase on one side
+        and the brightest on the opposite side (along a row, column or diagonal) to count as a
+        rim; about the width of a blurred edge (2 for blur ~1 px).
     uncertain_bounds : tuple of (float, float)
         Grey intervals (smoothed image) whose pixels count as uncertain.
     label_values : tuple of int
@@ -396,12 +411,22 @@ class PhaseModel:
         return _binomial_sum(q.astype(kind), order) if order else q
 
     def _fix_rims(self, labels, smooth, to_smooth):
-        """Middle phases touching both the darkest and the brightest phase -> nearer extreme."""
+        """Middle phases lying between the darkest and the brightest phase -> nearer extreme.
+
+        A rim is a middle-phase pixel with the darkest phase on one side and the brightest on
+        the opposite side, each within `rim_px` along one of the four lines through it (rows,
+        columns, diagonals): the width of a blurred edge. A middle-phase region that merely
+        touches both extremes (a thin film, a small grain between a pore and a particle) keeps
+        its own pixels where the opposite side is more of itself."""
         low, high = 1, self.n_phases
-        size = 2 * self.rim_px + 1
-        # bit 0: darkest phase, bit 1: brightest; one OR filter tells which a window sees
-        code = (labels == low).view(np.uint8) | ((labels == high).view(np.uint8) << 1)
-        rim = (_square_reduce(code, size, np.bitwise_or) == 3) & (code == 0)
+        dark, bright = labels == low, labels == high
+        rim = np.zeros(labels.shape, dtype=bool)
+        for dy, dx in ((0, 1), (1, 0), (1, 1), (1, -1)):
+            dark_ahead, dark_behind = _seen_along(dark, dy, dx, self.rim_px), _seen_along(dark, -dy, -dx, self.rim_px)
+            bright_ahead, bright_behind = (_seen_along(bright, dy, dx, self.rim_px),
+                                           _seen_along(bright, -dy, -dx, self.rim_px))
+            rim |= (dark_ahead & bright_behind) | (bright_ahead & dark_behind)
+        rim &= ~(dark | bright)
         cut = to_smooth(0.5 * (self.levels[0] + self.levels[-1]))
         labels[rim] = np.where(smooth[rim] < cut, low, high).astype(np.uint8)
 
