@@ -46,6 +46,12 @@ class AcquisitionConfig(_Section):
         False, description="use pixel_size_nm even where the slice metadata says otherwise (logged); "
         "false = a mismatch over 1 % refuses the run",
     )
+    on_pixel_size_change: Literal["resample", "refuse"] = Field(
+        "resample", description="a slice whose pixel size differs from the first slice's by over 1 % (the "
+        "magnification changed): 'resample' = scaled about the field's centre onto the run's pixel size (the "
+        "part of the canvas it does not cover is unassigned; one error document at each change, the original "
+        "pixel size in the slice's provenance); 'refuse' = skipped and recorded",
+    )
     detector: str | None = Field(
         None, description="the detector folder whose slices make the volume (name or relative path, e.g. "
         "'SEM Image' or 'Images/SEM Image'); None = the folder must hold one detector's slices",

@@ -51,6 +51,7 @@ from agent.events import EventStream, JsonLinesSink
 from agent.publish import Publisher
 from agent.store import StoreError, VolumeStore
 from agent.watch import SliceWatcher
+from processing.align import resample_to_pixel_size
 from processing.chain import SliceChain
 from processing.errors import CalibrationError, SliceReadError, SliceShapeError
 from processing.io import SliceImage, read_fei_project_spacing_um, read_slice
@@ -132,6 +133,8 @@ class Agent:
         self._z_source: str | None = None
         self._z_first_um: float | None = None
         self._pixel_reference: tuple[float, float] | None = None  # the first slice's metadata
+        self._frame_pixel_um: tuple[float, float] | None = None  # the pixel size the slices now come at
+        self._resampled_from: dict[int, list[float]] = {}  # slice index -> its own pixel size (um)
         self._first_checked = False
         self._summary_at = (time.monotonic(), 0)
         self._analysis: AnalysisWorker | None = None
@@ -381,12 +384,17 @@ class Agent:
         size = image.pixel_size_um
         reference = self._pixel_reference
         if size is not None and reference is None:
-            self._pixel_reference = reference = tuple(size)
+            self._pixel_reference = reference = self._frame_pixel_um = tuple(size)
         elif size is not None and any(abs(a - b) > _PIXEL_SIZE_TOLERANCE * b for a, b in zip(size, reference)):
-            self._skip(kind="pixel_size", index=image.index, file=image.source,
-                       reason=f"pixel size {size[1] * 1000:.4g} nm ({size[0] * 1000:.4g} x {size[1] * 1000:.4g}) differs "
-                              f"from the volume's {reference[1] * 1000:.4g} nm by more than 1 %: magnification changed?")
-            return None
+            differs = (f"pixel size {size[1] * 1000:.4g} nm ({size[0] * 1000:.4g} x {size[1] * 1000:.4g}) differs "
+                       f"from the volume's {reference[1] * 1000:.4g} nm by more than 1 %: magnification changed?")
+            if self.config.acquisition.on_pixel_size_change == "refuse":
+                self._skip(kind="pixel_size", index=image.index, file=image.source, reason=differs)
+                return None
+            image = self._resample(image, tuple(size), reference, differs)
+        elif size is not None and self._frame_pixel_um not in (None, reference):
+            self._frame_changed(image, tuple(size), f"pixel size back to the volume's {reference[1] * 1000:.4g} nm",
+                                action="none")
         try:
             position = self._z.place(image.index, image.z_um)
         except ValueError as exc:
@@ -399,6 +407,28 @@ class Agent:
             self.events.emit("error", {"kind": "z_step", "message": position.change, "file": image.source,
                                        "index": image.index, "critical": False})
         return dataclasses.replace(image, z_um=position.z_um)
+
+    def _resample(self, image: SliceImage, size, reference, differs: str) -> SliceImage:
+        """The slice scaled about the field's centre onto the volume's pixel size
+        (``acquisition.on_pixel_size_change = "resample"``)."""
+        if self._frame_pixel_um != size:
+            self._frame_changed(image, size, f"{differs} -> resampled onto the volume's pixel size from here on "
+                                f"(the canvas it does not cover is unassigned; acquisition.on_pixel_size_change)",
+                                action="resampled")
+        pixels, _ = resample_to_pixel_size(image.pixels, size, reference)
+        self._resampled_from[image.index] = list(size)
+        return dataclasses.replace(image, pixels=pixels, pixel_size_um=reference)
+
+    def _frame_changed(self, image: SliceImage, size, message: str, *, action: str) -> None:
+        """Slices come at another pixel size from `image` on: said once, and the registration
+        finds the new frame's margins."""
+        self._frame_pixel_um = size
+        message = f"slice {image.index}: {message}"
+        log.warning("%s", message)
+        self.events.emit("error", {"kind": "pixel_size", "message": message, "file": image.source,
+                                   "index": image.index, "action": action, "critical": False})
+        if self._chain is not None:
+            self._chain.frame_changed()
 
     def _restate_z_spacing(self) -> None:
         """The volume's z step follows the true positions of its slices."""
@@ -484,6 +514,8 @@ class Agent:
             "curtain": processed.curtain,
             "z_um": processed.z_um,
         }
+        if processed.index in self._resampled_from:
+            provenance["resampled_from_pixel_size_um"] = self._resampled_from.pop(processed.index)
         try:
             self._store.append(processed.index, processed.grey, processed.labels, provenance)
         except StoreError as exc:

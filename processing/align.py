@@ -229,6 +229,53 @@ def apply_shift(pixels, shift_px, *, fill=0, order=1):
     return aligned, valid
 
 
+def resample_to_pixel_size(pixels, pixel_size_um, reference_um, *, fill=0):
+    """A slice taken at another magnification, resampled onto the pixel size of the run.
+
+    The microscope zooms about the centre of the field, so the slice is scaled about its centre:
+    ``out(y) = pixels(c + (y - c) * reference / pixel_size)`` on the same shape. At a higher
+    magnification (smaller pixels) the slice covers less than the canvas: the rest is `fill`;
+    it is low-pass filtered first so that its noise and edges match the run's coarser pixels.
+
+    Parameters
+    ----------
+    pixels : (Y, X) ndarray
+        The slice as written.
+    pixel_size_um : (dy, dx) float
+        Its pixel size, micrometres.
+    reference_um : (dy, dx) float
+        The run's pixel size (the first slice's), micrometres.
+    fill : scalar, optional
+        Value of the pixels the slice does not cover.
+
+    Returns
+    -------
+    resampled : (Y, X) ndarray, the dtype of `pixels`
+    covered : (Y, X) bool ndarray
+        True where the slice shows something.
+    """
+    pixels = check_slice(pixels)
+    size = np.asarray(_as_pair(pixel_size_um, "pixel_size_um"), dtype=float)
+    reference = np.asarray(_as_pair(reference_um, "reference_um"), dtype=float)
+    if not (np.all(size > 0) and np.all(reference > 0)):
+        raise ValueError(f"pixel sizes must be > 0, got {tuple(size)} and {tuple(reference)}")
+    scale = reference / size  # slice pixels per run pixel
+    image = pixels.astype(np.float32)
+    if np.any(scale > 1):
+        # an area average over the run's pixel: a Gaussian of the width that turns the slice's
+        # pixel into the run's (sigma^2 = (scale^2 - 1) / 12 of a box, in slice pixels)
+        image = ndimage.gaussian_filter(image, np.sqrt(np.maximum(scale**2 - 1, 0) / 12), mode="nearest")
+    centre = (np.asarray(pixels.shape, dtype=float) - 1) / 2
+    out = ndimage.affine_transform(image, scale, offset=centre - centre * scale, order=1, mode="constant",
+                                   cval=np.nan)
+    covered = np.isfinite(out)
+    out[~covered] = fill
+    if np.issubdtype(pixels.dtype, np.integer):
+        info = np.iinfo(pixels.dtype)
+        out = np.clip(np.rint(out), info.min, info.max)
+    return out.astype(pixels.dtype), covered
+
+
 def _bin(image, factor):
     """Mean of ``factor x factor`` blocks (float32; factor 1 returns `image` unconverted);
     trailing rows/columns are dropped."""
@@ -1197,6 +1244,21 @@ class DriftTracker:
             residual_px=residual,
             wander=residual > self.WANDER_PX,
         )
+
+    def reframe(self, raw):
+        """The raw frame changed (a slice resampled from another magnification): its flat margins,
+        left out of every window, are found again on `raw`, a slice of the new frame.
+
+        Parameters
+        ----------
+        raw : (Y, X) ndarray
+            A slice as it now comes, the shape of the first slice.
+        """
+        raw = check_slice(raw)
+        if self._shape is not None:
+            if raw.shape != self._shape:
+                raise SliceShapeError(f"raw: expected the run's shape {self._shape}, got {raw.shape}")
+            self._raw_box = self._find_raw_box(raw)
 
     def skip(self):
         """The estimate of a slice the caller does not register (a blank or charging slice).

@@ -224,6 +224,7 @@ class SliceChain:
         self.phase_check = None
         self._brightness = (1.0, 0.0)  # the previous slice's (gain, offset): guides the next match
         self._held: list[tuple[SliceImage, float]] = []
+        self._reframe = False  # the raw frame changed: the tracker finds the margins again
         self._dtype = None
 
     @classmethod
@@ -303,6 +304,12 @@ class SliceChain:
     def label_delay_slices(self) -> int:
         """Slices aligned but whose labels wait for the following slices (3-D context)."""
         return 0 if self._context is None else self._context.delay_slices
+
+    def frame_changed(self) -> None:
+        """The slices pushed from now on have another raw frame (resampled from another
+        magnification: new margins, a border the slice does not cover): the registration finds
+        the margins again on the next slice it registers."""
+        self._reframe = True
 
     def push(self, image: SliceImage) -> list[ProcessedSlice]:
         """Take the next slice; returns the slices finished by it (none while calibrating).
@@ -490,6 +497,9 @@ class SliceChain:
             # a blank or charging slice would mislead the registration: the last shift, its error
             drift = self.tracker.skip()
         else:
+            if self._reframe:
+                self.tracker.reframe(image.pixels)
+                self._reframe = False
             # the margins are found on the raw slice: the curtain correction stripes them
             drift = self.tracker.update(pixels, raw=image.pixels)
         grey, valid = apply_shift(pixels, drift.shift_px, fill=0)

@@ -13,7 +13,7 @@ import pytest
 from numpy.testing import assert_allclose
 from scipy import ndimage
 
-from processing.align import DriftTracker, _aligned_box, apply_shift, phase_correlate
+from processing.align import DriftTracker, _aligned_box, apply_shift, phase_correlate, resample_to_pixel_size
 from processing.errors import SliceShapeError
 from processing.synthetic import generate_microstructure, render_acquisition, simulate_drift
 
@@ -326,3 +326,24 @@ def test_a_jump_beyond_a_thin_band_is_found_by_the_whole_slice_search(caplog):
     assert "found again" in caplog.text
     assert all(e.reliable for e in est[11:])
     assert np.abs(error).max() < 1.0  # lost, the band would stay about 15 px off
+
+
+@pytest.mark.parametrize("factor", [0.85, 1.2])
+def test_a_slice_at_another_magnification_resampled_onto_the_run_matches_the_run_s_view(factor):
+    """The generator zooms a slice about the field's centre (pixel size x factor, as the microscope
+    does); resampling it back onto the run's pixel size gives the run's view where it is covered,
+    and the rest is marked uncovered (a higher magnification covers less of the canvas)."""
+    from processing.scenarios import _zoom_about_centre
+
+    rng = np.random.default_rng(4)
+    view = ndimage.gaussian_filter(rng.normal(100, 40, (160, 200)), 3.0).astype(np.float32)
+    written = _zoom_about_centre(view, factor, order=3)
+    back, covered = resample_to_pixel_size(written, (0.02 * factor,) * 2, (0.02, 0.02), fill=0)
+    inner = ndimage.binary_erosion(covered, iterations=3)
+    contrast = float(view[inner].std())
+    assert float(np.sqrt(np.mean((back[inner] - view[inner]) ** 2))) < 0.05 * contrast
+    expected = min(factor, 1.0) ** 2  # the share of the canvas the slice covers
+    assert covered.mean() == pytest.approx(expected, abs=0.02)
+    assert np.all(back[~covered] == 0)
+    with pytest.raises(ValueError, match="pixel sizes must be > 0"):
+        resample_to_pixel_size(written, (0.0, 0.02), (0.02, 0.02))

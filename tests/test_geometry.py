@@ -197,20 +197,41 @@ def test_fei_z_is_index_times_zcutspacing(tmp_path):
 # -- pixel size -------------------------------------------------------------------------------
 
 
-def test_a_slice_at_another_magnification_is_refused_and_recorded(tmp_path):
+def test_a_slice_at_another_magnification_is_refused_and_recorded_when_so_configured(tmp_path):
     folder = tmp_path / "project"
     write_fei_project(folder, slice_spacing_um=0.03)
     for index in range(1, 9):
         size = PIXEL_UM * (1.5 if index == 6 else 1.0)
         write_slice(folder / "Images" / "SEM Image", index, texture(index), pixel_size_um=size)
     volume = tmp_path / "v.ome.zarr"
-    _, summary, docs = run_to_end(config_for(folder, volume))
+    _, summary, docs = run_to_end(config_for(folder, volume, acquisition={"on_pixel_size_change": "refuse"}))
     store = VolumeStore.open(volume, read_only=True)
     assert [r["index"] for r in store.slices] == [1, 2, 3, 4, 5, 7, 8] and summary.slices_skipped == 1
     (skipped,) = store.skipped
     assert skipped["index"] == 6 and "pixel size 30 nm" in skipped["reason"] and "20 nm" in skipped["reason"]
     (error,) = [d for d in docs if d["topic"] == "error" and d["kind"] == "pixel_size"]
     assert error["index"] == 6 and "magnification changed" in error["message"]
+    assert store.spacing_um[1:] == (PIXEL_UM, PIXEL_UM)
+
+
+def test_slices_at_another_magnification_are_resampled_onto_the_volume_and_said_once(tmp_path):
+    """By default the slices from a magnification change on are scaled about the field's centre onto
+    the volume's pixel size: none is lost, the change and the return are each one error document,
+    and each resampled slice's provenance keeps its own pixel size."""
+    folder = tmp_path / "project"
+    write_fei_project(folder, slice_spacing_um=0.03)
+    for index in range(1, 11):
+        size = PIXEL_UM * (0.8 if index in (6, 7, 8) else 1.0)
+        write_slice(folder / "Images" / "SEM Image", index, texture(index), pixel_size_um=size)
+    volume = tmp_path / "v.ome.zarr"
+    _, summary, docs = run_to_end(config_for(folder, volume))
+    store = VolumeStore.open(volume, read_only=True)
+    assert [r["index"] for r in store.slices] == list(range(1, 11)) and summary.slices_skipped == 0
+    errors = [d for d in docs if d["topic"] == "error" and d["kind"] == "pixel_size"]
+    assert [(d["index"], d["action"]) for d in errors] == [(6, "resampled"), (9, "none")]
+    assert "16 nm" in errors[0]["message"] and "resampled" in errors[0]["message"]
+    resampled = {r["index"]: r.get("resampled_from_pixel_size_um") for r in store.slices}
+    assert resampled == {i: ([PIXEL_UM * 0.8] * 2 if i in (6, 7, 8) else None) for i in range(1, 11)}
     assert store.spacing_um[1:] == (PIXEL_UM, PIXEL_UM)
 
 
