@@ -16,9 +16,9 @@ Same acquisition as ``bench_acquisitions.py`` only at the same slice count: a sc
 is generated for the whole run and its faults are placed along it, so seed 4 at ``--slices 150``
 is not the first half of seed 4 at 300 (bench_acquisitions' default). At the same count the chain
 here labels exactly what ``revwatch run`` stores (``tests/test_agent_chain.py``): seed 4 at 300
-slices, 105.71 px drift RMS on both paths; seed 7, worst-phase bias +51.98 points on both. One
-exception: after a magnification change (seed 11) the chain here takes every slice (it is given no
-pixel size), where the agent refuses the slices at another pixel size (``skip`` there).
+slices, 105.71 px drift RMS on both paths; seed 7, worst-phase bias +51.98 points on both. After a
+magnification change (seed 11) the slices are resampled onto the first slice's pixel size here as
+the agent does by default (``acquisition.on_pixel_size_change = "resample"``).
 
 Run::
 
@@ -142,6 +142,7 @@ sys.path.insert(0, str(Path(__file__).absolute().parents[2]))
 from bench_acquisitions import compare_slice
 
 from agent.config import Config
+from processing.align import resample_to_pixel_size
 from processing.chain import SliceChain
 from processing.io import SliceImage
 from processing.scenarios import random_scenario, render_scenario
@@ -156,7 +157,12 @@ def run_scenario(seed, n_slices):
                                    smooth_px=config.phases.smooth_px)
     t0 = time.perf_counter()
     out = []
+    sizes = rendered.truth.pixel_size_um
     for i, pixels in enumerate(rendered.slices):
+        if i and sizes[i] != sizes[i - 1]:
+            chain.frame_changed()  # as the agent does at a magnification change
+        if sizes[i] != sizes[0]:
+            pixels, _ = resample_to_pixel_size(pixels, (sizes[i],) * 2, (sizes[0],) * 2)
         out += chain.push(SliceImage(pixels=pixels, index=i + 1, source=f"s{i + 1}", pixel_size_um=None, z_um=None))
     out += chain.flush()
     elapsed = time.perf_counter() - t0
