@@ -111,11 +111,12 @@ from processing.io import SliceImage
 from processing.scenarios import random_scenario, render_scenario
 
 
-def run_scenario(seed, n_slices):
-    """One scenario through the chain; returns a dict of figures."""
+def run_scenario(seed, n_slices, processing=None):
+    """One scenario through the chain (`processing`: keys of the ``[processing]`` section set);
+    returns a dict of figures."""
     scenario = random_scenario(seed, n_slices=n_slices)
     rendered = render_scenario(scenario)
-    config = Config.model_validate({"phases": {"names": list(scenario.phase_names)}})
+    config = Config.model_validate({"phases": {"names": list(scenario.phase_names)}, "processing": processing or {}})
     chain = SliceChain.from_config(config.processing, phases=config.phases.to_phases(),
                                    smooth_px=config.phases.smooth_px)
     t0 = time.perf_counter()
@@ -159,13 +160,16 @@ def main(argv=None):
     parser.add_argument("--seeds", type=int, nargs=2, default=(0, 12), metavar=("FIRST", "STOP"),
                         help="scenario seeds FIRST..STOP-1 (default 0 12)")
     parser.add_argument("--slices", type=int, default=150, help="slices per scenario (default 150)")
+    parser.add_argument("--curtain-reference", choices=("phases", "neighbours"), default=None,
+                        help="processing.curtain_reference (default: the configuration's default)")
     args = parser.parse_args(argv)
+    processing = {} if args.curtain_reference is None else {"curtain_reference": args.curtain_reference}
     logging.basicConfig(level=logging.ERROR)
     print(f"{'seed':>4} {'acc med':>7} {'worst':>6} {'bias':>6}  {'per phase':<24} {'unas':>5} {'held':>4} "
           f"{'flagged':>7} {'f.held':>6} {'recal':>5} {'drift':>5} {'s':>4}  scenario")
     results = []
     for seed in range(*args.seeds):
-        r = run_scenario(seed, args.slices)
+        r = run_scenario(seed, args.slices, processing)
         results.append(r)
         acc = r["accuracy"] if r["accuracy"].size else np.array([np.nan])
         worst_phase = r["bias"][np.argmax(np.abs(r["bias"]))]
