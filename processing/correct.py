@@ -501,6 +501,8 @@ def _stripe_angle(image, levels, max_angle_deg, width_px, fixed=None, valid=None
     crop = image[y0:y0 + _ANGLE_CROP, x0:x0 + _ANGLE_CROP]
     res = _stripe_residual(crop, levels, width_px,
                            None if valid is None else valid[y0:y0 + _ANGLE_CROP, x0:x0 + _ANGLE_CROP])
+    if not np.any(res):
+        return (fixed or 0.0), 1.0  # nothing of the specimen (or nothing but flat) in the crop
     windowed = (res - res.mean()) * (np.hanning(res.shape[0])[:, None] * np.hanning(res.shape[1])[None, :])
     power = np.fft.fftshift(np.abs(np.fft.rfft2(windowed)) ** 2, axes=0)
     ch, cw = res.shape

@@ -403,3 +403,9 @@ def test_levels_are_found_on_the_specimen_without_its_stripes():
         CorrectionModel((1.0, 2.0), curtain_reference="rows")
     with pytest.raises(ValueError, match="one mask per slice"):
         fit_correction(slices, n_phases=4, valid=valid[:1])
+
+
+def test_a_slice_without_specimen_pixels_is_left_as_it_is():
+    image, _ = _four_phase_slice(6, stripes=10.0)
+    out = remove_curtaining(image, angle_deg="auto", valid=np.zeros(image.shape, bool))
+    assert not out.applied and np.array_equal(out.pixels, image) and np.isfinite(out.angle_deg)
