@@ -1275,6 +1275,26 @@ class BrightnessMonitor:
         return SliceQuality("renormalised", reason, **figures), pixels
 
 
+# Pixels of calibration slices on which the number of grey classes is estimated.
+_CLASS_EVIDENCE_PIXELS = 4_000_000
+
+
+def _classes_shown(usable, n_phases):
+    """Number of separable grey classes (2..`n_phases`) of the (slice, valid) pairs `usable`,
+    estimated on slices spread over them (a phase may show in the later ones only)."""
+    from processing.phases import estimate_grey_classes
+
+    k = 1 + int(np.searchsorted(np.cumsum([s.size for s, _ in usable]), _CLASS_EVIDENCE_PIXELS))
+    pick = np.unique(np.linspace(0, len(usable) - 1, min(k, len(usable))).round().astype(int))
+    masks = [usable[i][1] for i in pick]
+    try:
+        estimate = estimate_grey_classes([usable[i][0] for i in pick],
+                                         valid=None if any(m is None for m in masks) else masks)
+    except CalibrationError:
+        return n_phases
+    return int(min(max(estimate.n_classes, 2), n_phases))
+
+
 def fit_correction(slices, *, n_phases=3, brightness=True, curtaining="column", curtain_angle="auto",
                    curtain_max_angle_deg=15.0, curtain_width_px=16.0, curtain_passes=2,
                    curtain_reference="phases", background=None, background_order=2, min_structure=1.3,
@@ -1294,7 +1314,10 @@ def fit_correction(slices, *, n_phases=3, brightness=True, curtaining="column", 
     curtain_reference : {"phases", "neighbours"}, optional
         See :class:`CorrectionModel`; with ``"neighbours"`` the levels are found on the slices'
         `valid` pixels without their stripes (strong curtains widen every phase's mode until a
-        small phase is lost between its neighbours, and a black margin is a mode of its own).
+        small phase is lost between its neighbours, and a black margin is a mode of its own), as
+        many as the separable grey classes they show (:func:`processing.phases.estimate_grey_classes`,
+        2 to `n_phases`): a named phase not in view yet must not make the brightness map split
+        another phase's mode in two.
     background, background_order
         See :class:`CorrectionModel`.
     min_structure : float, optional
@@ -1330,9 +1353,12 @@ def fit_correction(slices, *, n_phases=3, brightness=True, curtaining="column", 
         if curtaining is not None and curtain_reference == "neighbours":
             s = destripe.apply(s, valid=None if valid is None else valid[i]).pixels
         usable.append((s, None if valid is None else valid[i]))
+    n_levels = n_phases
+    if curtain_reference == "neighbours" and usable:
+        n_levels = _classes_shown(usable, n_phases)
     found = []
     for s, inside in usable:
-        levels, _ = find_levels(s, n_phases, valid=inside if curtain_reference == "neighbours" else None)
+        levels, _ = find_levels(s, n_levels, valid=inside if curtain_reference == "neighbours" else None)
         if np.all(np.isfinite(levels)):
             found.append(levels)
     if not found:

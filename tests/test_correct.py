@@ -409,3 +409,15 @@ def test_a_slice_without_specimen_pixels_is_left_as_it_is():
     image, _ = _four_phase_slice(6, stripes=10.0)
     out = remove_curtaining(image, angle_deg="auto", valid=np.zeros(image.shape, bool))
     assert not out.applied and np.array_equal(out.pixels, image) and np.isfinite(out.angle_deg)
+
+
+def test_a_named_phase_not_in_view_gets_no_level_of_its_own():
+    # two grey levels, three names and a black margin: with the margin left out (neighbours
+    # reference), the levels are the two classes shown, not three with one class split in two
+    slices = [_four_phase_slice(seed, stripes=10.0, margin_px=24, levels=(60.0, 60.0, 160.0, 160.0))[0]
+              for seed in (7, 8)]
+    valid = [s > 0 for s in slices]
+    model = fit_correction(slices, n_phases=3, valid=valid, curtain_reference="neighbours")
+    assert len(model.levels) == 2 and np.allclose(model.levels, (60.0, 160.0), atol=8.0)
+    # the phases reference keeps the margin in the histogram: its mode is the third level
+    assert fit_correction(slices, n_phases=3, valid=valid).levels[0] < 20.0
