@@ -88,6 +88,48 @@ complete (3 2/2, 4 6/6, 5 3/3, 6 11/11, 7 1/1, 8 4/4, 12 2/2, 13 6/6). All: 49/5
 slices held 1 -> 1 (seed 13 slice 93, held for its phase-mode misfit 0.51 both times). Accuracy of
 the median slice: 10 74.55 -> 74.50, 11 96.60 -> 96.67 (worst slice 84.49 -> 93.16), 14 68.04 ->
 67.61 (bias -9.30 -> -8.15), 6 94.37 -> 94.34, the others unchanged; median 91.89 % both.
+
+Curtains measured against the row neighbours (wip/fourphase, ``--curtain-reference neighbours``,
+``processing.curtain_reference``; the default "phases" is the code before, unchanged). Where the
+loss of the four-phase seeds comes from (baseline, best ordered per-slice thresholds against the
+truth on the 1 px smoothed slice, slices 20/60/100, ``/work/scratch/fourphase/oracle.py``): the
+stripes are 0.5-0.85 of the smallest level gap; the phase-level residual wraps at half a gap, so
+curtain removal took out 10-15 % of the stripe profile (seed 10: column RMS 19.6 -> 17.0) and the
+levels were found on striped slices, with a black margin's mode among them (seed 10: levels 36,
+110, 160, 209 against 38, 70, 130, 197). Best thresholds on the chain's grey against the same
+rendered without curtains: 10 91-93 / 95-96 %, 14 84-94 / 97-98 %, 9 73-75 / 88-89 %, 13 66-68 /
+76-77 %, 4 88-90 / 95-96 %; seed 5 has no curtains: its phase model is wrong (74.8 % against 87.5 %
+with the best thresholds, 30 slices). Seeds 0-15, 150 slices, this file, load 3-6; before = this
+branch's base b4221a9 (``/work/scratch/fourphase/baseline.log``), after = neighbours
+(``after_neighbours.log``; seeds 4, 5, 9, 10, 13, 14 and 15 again after the level count, same
+figures with the loop in ``/work/scratch/fourphase/quick_nb.py``). Accuracy of the median slice /
+worst-phase bias (points) / good slices held:
+
+====  =======================  =======================  ==============================================
+seed  before                   after (neighbours)       what
+====  =======================  =======================  ==============================================
+10    74.50 / +19.0 / 0        92.55 / +2.3 / 0         stripes, margin mode: levels 43, 86, 127, 198
+14    67.61 / -8.2 / 0         74.15 / +6.3 / 0         stripes removed; registration lost (drift RMS
+                                                        119 px, worst slice 11 %)
+13    48.69 / +27.5 / 0        65.94 / +30.7 / 0        r 7 px, blur 2 px: carbon-binder rims between
+                                                        pore and active (phase model, partial volume)
+9     73.46 / -6.9 / 0         80.40 / -6.6 / 0         tilted 10 deg; shine-through 0.48 in pores
+4     89.25 / -2.9 / 0         91.35 / -3.4 / 0
+5     85.52 / +3.6 / 0         86.36 / +4.8 / 0         no curtains: the phase model (see above)
+0     96.03 / -4.4 / 0         30.12 / +68.0 / 104      REGRESSION: pore not in view at calibration;
+                                                        with the stripes gone, phases.smooth_px "auto"
+                                                        picks 3 px, where a tail of residual stripes
+                                                        under the bright particles is a third class
+                                                        (D 2.0-2.5): active is named pore. With
+                                                        smooth_px 1.0: 99.15 / +1.3, 27 held
+15    96.75 / +4.5 / 0         96.17 / +4.9 / 0         (96.16 / +3.0 / 69 held before the levels
+                                                        were counted from the classes shown)
+7     80.62 / +14.3            81.84 / +14.8
+3     93.23 / +2.1             93.73 / -1.3             worst slice 91.10 -> 81.96
+8     57.94 / +30.6            56.11 / +31.6
+1 2 6 11 12                    within 0.2 point
+====  =======================  =======================  ==============================================
+
 """
 
 from __future__ import annotations
