@@ -119,6 +119,10 @@ class SliceChain:
         Corrections applied before alignment and segmentation.
     curtain_angle : "auto" or float, optional
         Curtain angle from vertical (degrees), "auto" = estimated on every slice.
+    curtain_reference : {"phases", "neighbours"}, optional
+        What the stripes are measured against (:class:`processing.correct.CorrectionModel`);
+        with "neighbours" the valid region of each raw slice (the region mask) is where the
+        curtains are fitted and the phase modes found.
     outlier_z : float, optional
         Robust z-score beyond which a slice's brightness, contrast or evenness is an outlier
         against the recent good slices (:class:`processing.correct.BrightnessMonitor`).
@@ -172,6 +176,7 @@ class SliceChain:
         curtaining_removal: bool = True,
         background_flattening: bool = False,
         curtain_angle="auto",
+        curtain_reference: str = "phases",
         outlier_z: float = 6.0,
         roi=None,
         cap_rows: int = 0,
@@ -195,6 +200,7 @@ class SliceChain:
             "curtaining": "column" if curtaining_removal else None,
             "background": "polynomial" if background_flattening else None,
             "curtain_angle": curtain_angle,
+            "curtain_reference": curtain_reference,
         }
         self.outlier_z = float(outlier_z)
         self.monitor = None if correction is None else BrightnessMonitor(correction.levels, z_limit=self.outlier_z)
@@ -239,6 +245,7 @@ class SliceChain:
             curtaining_removal=config.curtaining_removal,
             background_flattening=config.background_flattening,
             curtain_angle=config.curtain_angle_deg,
+            curtain_reference=config.curtain_reference,
             outlier_z=config.outlier_z,
             roi=None if config.roi == "whole" else config.roi,
             cap_rows=config.cap_rows,
@@ -441,7 +448,7 @@ class SliceChain:
                      "whole slice" if self.roi is None else f"rows {self.roi[0]}-{self.roi[1]}")
             self.tracker = self._new_tracker()
         self.correction = fit_correction(usable, n_phases=len(self.phases.names), min_structure=_MIN_CONTRAST,
-                                         **self.correction_options)
+                                         valid=[self._specimen(u) for u in usable], **self.correction_options)
         self.monitor = BrightnessMonitor(self.correction.levels, z_limit=self.outlier_z)
         log.info("calibrated on %d usable of %d held slices: levels %s", len(usable), len(self._held),
                  ", ".join(f"{v:.1f}" for v in self.correction.levels))
@@ -486,10 +493,16 @@ class SliceChain:
         # A z-invariant band can only be told from the sample over several slices.
         return find_reference_band(slices) if len(slices) >= _MIN_SLICES_FOR_BAND else None
 
+    def _specimen(self, pixels):
+        """The valid region of a raw slice in its own frame (margins, the user's overrides), or
+        None when there is nothing to exclude."""
+        return None if self.region.is_trivial else self.region.valid(pixels)
+
     def _correct_and_align(self, image: SliceImage):
         t0 = time.perf_counter()
-        corrected, quality, pixels, self._brightness = self.correction.apply_checked(image.pixels, self.monitor,
-                                                                                    prior=self._brightness)
+        region = self._specimen(image.pixels)
+        corrected, quality, pixels, self._brightness = self.correction.apply_checked(
+            image.pixels, self.monitor, prior=self._brightness, valid=region)
         if quality.state != "good":
             log.warning("slice %d %s: %s", image.index, quality.state, quality.reason)
         t1 = time.perf_counter()
@@ -504,11 +517,9 @@ class SliceChain:
             drift = self.tracker.update(pixels, raw=image.pixels)
         grey, valid = apply_shift(pixels, drift.shift_px, fill=0)
         t2 = time.perf_counter()
-        if not self.region.is_trivial:
+        if region is not None and not region.all():
             # found and drawn in the slice's own frame, moved with it onto the canvas
-            region = self.region.valid(image.pixels)
-            if not region.all():
-                valid &= apply_shift(region.view(np.uint8), drift.shift_px, fill=0, order=0)[0] > 0
+            valid &= apply_shift(region.view(np.uint8), drift.shift_px, fill=0, order=0)[0] > 0
         valid[: self.cap_rows] = False  # the cap is not sample: unassigned, and out of the calibration
         if self._nonsample_rows is not None:
             valid[self._nonsample_rows[0]:self._nonsample_rows[1]] = False
@@ -555,9 +566,10 @@ class SliceChain:
         if len(estimate.phase_classes) <= before:
             return []
         try:
+            specimen = [self._specimen(pixels) for pixels in raw]
             correction = fit_correction(raw, n_phases=len(self.phases.names), min_structure=_MIN_CONTRAST,
-                                        **self.correction_options)
-            corrected = correction.apply_stack(raw)
+                                        valid=specimen, **self.correction_options)
+            corrected = correction.apply_stack(raw, valid=specimen)
             model, new_check = calibrate_phases([c.pixels for c in corrected], self.phases, valid=valid,
                                                 smooth_px=self.smooth_px)
         except CalibrationError as exc:

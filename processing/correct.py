@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import logging
 from collections import deque
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 
 import numpy as np
 from scipy import ndimage
@@ -64,12 +64,16 @@ _MIN_BAND_STRENGTH = 3.0
 _ANGLE_CROP = 512  # px: central crop whose spectrum gives the stripe angle (about 0.06 degree once refined)
 _MAX_CONTRAST = 20.0  # level gap over binned noise beyond which contrast is not compared
 _BACKGROUND_METHODS = (None, "polynomial")
+_CURTAIN_REFERENCES = ("neighbours", "phases")
 
 
-def _histogram(pixels, step):
-    """Histogram of a subsample in 128 bins between its 0.05 and 99.95 percentiles:
-    (centres, counts), or (None, None) for a flat slice."""
-    sample = np.asarray(pixels[::step, ::step]).ravel()
+def _histogram(pixels, step, valid=None):
+    """Histogram of a subsample (of the `valid` pixels) in 128 bins between its 0.05 and 99.95
+    percentiles: (centres, counts), or (None, None) for a flat slice."""
+    sample = np.asarray(pixels[::step, ::step])
+    sample = sample.ravel() if valid is None else sample[np.asarray(valid, dtype=bool)[::step, ::step]]
+    if sample.size == 0:
+        return None, None
     if sample.dtype in (np.uint8, np.uint16):
         # integer slices: one bincount, percentiles from its cumulative sum (no sort)
         full = np.bincount(sample, minlength=256)
@@ -89,7 +93,7 @@ def _histogram(pixels, step):
     return 0.5 * (edges[:-1] + edges[1:]), counts
 
 
-def find_levels(pixels, n_phases, *, init=None, step=2):
+def find_levels(pixels, n_phases, *, init=None, step=2, valid=None):
     """Grey level of each phase: the means of a Gaussian mixture fitted to the slice's histogram.
 
     Parameters
@@ -103,6 +107,8 @@ def find_levels(pixels, n_phases, *, init=None, step=2):
         brightness); default: the means of the multi-Otsu classes.
     step : int, optional
         Subsampling step of the histogram (pixels).
+    valid : (Y, X) bool ndarray, optional
+        The specimen's pixels (a black margin would make a mode of its own).
 
     Returns
     -------
@@ -115,7 +121,7 @@ def find_levels(pixels, n_phases, *, init=None, step=2):
     if not 2 <= int(n_phases) <= 4:
         raise ValueError(f"n_phases: expected 2 to 4, got {n_phases!r}")
     n_phases = int(n_phases)
-    centres, counts = _histogram(pixels, step)
+    centres, counts = _histogram(pixels, step, _checked_valid(valid, pixels.shape))
     if centres is None:
         return np.full(n_phases, np.nan), np.zeros(n_phases)
     if init is None:
@@ -182,7 +188,7 @@ def _map_with_phases_missing(found, weights, levels, prior):
     return float(gain0), float(offset0), float(np.abs(gain0 * found[ok] + offset0 - levels[ok]).max() / gap)
 
 
-def _fit_brightness(pixels, levels, prior, step):
+def _fit_brightness(pixels, levels, prior, step, valid=None):
     """(gain, offset, misfit, found modes) of a slice; misfit as in :func:`_map_modes`.
 
     The mixture starts from the previous slice's levels; when that fit is poor (a sudden drop
@@ -194,11 +200,11 @@ def _fit_brightness(pixels, levels, prior, step):
     gain0, offset0 = (float(v) for v in prior)
     if not gain0 > 0:
         raise ValueError(f"prior: gain must be > 0, got {prior!r}")
-    found, weights = find_levels(pixels, levels.size, init=(levels - offset0) / gain0, step=step)
+    found, weights = find_levels(pixels, levels.size, init=(levels - offset0) / gain0, step=step, valid=valid)
     fit = _map_modes(found, weights, levels, (gain0, offset0))
     warm = found, weights
     if fit is None or fit[2] > 0.2 or not 0.67 < fit[0] / gain0 < 1.5:
-        cold_found, cold_weights = find_levels(pixels, levels.size, step=step)
+        cold_found, cold_weights = find_levels(pixels, levels.size, step=step, valid=valid)
         cold = _map_modes(cold_found, cold_weights, levels, (gain0, offset0))
         if cold is not None and (fit is None or cold[2] < fit[2]):
             fit, found = cold, cold_found
@@ -282,13 +288,20 @@ def _structure_and_noise(pixels):
     return (spread / max(sigma, 0.3) if spread > 0 else 0.0), sigma
 
 
-def _stripe_residual(image, levels, width_px):
+def _stripe_residual(image, levels, width_px, valid=None):
     """What the stripes are measured on: ``pixel - level of its phase`` (clipped to half the
-    smallest level gap), or without levels the pixels minus their smoothing along x over `width_px`."""
+    smallest level gap), or without levels the pixels minus their smoothing along x over `width_px`
+    (over the `valid` pixels only: a black margin's edge is no stripe); 0 outside `valid`."""
     if levels is not None:
-        return _residual(image, levels, _default_clip(levels))
+        res = _residual(image, levels, _default_clip(levels))
+        return res if valid is None else np.where(valid, res, np.float32(0))
     image = np.asarray(image, dtype=np.float32)
-    return image - ndimage.gaussian_filter1d(image, width_px, axis=1, mode="nearest")
+    if valid is None:
+        return image - ndimage.gaussian_filter1d(image, width_px, axis=1, mode="nearest")
+    inside = np.asarray(valid, dtype=np.float32)
+    smooth = ndimage.gaussian_filter1d(image * inside, width_px, axis=1, mode="nearest")
+    smooth /= np.maximum(ndimage.gaussian_filter1d(inside, width_px, axis=1, mode="nearest"), np.float32(1e-6))
+    return np.where(valid, image - smooth, np.float32(0))
 
 
 class _Shear:
@@ -405,7 +418,7 @@ def _rms(profile, covered):
     return float(np.sqrt(np.mean(profile[covered] ** 2))) if covered.any() else 0.0
 
 
-def stripe_amplitude(pixels, *, levels=None, angle_deg=0.0, width_px=16.0):
+def stripe_amplitude(pixels, *, levels=None, angle_deg=0.0, width_px=16.0, valid=None):
     """Root mean square (grey units) of the stripe profile: the mean along each (sheared) column
     of the residual ``pixels - level of its phase`` (or of the pixels), high-passed along x over
     `width_px`. A figure of merit for curtaining (not a correction), on columns that span at
@@ -420,17 +433,31 @@ def stripe_amplitude(pixels, *, levels=None, angle_deg=0.0, width_px=16.0):
         Stripe angle from vertical (degrees, positive when the stripes lean towards +x going down).
     width_px : float, optional
         Widest stripe counted (px).
+    valid : (Y, X) bool ndarray, optional
+        The specimen's pixels (black margins and the outside of a field left out).
     """
     image = np.asarray(check_slice(pixels), dtype=np.float32)
-    return _profile_rms(_stripe_residual(image, levels, width_px), _Shear(image.shape, angle_deg), width_px)
+    valid = _checked_valid(valid, image.shape)
+    return _profile_rms(_stripe_residual(image, levels, width_px, valid), _Shear(image.shape, angle_deg), width_px,
+                        None if valid is None else valid.astype(np.float32))
 
 
-def _profile_rms(res, shear, width_px):
-    """RMS of the high-passed mean profile of `res` along the columns of `shear` that span at
-    least 90 % of the height."""
-    counts = shear.counts()
+def _checked_valid(valid, shape):
+    """`valid` as a bool array of `shape`, or None."""
+    if valid is None:
+        return None
+    if np.shape(valid) != tuple(shape):
+        raise ValueError(f"valid: expected shape {tuple(shape)}, got {np.shape(valid)}")
+    return np.asarray(valid, dtype=bool)
+
+
+def _profile_rms(res, shear, width_px, weights=None):
+    """RMS of the high-passed mean profile of `res` (0 outside `weights`) along the columns of
+    `shear` that span at least 90 % of the height (of the most covered column, with `weights`)."""
+    counts = shear.counts(weights)
     profile = shear.sum(res) / np.maximum(counts, 1)
-    return _rms(_high_pass(profile, counts, width_px), counts >= 0.9 * res.shape[0])
+    full = res.shape[0] if weights is None else max(float(counts.max()), 1.0)
+    return _rms(_high_pass(profile, counts, width_px), counts >= 0.9 * full)
 
 
 def stripe_angle(pixels, *, levels=None, max_angle_deg=15.0, width_px=16.0):
@@ -463,7 +490,7 @@ def stripe_angle(pixels, *, levels=None, max_angle_deg=15.0, width_px=16.0):
     return _stripe_angle(image, levels, max_angle_deg, width_px)[0]
 
 
-def _stripe_angle(image, levels, max_angle_deg, width_px, fixed=None):
+def _stripe_angle(image, levels, max_angle_deg, width_px, fixed=None, valid=None):
     """(angle, strength) of :func:`stripe_angle`, or the strength of the `fixed` angle; strength =
     the line's whitened spectral power over the median line's within +-max(max_angle_deg, 15)
     degrees (about 1 to 1.5 without stripes)."""
@@ -472,7 +499,10 @@ def _stripe_angle(image, levels, max_angle_deg, width_px, fixed=None):
         return (fixed or 0.0), 1.0
     y0, x0 = max(0, (h - _ANGLE_CROP) // 2), max(0, (w - _ANGLE_CROP) // 2)
     crop = image[y0:y0 + _ANGLE_CROP, x0:x0 + _ANGLE_CROP]
-    res = _stripe_residual(crop, levels, width_px)
+    res = _stripe_residual(crop, levels, width_px,
+                           None if valid is None else valid[y0:y0 + _ANGLE_CROP, x0:x0 + _ANGLE_CROP])
+    if not np.any(res):
+        return (fixed or 0.0), 1.0  # nothing of the specimen (or nothing but flat) in the crop
     windowed = (res - res.mean()) * (np.hanning(res.shape[0])[:, None] * np.hanning(res.shape[1])[None, :])
     power = np.fft.fftshift(np.abs(np.fft.rfft2(windowed)) ** 2, axes=0)
     ch, cw = res.shape
@@ -508,8 +538,8 @@ def _remove_in_bands(image, unchanged, *, levels, angle_deg, width_px, k, band_p
     edges = np.linspace(0, h, n_bands + 1)
     band_of_row = np.minimum(np.searchsorted(edges, np.arange(h), side="right") - 1, n_bands - 1)
     shear = _Shear(image.shape, angle_deg).banded(band_of_row, n_bands)
-    res = _stripe_residual(image, levels, width_px)
-    weights = None if valid is None else np.asarray(valid, dtype=np.float32)
+    res = _stripe_residual(image, levels, width_px, valid)
+    weights = None if valid is None else valid.astype(np.float32)
     hp = []
     for parity in (0, 1):
         rows = slice(parity, None, 2)
@@ -538,9 +568,9 @@ def _remove_in_bands(image, unchanged, *, levels, angle_deg, width_px, k, band_p
     n = plain.n
     below, above = flat[(upper - 1)[:, None] * n + columns], flat[upper[:, None] * n + columns]
     stripes = (1 - t)[:, None] * below + t[:, None] * above
-    out = image - stripes
+    out = _subtract_inside(image, stripes, valid)
     before = unchanged["amplitude_before"]
-    after = stripe_amplitude(out, levels=levels, angle_deg=angle_deg, width_px=width_px)
+    after = stripe_amplitude(out, levels=levels, angle_deg=angle_deg, width_px=width_px, valid=valid)
     if not after < before:
         return CurtainCorrection(**unchanged, reason=f"stripe amplitude would rise ({before:.2f} -> {after:.2f})")
     return CurtainCorrection(**{**unchanged, "pixels": out, "applied": True, "amplitude_after": after})
@@ -620,7 +650,9 @@ def remove_curtaining(pixels, *, levels=None, angle_deg=0.0, max_angle_deg=15.0,
         The held-out reduction the band profiles need (adjacent rows share structure, not only
         stripes, so the bar is higher).
     valid : (Y, X) bool ndarray, optional
-        Pixels used for the profile.
+        The specimen's pixels: the profile is fitted and the amplitude measured on them, and the
+        stripes subtracted from them only (a black margin or the outside of a field stays as it
+        is, and its edge is not taken for a stripe).
 
     Returns
     -------
@@ -633,26 +665,27 @@ def remove_curtaining(pixels, *, levels=None, angle_deg=0.0, max_angle_deg=15.0,
         raise ValueError(f"width_px: expected >= 2 px, got {width_px!r}")
     if not 0 <= min_reduction < 1:
         raise ValueError(f"min_reduction: expected 0 <= value < 1, got {min_reduction!r}")
-    if valid is not None and np.shape(valid) != image.shape:
-        raise ValueError(f"valid: expected shape {image.shape}, got {np.shape(valid)}")
+    valid = _checked_valid(valid, image.shape)
     strength = None
     if angle_deg == "auto":
-        angle_deg, strength = _stripe_angle(image, levels, max_angle_deg, width_px)
+        angle_deg, strength = _stripe_angle(image, levels, max_angle_deg, width_px, valid=valid)
     elif not (isinstance(angle_deg, (int, float, np.floating)) and abs(angle_deg) <= 45):
         raise ValueError(f"angle_deg: expected 'auto' or degrees within +-45, got {angle_deg!r}")
     angle_deg = float(angle_deg)
     h, w = image.shape
-    before = stripe_amplitude(image, levels=levels, angle_deg=angle_deg, width_px=width_px)
+    before = stripe_amplitude(image, levels=levels, angle_deg=angle_deg, width_px=width_px, valid=valid)
     unchanged = dict(pixels=image, applied=False, angle_deg=angle_deg, amplitude_before=before,
                      amplitude_after=before)
     # Huber scale: a few noise sigmas, floored for noise-free images
-    span = float(np.ptp(levels)) if levels is not None and len(levels) > 1 else float(np.ptp(image)) or 1.0
+    span = (float(np.ptp(levels)) if levels is not None and len(levels) > 1
+            else float(np.ptp(image if valid is None or not valid.any() else image[valid])) or 1.0)
     k = max(2.5 * _noise_sigma(image), 0.005 * span)
     step = max(1, h // 512)  # stripes are constant along y: 512 rows estimate them well enough
     rows = np.arange(0, h, step)
     shear = _Shear(image.shape, angle_deg, rows)
-    weights = None if valid is None else np.asarray(valid, dtype=bool)[rows]
-    res = _stripe_residual(image[rows], levels, width_px)
+    row_valid = None if valid is None else valid[rows]
+    weights = None if valid is None else row_valid.astype(np.float32)
+    res = _stripe_residual(image[rows], levels, width_px, row_valid)
 
     # Held-out test: halves fitted separately, each checked against the other's profile.
     half = rows.size // 2
@@ -669,7 +702,7 @@ def remove_curtaining(pixels, *, levels=None, angle_deg=0.0, max_angle_deg=15.0,
         if band_px is None or h < 2 * band_px:
             return CurtainCorrection(**unchanged, reason="no stripes shared by the top and bottom halves")
         if strength is None:
-            strength = _stripe_angle(image, levels, max_angle_deg, width_px, fixed=angle_deg)[1]
+            strength = _stripe_angle(image, levels, max_angle_deg, width_px, fixed=angle_deg, valid=valid)[1]
         if strength < _MIN_BAND_STRENGTH:
             return CurtainCorrection(**unchanged, reason=f"no stripes shared by the top and bottom halves, and no "
                                                          f"dominant stripe direction (strength {strength:.2f})")
@@ -680,16 +713,22 @@ def remove_curtaining(pixels, *, levels=None, angle_deg=0.0, max_angle_deg=15.0,
     slope = np.zeros(shear.n)
     for p in range(passes):
         if p:
-            res = _stripe_residual(image[rows] - shear.gather(offset) - shear.gather(slope) * shear.y, levels, width_px)
+            res = _stripe_residual(image[rows] - shear.gather(offset) - shear.gather(slope) * shear.y, levels,
+                                   width_px, row_valid)
         off, slo, cnt = _fit_profiles(res, shear, k=k, fade=fade, weights=weights)
         offset += _high_pass(off, cnt, width_px)
         slope += _high_pass(slo, cnt, width_px)
     full = shear if step == 1 else _Shear(image.shape, angle_deg)
-    out = image - full.gather(offset) - full.gather(slope) * full.y
-    after = stripe_amplitude(out, levels=levels, angle_deg=angle_deg, width_px=width_px)
+    out = _subtract_inside(image, full.gather(offset) + full.gather(slope) * full.y, valid)
+    after = stripe_amplitude(out, levels=levels, angle_deg=angle_deg, width_px=width_px, valid=valid)
     if not after < before:
         return CurtainCorrection(**unchanged, reason=f"stripe amplitude would rise ({before:.2f} -> {after:.2f})")
     return CurtainCorrection(out, True, angle_deg, before, after, held_before, held_after)
+
+
+def _subtract_inside(image, stripes, valid):
+    """`image` minus `stripes` on the `valid` pixels (None: all); the others keep their grey."""
+    return image - stripes if valid is None else np.where(valid, image - stripes, image).astype(np.float32)
 
 
 def flatten_background(pixels, *, levels=None, order=2, step=8):
@@ -840,8 +879,17 @@ class CorrectionModel:
     brightness : bool
         Match each slice's phase modes to `levels`.
     curtaining : {"column", None}
-        Curtaining removal: robust within-phase stripe profiles along the stripe angle, applied
-        only where they reduce the stripes (see :func:`remove_curtaining`).
+        Curtaining removal: robust stripe profiles along the stripe angle, applied only where
+        they reduce the stripes (see :func:`remove_curtaining`).
+    curtain_reference : {"neighbours", "phases"}
+        What the stripes are measured against. ``"phases"``: each pixel against the level of its
+        phase, after the brightness map; stripes stronger than half the smallest level gap push
+        pixels into the neighbouring phase and are underestimated, and the levels are found on
+        the striped slices (measured on the four-phase scenarios of ``bench_label_chain.py``:
+        30-40 % of the stripe profile removed). ``"neighbours"``: first against each pixel's
+        neighbours along the row (no phase level needed), on the raw slice before its phase modes
+        are found, then what is left against the phases (60-75 %); the row neighbours alone leave
+        the stripes that structure finer than `curtain_width_px` hides.
     curtain_angle : "auto" or float
         Stripe angle from vertical (degrees); "auto" estimates it on every slice within
         +-`curtain_max_angle_deg`.
@@ -864,6 +912,7 @@ class CorrectionModel:
     curtain_max_angle_deg: float = 15.0
     curtain_width_px: float = 16.0
     curtain_passes: int = 2
+    curtain_reference: str = "phases"
     background: str | None = None
     background_order: int = 2
 
@@ -873,13 +922,15 @@ class CorrectionModel:
             raise ValueError(f"levels: expected >= 2 increasing grey levels, got {self.levels!r}")
         if self.curtaining not in _CURTAIN_METHODS:
             raise ValueError(f"curtaining: expected one of {_CURTAIN_METHODS}, got {self.curtaining!r}")
+        if self.curtain_reference not in _CURTAIN_REFERENCES:
+            raise ValueError(f"curtain_reference: expected one of {_CURTAIN_REFERENCES}, got {self.curtain_reference!r}")
         if self.background not in _BACKGROUND_METHODS:
             raise ValueError(f"background: expected one of {_BACKGROUND_METHODS}, got {self.background!r}")
         if self.curtain_angle != "auto" and not (isinstance(self.curtain_angle, (int, float))
                                                   and abs(self.curtain_angle) <= 45):
             raise ValueError(f"curtain_angle: expected 'auto' or degrees within +-45, got {self.curtain_angle!r}")
 
-    def apply(self, pixels, *, prior=(1.0, 0.0)):
+    def apply(self, pixels, *, prior=(1.0, 0.0), valid=None):
         """Correct one raw slice.
 
         Parameters
@@ -889,14 +940,28 @@ class CorrectionModel:
         prior : (gain, offset), optional
             A recent good slice's brightness map (:attr:`CorrectedSlice.gain`, ``.offset``); it
             guides the search of the phase modes.
+        valid : (Y, X) bool ndarray, optional
+            The specimen's pixels (without black margins or the outside of a field), used with
+            ``curtain_reference="neighbours"``: the phase modes are found and the curtains fitted
+            and removed there only (a black margin makes a grey mode of its own, which would be
+            taken for a phase). Ignored with ``"phases"`` (the behaviour before it existed: with
+            a named phase not in view yet, a margin's mode has stood in for it).
 
         Returns
         -------
         CorrectedSlice
+            With ``curtain_reference="neighbours"`` the curtain amplitudes are in the raw
+            slice's grey units (the stripes are removed before the brightness map).
         """
         pixels = check_slice(pixels)
+        coarse = None
+        destriped = pixels
+        if self.curtaining is not None and self.curtain_reference == "neighbours":
+            coarse = self._remove_curtaining(pixels, None, valid, self.curtain_angle)
+            destriped = coarse.pixels
         if self.brightness:
-            gain, offset, misfit, _ = _fit_brightness(pixels, self.levels, prior, 2)
+            gain, offset, misfit, _ = _fit_brightness(destriped, self.levels, prior, 2,
+                                                      valid if coarse is not None else None)
         else:
             gain, offset, misfit = 1.0, 0.0, 0.0
         structure, sigma = _structure_and_noise(pixels)
@@ -904,21 +969,32 @@ class CorrectionModel:
         # capped: beyond it the phases are perfectly separable, and noise-free slices would turn
         # quantisation noise into large contrast swings
         contrast = min(float(np.min(np.diff(self.levels)) / (gain * max(sigma, 0.3))), _MAX_CONTRAST)
-        image = pixels.astype(np.float32)
+        image = destriped.astype(np.float32)  # a copy, also of the destriped slice
         image *= np.float32(gain)
         image += np.float32(offset)
         if self.background is not None:
             image = flatten_background(image, levels=self.levels, order=self.background_order)
         curtain = None
         if self.curtaining is not None:
-            curtain = remove_curtaining(image, levels=self.levels, angle_deg=self.curtain_angle,
-                                        max_angle_deg=self.curtain_max_angle_deg, width_px=self.curtain_width_px,
-                                        passes=self.curtain_passes)
+            # what is left (or all of it, with the phases as reference) against the phase levels
+            angle = coarse.angle_deg if coarse is not None and coarse.applied else self.curtain_angle
+            curtain = self._remove_curtaining(image, self.levels, valid if coarse is not None else None, angle)
+            if coarse is not None and coarse.applied:
+                # the figures of both steps: the stripes of the mapped raw slice before
+                mapped = pixels.astype(np.float32) * np.float32(gain) + np.float32(offset)
+                before = stripe_amplitude(mapped, levels=self.levels, angle_deg=curtain.angle_deg,
+                                          width_px=self.curtain_width_px, valid=valid)
+                curtain = replace(curtain, applied=True, amplitude_before=before, reason="")
             image = curtain.pixels
         return CorrectedSlice(image, float(gain), float(offset), float(misfit), contrast, structure, curtain,
                               percentiles)
 
-    def apply_stack(self, slices, *, prior=(1.0, 0.0)):
+    def _remove_curtaining(self, pixels, levels, valid, angle):
+        return remove_curtaining(pixels, levels=levels, angle_deg=angle,
+                                 max_angle_deg=self.curtain_max_angle_deg, width_px=self.curtain_width_px,
+                                 passes=self.curtain_passes, valid=valid)
+
+    def apply_stack(self, slices, *, prior=(1.0, 0.0), valid=None):
         """Correct slices in order, each one's brightness map guiding the next.
 
         Parameters
@@ -926,18 +1002,20 @@ class CorrectionModel:
         slices : iterable of (Y, X) ndarray
         prior : (gain, offset), optional
             Brightness map before the first slice.
+        valid : sequence of (Y, X) bool ndarray, optional
+            The specimen's pixels of each slice (see :meth:`apply`).
 
         Returns
         -------
         list of CorrectedSlice
         """
         out = []
-        for pixels in slices:
-            out.append(self.apply(pixels, prior=prior))
+        for i, pixels in enumerate(slices):
+            out.append(self.apply(pixels, prior=prior, valid=None if valid is None else valid[i]))
             prior = (out[-1].gain, out[-1].offset)
         return out
 
-    def apply_checked(self, pixels, monitor, *, prior=(1.0, 0.0)):
+    def apply_checked(self, pixels, monitor, *, prior=(1.0, 0.0), valid=None):
         """Correct one slice and check it, as the slice chain does.
 
         Parameters
@@ -948,6 +1026,8 @@ class CorrectionModel:
             Checks the corrected slice (it keeps its own running reference).
         prior : (gain, offset), optional
             The brightness map that guides this slice (the last good slice's).
+        valid : (Y, X) bool ndarray, optional
+            The specimen's pixels (see :meth:`apply`).
 
         Returns
         -------
@@ -959,7 +1039,7 @@ class CorrectionModel:
             The map for the next slice: this one's when it is good (an outlier does not guide
             the next slice), else `prior` unchanged.
         """
-        corrected = self.apply(pixels, prior=prior)
+        corrected = self.apply(pixels, prior=prior, valid=valid)
         quality, checked = monitor.check(corrected)
         if quality.state == "good":
             prior = (corrected.gain, corrected.offset)
@@ -1204,9 +1284,30 @@ class BrightnessMonitor:
         return SliceQuality("renormalised", reason, **figures), pixels
 
 
+# Pixels of calibration slices on which the number of grey classes is estimated.
+_CLASS_EVIDENCE_PIXELS = 4_000_000
+
+
+def _classes_shown(usable, n_phases):
+    """Number of separable grey classes (2..`n_phases`) of the (slice, valid) pairs `usable`,
+    estimated on slices spread over them (a phase may show in the later ones only)."""
+    from processing.phases import estimate_grey_classes
+
+    k = 1 + int(np.searchsorted(np.cumsum([s.size for s, _ in usable]), _CLASS_EVIDENCE_PIXELS))
+    pick = np.unique(np.linspace(0, len(usable) - 1, min(k, len(usable))).round().astype(int))
+    masks = [usable[i][1] for i in pick]
+    try:
+        estimate = estimate_grey_classes([usable[i][0] for i in pick],
+                                         valid=None if any(m is None for m in masks) else masks)
+    except CalibrationError:
+        return n_phases
+    return int(min(max(estimate.n_classes, 2), n_phases))
+
+
 def fit_correction(slices, *, n_phases=3, brightness=True, curtaining="column", curtain_angle="auto",
-                   curtain_max_angle_deg=15.0, curtain_width_px=16.0, curtain_passes=2, background=None,
-                   background_order=2, min_structure=1.3):
+                   curtain_max_angle_deg=15.0, curtain_width_px=16.0, curtain_passes=2,
+                   curtain_reference="phases", background=None, background_order=2, min_structure=1.3,
+                   valid=None):
     """Calibrate the corrections on the first slices of a run.
 
     Parameters
@@ -1219,10 +1320,20 @@ def fit_correction(slices, *, n_phases=3, brightness=True, curtaining="column", 
         Number of phases (2 to 4).
     brightness, curtaining, curtain_angle, curtain_max_angle_deg, curtain_width_px, curtain_passes
         See :class:`CorrectionModel`.
+    curtain_reference : {"phases", "neighbours"}, optional
+        See :class:`CorrectionModel`; with ``"neighbours"`` the levels are found on the slices'
+        `valid` pixels without their stripes (strong curtains widen every phase's mode until a
+        small phase is lost between its neighbours, and a black margin is a mode of its own), as
+        many as the separable grey classes they show (:func:`processing.phases.estimate_grey_classes`,
+        2 to `n_phases`): a named phase not in view yet must not make the brightness map split
+        another phase's mode in two.
     background, background_order
         See :class:`CorrectionModel`.
     min_structure : float, optional
         Smallest :func:`slice_structure` of a usable slice.
+    valid : sequence of (Y, X) bool ndarray, optional
+        The specimen's pixels of each slice (see :meth:`CorrectionModel.apply`; used with
+        ``curtain_reference="neighbours"``).
 
     Returns
     -------
@@ -1236,12 +1347,28 @@ def fit_correction(slices, *, n_phases=3, brightness=True, curtaining="column", 
     slices = [np.asarray(s) for s in (slices if not isinstance(slices, np.ndarray) or slices.ndim == 3 else [slices])]
     if not slices:
         raise CalibrationError("fit_correction: no slices given")
-    found, structure = [], []
+    if valid is not None and len(valid) != len(slices):
+        raise ValueError(f"valid: expected one mask per slice ({len(slices)}), got {len(valid)}")
+    # levels stay at 0..1: nothing is mapped, only the stripes removed
+    destripe = CorrectionModel((0.0, 1.0), brightness=False, curtaining=curtaining, curtain_angle=curtain_angle,
+                               curtain_max_angle_deg=curtain_max_angle_deg, curtain_width_px=curtain_width_px,
+                               curtain_passes=curtain_passes, curtain_reference=curtain_reference)
+    usable, structure = [], []
     for i, s in enumerate(slices):
         check_slice(s, f"slices[{i}]")
         structure.append(slice_structure(s))
-        levels, _ = find_levels(s, n_phases)
-        if structure[-1] >= min_structure and np.all(np.isfinite(levels)):
+        if structure[-1] < min_structure:
+            continue
+        if curtaining is not None and curtain_reference == "neighbours":
+            s = destripe.apply(s, valid=None if valid is None else valid[i]).pixels
+        usable.append((s, None if valid is None else valid[i]))
+    n_levels = n_phases
+    if curtain_reference == "neighbours" and usable:
+        n_levels = _classes_shown(usable, n_phases)
+    found = []
+    for s, inside in usable:
+        levels, _ = find_levels(s, n_levels, valid=inside if curtain_reference == "neighbours" else None)
+        if np.all(np.isfinite(levels)):
             found.append(levels)
     if not found:
         raise CalibrationError(
@@ -1253,4 +1380,5 @@ def fit_correction(slices, *, n_phases=3, brightness=True, curtaining="column", 
         raise CalibrationError(f"fit_correction: phase levels are not distinct: {levels.tolist()}")
     return CorrectionModel(tuple(levels), brightness=brightness, curtaining=curtaining, curtain_angle=curtain_angle,
                            curtain_max_angle_deg=curtain_max_angle_deg, curtain_width_px=curtain_width_px,
-                           curtain_passes=curtain_passes, background=background, background_order=background_order)
+                           curtain_passes=curtain_passes, curtain_reference=curtain_reference, background=background,
+                           background_order=background_order)

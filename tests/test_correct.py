@@ -328,3 +328,96 @@ def test_a_halved_gain_is_flagged_among_four_phases_with_an_unsteady_gain(seed):
     assert not held, [(i, quality[i].reason) for i in held]
     # a failed slice is never more confident than a good one: the drops' histogram shift is the largest
     assert min(quality[k].shift for k in drops) > max(q.shift for i, q in enumerate(quality) if i not in drops)
+
+
+def _four_phase_slice(seed, *, stripes, margin_px=0, size=256, levels=(40.0, 80.0, 140.0, 200.0), noise=4.0):
+    """A four-phase slice (blobs of a smooth random field cut at its quartiles, blurred 1 px), with
+    vertical stripes of `stripes` grey levels RMS (white noise smoothed over 2 px along x, the
+    generator's curtains) and a black margin of `margin_px` columns on the left. Returns the slice
+    and what a removal of the stripes up to 16 px wide should leave: the slice without noise and
+    with the stripes' part wider than that."""
+    rng = np.random.default_rng(seed)
+    field = ndimage.gaussian_filter(rng.standard_normal((size, size)), 12.0)
+    labels = np.searchsorted(np.quantile(field, [0.25, 0.5, 0.75]), field)
+    clean = ndimage.gaussian_filter(np.asarray(levels)[labels], 1.0)
+    profile = ndimage.gaussian_filter1d(rng.standard_normal(size), 2.0, mode="wrap")
+    profile *= stripes / profile.std()
+    image = clean + profile[None, :] + rng.normal(0.0, noise, (size, size))
+    target = clean + ndimage.gaussian_filter1d(profile, 16.0, mode="wrap")[None, :]
+    image[:, :margin_px] = 0.0
+    target[:, :margin_px] = 0.0
+    return image.astype(np.float32), target
+
+
+def _left_over(out, target, valid):
+    """RMS over the columns of the column mean of `out - target` inside `valid` (the stripes left)."""
+    diff = np.where(valid, out - target, 0.0)
+    columns = valid.any(axis=0)
+    return float(np.sqrt(np.mean((diff.sum(axis=0)[columns] / valid.sum(axis=0)[columns]) ** 2)))
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_stripes_stronger_than_half_a_level_gap_are_removed(seed):
+    # stripes of 25 grey levels RMS between levels 40 apart push pixels into the neighbouring
+    # phase: measured against each pixel's neighbours along the row they are still found
+    image, target = _four_phase_slice(seed, stripes=25.0)
+    valid = np.ones(image.shape, bool)
+    before = _left_over(image, target, valid)
+    rows = remove_curtaining(image, angle_deg=0.0)
+    phases = remove_curtaining(image, levels=(40.0, 80.0, 140.0, 200.0), angle_deg=0.0)
+    assert rows.applied and _left_over(rows.pixels, target, valid) < 0.6 * before
+    # against the true levels, the phases' residual wraps at half a gap and keeps most of them
+    assert _left_over(phases.pixels, target, valid) > 0.8 * before
+
+
+def test_black_margins_are_left_as_they_are_and_not_taken_for_stripes():
+    image, target = _four_phase_slice(5, stripes=10.0, margin_px=24)
+    valid = image > 0
+    out = remove_curtaining(image, angle_deg="auto", valid=valid)
+    assert out.applied and abs(out.angle_deg) < 1.0
+    assert np.array_equal(out.pixels[~valid], image[~valid])
+    assert _left_over(out.pixels, target, valid) < 0.6 * _left_over(image, target, valid)
+    # the margin's edge is no stripe of the amplitude measured on the specimen (it is on the whole slice)
+    without = target.astype(np.float32)
+    assert stripe_amplitude(without, valid=valid) < 0.5 * stripe_amplitude(image, valid=valid)
+    assert stripe_amplitude(without) > 3 * stripe_amplitude(without, valid=valid)
+
+
+def test_levels_are_found_on_the_specimen_without_its_stripes():
+    # a black margin is a grey mode of its own, and strong stripes widen every phase's mode until
+    # a phase is lost between its neighbours: with the specimen's pixels and the stripes removed
+    # first, the four levels are found
+    truth = np.array([40.0, 80.0, 140.0, 200.0])
+    slices = [_four_phase_slice(seed, stripes=25.0, margin_px=24)[0] for seed in (3, 4)]
+    valid = [s > 0 for s in slices]
+    model = fit_correction(slices, n_phases=4, brightness=False, valid=valid, curtain_reference="neighbours")
+    # (the equal-sigma mixture of blurred, noisy phases pulls the outer levels inwards by a few levels)
+    assert np.abs(np.array(model.levels) - truth).max() < 15.0
+    out = model.apply(slices[0], valid=valid[0])
+    assert out.curtain.applied and np.array_equal(out.pixels[~valid[0]], slices[0][~valid[0]])
+    # against the phases' levels after the brightness map, on the whole slice (the default): the
+    # margin's mode drags the darkest level towards 0
+    older = fit_correction(slices, n_phases=4, brightness=False, valid=valid)
+    assert older.levels[0] < truth[0] - 15.0
+    with pytest.raises(ValueError, match="curtain_reference"):
+        CorrectionModel((1.0, 2.0), curtain_reference="rows")
+    with pytest.raises(ValueError, match="one mask per slice"):
+        fit_correction(slices, n_phases=4, valid=valid[:1])
+
+
+def test_a_slice_without_specimen_pixels_is_left_as_it_is():
+    image, _ = _four_phase_slice(6, stripes=10.0)
+    out = remove_curtaining(image, angle_deg="auto", valid=np.zeros(image.shape, bool))
+    assert not out.applied and np.array_equal(out.pixels, image) and np.isfinite(out.angle_deg)
+
+
+def test_a_named_phase_not_in_view_gets_no_level_of_its_own():
+    # two grey levels, three names and a black margin: with the margin left out (neighbours
+    # reference), the levels are the two classes shown, not three with one class split in two
+    slices = [_four_phase_slice(seed, stripes=10.0, margin_px=24, levels=(60.0, 60.0, 160.0, 160.0))[0]
+              for seed in (7, 8)]
+    valid = [s > 0 for s in slices]
+    model = fit_correction(slices, n_phases=3, valid=valid, curtain_reference="neighbours")
+    assert len(model.levels) == 2 and np.allclose(model.levels, (60.0, 160.0), atol=8.0)
+    # the phases reference keeps the margin in the histogram: its mode is the third level
+    assert fit_correction(slices, n_phases=3, valid=valid).levels[0] < 20.0

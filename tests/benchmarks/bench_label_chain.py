@@ -124,6 +124,48 @@ chain's output compared with the truth at each slice's best offset; no code chan
   (54 rows, fiducial) is not found and is labelled active.
 - seed 15: pore -4.5 points: 44 % of the pore pixels at 1 px from a pore edge, 33 % at 2 px go
   to active (blur 1.9 px, voids, pore 13 % against active 49 %: the Bayes shift toward the pore).
+
+Curtains measured against the row neighbours (wip/fourphase, ``--curtain-reference neighbours``,
+``processing.curtain_reference``; the default "phases" is the code before, unchanged). Where the
+loss of the four-phase seeds comes from (baseline, best ordered per-slice thresholds against the
+truth on the 1 px smoothed slice, slices 20/60/100, ``/work/scratch/fourphase/oracle.py``): the
+stripes are 0.5-0.85 of the smallest level gap; the phase-level residual wraps at half a gap, so
+curtain removal took out 10-15 % of the stripe profile (seed 10: column RMS 19.6 -> 17.0) and the
+levels were found on striped slices, with a black margin's mode among them (seed 10: levels 36,
+110, 160, 209 against 38, 70, 130, 197). Best thresholds on the chain's grey against the same
+rendered without curtains: 10 91-93 / 95-96 %, 14 84-94 / 97-98 %, 9 73-75 / 88-89 %, 13 66-68 /
+76-77 %, 4 88-90 / 95-96 %; seed 5 has no curtains: its phase model is wrong (74.8 % against 87.5 %
+with the best thresholds, 30 slices). Seeds 0-15, 150 slices, this file, load 3-6; before = this
+branch's base b4221a9 (``/work/scratch/fourphase/baseline.log``), after = neighbours
+(``after_neighbours.log``; seeds 4, 5, 9, 10, 13, 14 and 15 again after the level count, same
+figures with the loop in ``/work/scratch/fourphase/quick_nb.py``). Accuracy of the median slice /
+worst-phase bias (points) / good slices held:
+
+====  =======================  =======================  ==============================================
+seed  before                   after (neighbours)       what
+====  =======================  =======================  ==============================================
+10    74.50 / +19.0 / 0        92.55 / +2.3 / 0         stripes, margin mode: levels 43, 86, 127, 198
+14    67.61 / -8.2 / 0         74.15 / +6.3 / 0         stripes removed; registration lost (drift RMS
+                                                        119 px, worst slice 11 %)
+13    48.69 / +27.5 / 0        65.94 / +30.7 / 0        r 7 px, blur 2 px: carbon-binder rims between
+                                                        pore and active (phase model, partial volume)
+9     73.46 / -6.9 / 0         80.40 / -6.6 / 0         tilted 10 deg; shine-through 0.48 in pores
+4     89.25 / -2.9 / 0         91.35 / -3.4 / 0
+5     85.52 / +3.6 / 0         86.36 / +4.8 / 0         no curtains: the phase model (see above)
+0     96.03 / -4.4 / 0         30.12 / +68.0 / 104      REGRESSION: pore not in view at calibration;
+                                                        with the stripes gone, phases.smooth_px "auto"
+                                                        picks 3 px, where a tail of residual stripes
+                                                        under the bright particles is a third class
+                                                        (D 2.0-2.5): active is named pore. With
+                                                        smooth_px 1.0: 99.15 / +1.3, 27 held
+15    96.75 / +4.5 / 0         96.17 / +4.9 / 0         (96.16 / +3.0 / 69 held before the levels
+                                                        were counted from the classes shown)
+7     80.62 / +14.3            81.84 / +14.8
+3     93.23 / +2.1             93.73 / -1.3             worst slice 91.10 -> 81.96
+8     57.94 / +30.6            56.11 / +31.6
+1 2 6 11 12                    within 0.2 point
+====  =======================  =======================  ==============================================
+
 """
 
 from __future__ import annotations
@@ -148,11 +190,12 @@ from processing.io import SliceImage
 from processing.scenarios import random_scenario, render_scenario
 
 
-def run_scenario(seed, n_slices):
-    """One scenario through the chain; returns a dict of figures."""
+def run_scenario(seed, n_slices, processing=None):
+    """One scenario through the chain (`processing`: keys of the ``[processing]`` section set);
+    returns a dict of figures."""
     scenario = random_scenario(seed, n_slices=n_slices)
     rendered = render_scenario(scenario)
-    config = Config.model_validate({"phases": {"names": list(scenario.phase_names)}})
+    config = Config.model_validate({"phases": {"names": list(scenario.phase_names)}, "processing": processing or {}})
     chain = SliceChain.from_config(config.processing, phases=config.phases.to_phases(),
                                    smooth_px=config.phases.smooth_px)
     t0 = time.perf_counter()
@@ -203,13 +246,16 @@ def main(argv=None):
     parser.add_argument("--seeds", type=int, nargs=2, default=(0, 12), metavar=("FIRST", "STOP"),
                         help="scenario seeds FIRST..STOP-1 (default 0 12)")
     parser.add_argument("--slices", type=int, default=150, help="slices per scenario (default 150)")
+    parser.add_argument("--curtain-reference", choices=("phases", "neighbours"), default=None,
+                        help="processing.curtain_reference (default: the configuration's default)")
     args = parser.parse_args(argv)
+    processing = {} if args.curtain_reference is None else {"curtain_reference": args.curtain_reference}
     logging.basicConfig(level=logging.ERROR)
     print(f"{'seed':>4} {'acc med':>7} {'worst':>6} {'pooled':>6} {'bias':>6}  {'per phase':<24} {'unas':>5} {'pooled':>6} {'held':>4} "
           f"{'flagged':>7} {'f.held':>6} {'recal':>5} {'drift':>5} {'s':>4}  scenario")
     results = []
     for seed in range(*args.seeds):
-        r = run_scenario(seed, args.slices)
+        r = run_scenario(seed, args.slices, processing)
         results.append(r)
         acc = r["accuracy"] if r["accuracy"].size else np.array([np.nan])
         worst_phase = r["bias"][np.argmax(np.abs(r["bias"]))]
