@@ -1146,8 +1146,11 @@ class DriftTracker:
         reliable = solved is not None
         if self._cap is not None:
             self._joint.drop(n)
+            # a rejected correlation may still have found the shift (the sample decorrelated after
+            # held slices, leaving a weak peak): the cap's lasting features can confirm it
             measured, confidence, reliable, var = self._measure_cap(
-                self._masked_full(pixels), measured if reliable else predicted, confidence, reliable, var)
+                self._masked_full(pixels), measured if reliable else predicted, confidence, reliable, var,
+                candidate=None if reliable or best is None else best[1])
         if reliable:
             shift = np.asarray(measured, dtype=float)
             self._error_var = var
@@ -1311,25 +1314,31 @@ class DriftTracker:
             self._block_residuals = {k: x - mean for k, x in zip(index, shifts)}
         return float(np.var(shifts, axis=0, ddof=1).mean()) / len(shifts)
 
-    def _measure_cap(self, pixels, measured, confidence, reliable, budget):
+    def _measure_cap(self, pixels, measured, confidence, reliable, budget, *, candidate=None):
         """Fuse the correlation's shift with the cap template's (a Kalman filter per axis).
 
         The correlation on the slice tracks the steps but its cumulative error grows (the
         sample changes); the cap template measures the shift itself, noisier but without
         build-up. The step noise is learnt from the innovations. `budget` is the whole-slice
         error budget (px^2, :meth:`_error_budget`), the variance of an axis the cap does not
-        hold. Returns the shift, confidence, reliability and the per-axis variance of the shift
-        (px^2).
+        hold. `candidate` is a rejected correlation's shift, where the cap is looked for too when
+        it is not found at `measured`. Returns the shift, confidence, reliability and the per-axis
+        variance of the shift (px^2).
         """
         m = np.asarray(measured, dtype=float)
         previous = np.asarray(self._shift)
         q = self._cap_q if reliable else np.full(2, 1.0)  # a prediction knows little
         p_pred = self._cap_var + q
         found = self._cap.measure(pixels, m)
-        if found is None and np.abs(m - previous).max() > 1.0:
-            # the correlation's step may be what is wrong (a confident false match on the changing
-            # sample): the cap is looked for where the last slice was too
-            found = self._cap.measure(pixels, previous)
+        # the correlation's step may be what is wrong (a confident false match on the changing
+        # sample): the cap is looked for where the last slice was too, and where a rejected
+        # correlation put the slice
+        for guess in (previous, candidate):
+            if (found is None or max(found[1]) >= _CapTemplate.MAX_SIGMA_PX) and guess is not None \
+                    and np.abs(m - guess).max() > 1.0:
+                other = self._cap.measure(pixels, guess)
+                if other is not None and (found is None or max(other[1]) < max(found[1])):
+                    found = other
         sigma = np.full(2, np.inf) if found is None else np.asarray(found[1])
         use = sigma < _CapTemplate.MAX_SIGMA_PX
         self._cap_held = bool(use.all())
