@@ -543,20 +543,35 @@ class _CapTemplate:
         return (rows[0][0], found[0][1]), (rows[1][0], found[1][1])
 
     def _search(self, crop, guess, grid, y0, y1, margin):
-        """The integer offset within +-3 px of `guess` that best matches the low-passed template."""
+        """The integer offset that best matches the low-passed template, within +-3 px of `guess`
+        or of where the phase correlation of the band with the template puts it (a jump of the
+        stage while the sample gave no shift: held slices, a sample that decorrelated)."""
         width = self.template.shape[1]
         t = ndimage.gaussian_filter(self.template, self.SMOOTH_PX, mode="nearest")[y0:y1, margin:width - margin]
         smooth = ndimage.gaussian_filter(crop, self.SMOOTH_PX, mode="nearest")
+        centres = [np.round(guess)]
+        w = self._warp(smooth, guess, grid)
+        ok = np.isfinite(w) & np.isfinite(t)
+        if ok.sum() >= self.MIN_SEEN * w.size:
+            # the band sampled at `guess` is the template moved by minus the error of `guess`
+            error, _ = phase_correlate(np.where(ok, t, np.nanmean(t[ok])), np.where(ok, w, np.nanmean(w[ok])))
+            centres.append(np.round(guess + np.asarray(error)))
         best, best_r = None, -np.inf
-        for oy in range(-3, 4):
-            for ox in range(-3, 4):
-                w = self._warp(smooth, guess + (oy, ox), grid)
-                ok = np.isfinite(w) & np.isfinite(t)
-                if ok.sum() < self.MIN_SEEN * w.size:
-                    continue
-                r = float(np.corrcoef(w[ok], t[ok])[0, 1])
-                if r > best_r:
-                    best, best_r = guess + (oy, ox), r
+        tried = set()
+        for centre in centres:
+            for oy in range(-3, 4):
+                for ox in range(-3, 4):
+                    offset = (float(centre[0] + oy), float(centre[1] + ox))
+                    if offset in tried:
+                        continue
+                    tried.add(offset)
+                    w = self._warp(smooth, np.asarray(offset) + guess - np.round(guess), grid)
+                    ok = np.isfinite(w) & np.isfinite(t)
+                    if ok.sum() < self.MIN_SEEN * w.size:
+                        continue
+                    r = float(np.corrcoef(w[ok], t[ok])[0, 1])
+                    if r > best_r:
+                        best, best_r = np.asarray(offset) + guess - np.round(guess), r
         return best
 
     def _refine(self, crop, shift, grid, template):
