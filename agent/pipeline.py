@@ -585,6 +585,7 @@ class Agent:
         attrs = self._store.run_attrs
         if attrs.get("pixel_size_um_metadata"):
             self._pixel_reference = tuple(attrs["pixel_size_um_metadata"])
+        self._wander = attrs.get("drift_wander")  # a resumed run adds to the wander already stated
         if self._store.depth:
             last = self._store.slices[-1]
             self._z_first_um = self._store.slices[0].get("z_um")

@@ -1358,8 +1358,8 @@ class DriftTracker:
             if (found is None or max(found[1]) >= _CapTemplate.MAX_SIGMA_PX) and guess is not None \
                     and np.abs(m - guess).max() > 1.0:
                 other = self._cap.measure(pixels, guess)
-                if other is not None and (found is None or max(other[1]) < max(found[1])):
-                    found = other
+                if other is not None and (found is None or max(other[1]) < _CapTemplate.MAX_SIGMA_PX):
+                    found = other  # the cap held there on both axes (or was found nowhere else)
         sigma = np.full(2, np.inf) if found is None else np.asarray(found[1])
         use = sigma < _CapTemplate.MAX_SIGMA_PX
         self._cap_held = bool(use.all())
