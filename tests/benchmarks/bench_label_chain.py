@@ -95,7 +95,9 @@ and, when lost, around where the phase correlation of its band with the template
 (processing/align.py). Drift RMS against the true shift (px, every slice / registered slices
 only, held ones left out), reported/true residual (RMS of ``residual_px`` over the true RMS), and
 ``wander`` on the slices truly more than 1 px off (recorded per slice with
-``/work/scratch/geometry/rec.py``, a wrapper of this file's ``main``):
+``/work/scratch/geometry/rec.py``, a wrapper of this file's ``main``; the last commit of the round,
+an alternative guess kept only where the cap holds both axes, re-run on seeds 0-11: every applied
+shift identical, seeds 12-15 have no cap):
 
 ====  ===================  ===============  ===============  ==========  ===========================
 seed  cap / mode           before           after            rep./true   wander flagged (true > 1px)
