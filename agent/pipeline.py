@@ -140,6 +140,8 @@ class Agent:
         self._analysis: AnalysisWorker | None = None
         self._phase_check_reported = False
         self._recalibrations_reported = 0
+        self._wandering = False  # the last slice's estimated drift error exceeded 1 px
+        self._wander: dict | None = None  # the run attribute drift_wander (see _report_wander)
 
     # -- inputs from the watcher (its thread): only queue them -----------------------------
 
@@ -528,6 +530,7 @@ class Agent:
         self._done_times.append(time.monotonic())
         self._last = processed
         self._log_summary()
+        self._report_wander(processed)
         if processed.flag is not None:
             self._flagged += 1
             self._held += processed.flag == "held"
@@ -552,6 +555,33 @@ class Agent:
             })
         self._status(state="processing")
         self._analysis.notify(self._store.depth)
+
+    def _report_wander(self, processed) -> None:
+        """When the estimated error of the applied shift first exceeds 1 px (and again after it
+        came back below): an ``error`` document of kind ``drift``, and the run attribute
+        ``drift_wander`` (the first slice flagged, how many, the largest estimated error; written
+        then and at the end, as the attributes are rewritten whole), so that a bent stack is stated
+        in the volume, not only in the per-slice provenance."""
+        drift = processed.drift
+        onset = drift.wander and not self._wandering
+        self._wandering = drift.wander
+        if not drift.wander:
+            return
+        wander = self._wander = self._wander or {"first_slice": processed.index, "slices": 0, "max_residual_px": 0.0}
+        wander["slices"] += 1
+        wander["max_residual_px"] = max(wander["max_residual_px"], round(float(drift.residual_px), 3))
+        if onset:
+            self.events.emit("error", {
+                "kind": "drift",
+                "message": f"slice {processed.index}: the stack may have wandered from the first slice's frame: "
+                           f"estimated error of the applied shift {drift.residual_px:.1f} px (above 1 px); "
+                           "registration on the sample cannot tell the structure's change from stage drift "
+                           "(state processing.cap_rows if the slices show a cap)",
+                "file": processed.source,
+                "index": processed.index,
+                "critical": False,
+            })
+            self._store.update_run_attrs({"drift_wander": wander})
 
     def _create_store(self, first) -> None:
         spacing = self._spacing_um(first)
@@ -587,6 +617,7 @@ class Agent:
         attrs = self._store.run_attrs
         if attrs.get("pixel_size_um_metadata"):
             self._pixel_reference = tuple(attrs["pixel_size_um_metadata"])
+        self._wander = attrs.get("drift_wander")  # a resumed run adds to the wander already stated
         if self._store.depth:
             last = self._store.slices[-1]
             self._z_first_um = self._store.slices[0].get("z_um")
@@ -715,6 +746,8 @@ class Agent:
                 self._append(processed)
             self._record_dropped()
         if self._store is not None:
+            if self._wander is not None:
+                self._store.update_run_attrs({"drift_wander": self._wander})
             self._analysis.notify(self._store.depth, final=not self._interrupted)
             self._analysis.wait_idle()
         self._run_stop_hook()

@@ -96,7 +96,13 @@ particles, no fiducial: the correlation ran away to 58 px RMS, held 13 px, the s
 excursion, reported 0.87 of it). Otherwise it reports the larger of that error and the whole-slice
 budget. The cap is measured while a quarter of its band is in view (the stage moving down pushes
 it out of the top), and where the correlation's step disagrees with the cap beyond any expected error (a
-confident false match on the changing sample) the cap's shift is taken alone.
+confident false match on the changing sample) the cap's shift is taken alone. Where the cap's fit
+does not hold at the correlation's shift, it is tried where the last slice was and where a
+rejected correlation put the slice (after held slices, a decorrelated sample gives the right
+shift with a weak peak), and a lost cap is searched around where the phase correlation of its band
+with the template puts it, not only +-3 px around the guess (randomised seed 3 through the
+chain, a stage jump of 5 px over two held slices: 3.57 -> 0.53 px RMS, the rest on the two held
+slices, which keep the last shift).
 """
 
 from __future__ import annotations
@@ -590,20 +596,35 @@ class _CapTemplate:
         return (rows[0][0], found[0][1]), (rows[1][0], found[1][1])
 
     def _search(self, crop, guess, grid, y0, y1, margin):
-        """The integer offset within +-3 px of `guess` that best matches the low-passed template."""
+        """The integer offset that best matches the low-passed template, within +-3 px of `guess`
+        or of where the phase correlation of the band with the template puts it (a jump of the
+        stage while the sample gave no shift: held slices, a sample that decorrelated)."""
         width = self.template.shape[1]
         t = ndimage.gaussian_filter(self.template, self.SMOOTH_PX, mode="nearest")[y0:y1, margin:width - margin]
         smooth = ndimage.gaussian_filter(crop, self.SMOOTH_PX, mode="nearest")
+        centres = [np.round(guess)]
+        w = self._warp(smooth, guess, grid)
+        ok = np.isfinite(w) & np.isfinite(t)
+        if ok.sum() >= self.MIN_SEEN * w.size:
+            # the band sampled at `guess` is the template moved by minus the error of `guess`
+            error, _ = phase_correlate(np.where(ok, t, np.nanmean(t[ok])), np.where(ok, w, np.nanmean(w[ok])))
+            centres.append(np.round(guess + np.asarray(error)))
         best, best_r = None, -np.inf
-        for oy in range(-3, 4):
-            for ox in range(-3, 4):
-                w = self._warp(smooth, guess + (oy, ox), grid)
-                ok = np.isfinite(w) & np.isfinite(t)
-                if ok.sum() < self.MIN_SEEN * w.size:
-                    continue
-                r = float(np.corrcoef(w[ok], t[ok])[0, 1])
-                if r > best_r:
-                    best, best_r = guess + (oy, ox), r
+        tried = set()
+        for centre in centres:
+            for oy in range(-3, 4):
+                for ox in range(-3, 4):
+                    offset = (float(centre[0] + oy), float(centre[1] + ox))
+                    if offset in tried:
+                        continue
+                    tried.add(offset)
+                    w = self._warp(smooth, np.asarray(offset) + guess - np.round(guess), grid)
+                    ok = np.isfinite(w) & np.isfinite(t)
+                    if ok.sum() < self.MIN_SEEN * w.size:
+                        continue
+                    r = float(np.corrcoef(w[ok], t[ok])[0, 1])
+                    if r > best_r:
+                        best, best_r = np.asarray(offset) + guess - np.round(guess), r
         return best
 
     def _refine(self, crop, shift, grid, template):
@@ -1193,8 +1214,11 @@ class DriftTracker:
         reliable = solved is not None
         if self._cap is not None:
             self._joint.drop(n)
+            # a rejected correlation may still have found the shift (the sample decorrelated after
+            # held slices, leaving a weak peak): the cap's lasting features can confirm it
             measured, confidence, reliable, var = self._measure_cap(
-                self._masked_full(pixels), measured if reliable else predicted, confidence, reliable, var)
+                self._masked_full(pixels), measured if reliable else predicted, confidence, reliable, var,
+                candidate=None if reliable or best is None else best[1])
         if reliable:
             shift = np.asarray(measured, dtype=float)
             self._error_var = var
@@ -1373,25 +1397,31 @@ class DriftTracker:
             self._block_residuals = {k: x - mean for k, x in zip(index, shifts)}
         return float(np.var(shifts, axis=0, ddof=1).mean()) / len(shifts)
 
-    def _measure_cap(self, pixels, measured, confidence, reliable, budget):
+    def _measure_cap(self, pixels, measured, confidence, reliable, budget, *, candidate=None):
         """Fuse the correlation's shift with the cap template's (a Kalman filter per axis).
 
         The correlation on the slice tracks the steps but its cumulative error grows (the
         sample changes); the cap template measures the shift itself, noisier but without
         build-up. The step noise is learnt from the innovations. `budget` is the whole-slice
         error budget (px^2, :meth:`_error_budget`), the variance of an axis the cap does not
-        hold. Returns the shift, confidence, reliability and the per-axis variance of the shift
-        (px^2).
+        hold. `candidate` is a rejected correlation's shift, where the cap is looked for too when
+        it is not found at `measured`. Returns the shift, confidence, reliability and the per-axis
+        variance of the shift (px^2).
         """
         m = np.asarray(measured, dtype=float)
         previous = np.asarray(self._shift)
         q = self._cap_q if reliable else np.full(2, 1.0)  # a prediction knows little
         p_pred = self._cap_var + q
         found = self._cap.measure(pixels, m)
-        if found is None and np.abs(m - previous).max() > 1.0:
-            # the correlation's step may be what is wrong (a confident false match on the changing
-            # sample): the cap is looked for where the last slice was too
-            found = self._cap.measure(pixels, previous)
+        # the correlation's step may be what is wrong (a confident false match on the changing
+        # sample): the cap is looked for where the last slice was too, and where a rejected
+        # correlation put the slice
+        for guess in (previous, candidate):
+            if (found is None or max(found[1]) >= _CapTemplate.MAX_SIGMA_PX) and guess is not None \
+                    and np.abs(m - guess).max() > 1.0:
+                other = self._cap.measure(pixels, guess)
+                if other is not None and (found is None or max(other[1]) < _CapTemplate.MAX_SIGMA_PX):
+                    found = other  # the cap held there on both axes (or was found nowhere else)
         sigma = np.full(2, np.inf) if found is None else np.asarray(found[1])
         use = sigma < _CapTemplate.MAX_SIGMA_PX
         self._cap_held = bool(use.all())
