@@ -248,6 +248,7 @@ def test_cap_registration_is_not_locked_by_a_black_margin():
     assert _rms(error) <= 0.6
 
 
+@pytest.mark.slow
 def test_margins_are_found_on_the_raw_slice_when_the_correction_has_striped_them():
     # the curtain correction subtracts its stripe profile along whole columns, margins included:
     # on the corrected slice the margin no longer looks flat, and its edge, fixed in the raw

@@ -647,6 +647,7 @@ def test_gap_is_skipped_after_the_timeout(tmp_path, clean):
     assert same_as_clean(outcome_volume(tmp_path), clean, range(1, 6))
 
 
+@pytest.mark.slow
 def test_burst_out_of_order_equals_the_clean_run(tmp_path, clean):
     outcome = case_burst(tmp_path, n=60)
     outcome.check()

@@ -138,6 +138,7 @@ def assert_true_depth(volume, z_of_index, docs):
     return store
 
 
+@pytest.mark.slow
 def test_every_other_slice_missing_after_100_gives_the_true_depth(tmp_path):
     """Atlas names; after slice 100 every other slice is missing: 2.99 um deep, not 2.0 (issue 11)."""
     z_of_index = {i: 0.02 * i for i in range(1, 101)}
