@@ -16,7 +16,8 @@ is recorded in the volume's attributes and published: nothing is dropped silentl
 
 Geometry: the pixel size is the metadata's (or the configured one, which must agree within 1 %
 unless ``acquisition.force_pixel_size``), and every slice's metadata is checked against the first
-slice's: a slice at another magnification is refused. The z of every slice is its true position
+slice's: slices at another magnification are resampled onto the volume's pixel size (said once per
+change; ``acquisition.on_pixel_size_change = "refuse"`` skips them). The z of every slice is its true position
 (:mod:`processing.zaxis`), kept in its provenance; the volume's z step is the mean true step of
 its slices, re-stated as slices arrive. A change of step is reported (``error`` kind ``z_step``).
 
