@@ -597,7 +597,8 @@ class SliceChain:
     def _frame_valid(self, pixels) -> np.ndarray:
         """The valid region of a raw slice in its own frame: the region mask, without the cap rows
         and the z-invariant band (widened by the drift so far)."""
-        valid = self.region.valid(pixels) if not self.region.is_trivial else np.ones(pixels.shape, dtype=bool)
+        valid = self._specimen(pixels)
+        valid = np.ones(pixels.shape, dtype=bool) if valid is None else valid
         valid[: self.cap_rows] = False
         if self._nonsample_rows is not None:
             shift = self.tracker.shift_px if self.tracker is not None and self.tracker.shift_px is not None else (0, 0)

@@ -1284,17 +1284,12 @@ class BrightnessMonitor:
         return SliceQuality("renormalised", reason, **figures), pixels
 
 
-# Pixels of calibration slices on which the number of grey classes is estimated.
-_CLASS_EVIDENCE_PIXELS = 4_000_000
-
-
 def _classes_shown(usable, n_phases):
     """Number of separable grey classes (2..`n_phases`) of the (slice, valid) pairs `usable`,
-    estimated on slices spread over them (a phase may show in the later ones only)."""
-    from processing.phases import estimate_grey_classes
+    estimated on the slices :func:`processing.phases.evidence_slices` picks."""
+    from processing.phases import estimate_grey_classes, evidence_slices
 
-    k = 1 + int(np.searchsorted(np.cumsum([s.size for s, _ in usable]), _CLASS_EVIDENCE_PIXELS))
-    pick = np.unique(np.linspace(0, len(usable) - 1, min(k, len(usable))).round().astype(int))
+    pick = evidence_slices([s.size for s, _ in usable])
     masks = [usable[i][1] for i in pick]
     try:
         estimate = estimate_grey_classes([usable[i][0] for i in pick],

@@ -250,6 +250,29 @@ def _merge(mu, sigma, weight, i):
     return keep(mu, m), keep(sigma, np.sqrt(var)), keep(weight, w)
 
 
+# Pixels of calibration slices on which the grey classes are estimated (a few million: not every
+# calibration slice of 2048^2).
+EVIDENCE_PIXELS = 4_000_000
+
+
+def evidence_slices(sizes):
+    """Which calibration slices the grey classes are estimated on.
+
+    Parameters
+    ----------
+    sizes : sequence of int
+        Pixels of each calibration slice, in order.
+
+    Returns
+    -------
+    (K,) ndarray of int
+        Indices spread over all the slices (a phase may show in the later ones only), as many
+        as hold :data:`EVIDENCE_PIXELS`.
+    """
+    k = 1 + int(np.searchsorted(np.cumsum(sizes), EVIDENCE_PIXELS))
+    return np.unique(np.linspace(0, len(sizes) - 1, min(k, len(sizes))).round().astype(int))
+
+
 def estimate_grey_classes(slices, *, valid=None, smooth_px=1.0, max_classes=5, min_separation=2.0,
                           edge_px=1, halo_share=0.6, min_core=0.3, edge_contrast=0.1):
     """How many separable grey classes the calibration slices show, with the evidence.

@@ -685,8 +685,6 @@ def sparse_labels_from_rectangles(shape, rectangles, phases):
 # D >= 3.5 two equal Gaussian classes overlap on about 4 % of a class's pixels.
 AUTO_SMOOTH_PX = (1.0, 1.5, 2.0, 3.0)
 _ENOUGH_SEPARATION = 3.5
-# Pixels of calibration slices on which the grey classes are estimated.
-_EVIDENCE_PIXELS = 4_000_000
 # Neighbouring phase levels of a fitted model closer than this (Ashman's D) are one class split.
 _DEGENERATE_SEPARATION = 1.0
 
@@ -756,14 +754,11 @@ def calibrate_phases(slices, phases, *, valid=None, training_labels=None, rng=0,
     """
     from dataclasses import replace
 
-    from processing.phases import _ashman_d, check_phases, estimate_grey_classes
+    from processing.phases import _ashman_d, check_phases, estimate_grey_classes, evidence_slices
 
     slices = [np.asarray(s) for s in ([slices] if isinstance(slices, np.ndarray) and slices.ndim == 2 else slices)]
     n = len(phases.names)
-    # the class count needs a few million pixels, not every calibration slice of 2048^2; spread
-    # over the calibration slices, where a phase may show in the later ones only
-    k = 1 + int(np.searchsorted(np.cumsum([s.size for s in slices]), _EVIDENCE_PIXELS))
-    pick = np.unique(np.linspace(0, len(slices) - 1, min(k, len(slices))).round().astype(int))
+    pick = evidence_slices([s.size for s in slices])
     sample = [slices[i] for i in pick]
     sample_valid = None if valid is None else [list(valid)[i] for i in pick]
     if options.get("smooth_px") == "auto":
