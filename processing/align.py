@@ -154,6 +154,10 @@ class DriftEstimate:
     wander : bool
         True when `residual_px` exceeds ``DriftTracker.WANDER_PX`` (1 px): the stack may have
         wandered that far from the first slice's frame.
+    cap_lost : bool
+        Registration on the cap (cap mode) has not found the cap's lasting features for
+        ``DriftTracker.CAP_LOST_SLICES`` slices or more: the shift is the sample's correlation's
+        or held, not the cap's. False outside cap mode.
     """
 
     shift_px: tuple[float, float]
@@ -163,6 +167,7 @@ class DriftEstimate:
     measured_px: tuple[float, float] | None = None
     residual_px: float = 0.0
     wander: bool = False
+    cap_lost: bool = False
 
 
 def _as_pair(value, name):
@@ -506,6 +511,13 @@ class _CapTemplate:
     ANCHOR_EVERY = 10
     # weight of a new slice in the curtains' profile (:meth:`_learn_pattern`)
     PATTERN_WEIGHT = 0.1
+    # a lost cap found again by its row profile (:meth:`reacquire`): the least correlation with the
+    # template's, the least gain of the slice's profile on the template's (the cap's own contrast,
+    # not any edge of the sample), and the margin by which it must beat every offset more than
+    # 2 px away (else unsure: the cap stays lost)
+    REACQUIRE_R = 0.9
+    REACQUIRE_GAIN = 0.5
+    REACQUIRE_MARGIN = 0.02
 
     def __init__(self, interface_row, weight=None):
         self.interface_row = int(interface_row)
@@ -594,6 +606,58 @@ class _CapTemplate:
         if found is None:
             return rows
         return (rows[0][0], found[0][1]), (rows[1][0], found[1][1])
+
+    def reacquire(self, pixels, guess, reach):
+        """A lost cap looked for anew: ((dy, dx), (sigma_y, sigma_x)) of a raw slice, or None.
+
+        y is where the slice's row profile best matches the template's over +-`reach` px around
+        `guess` (averaged along the rows, the changing grain drops out and the interface's edge
+        across the whole width remains; the edge must be in view); then :meth:`measure` from
+        there, with its search (the phase correlation of the band with the template places x).
+        None when unsure: the best match below :attr:`REACQUIRE_R`, of a contrast below
+        :attr:`REACQUIRE_GAIN` of the template's, or another offset more than 2 px away within
+        :attr:`REACQUIRE_MARGIN` of it (an edge of the sample, a band of rows alike).
+        """
+        rows = self.template.shape[0]
+        margin = int(np.ceil(3 * self.SMOOTH_PX))
+        canvas = np.arange(margin, min(rows, self.interface_row + self.ROWS_BELOW))
+        band = self.template[canvas]
+        seen = np.isfinite(band).any(axis=1)
+        profile = np.full(canvas.size, np.nan)
+        profile[seen] = np.nanmean(band[seen], axis=1)
+        raw = self._unpatterned(pixels, 0, pixels.shape[0])
+        seen = np.isfinite(raw).mean(axis=1) >= self.MIN_SEEN
+        raw_profile = np.full(raw.shape[0], np.nan)
+        raw_profile[seen] = np.nanmean(raw[seen], axis=1)
+        edge = np.abs(canvas - self.interface_row) <= 3
+        centre = int(round(float(guess[0])))
+        offsets, scores = [], []
+        for dy in range(centre - int(reach), centre + int(reach) + 1):
+            r = canvas - dy  # the raw row that shows each canvas row
+            inside = (r >= 0) & (r < raw.shape[0])
+            p = np.full(canvas.size, np.nan)
+            p[inside] = raw_profile[r[inside]]
+            ok = np.isfinite(p) & np.isfinite(profile)
+            if ok.sum() < 8 or not ok[edge].all() or np.ptp(p[ok]) <= 0:
+                continue
+            gain = np.polyfit(profile[ok], p[ok], 1)[0]
+            score = float(np.corrcoef(profile[ok], p[ok])[0, 1])
+            offsets.append(dy)
+            scores.append(score if self.REACQUIRE_GAIN <= gain <= 1 / self.REACQUIRE_GAIN else -1.0)
+        if not scores:
+            return None
+        offsets, scores = np.array(offsets), np.array(scores)
+        best = int(np.argmax(scores))
+        rivals = scores[np.abs(offsets - offsets[best]) > 2]
+        if scores[best] < self.REACQUIRE_R or (rivals.size and rivals.max() >= scores[best] - self.REACQUIRE_MARGIN):
+            logger.debug("cap not found again: best row-profile match %.3f at dy %d, rival %.3f", scores[best],
+                         offsets[best], rivals.max() if rivals.size else np.nan)
+            return None
+        failures, self._failures = self._failures, 0  # search around the new guess
+        found = self.measure(pixels, (float(offsets[best]), float(guess[1])))
+        if found is None:
+            self._failures = failures + 1
+        return found
 
     def _search(self, crop, guess, grid, y0, y1, margin):
         """The integer offset that best matches the low-passed template, within +-3 px of `guess`
@@ -963,6 +1027,9 @@ class DriftTracker:
     WANDER_PX = 1.0
     # cap mode: slices the cap holds an axis on before its steps and the correlation's errors are known
     STAGE_SLICES = 3
+    # cap mode: slices in a row without the cap before it is reported lost and looked for over its
+    # whole band (then again every as many slices, until found)
+    CAP_LOST_SLICES = 3
 
     def __init__(self, *, roi=None, upsample=1, bin=None, reference_weight=0.5, min_confidence=0.5,
                  max_rejected=5, keyframe=True, lowpass=0.1, whiten=1.0, destripe=True, workers=2,
@@ -1010,6 +1077,7 @@ class DriftTracker:
         self._innovations = deque(maxlen=32)
         self._stage_steps = deque(maxlen=32)
         self._held = np.zeros(2, dtype=bool)  # axes held at the last shift (cap mode)
+        self._cap_lost = 0  # slices in a row on which the cap held no axis (cap mode)
         self.roi = roi
         self.upsample = int(upsample)
         self.bin = bin
@@ -1267,6 +1335,7 @@ class DriftTracker:
             measured_px=None if measured is None else (float(measured[0]), float(measured[1])),
             residual_px=residual,
             wander=residual > self.WANDER_PX,
+            cap_lost=self._cap_lost >= self.CAP_LOST_SLICES,
         )
 
     def reframe(self, raw):
@@ -1302,7 +1371,7 @@ class DriftTracker:
         self.n_slices += 1
         residual = float(np.sqrt(2.0 * (self._error_var + predicted_var)))
         return DriftEstimate(self._shift, (0.0, 0.0), 0.0, False, residual_px=residual,
-                             wander=residual > self.WANDER_PX)
+                             wander=residual > self.WANDER_PX, cap_lost=self._cap_lost >= self.CAP_LOST_SLICES)
 
     def _error_budget(self, results, usable):
         """Per-axis variance (px^2) of the slice's shift: a reference's own variance plus the pair's.
@@ -1422,6 +1491,23 @@ class DriftTracker:
                 other = self._cap.measure(pixels, guess)
                 if other is not None and (found is None or max(other[1]) < _CapTemplate.MAX_SIGMA_PX):
                     found = other  # the cap held there on both axes (or was found nowhere else)
+        lost = found is None or not (np.asarray(found[1]) < _CapTemplate.MAX_SIGMA_PX).any()
+        if lost and self._cap_lost >= self.CAP_LOST_SLICES - 1 and (self._cap_lost + 1) % self.CAP_LOST_SLICES == 0:
+            # lost for a while: the shift applied since may be off by more than the fit's reach
+            # (held axes, a correlation that bent); looked for over the height of its band
+            other = self._cap.reacquire(pixels, previous, self._cap.interface_row)
+            if other is not None and (np.asarray(other[1]) < _CapTemplate.MAX_SIGMA_PX).any():
+                logger.warning("slice %d: the cap found again after %d slices without it, at (%.2f, %.2f) px where "
+                               "the last shift was (%.2f, %.2f)", self.n_slices, self._cap_lost, *other[0], *previous)
+                found, lost = other, False
+        if lost:
+            self._cap_lost += 1
+            if self._cap_lost == self.CAP_LOST_SLICES:
+                logger.warning("slice %d: the cap lost (%d slices without its lasting features in view): the shift "
+                               "follows the sample's correlation or is held; the cap is looked for over its band "
+                               "every %d slices", self.n_slices, self._cap_lost, self.CAP_LOST_SLICES)
+        else:
+            self._cap_lost = 0
         sigma = np.full(2, np.inf) if found is None else np.asarray(found[1])
         use = sigma < _CapTemplate.MAX_SIGMA_PX
         self._cap_held = bool(use.all())
