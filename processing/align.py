@@ -511,13 +511,14 @@ class _CapTemplate:
     ANCHOR_EVERY = 10
     # weight of a new slice in the curtains' profile (:meth:`_learn_pattern`)
     PATTERN_WEIGHT = 0.1
-    # a lost cap found again by its row profile (:meth:`reacquire`): the least correlation with the
-    # template's, the least gain of the slice's profile on the template's (the cap's own contrast,
-    # not any edge of the sample), and the margin by which it must beat every offset more than
-    # 2 px away (else unsure: the cap stays lost)
-    REACQUIRE_R = 0.9
-    REACQUIRE_GAIN = 0.5
-    REACQUIRE_MARGIN = 0.02
+    # a lost cap found again by its profile of horizontal edges (:meth:`reacquire`): the least
+    # correlation with the template's, and the margin by which it must beat every offset further
+    # away than REACQUIRE_APART_PX (else unsure: the cap stays lost)
+    REACQUIRE_R = 0.6
+    REACQUIRE_MARGIN = 0.1
+    REACQUIRE_APART_PX = 5  # beyond the width of the interface's step
+    # width of the column blocks whose rows' steps make the edge profile (:meth:`_edge_profile`)
+    EDGE_BLOCK_PX = 16
 
     def __init__(self, interface_row, weight=None):
         self.interface_row = int(interface_row)
@@ -610,54 +611,100 @@ class _CapTemplate:
     def reacquire(self, pixels, guess, reach):
         """A lost cap looked for anew: ((dy, dx), (sigma_y, sigma_x)) of a raw slice, or None.
 
-        y is where the slice's row profile best matches the template's over +-`reach` px around
-        `guess` (averaged along the rows, the changing grain drops out and the interface's edge
-        across the whole width remains; the edge must be in view); then :meth:`measure` from
-        there, with its search (the phase correlation of the band with the template places x).
-        None when unsure: the best match below :attr:`REACQUIRE_R`, of a contrast below
-        :attr:`REACQUIRE_GAIN` of the template's, or another offset more than 2 px away within
-        :attr:`REACQUIRE_MARGIN` of it (an edge of the sample, a band of rows alike).
+        y is where the slice's profile of horizontal edges best matches the template's over
+        +-`reach` px around `guess`: per column block of :attr:`EDGE_BLOCK_PX`, the step of the
+        mean grey from row to row, its magnitude averaged over the blocks (the interface's edge
+        across the whole width, whichever side is brighter in each block, and the horizontal
+        arms of a fiducial; the changing grain averages out along the rows). The interface must
+        be in view. Then :meth:`measure` from there, with its search (the phase correlation of
+        the band with the template places x). None when unsure: the best match below
+        :attr:`REACQUIRE_R`, or another offset further than :attr:`REACQUIRE_APART_PX`
+        within :attr:`REACQUIRE_MARGIN` of it (an edge of the sample, a band of rows alike).
         """
         rows = self.template.shape[0]
         margin = int(np.ceil(3 * self.SMOOTH_PX))
         canvas = np.arange(margin, min(rows, self.interface_row + self.ROWS_BELOW))
-        band = self.template[canvas]
-        seen = np.isfinite(band).any(axis=1)
-        profile = np.full(canvas.size, np.nan)
-        profile[seen] = np.nanmean(band[seen], axis=1)
-        raw = self._unpatterned(pixels, 0, pixels.shape[0])
-        seen = np.isfinite(raw).mean(axis=1) >= self.MIN_SEEN
-        raw_profile = np.full(raw.shape[0], np.nan)
-        raw_profile[seen] = np.nanmean(raw[seen], axis=1)
+        profile = self._edge_profile(self.template)[canvas]
+        raw_profile = self._edge_profile(self._unpatterned(pixels, 0, pixels.shape[0]))
         edge = np.abs(canvas - self.interface_row) <= 3
         centre = int(round(float(guess[0])))
         offsets, scores = [], []
         for dy in range(centre - int(reach), centre + int(reach) + 1):
             r = canvas - dy  # the raw row that shows each canvas row
-            inside = (r >= 0) & (r < raw.shape[0])
+            inside = (r >= 0) & (r < raw_profile.size)
             p = np.full(canvas.size, np.nan)
             p[inside] = raw_profile[r[inside]]
             ok = np.isfinite(p) & np.isfinite(profile)
-            if ok.sum() < 8 or not ok[edge].all() or np.ptp(p[ok]) <= 0:
+            # half the band in view at least: a few rows match anything
+            if ok.sum() < max(8, canvas.size // 2) or not ok[edge & np.isfinite(profile)].all() or np.ptp(p[ok]) <= 0:
                 continue
-            gain = np.polyfit(profile[ok], p[ok], 1)[0]
-            score = float(np.corrcoef(profile[ok], p[ok])[0, 1])
             offsets.append(dy)
-            scores.append(score if self.REACQUIRE_GAIN <= gain <= 1 / self.REACQUIRE_GAIN else -1.0)
+            scores.append(float(np.corrcoef(profile[ok], p[ok])[0, 1]))
         if not scores:
             return None
         offsets, scores = np.array(offsets), np.array(scores)
         best = int(np.argmax(scores))
-        rivals = scores[np.abs(offsets - offsets[best]) > 2]
+        rivals = scores[np.abs(offsets - offsets[best]) > self.REACQUIRE_APART_PX]
         if scores[best] < self.REACQUIRE_R or (rivals.size and rivals.max() >= scores[best] - self.REACQUIRE_MARGIN):
-            logger.debug("cap not found again: best row-profile match %.3f at dy %d, rival %.3f", scores[best],
+            logger.debug("cap not found again: best edge-profile match %.3f at dy %d, rival %.3f", scores[best],
                          offsets[best], rivals.max() if rivals.size else np.nan)
             return None
+        dy = int(offsets[best])
+        # x: the cap rows' column profile (a fiducial's vertical arm, side walls) against the
+        # template's, over a quarter of the width each way
+        cap_rows = np.arange(margin, self.interface_row - 2)
+        r = cap_rows - dy
+        r = r[(r >= 0) & (r < pixels.shape[0])]
+        if r.size < 4:
+            return None
+        columns = self._column_profile(self._unpatterned(pixels, 0, pixels.shape[0])[r])
+        reference = self._column_profile(self.template[r + dy])
+        width = columns.size
+        gx = int(round(float(guess[1])))
+        best_x, best_r = gx, -np.inf
+        for dx in range(gx - width // 4, gx + width // 4 + 1):
+            c = np.arange(width) - dx  # the raw column that shows each canvas column
+            inside = (c >= 0) & (c < width)
+            a, b = reference[inside], columns[c[inside]]
+            ok = np.isfinite(a) & np.isfinite(b)
+            if ok.sum() < width // 2:
+                continue
+            score = float(np.corrcoef(a[ok], b[ok])[0, 1])
+            if score > best_r:
+                best_x, best_r = dx, score
         failures, self._failures = self._failures, 0  # search around the new guess
-        found = self.measure(pixels, (float(offsets[best]), float(guess[1])))
+        found = self.measure(pixels, (float(dy), float(best_x)))
         if found is None:
             self._failures = failures + 1
         return found
+
+    @staticmethod
+    def _column_profile(rows):
+        """Mean of `rows` ((R, X), NaN where unseen) per column, less its smooth trend (shading)."""
+        with np.errstate(all="ignore"):
+            profile = np.nanmean(rows, axis=0)
+        seen = np.isfinite(profile)
+        if not seen.any():
+            return profile
+        filled = np.where(seen, profile, np.nanmean(profile))
+        return np.where(seen, filled - ndimage.gaussian_filter1d(filled, 8.0), np.nan)
+
+    def _edge_profile(self, image):
+        """Per row of `image` ((Y, X), NaN where unseen): the magnitude of the step of the column
+        blocks' mean grey to the next row, averaged over the blocks; NaN where no block sees both."""
+        height, width = image.shape
+        n = max(1, width // self.EDGE_BLOCK_PX)
+        blocks = []
+        for b in range(n):
+            part = image[:, b * width // n:(b + 1) * width // n]
+            seen = np.isfinite(part).mean(axis=1) >= self.MIN_SEEN
+            mean = np.full(height, np.nan)
+            mean[seen] = np.nanmean(part[seen], axis=1)
+            blocks.append(np.abs(np.diff(ndimage.gaussian_filter1d(np.nan_to_num(mean), 1.0)))
+                          * np.where(seen[1:] & seen[:-1], 1.0, np.nan))
+        with np.errstate(all="ignore"):
+            step = np.nanmean(np.array(blocks), axis=0)
+        return np.concatenate([step, [np.nan]])
 
     def _search(self, crop, guess, grid, y0, y1, margin):
         """The integer offset that best matches the low-passed template, within +-3 px of `guess`
@@ -1497,8 +1544,6 @@ class DriftTracker:
             # (held axes, a correlation that bent); looked for over the height of its band
             other = self._cap.reacquire(pixels, previous, self._cap.interface_row)
             if other is not None and (np.asarray(other[1]) < _CapTemplate.MAX_SIGMA_PX).any():
-                logger.warning("slice %d: the cap found again after %d slices without it, at (%.2f, %.2f) px where "
-                               "the last shift was (%.2f, %.2f)", self.n_slices, self._cap_lost, *other[0], *previous)
                 found, lost = other, False
         if lost:
             self._cap_lost += 1
@@ -1507,6 +1552,9 @@ class DriftTracker:
                                "follows the sample's correlation or is held; the cap is looked for over its band "
                                "every %d slices", self.n_slices, self._cap_lost, self.CAP_LOST_SLICES)
         else:
+            if self._cap_lost >= self.CAP_LOST_SLICES:
+                logger.warning("slice %d: the cap found again after %d slices without it, at (%.2f, %.2f) px where "
+                               "the last shift was (%.2f, %.2f)", self.n_slices, self._cap_lost, *found[0], *previous)
             self._cap_lost = 0
         sigma = np.full(2, np.inf) if found is None else np.asarray(found[1])
         use = sigma < _CapTemplate.MAX_SIGMA_PX

@@ -373,23 +373,38 @@ def _cap_hidden_over_a_jump(*, fiducial, seed=7, n=45, hidden=range(15, 27), jum
     return slices, d
 
 
-@pytest.mark.parametrize("fiducial", [True, False])
-def test_a_cap_hidden_for_several_slices_is_found_again_when_it_shows(fiducial, caplog):
-    """Issue 11 (randomised seed 11 at 300 slices): the cap left the view for tens of slices, the
-    shift was held meanwhile and the cap, back in view several pixels from the held shift, was
-    never found again (5.7 px RMS). Here it is hidden for 12 slices over a stage jump of
-    (-5, 8) px: it is reported lost, then found again over its whole band."""
-    slices, d = _cap_hidden_over_a_jump(fiducial=fiducial)
+def test_a_cap_hidden_for_several_slices_is_reported_lost_and_found_again_when_it_shows(caplog):
+    """Issue 11: a cap out of view is reported (``DriftEstimate.cap_lost``, a warning), not
+    silent; back in view it is found again though the shift applied meanwhile is several pixels
+    off. Here it is hidden for 12 slices over a stage jump of (-5, 8) px on a new sample."""
+    slices, d = _cap_hidden_over_a_jump(fiducial=True)
     tracker = DriftTracker(interface_row=CAP_PX)
     with caplog.at_level("WARNING", logger="processing.align"):
         est = [tracker.update(s) for s in slices]
     error = np.array([e.shift_px for e in est]) - d
-    assert _rms(error[:15]) < 0.3  # precondition: registered before
+    assert _rms(error[:15]) < 0.6  # precondition: registered before (the young template: a few tenths)
     assert np.abs(error[15:27]).max() > 3.0  # precondition: the jump is not seen while the cap is hidden
     lost = [e.cap_lost for e in est]
-    assert not any(lost[:15]) and sum(lost[15:27]) >= 8  # reported while hidden
+    assert not any(lost[:15]) and all(lost[15 + tracker.CAP_LOST_SLICES - 1:27])  # reported while hidden
     assert "the cap lost" in caplog.text and "found again" in caplog.text
     back = 27 + tracker.CAP_LOST_SLICES  # found again within one search period of its return
     assert not any(lost[back:])
-    axes = slice(0, 2) if fiducial else slice(0, 1)  # without a fiducial nothing lasting holds x
-    assert np.abs(error[back:, axes]).max() < 0.5
+    assert np.abs(error[back:]).max() < 0.6
+
+
+def test_a_lost_cap_is_placed_again_by_its_edge_profile_or_not_at_all():
+    from processing.align import _CapTemplate
+
+    slices, d = _cap_hidden_over_a_jump(fiducial=True)
+    cap = _CapTemplate(CAP_PX)
+    cap.start(slices[0].astype(np.float64))
+    k = 35  # (-10.2, 18.5) px from the first slice: beyond the fit's reach from (0, 0)
+    assert cap.measure(slices[k].astype(np.float64), (0.0, 0.0)) is None or \
+        np.abs(np.subtract(cap.measure(slices[k].astype(np.float64), (0.0, 0.0))[0], d[k])).max() > 1.0
+    (dy, dx), sigma = cap.reacquire(slices[k].astype(np.float64), (0.0, 0.0), CAP_PX)
+    assert max(sigma) < _CapTemplate.MAX_SIGMA_PX
+    assert np.abs(np.subtract((dy, dx), d[k])).max() < 0.5
+    # hidden (a flat band where the cap was): nothing placed that holds an axis (the band's own
+    # straight lower edge may pass for the interface; the fit then finds no cap features)
+    found = cap.reacquire(slices[20].astype(np.float64), (0.0, 0.0), CAP_PX)
+    assert found is None or min(found[1]) >= _CapTemplate.MAX_SIGMA_PX
