@@ -287,6 +287,14 @@ def resample_to_pixel_size(pixels, pixel_size_um, reference_um, *, fill=0):
     return out.astype(pixels.dtype), covered
 
 
+def _nanmean0(values):
+    """Mean of a 2-D array along axis 0 over its finite values; NaN where there are none."""
+    seen = np.isfinite(values)
+    count = seen.sum(axis=0)
+    total = np.where(seen, values, 0.0).sum(axis=0)
+    return np.where(count > 0, total / np.maximum(count, 1), np.nan)
+
+
 def _bin(image, factor):
     """Mean of ``factor x factor`` blocks (float32; factor 1 returns `image` unconverted);
     trailing rows/columns are dropped."""
@@ -681,8 +689,7 @@ class _CapTemplate:
     @staticmethod
     def _column_profile(rows):
         """Mean of `rows` ((R, X), NaN where unseen) per column, less its smooth trend (shading)."""
-        with np.errstate(all="ignore"):
-            profile = np.nanmean(rows, axis=0)
+        profile = _nanmean0(np.asarray(rows, dtype=float))
         seen = np.isfinite(profile)
         if not seen.any():
             return profile
@@ -702,9 +709,7 @@ class _CapTemplate:
             mean[seen] = np.nanmean(part[seen], axis=1)
             blocks.append(np.abs(np.diff(ndimage.gaussian_filter1d(np.nan_to_num(mean), 1.0)))
                           * np.where(seen[1:] & seen[:-1], 1.0, np.nan))
-        with np.errstate(all="ignore"):
-            step = np.nanmean(np.array(blocks), axis=0)
-        return np.concatenate([step, [np.nan]])
+        return np.concatenate([_nanmean0(np.array(blocks)), [np.nan]])
 
     def _search(self, crop, guess, grid, y0, y1, margin):
         """The integer offset that best matches the low-passed template, within +-3 px of `guess`
