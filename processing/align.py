@@ -102,7 +102,15 @@ rejected correlation put the slice (after held slices, a decorrelated sample giv
 shift with a weak peak), and a lost cap is searched around where the phase correlation of its band
 with the template puts it, not only +-3 px around the guess (randomised seed 3 through the
 chain, a stage jump of 5 px over two held slices: 3.57 -> 0.53 px RMS, the rest on the two held
-slices, which keep the last shift).
+slices, which keep the last shift). A cap that holds no axis for ``CAP_LOST_SLICES`` (3) slices is
+reported lost (``DriftEstimate.cap_lost``, a warning, and "found again" when it holds an axis again)
+and looked for every 3 slices over the height of its band (:meth:`_CapTemplate.reacquire`): by its
+profile of horizontal edges (the interface across the whole width, whichever side is brighter in
+each column block), then by its column profile for x; an unclear match leaves it lost. Randomised
+seed 11 at 300 slices is not helped: after its magnification change a 15-row margin hides the top of
+the slice and the stage moves the 34-row cap up under it, so from slice ~130 on at most a few cap
+rows show, over a sample of nearly the cap's grey (the fit fails even at the true shift): the cap
+is reported lost there, and the figure stays 5.7 px RMS.
 """
 
 from __future__ import annotations
