@@ -210,7 +210,9 @@ def find_cap(slices, *, block_px=16, window_px=4, step_share=0.08, min_rows=4, a
     blocks are at one level (interquartile spread at most `level_spread` of the contrast: one
     material, not a row of particles). The edge must lie in the top `max_share` of the height,
     and a cap must be found so in at least `min_slices` of the slices, the first among them (the
-    cap is in every slice; a chance row of steps in one is not).
+    cap is in every slice; a chance row of steps in one is not). An edge found so only at half
+    `step_share` (a cap over a particle of nearly its grey) is not taken: a warning names its rows
+    for the user to state (``processing.cap_rows``).
 
     Parameters
     ----------
@@ -255,14 +257,15 @@ def find_cap(slices, *, block_px=16, window_px=4, step_share=0.08, min_rows=4, a
     if share >= min_slices:
         return 0, int(edge)
     # a cap over a particle of nearly its grey: its edge is faint in most blocks. Found at half the
-    # step, it is only reported: at that step a row of the cap's own grain (or a fiducial's arm) can
-    # pass for the edge, so the rows are left to the user
+    # step, it is only reported: at that step a row of the cap's own grain, a fiducial's arm or a row
+    # of particles can pass for the edge (one of the real slices, 2_phase, has one at row 28), so
+    # the rows are left to the user
     faint, faint_share = edges(step_share / 2)
     if faint_share >= min_slices:
-        log.warning("rows 0-%d look like a protective cap whose edge is faint (a straight edge across the width "
-                    "at half the step a cap needs, in %.0f %% of %d slices): not taken for one, so they count as "
-                    "sample and are registered on as such; state processing.cap_rows = %d if they are cap", faint,
-                    100 * faint_share, len(slices), faint)
+        log.warning("rows 0-%d may be a protective cap whose edge is faint (a straight edge across the width at "
+                    "half the step a cap needs, in %.0f %% of %d slices; a row of particles can pass for one): "
+                    "not taken for a cap, so they count as sample and are registered on as such; state "
+                    "processing.cap_rows = %d if they are cap", faint, 100 * faint_share, len(slices), faint)
     elif edge is not None or share:
         log.info("no cap: a band on top with a straight edge in %.0f %% of %d slices (need %.0f %%, the first "
                  "among them)", 100 * share, len(slices), 100 * min_slices)
