@@ -632,8 +632,11 @@ class _CapTemplate:
         mean grey from row to row, its magnitude averaged over the blocks (the interface's edge
         across the whole width, whichever side is brighter in each block, and the horizontal
         arms of a fiducial; the changing grain averages out along the rows). The interface must
-        be in view. Then :meth:`measure` from there, with its search (the phase correlation of
-        the band with the template places x). None when unsure: the best match below
+        be in view, and half the band. x is where the cap rows' column profile (a fiducial's
+        vertical arm, side walls; less its smooth trend) best matches the template's over a
+        quarter of the width each way. Then :meth:`measure` from there, with its search; its
+        standard errors say which axes hold (none, on a cap with nothing lasting in view).
+        None when unsure: the best match below
         :attr:`REACQUIRE_R`, or another offset further than :attr:`REACQUIRE_APART_PX`
         within :attr:`REACQUIRE_MARGIN` of it (an edge of the sample, a band of rows alike).
         """
@@ -713,10 +716,14 @@ class _CapTemplate:
         for b in range(n):
             part = image[:, b * width // n:(b + 1) * width // n]
             seen = np.isfinite(part).mean(axis=1) >= self.MIN_SEEN
-            mean = np.full(height, np.nan)
-            mean[seen] = np.nanmean(part[seen], axis=1)
-            blocks.append(np.abs(np.diff(ndimage.gaussian_filter1d(np.nan_to_num(mean), 1.0)))
+            if seen.sum() < 2:
+                continue
+            mean = np.interp(np.arange(height), np.flatnonzero(seen), np.nanmean(part[seen], axis=1))
+            # unseen rows take their neighbours' grey: no step at the border of the view
+            blocks.append(np.abs(np.diff(ndimage.gaussian_filter1d(mean, 1.0)))
                           * np.where(seen[1:] & seen[:-1], 1.0, np.nan))
+        if not blocks:
+            return np.full(height, np.nan)
         return np.concatenate([_nanmean0(np.array(blocks)), [np.nan]])
 
     def _search(self, crop, guess, grid, y0, y1, margin):
@@ -1552,7 +1559,7 @@ class DriftTracker:
                 if other is not None and (found is None or max(other[1]) < _CapTemplate.MAX_SIGMA_PX):
                     found = other  # the cap held there on both axes (or was found nowhere else)
         lost = found is None or not (np.asarray(found[1]) < _CapTemplate.MAX_SIGMA_PX).any()
-        if lost and self._cap_lost >= self.CAP_LOST_SLICES - 1 and (self._cap_lost + 1) % self.CAP_LOST_SLICES == 0:
+        if lost and (self._cap_lost + 1) % self.CAP_LOST_SLICES == 0:
             # lost for a while: the shift applied since may be off by more than the fit's reach
             # (held axes, a correlation that bent); looked for over the height of its band
             other = self._cap.reacquire(pixels, previous, self._cap.interface_row)
