@@ -102,7 +102,15 @@ rejected correlation put the slice (after held slices, a decorrelated sample giv
 shift with a weak peak), and a lost cap is searched around where the phase correlation of its band
 with the template puts it, not only +-3 px around the guess (randomised seed 3 through the
 chain, a stage jump of 5 px over two held slices: 3.57 -> 0.53 px RMS, the rest on the two held
-slices, which keep the last shift).
+slices, which keep the last shift). A cap that holds no axis for ``CAP_LOST_SLICES`` (3) slices is
+reported lost (``DriftEstimate.cap_lost``, a warning, and "found again" when it holds an axis again)
+and looked for every 3 slices over the height of its band (:meth:`_CapTemplate.reacquire`): by its
+profile of horizontal edges (the interface across the whole width, whichever side is brighter in
+each column block), then by its column profile for x; an unclear match leaves it lost. Randomised
+seed 11 at 300 slices is not helped: after its magnification change a 15-row margin hides the top of
+the slice and the stage moves the 34-row cap up under it, so from slice ~130 on at most a few cap
+rows show, over a sample of nearly the cap's grey (the fit fails even at the true shift): the cap
+is reported lost there, and the figure stays 5.7 px RMS.
 """
 
 from __future__ import annotations
@@ -154,6 +162,10 @@ class DriftEstimate:
     wander : bool
         True when `residual_px` exceeds ``DriftTracker.WANDER_PX`` (1 px): the stack may have
         wandered that far from the first slice's frame.
+    cap_lost : bool
+        Registration on the cap (cap mode) has not found the cap's lasting features for
+        ``DriftTracker.CAP_LOST_SLICES`` slices or more: the shift is the sample's correlation's
+        or held, not the cap's. False outside cap mode.
     """
 
     shift_px: tuple[float, float]
@@ -163,6 +175,7 @@ class DriftEstimate:
     measured_px: tuple[float, float] | None = None
     residual_px: float = 0.0
     wander: bool = False
+    cap_lost: bool = False
 
 
 def _as_pair(value, name):
@@ -280,6 +293,14 @@ def resample_to_pixel_size(pixels, pixel_size_um, reference_um, *, fill=0):
         info = np.iinfo(pixels.dtype)
         out = np.clip(np.rint(out), info.min, info.max)
     return out.astype(pixels.dtype), covered
+
+
+def _nanmean0(values):
+    """Mean of a 2-D array along axis 0 over its finite values; NaN where there are none."""
+    seen = np.isfinite(values)
+    count = seen.sum(axis=0)
+    total = np.where(seen, values, 0.0).sum(axis=0)
+    return np.where(count > 0, total / np.maximum(count, 1), np.nan)
 
 
 def _bin(image, factor):
@@ -506,6 +527,14 @@ class _CapTemplate:
     ANCHOR_EVERY = 10
     # weight of a new slice in the curtains' profile (:meth:`_learn_pattern`)
     PATTERN_WEIGHT = 0.1
+    # a lost cap found again by its profile of horizontal edges (:meth:`reacquire`): the least
+    # correlation with the template's, and the margin by which it must beat every offset further
+    # away than REACQUIRE_APART_PX (else unsure: the cap stays lost)
+    REACQUIRE_R = 0.6
+    REACQUIRE_MARGIN = 0.1
+    REACQUIRE_APART_PX = 5  # beyond the width of the interface's step
+    # width of the column blocks whose rows' steps make the edge profile (:meth:`_edge_profile`)
+    EDGE_BLOCK_PX = 16
 
     def __init__(self, interface_row, weight=None):
         self.interface_row = int(interface_row)
@@ -594,6 +623,108 @@ class _CapTemplate:
         if found is None:
             return rows
         return (rows[0][0], found[0][1]), (rows[1][0], found[1][1])
+
+    def reacquire(self, pixels, guess, reach):
+        """A lost cap looked for anew: ((dy, dx), (sigma_y, sigma_x)) of a raw slice, or None.
+
+        y is where the slice's profile of horizontal edges best matches the template's over
+        +-`reach` px around `guess`: per column block of :attr:`EDGE_BLOCK_PX`, the step of the
+        mean grey from row to row, its magnitude averaged over the blocks (the interface's edge
+        across the whole width, whichever side is brighter in each block, and the horizontal
+        arms of a fiducial; the changing grain averages out along the rows). The interface must
+        be in view, and half the band. x is where the cap rows' column profile (a fiducial's
+        vertical arm, side walls; less its smooth trend) best matches the template's over a
+        quarter of the width each way. Then :meth:`measure` from there, with its search; its
+        standard errors say which axes hold (none, on a cap with nothing lasting in view).
+        None when unsure: the best match below
+        :attr:`REACQUIRE_R`, or another offset further than :attr:`REACQUIRE_APART_PX`
+        within :attr:`REACQUIRE_MARGIN` of it (an edge of the sample, a band of rows alike).
+        """
+        rows = self.template.shape[0]
+        margin = int(np.ceil(3 * self.SMOOTH_PX))
+        canvas = np.arange(margin, min(rows, self.interface_row + self.ROWS_BELOW))
+        profile = self._edge_profile(self.template)[canvas]
+        raw_profile = self._edge_profile(self._unpatterned(pixels, 0, pixels.shape[0]))
+        edge = np.abs(canvas - self.interface_row) <= 3
+        centre = int(round(float(guess[0])))
+        offsets, scores = [], []
+        for dy in range(centre - int(reach), centre + int(reach) + 1):
+            r = canvas - dy  # the raw row that shows each canvas row
+            inside = (r >= 0) & (r < raw_profile.size)
+            p = np.full(canvas.size, np.nan)
+            p[inside] = raw_profile[r[inside]]
+            ok = np.isfinite(p) & np.isfinite(profile)
+            # half the band in view at least: a few rows match anything
+            if ok.sum() < max(8, canvas.size // 2) or not ok[edge & np.isfinite(profile)].all() or np.ptp(p[ok]) <= 0:
+                continue
+            offsets.append(dy)
+            scores.append(float(np.corrcoef(profile[ok], p[ok])[0, 1]))
+        if not scores:
+            return None
+        offsets, scores = np.array(offsets), np.array(scores)
+        best = int(np.argmax(scores))
+        rivals = scores[np.abs(offsets - offsets[best]) > self.REACQUIRE_APART_PX]
+        if scores[best] < self.REACQUIRE_R or (rivals.size and rivals.max() >= scores[best] - self.REACQUIRE_MARGIN):
+            logger.debug("cap not found again: best edge-profile match %.3f at dy %d, rival %.3f", scores[best],
+                         offsets[best], rivals.max() if rivals.size else np.nan)
+            return None
+        dy = int(offsets[best])
+        # x: the cap rows' column profile (a fiducial's vertical arm, side walls) against the
+        # template's, over a quarter of the width each way
+        cap_rows = np.arange(margin, self.interface_row - 2)
+        r = cap_rows - dy
+        r = r[(r >= 0) & (r < pixels.shape[0])]
+        if r.size < 4:
+            return None
+        columns = self._column_profile(self._unpatterned(pixels, 0, pixels.shape[0])[r])
+        reference = self._column_profile(self.template[r + dy])
+        width = columns.size
+        gx = int(round(float(guess[1])))
+        best_x, best_r = gx, -np.inf
+        for dx in range(gx - width // 4, gx + width // 4 + 1):
+            c = np.arange(width) - dx  # the raw column that shows each canvas column
+            inside = (c >= 0) & (c < width)
+            a, b = reference[inside], columns[c[inside]]
+            ok = np.isfinite(a) & np.isfinite(b)
+            if ok.sum() < width // 2:
+                continue
+            score = float(np.corrcoef(a[ok], b[ok])[0, 1])
+            if score > best_r:
+                best_x, best_r = dx, score
+        failures, self._failures = self._failures, 0  # search around the new guess
+        found = self.measure(pixels, (float(dy), float(best_x)))
+        if found is None:
+            self._failures = failures + 1
+        return found
+
+    @staticmethod
+    def _column_profile(rows):
+        """Mean of `rows` ((R, X), NaN where unseen) per column, less its smooth trend (shading)."""
+        profile = _nanmean0(np.asarray(rows, dtype=float))
+        seen = np.isfinite(profile)
+        if not seen.any():
+            return profile
+        filled = np.where(seen, profile, np.nanmean(profile))
+        return np.where(seen, filled - ndimage.gaussian_filter1d(filled, 8.0), np.nan)
+
+    def _edge_profile(self, image):
+        """Per row of `image` ((Y, X), NaN where unseen): the magnitude of the step of the column
+        blocks' mean grey to the next row, averaged over the blocks; NaN where no block sees both."""
+        height, width = image.shape
+        n = max(1, width // self.EDGE_BLOCK_PX)
+        blocks = []
+        for b in range(n):
+            part = image[:, b * width // n:(b + 1) * width // n]
+            seen = np.isfinite(part).mean(axis=1) >= self.MIN_SEEN
+            if seen.sum() < 2:
+                continue
+            mean = np.interp(np.arange(height), np.flatnonzero(seen), np.nanmean(part[seen], axis=1))
+            # unseen rows take their neighbours' grey: no step at the border of the view
+            blocks.append(np.abs(np.diff(ndimage.gaussian_filter1d(mean, 1.0)))
+                          * np.where(seen[1:] & seen[:-1], 1.0, np.nan))
+        if not blocks:
+            return np.full(height, np.nan)
+        return np.concatenate([_nanmean0(np.array(blocks)), [np.nan]])
 
     def _search(self, crop, guess, grid, y0, y1, margin):
         """The integer offset that best matches the low-passed template, within +-3 px of `guess`
@@ -963,6 +1094,9 @@ class DriftTracker:
     WANDER_PX = 1.0
     # cap mode: slices the cap holds an axis on before its steps and the correlation's errors are known
     STAGE_SLICES = 3
+    # cap mode: slices in a row without the cap before it is reported lost and looked for over its
+    # whole band (then again every as many slices, until found)
+    CAP_LOST_SLICES = 3
 
     def __init__(self, *, roi=None, upsample=1, bin=None, reference_weight=0.5, min_confidence=0.5,
                  max_rejected=5, keyframe=True, lowpass=0.1, whiten=1.0, destripe=True, workers=2,
@@ -1010,6 +1144,7 @@ class DriftTracker:
         self._innovations = deque(maxlen=32)
         self._stage_steps = deque(maxlen=32)
         self._held = np.zeros(2, dtype=bool)  # axes held at the last shift (cap mode)
+        self._cap_lost = 0  # slices in a row on which the cap held no axis (cap mode)
         self.roi = roi
         self.upsample = int(upsample)
         self.bin = bin
@@ -1267,6 +1402,7 @@ class DriftTracker:
             measured_px=None if measured is None else (float(measured[0]), float(measured[1])),
             residual_px=residual,
             wander=residual > self.WANDER_PX,
+            cap_lost=self._cap_lost >= self.CAP_LOST_SLICES,
         )
 
     def reframe(self, raw):
@@ -1302,7 +1438,7 @@ class DriftTracker:
         self.n_slices += 1
         residual = float(np.sqrt(2.0 * (self._error_var + predicted_var)))
         return DriftEstimate(self._shift, (0.0, 0.0), 0.0, False, residual_px=residual,
-                             wander=residual > self.WANDER_PX)
+                             wander=residual > self.WANDER_PX, cap_lost=self._cap_lost >= self.CAP_LOST_SLICES)
 
     def _error_budget(self, results, usable):
         """Per-axis variance (px^2) of the slice's shift: a reference's own variance plus the pair's.
@@ -1422,6 +1558,24 @@ class DriftTracker:
                 other = self._cap.measure(pixels, guess)
                 if other is not None and (found is None or max(other[1]) < _CapTemplate.MAX_SIGMA_PX):
                     found = other  # the cap held there on both axes (or was found nowhere else)
+        lost = found is None or not (np.asarray(found[1]) < _CapTemplate.MAX_SIGMA_PX).any()
+        if lost and (self._cap_lost + 1) % self.CAP_LOST_SLICES == 0:
+            # lost for a while: the shift applied since may be off by more than the fit's reach
+            # (held axes, a correlation that bent); looked for over the height of its band
+            other = self._cap.reacquire(pixels, previous, self._cap.interface_row)
+            if other is not None and (np.asarray(other[1]) < _CapTemplate.MAX_SIGMA_PX).any():
+                found, lost = other, False
+        if lost:
+            self._cap_lost += 1
+            if self._cap_lost == self.CAP_LOST_SLICES:
+                logger.warning("slice %d: the cap lost (%d slices without its lasting features in view): the shift "
+                               "follows the sample's correlation or is held; the cap is looked for over its band "
+                               "every %d slices", self.n_slices, self._cap_lost, self.CAP_LOST_SLICES)
+        else:
+            if self._cap_lost >= self.CAP_LOST_SLICES:
+                logger.warning("slice %d: the cap found again after %d slices without it, at (%.2f, %.2f) px where "
+                               "the last shift was (%.2f, %.2f)", self.n_slices, self._cap_lost, *found[0], *previous)
+            self._cap_lost = 0
         sigma = np.full(2, np.inf) if found is None else np.asarray(found[1])
         use = sigma < _CapTemplate.MAX_SIGMA_PX
         self._cap_held = bool(use.all())
