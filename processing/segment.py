@@ -757,7 +757,8 @@ def calibrate_phases(slices, phases, *, valid=None, training_labels=None, rng=0,
         Passed to :func:`fit_phase_model`; ``smooth_px="auto"`` picks the pre-filter from the
         data (:data:`AUTO_SMOOTH_PX`: of those showing the most separable classes, up to the
         names, the smallest that separates them with Ashman's D >= 3.5, else the one that
-        separates them best).
+        separates them best; a class count that one width only shows, weakly separated, is not
+        trusted: see :func:`_auto_smoothing`).
 
     Returns
     -------
