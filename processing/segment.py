@@ -697,12 +697,12 @@ _DEGENERATE_SEPARATION = 1.0
 def _auto_smoothing(slices, valid, n_names):
     """(smooth_px, estimate): a pre-filter of AUTO_SMOOTH_PX chosen from the class estimates.
 
-    A width's count of separable grey classes (up to the `n_names` named) is trusted when its
-    classes are clearly separable (every neighbouring pair D >= 2.5) or a neighbouring width of
-    AUTO_SMOOTH_PX shows at least as many (the class structure is stable); the others take no
-    part unless no width is trusted. Of the trusted widths, those with the most classes (more
-    smoothing takes noise away and may separate two close phases); among those, the smallest that
-    separates every neighbouring pair with D >= 3.5, else the best separating."""
+    The count of separable grey classes (up to the `n_names` named) of a width wider than the
+    narrowest is trusted when its classes are clearly separable (every neighbouring pair D >= 2.5)
+    or a neighbouring width of AUTO_SMOOTH_PX shows at least as many (the class structure is
+    stable); the widths not trusted take no part. Of the trusted widths, those with the most
+    classes (more smoothing takes noise away and may separate two close phases); among those, the
+    smallest that separates every neighbouring pair with D >= 3.5, else the best separating."""
     from processing.phases import _ashman_d, estimate_grey_classes
 
     candidates = []
@@ -712,13 +712,15 @@ def _auto_smoothing(slices, valid, n_names):
         d = min((_ashman_d(a.level, a.sigma, b.level, b.sigma) for a, b in zip(found[:-1], found[1:])), default=0.0)
         candidates.append((min(len(found), n_names), d, smooth_px, estimate))
     counts = [c[0] for c in candidates]
-    stable = [any(m >= n for m in counts[max(i - 1, 0):i] + counts[i + 1:i + 2]) for i, n in enumerate(counts)]
+    # the narrowest pre-filter needs no support: smoothing does not invent its classes (a thin phase may
+    # even show at it only)
+    stable = [i == 0 or any(m >= n for m in counts[i - 1:i] + counts[i + 1:i + 2]) for i, n in enumerate(counts)]
     trusted = [c for c, s in zip(candidates, stable) if s or c[1] >= _CLEAR_SEPARATION]
     for (n, d, smooth_px, _) in candidates:
         if all(c[2] != smooth_px for c in trusted):
             logger.info("phase model: the %d grey classes at a %g px pre-filter are not trusted (weakest D %.1f < "
                         "%.1f, and no neighbouring pre-filter shows as many)", n, smooth_px, d, _CLEAR_SEPARATION)
-    candidates = trusted or candidates
+    candidates = trusted
     most = max(c[0] for c in candidates)
     candidates = [c for c in candidates if c[0] == most]
     enough = [c for c in candidates if c[1] >= _ENOUGH_SEPARATION]
