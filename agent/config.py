@@ -88,7 +88,9 @@ class PhasesConfig(_Section):
     smooth_px: float | Literal["auto"] = Field(
         "auto", description="Gaussian pre-filter of the grey-level model, pixels (0-4); raise it (1.5-3) when "
         "`revwatch calibrate` says neighbouring classes overlap (very noisy slices); 'auto' = of 1, 1.5, 2, 3, "
-        "the one that shows the most separable classes (up to the names), then the smallest that separates them",
+        "the one that shows the most separable classes (up to the names), then the smallest that separates them; "
+        "a class count that a width above 1 shows and no neighbouring width, weakly separated (Ashman's D < 2.5), "
+        "is not trusted",
     )
     @field_validator("smooth_px")
     @classmethod

@@ -685,15 +685,24 @@ def sparse_labels_from_rectangles(shape, rectangles, phases):
 # D >= 3.5 two equal Gaussian classes overlap on about 4 % of a class's pixels.
 AUTO_SMOOTH_PX = (1.0, 1.5, 2.0, 3.0)
 _ENOUGH_SEPARATION = 3.5
+# A class count that only one pre-filter shows is evidence only if its classes are at least this
+# separable (Ashman's D): at 2.5 noise alone mislabels about 11 % of each of two equal classes; a
+# weaker class seen at one width only is as likely a texture the filter turns into a plateau
+# (leftover curtain stripes, rims) as a phase.
+_CLEAR_SEPARATION = 2.5
 # Neighbouring phase levels of a fitted model closer than this (Ashman's D) are one class split.
 _DEGENERATE_SEPARATION = 1.0
 
 
 def _auto_smoothing(slices, valid, n_names):
-    """(smooth_px, estimate): the pre-filter of AUTO_SMOOTH_PX whose estimate shows the most
-    separable grey classes, up to the `n_names` named (more smoothing takes noise away and may
-    separate two close phases); among those, the smallest that separates every neighbouring pair
-    of classes with D >= 3.5, else the best separating."""
+    """(smooth_px, estimate): a pre-filter of AUTO_SMOOTH_PX chosen from the class estimates.
+
+    The count of separable grey classes (up to the `n_names` named) of a width wider than the
+    narrowest is trusted when its classes are clearly separable (every neighbouring pair D >= 2.5)
+    or a neighbouring width of AUTO_SMOOTH_PX shows at least as many (the class structure is
+    stable); the widths not trusted take no part. Of the trusted widths, those with the most
+    classes (more smoothing takes noise away and may separate two close phases); among those, the
+    smallest that separates every neighbouring pair with D >= 3.5, else the best separating."""
     from processing.phases import _ashman_d, estimate_grey_classes
 
     candidates = []
@@ -702,6 +711,16 @@ def _auto_smoothing(slices, valid, n_names):
         found = estimate.phase_classes
         d = min((_ashman_d(a.level, a.sigma, b.level, b.sigma) for a, b in zip(found[:-1], found[1:])), default=0.0)
         candidates.append((min(len(found), n_names), d, smooth_px, estimate))
+    counts = [c[0] for c in candidates]
+    # the narrowest pre-filter needs no support: smoothing does not invent its classes (a thin phase may
+    # even show at it only)
+    stable = [i == 0 or any(m >= n for m in counts[i - 1:i] + counts[i + 1:i + 2]) for i, n in enumerate(counts)]
+    trusted = [c for c, s in zip(candidates, stable) if s or c[1] >= _CLEAR_SEPARATION]
+    for (n, d, smooth_px, _) in candidates:
+        if all(c[2] != smooth_px for c in trusted):
+            logger.info("phase model: the %d grey classes at a %g px pre-filter are not trusted (weakest D %.1f < "
+                        "%.1f, and no neighbouring pre-filter shows as many)", n, smooth_px, d, _CLEAR_SEPARATION)
+    candidates = trusted
     most = max(c[0] for c in candidates)
     candidates = [c for c in candidates if c[0] == most]
     enough = [c for c in candidates if c[1] >= _ENOUGH_SEPARATION]
@@ -740,7 +759,8 @@ def calibrate_phases(slices, phases, *, valid=None, training_labels=None, rng=0,
         Passed to :func:`fit_phase_model`; ``smooth_px="auto"`` picks the pre-filter from the
         data (:data:`AUTO_SMOOTH_PX`: of those showing the most separable classes, up to the
         names, the smallest that separates them with Ashman's D >= 3.5, else the one that
-        separates them best).
+        separates them best; a class count that one width only shows, weakly separated, is not
+        trusted: see :func:`_auto_smoothing`).
 
     Returns
     -------

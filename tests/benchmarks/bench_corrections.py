@@ -17,7 +17,7 @@
 Only the curtaining step runs in parts 1 and 2 (no brightness map), so before/after differ by
 it alone. Run from the repository root::
 
-    PYTHONPATH=$PWD python tests/benchmarks/bench_corrections.py [--quick]
+    PYTHONPATH=$PWD python tests/benchmarks/bench_corrections.py [--quick] [--curtain-reference neighbours]
 
 ``--compare-with CHECKOUT`` also runs the curtaining of another checkout's
 ``processing/correct.py`` (e.g. the main branch) on the same slices, as a third column.
@@ -39,6 +39,7 @@ from processing.correct import fit_correction, stripe_amplitude
 from processing.synthetic import generate_microstructure, render_acquisition
 
 VARIANTS = {"this": processing.correct}  # name: a module with fit_correction (see --compare-with)
+OPTIONS = {}  # keyword options of every fit_correction of parts 1-3 (see --curtain-reference)
 SAMBA = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "samba_real_slices"
 
 
@@ -84,7 +85,7 @@ def bench_generator(quick):
     for name, angle, raw, clean in generator_cases(quick):
         key = name.split(" deg")[0].rstrip("0123456789 ")
         for variant, module in VARIANTS.items():
-            model = module.fit_correction(raw[:1], n_phases=3, brightness=False)
+            model = module.fit_correction(raw[:1], n_phases=3, brightness=False, **OPTIONS)
             for k in range(len(raw)):
                 out = model.apply(raw[k]).pixels
                 before = stripe_amplitude(raw[k].astype(np.float32) - clean[k], angle_deg=angle)
@@ -134,13 +135,13 @@ def bench_samba():
         image = tifffile.imread(SAMBA / f"{name}.tif")
         image = image if image.ndim == 2 else image[..., 0]
         regions = read_regions(SAMBA / f"{name}_roi_config.txt")
-        whole_before = stripe_amplitude(image, levels=fit_correction([image], n_phases=n_phases).levels)
+        whole_before = stripe_amplitude(image, levels=fit_correction([image], n_phases=n_phases, **OPTIONS).levels)
         before = region_figures(image, regions)
         amp_b = [b[1] for b in before]
         print(f"   {name} input: whole slice {whole_before:.2f}; regions (median/worst of {len(amp_b)}) "
               f"{np.median(amp_b):.2f}/{max(amp_b):.2f}")
         for variant, module in VARIANTS.items():
-            model = module.fit_correction([image], n_phases=n_phases, brightness=False)
+            model = module.fit_correction([image], n_phases=n_phases, brightness=False, **OPTIONS)
             t0 = time.perf_counter()
             out = model.apply(image).pixels
             ms = 1e3 * (time.perf_counter() - t0)
@@ -205,10 +206,10 @@ def bench_pystack3d(quick):
     except ImportError as exc:
         print(f"   skipped: {exc}")
         return
-    angle = stripe_angle(stack[curtained[0]], levels=fit_correction(target[:3], n_phases=2).levels)
+    angle = stripe_angle(stack[curtained[0]], levels=fit_correction(target[:3], n_phases=2, **OPTIONS).levels)
     print(f"   curtain angle found on slice 0: {angle:.2f} deg from vertical")
     for variant, module in VARIANTS.items():
-        model = module.fit_correction(target[:3], n_phases=2)  # slice 83 is also dimmed: brightness map on
+        model = module.fit_correction(target[:3], n_phases=2, **OPTIONS)  # slice 83 is also dimmed: brightness map on
         ratios = []
         for k in range(len(stack)):
             corrected = model.apply(stack[k])
@@ -224,7 +225,7 @@ def bench_pystack3d(quick):
         clean = np.delete(np.array(ratios), curtained)
         print(f"   ({variant}) slices without curtains: stripe energy after/before median {np.median(clean):.4f}, "
               f"largest {clean.max():.4f}")
-    chain = SliceChain(phases=Phases(("pore", "active")), calibration_slices=4, roi=None)
+    chain = SliceChain(phases=Phases(("pore", "active")), calibration_slices=4, roi=None, **OPTIONS)
     done = []
     for k, pixels in enumerate(stack):
         done += chain.push(SliceImage(pixels, k, f"slice_{k:04d}.tif", (0.01, 0.01), None))
@@ -277,7 +278,11 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer and smaller cases")
     parser.add_argument("--compare-with", type=Path, help="another checkout whose processing/correct.py is compared")
+    parser.add_argument("--curtain-reference", choices=("phases", "neighbours"), default=None,
+                        help="curtain_reference of every fit in parts 1-3 (default: fit_correction's)")
     args = parser.parse_args(argv)
+    if args.curtain_reference is not None:
+        OPTIONS["curtain_reference"] = args.curtain_reference
     if args.compare_with is not None:
         import importlib.util
 
