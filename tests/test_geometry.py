@@ -154,6 +154,7 @@ def test_every_other_slice_missing_after_100_gives_the_true_depth(tmp_path):
     assert not [d for d in docs if d["topic"] == "error" and d["kind"] == "z_step"]
 
 
+@pytest.mark.slow  # the step change itself: test_positions_report_a_change_of_step_once_...
 def test_step_change_is_reported_and_170_slices_span_4_78_um(tmp_path, caplog):
     """170 slices spanning 4.78 um with a change of step half-way: depth 4.78 um (+1 %), one z_step report."""
     first_step = 0.02
