@@ -266,6 +266,7 @@ def test_margins_are_found_on_the_raw_slice_when_the_correction_has_striped_them
     assert _rms(blind) > 2 * _rms(error)  # precondition: the striped margin does pull
 
 
+@pytest.mark.slow  # cap mode from a cap the chain finds: also in tests/test_agent_chain.py
 def test_a_cap_found_by_the_chain_is_registered_on_its_lasting_features():
     # no cap_rows stated (a user who only names the phases): the chain finds the cap whose grain
     # changes in every slice by its look, and registers on its template as with the rows stated
