@@ -644,7 +644,8 @@ class _CapTemplate:
         margin = int(np.ceil(3 * self.SMOOTH_PX))
         canvas = np.arange(margin, min(rows, self.interface_row + self.ROWS_BELOW))
         profile = self._edge_profile(self.template)[canvas]
-        raw_profile = self._edge_profile(self._unpatterned(pixels, 0, pixels.shape[0]))
+        unpatterned = self._unpatterned(pixels, 0, pixels.shape[0])
+        raw_profile = self._edge_profile(unpatterned)
         edge = np.abs(canvas - self.interface_row) <= 3
         centre = int(round(float(guess[0])))
         offsets, scores = [], []
@@ -676,7 +677,7 @@ class _CapTemplate:
         r = r[(r >= 0) & (r < pixels.shape[0])]
         if r.size < 4:
             return None
-        columns = self._column_profile(self._unpatterned(pixels, 0, pixels.shape[0])[r])
+        columns = self._column_profile(unpatterned[r])
         reference = self._column_profile(self.template[r + dy])
         width = columns.size
         gx = int(round(float(guess[1])))

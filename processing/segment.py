@@ -715,9 +715,11 @@ def _auto_smoothing(slices, valid, n_names):
     # the narrowest pre-filter needs no support: smoothing does not invent its classes (a thin phase may
     # even show at it only)
     stable = [i == 0 or any(m >= n for m in counts[i - 1:i] + counts[i + 1:i + 2]) for i, n in enumerate(counts)]
-    trusted = [c for c, s in zip(candidates, stable) if s or c[1] >= _CLEAR_SEPARATION]
-    for (n, d, smooth_px, _) in candidates:
-        if all(c[2] != smooth_px for c in trusted):
+    trusted = []
+    for (n, d, smooth_px, estimate), supported in zip(candidates, stable):
+        if supported or d >= _CLEAR_SEPARATION:
+            trusted.append((n, d, smooth_px, estimate))
+        else:
             logger.info("phase model: the %d grey classes at a %g px pre-filter are not trusted (weakest D %.1f < "
                         "%.1f, and no neighbouring pre-filter shows as many)", n, smooth_px, d, _CLEAR_SEPARATION)
     candidates = trusted
