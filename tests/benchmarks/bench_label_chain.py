@@ -125,7 +125,7 @@ chain's output compared with the truth at each slice's best offset; no code chan
 - seed 15: pore -4.5 points: 44 % of the pore pixels at 1 px from a pore edge, 33 % at 2 px go
   to active (blur 1.9 px, voids, pore 13 % against active 49 %: the Bayes shift toward the pore).
 
-Curtains measured against the row neighbours (wip/fourphase, ``--curtain-reference neighbours``,
+Curtains measured against the row neighbours (wip/fourphase, ``--set processing.curtain_reference=neighbours``,
 ``processing.curtain_reference``; the default "phases" is the code before, unchanged). Where the
 loss of the four-phase seeds comes from (baseline, best ordered per-slice thresholds against the
 truth on the 1 px smoothed slice, slices 20/60/100, ``/work/scratch/fourphase/oracle.py``): the
@@ -170,8 +170,8 @@ seed  before                   after (neighbours)       what
 The automatic pre-filter after this (wip/fourphase2, processing/segment.py ``_auto_smoothing``): the
 class count of a width above the narrowest takes part only if a neighbouring width shows as many
 classes or its classes are separated with D >= 2.5; seed 0's stripe class (3 px only, D 2.0 to its
-bright neighbour) is no longer taken for a phase. Seeds 0-15, 150 slices, ``--curtain-reference
-neighbours``, load 4-7 on 2 cores (seed 4 re-run after the narrowest width was exempted, commit
+bright neighbour) is no longer taken for a phase. Seeds 0-15, 150 slices, ``--set
+processing.curtain_reference=neighbours``, load 4-7 on 2 cores (seed 4 re-run after the narrowest width was exempted, commit
 a4f7ee6; the others on 28b737a, whose rule differs only there). Accuracy of the median slice; before
 = the table above (neighbours, last round), phases = its "before" column (b4221a9):
 
@@ -284,7 +284,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).absolute().parents[2]))
 from bench_acquisitions import compare_slice
 
-from agent.config import Config
+from agent.config import Config, ConfigError, apply_overrides
 from processing.align import resample_to_pixel_size
 from processing.chain import SliceChain
 from processing.io import SliceImage
@@ -347,10 +347,17 @@ def main(argv=None):
     parser.add_argument("--seeds", type=int, nargs=2, default=(0, 12), metavar=("FIRST", "STOP"),
                         help="scenario seeds FIRST..STOP-1 (default 0 12)")
     parser.add_argument("--slices", type=int, default=150, help="slices per scenario (default 150)")
-    parser.add_argument("--curtain-reference", choices=("phases", "neighbours"), default=None,
-                        help="processing.curtain_reference (default: the configuration's default)")
+    parser.add_argument("--set", action="append", default=[], metavar="processing.KEY=VALUE",
+                        help="a [processing] key for every scenario (repeatable, values as in TOML), "
+                             "e.g. processing.boundaries=edges")
     args = parser.parse_args(argv)
-    processing = {} if args.curtain_reference is None else {"curtain_reference": args.curtain_reference}
+    try:
+        overrides = apply_overrides({}, args.set)
+    except ConfigError as exc:
+        parser.error(str(exc))
+    if set(overrides) - {"processing"}:
+        parser.error(f"--set: only processing.KEY=VALUE is used here, got {args.set}")
+    processing = overrides.get("processing", {})
     logging.basicConfig(level=logging.ERROR)
     print(f"{'seed':>4} {'acc med':>7} {'worst':>6} {'pooled':>6} {'bias':>6}  {'per phase':<24} {'unas':>5} {'pooled':>6} {'held':>4} "
           f"{'flagged':>7} {'f.held':>6} {'recal':>5} {'drift':>5} {'s':>4}  scenario")
