@@ -49,6 +49,9 @@ _LABELS = {
     "surface_area_per_phase_volume_um-1": "area/phase µm⁻¹",
     "coverage_share": "coverage",
     "inner_porosity_share": "inner porosity",
+    # label 0 is the cap, margins, fields outside the sample, drift borders and held slices: not a
+    # failure to label, which "unassigned" read as a phase fraction suggests
+    "volume_fraction.unassigned": "no phase (not sample, held)",
 }
 
 
@@ -75,6 +78,8 @@ def _is_share(name: str) -> bool:
 
 
 def _label(name: str) -> str:
+    if name in _LABELS:
+        return _LABELS[name]
     head, _, rest = name.partition(".")
     return " ".join(filter(None, [_LABELS.get(head, head), rest.replace(".", " ")]))
 
