@@ -423,7 +423,7 @@ class SliceChain:
                     if band is not None:
                         log.info("the cap found in the top half of the slice: rows %d-%d", *band)
                         self.roi = (top[0], top[1], 0, usable[0].shape[1])
-                # the band is the cap where find_cap, by the cap's look, takes it
+                # whether the slices show a cap, and whether the band is it: find_cap decides (by its look)
                 rows = find_cap(usable, band=band) if self.region.auto else band
                 if band is None or rows != band:
                     band = None
