@@ -515,6 +515,9 @@ class _CapTemplate:
     MAX_SIGMA_PX = 0.5
     # low-pass of template and slices (px): above the grain's size, below the features'
     SMOOTH_PX = 2.0
+    # rows and columns along the template's borders left out of the fits: the low-pass's reach,
+    # where the template's differs from the slice's
+    MARGIN = int(np.ceil(3 * SMOOTH_PX))
     # pixels per independent residual (grain and blur correlate neighbours)
     CORRELATED_PX = 10.0  # calibrated: the standard error then matches the error on the benchmark
     # rows of sample below the interface in the y-only fit of the row profiles (along a row the
@@ -547,7 +550,7 @@ class _CapTemplate:
     def start(self, canvas_slice):
         """Template from a slice already on the canvas."""
         pixels = np.asarray(canvas_slice, dtype=np.float64)
-        rows = self.interface_row + self.BELOW + int(np.ceil(3 * self.SMOOTH_PX))
+        rows = self.interface_row + self.BELOW + self.MARGIN
         self.template = pixels[:rows].copy()
         self._first = pixels[:rows + 8].copy()  # the canvas's origin, by definition
         self._slices = 1
@@ -586,8 +589,7 @@ class _CapTemplate:
         around it on low-passed copies first.
         """
         rows, width = self.template.shape
-        # away from the template's borders, where its low-pass differs from the slice's
-        margin = int(np.ceil(3 * self.SMOOTH_PX))
+        margin = self.MARGIN
         y0, y1 = margin, self.interface_row + self.BELOW
         y1_rows = min(rows, self.interface_row + self.ROWS_BELOW)
         grid = np.mgrid[y0:y1_rows, margin:width - margin].astype(np.float64)
@@ -640,36 +642,15 @@ class _CapTemplate:
         :attr:`REACQUIRE_R`, or another offset further than :attr:`REACQUIRE_APART_PX`
         within :attr:`REACQUIRE_MARGIN` of it (an edge of the sample, a band of rows alike).
         """
-        rows = self.template.shape[0]
-        margin = int(np.ceil(3 * self.SMOOTH_PX))
-        canvas = np.arange(margin, min(rows, self.interface_row + self.ROWS_BELOW))
-        profile = self._edge_profile(self.template)[canvas]
+        margin = self.MARGIN
+        canvas = np.arange(margin, min(self.template.shape[0], self.interface_row + self.ROWS_BELOW))
         unpatterned = self._unpatterned(pixels, 0, pixels.shape[0])
-        raw_profile = self._edge_profile(unpatterned)
-        edge = np.abs(canvas - self.interface_row) <= 3
-        centre = int(round(float(guess[0])))
-        offsets, scores = [], []
-        for dy in range(centre - int(reach), centre + int(reach) + 1):
-            r = canvas - dy  # the raw row that shows each canvas row
-            inside = (r >= 0) & (r < raw_profile.size)
-            p = np.full(canvas.size, np.nan)
-            p[inside] = raw_profile[r[inside]]
-            ok = np.isfinite(p) & np.isfinite(profile)
-            # half the band in view at least: a few rows match anything
-            if ok.sum() < max(8, canvas.size // 2) or not ok[edge & np.isfinite(profile)].all() or np.ptp(p[ok]) <= 0:
-                continue
-            offsets.append(dy)
-            scores.append(float(np.corrcoef(profile[ok], p[ok])[0, 1]))
-        if not scores:
+        # y: the profiles of horizontal edges, with the interface's rows in view
+        dy = self._best_offset(self._edge_profile(self.template)[canvas], canvas, self._edge_profile(unpatterned),
+                               int(round(float(guess[0]))), int(reach),
+                               must_see=np.abs(canvas - self.interface_row) <= 3)
+        if dy is None:
             return None
-        offsets, scores = np.array(offsets), np.array(scores)
-        best = int(np.argmax(scores))
-        rivals = scores[np.abs(offsets - offsets[best]) > self.REACQUIRE_APART_PX]
-        if scores[best] < self.REACQUIRE_R or (rivals.size and rivals.max() >= scores[best] - self.REACQUIRE_MARGIN):
-            logger.debug("cap not found again: best edge-profile match %.3f at dy %d, rival %.3f", scores[best],
-                         offsets[best], rivals.max() if rivals.size else np.nan)
-            return None
-        dy = int(offsets[best])
         # x: the cap rows' column profile (a fiducial's vertical arm, side walls) against the
         # template's, over a quarter of the width each way
         cap_rows = np.arange(margin, self.interface_row - 2)
@@ -678,25 +659,53 @@ class _CapTemplate:
         if r.size < 4:
             return None
         columns = self._column_profile(unpatterned[r])
-        reference = self._column_profile(self.template[r + dy])
         width = columns.size
         gx = int(round(float(guess[1])))
-        best_x, best_r = gx, -np.inf
-        for dx in range(gx - width // 4, gx + width // 4 + 1):
-            c = np.arange(width) - dx  # the raw column that shows each canvas column
-            inside = (c >= 0) & (c < width)
-            a, b = reference[inside], columns[c[inside]]
-            ok = np.isfinite(a) & np.isfinite(b)
-            if ok.sum() < width // 2:
-                continue
-            score = float(np.corrcoef(a[ok], b[ok])[0, 1])
-            if score > best_r:
-                best_x, best_r = dx, score
+        # the best match even when unsure: :meth:`measure`'s standard error says whether x holds
+        best_x = self._best_offset(self._column_profile(self.template[r + dy]), np.arange(width), columns, gx,
+                                   width // 4, take_unsure=True)
+        best_x = gx if best_x is None else best_x
         failures, self._failures = self._failures, 0  # search around the new guess
         found = self.measure(pixels, (float(dy), float(best_x)))
         if found is None:
             self._failures = failures + 1
         return found
+
+    def _best_offset(self, reference, at, profile, centre, reach, *, must_see=None, take_unsure=False):
+        """The integer offset d within +-`reach` of `centre` at which the raw `profile` (1-D, NaN
+        where unseen) best matches `reference`, its values at canvas positions `at` (canvas = raw
+        + d), by their correlation; None when unsure.
+
+        An offset counts with half the positions in view at least (8 at the least: a few match
+        anything) and all those of `must_see` (bool, like `at`) that the reference sees. Unsure:
+        no offset counts, or (unless `take_unsure`) the best correlation is below
+        :attr:`REACQUIRE_R`, or another offset further than :attr:`REACQUIRE_APART_PX` is within
+        :attr:`REACQUIRE_MARGIN` of it (an edge of the sample, a band of rows alike).
+        """
+        must_see = np.zeros(at.size, bool) if must_see is None else must_see & np.isfinite(reference)
+        offsets, scores = [], []
+        for d in range(centre - reach, centre + reach + 1):
+            raw = at - d  # the raw position that shows each canvas position
+            inside = (raw >= 0) & (raw < profile.size)
+            p = np.full(at.size, np.nan)
+            p[inside] = profile[raw[inside]]
+            ok = np.isfinite(p) & np.isfinite(reference)
+            if (ok.sum() < max(8, at.size // 2) or not ok[must_see].all()
+                    or np.ptp(p[ok]) <= 0 or np.ptp(reference[ok]) <= 0):
+                continue
+            offsets.append(d)
+            scores.append(float(np.corrcoef(reference[ok], p[ok])[0, 1]))
+        if not scores:
+            return None
+        offsets, scores = np.array(offsets), np.array(scores)
+        best = int(np.argmax(scores))
+        rivals = scores[np.abs(offsets - offsets[best]) > self.REACQUIRE_APART_PX]
+        if not take_unsure and (scores[best] < self.REACQUIRE_R
+                                or (rivals.size and rivals.max() >= scores[best] - self.REACQUIRE_MARGIN)):
+            logger.debug("cap not found again: best profile match %.3f at offset %d, rival %.3f", scores[best],
+                         offsets[best], rivals.max() if rivals.size else np.nan)
+            return None
+        return int(offsets[best])
 
     @staticmethod
     def _column_profile(rows):
@@ -1757,12 +1766,7 @@ class DriftTracker:
         binned = _bin(aligned.astype(np.float32), self._bin)
         covered = _bin((aligned > 0).astype(np.float32), self._bin) > 0.99
         fill = binned[covered].mean() if covered.any() else 0.0
-        self._previous = np.where(covered, binned, fill)
-        self._mean = self._previous.copy()
-        self._keyframe = self._previous.copy()
-        self._previous_id = self._keyframe_id = 0
-        self._lagged.clear()
-        self._lagged.append((0, self._previous.copy()))
+        self._first_references(np.where(covered, binned, fill), 0)
         if self._cap is not None:
             self._cap.stripe_angle_deg = self._find_stripe_angle(aligned)
             self._cap.start(aligned)
@@ -1797,13 +1801,9 @@ class DriftTracker:
         aligned, valid = _aligned_box(binned, (shift[0] / b, shift[1] / b), box)
         if self._previous is None:
             fill = aligned[valid].mean() if valid.any() else 0.0
-            self._previous = np.full(binned.shape, fill, dtype=np.float32)
-            self._previous[box] = np.where(valid, aligned, fill)
-            self._mean = self._previous.copy()
-            self._keyframe = self._previous.copy()
-            self._previous_id = self._keyframe_id = n
-            self._lagged.clear()
-            self._lagged.append((n, self._previous.copy()))
+            first = np.full(binned.shape, fill, dtype=np.float32)
+            first[box] = np.where(valid, aligned, fill)
+            self._first_references(first, n)
             return
         if valid.sum() < 64:
             return
@@ -1823,6 +1823,16 @@ class DriftTracker:
             self._keyframe_id = n
             self._stale_keyframe = False
 
+
+    def _first_references(self, canvas, n):
+        """Every reference (previous slice, running mean, keyframe, lagged) from slice `n` alone,
+        `canvas` (binned, covering the whole canvas)."""
+        self._previous = canvas
+        self._mean = canvas.copy()
+        self._keyframe = canvas.copy()
+        self._previous_id = self._keyframe_id = n
+        self._lagged.clear()
+        self._lagged.append((n, canvas.copy()))
 
 def _band_correlation(reference, moving):
     """Correlation coefficient of two destriped windows after registering them (subpixel)."""

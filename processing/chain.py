@@ -19,7 +19,7 @@ from processing.context import DepthContext
 from processing.correct import BrightnessMonitor, CorrectionModel, fit_correction, slice_structure
 from processing.errors import CalibrationError, SliceShapeError
 from processing.io import SliceImage
-from processing.mask import RegionMask, find_cap, flat_margins, grow_rows
+from processing.mask import RegionMask, cap_of_band, find_cap
 from processing.phases import Phases, estimate_grey_classes
 from processing.segment import PhaseModel, calibrate_phases
 
@@ -33,12 +33,8 @@ _MAX_HELD_PER_CALIBRATION_SLICE = 4  # slices without contrast held while waitin
 # A named phase may not be in view yet (large particles): calibration waits for it up to this
 # many calibration windows, then goes on with the classes the data show (no invented phase).
 PHASE_WAIT_WINDOWS = 6
-# A cap found automatically starts within this share of the slice height from the top edge.
-_CAP_TOP_TOLERANCE = 0.02
 # fewer cap rows than this hold no usable cap features: register on the band as a region
 _MIN_CAP_ROWS = 16
-# The z-invariant band and the cap's look agree when their lower edges are this close (pixels).
-_CAP_EDGE_TOLERANCE_PX = 8
 
 
 @dataclass(frozen=True, eq=False)
@@ -418,27 +414,20 @@ class SliceChain:
             self.roi = self._find_roi(usable)
             if not self.cap_rows:
                 # z-invariant rows are cap or fiducial, not sample: out of calibration and labels
-                band = None if self.roi is None else self._cap_of_band(usable[0], self.roi)
+                band = None if self.roi is None else cap_of_band(usable[0], self.roi)
                 if band is None and len(usable) >= _MIN_SLICES_FOR_BAND:
                     # a slowly changing band of large particles can outlast the cap in the whole
                     # slice: the cap is on top, so look for it in the top half on its own
                     top = find_reference_band([u[: u.shape[0] // 2] for u in usable])
-                    band = None if top is None else self._cap_of_band(usable[0], top)
+                    band = None if top is None else cap_of_band(usable[0], top)
                     if band is not None:
                         log.info("the cap found in the top half of the slice: rows %d-%d", *band)
                         self.roi = (top[0], top[1], 0, usable[0].shape[1])
-                # a cap also looks like one: one material above a straight edge across the width,
-                # in most slices (large particles that barely change are z-invariant too, and a
-                # fine-grained cap under sub-pixel drift or fixed curtains may not be)
-                rows = find_cap(usable) if self.region.auto else band
-                if band is not None and (rows is None or abs(rows[1] - band[1]) > _CAP_EDGE_TOLERANCE_PX):
-                    log.warning("z-invariant rows %d-%d do not look like a cap (one material above a straight "
-                                "edge): kept as sample; state processing.cap_rows if they are cap", *band)
+                # whether the slices show a cap, and whether the band is it: find_cap decides (by its look)
+                rows = find_cap(usable, band=band) if self.region.auto else band
+                if band is None or rows != band:
                     band = None
-                if band is None:
                     self.roi = None  # registered on the whole slice
-                else:
-                    rows = band  # grown to the rows of the cap's texture: its edge's blur too
                 if rows is not None:
                     self._nonsample_rows = rows
                     log.warning("not sample: rows %d-%d, the protective cap (one material above a straight edge"
@@ -460,21 +449,6 @@ class SliceChain:
         )
         self._context = DepthContext(self.phase_model, context_slices=self.context_slices, boundaries=self.boundaries)
         return aligned
-
-    @staticmethod
-    def _cap_of_band(first, band):
-        """The rows of the cap that a z-invariant `band` (y0, y1, ...) lies in, or None: the band
-        found is a core of the strip, grown to the rows that look like it; the cap is on top of
-        the section (below any black margin), and a band that does not reach the top is slowly
-        changing sample (a large particle), neither cap nor reference."""
-        rows = grow_rows(first, (band[0], band[1]))
-        margin = flat_margins(first).all(axis=1)
-        top = int(np.argmin(margin)) if not margin.all() else 0
-        if rows[0] <= top + _CAP_TOP_TOLERANCE * first.shape[0]:
-            return rows
-        log.warning("z-invariant rows %d-%d do not reach the top of the section: sample changing slowly, not a "
-                    "cap", *rows)
-        return None
 
     def _new_tracker(self) -> DriftTracker:
         """The drift tracker: on the cap's lasting features when the cap rows are known, stated

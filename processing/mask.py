@@ -24,7 +24,7 @@ from scipy import ndimage
 
 from processing.errors import SliceShapeError, check_slice
 
-__all__ = ["RegionMask", "flat_margins", "grow_rows", "find_cap"]
+__all__ = ["RegionMask", "flat_margins", "grow_rows", "find_cap", "cap_of_band"]
 
 log = logging.getLogger(__name__)
 
@@ -138,21 +138,22 @@ def grow_rows(pixels, rows, *, std_tol=0.25, mean_tol=0.5):
     return y0, y1
 
 
-def _cap_edge(pixels, *, block_px, step_share, min_rows, agree_share, level_spread, max_rows, window_px):
-    """The row where a cap on top of one slice ends, or None.
+def _cap_edges(pixels, *, block_px, step_shares, min_rows, agree_share, level_spread, max_rows, window_px):
+    """The row where a cap on top of one slice ends at each step share of `step_shares`, or None.
 
     In each column block, the mean grey of rows ``y..y+w`` against rows ``y-w..y``: a step there
-    larger than `step_share` of the slice's contrast is an edge of the block. The cap's edge is
+    larger than the step share of the slice's contrast is an edge of the block. The cap's edge is
     the first row (below the top, the first rows that are not a flat margin; not beside a flat
     margin; above `max_rows`) where at least `agree_share` of the blocks step at once (a straight horizontal edge across the width: the
     edges of particles are curved), above which the blocks are of one level (interquartile spread
-    at most `level_spread` of the contrast: one material, not a row of particles).
+    at most `level_spread` of the contrast: one material, not a row of particles). The blocks'
+    steps are measured once for all the shares.
     """
     values = np.asarray(pixels, dtype=np.float32)
     flat = flat_margins(pixels)
     sample = values[~flat]
     if sample.size < 100:
-        return None
+        return [None] * len(step_shares)
     lo, hi = np.percentile(sample[:: max(1, sample.size // 65536)], [5, 95])
     contrast = max(float(hi - lo), 1e-6)
     smooth = ndimage.gaussian_filter(values, 1.0)
@@ -179,25 +180,29 @@ def _cap_edge(pixels, *, block_px, step_share, min_rows, agree_share, level_spre
         profiles.append(profile)
         tops.append(int(rows[0]))
     if len(steps) < 2:
-        return None
+        return [None] * len(step_shares)
     steps = np.array(steps)
-    hits = (steps > step_share * contrast).mean(axis=0)
-    candidates = np.flatnonzero(hits >= agree_share)
-    if candidates.size == 0:
-        return None
-    # the first row of steps only: below it, a row of particle edges could pass for one
-    around = np.arange(int(candidates[0]), min(int(candidates[0]) + 2 * w, height))
-    edge = int(around[np.argmax(np.median(steps[:, around], axis=0))])  # the centre of the step
-    levels = [float(np.median(p[t:edge - w])) for p, t in zip(profiles, tops) if edge - w - t >= min_rows]
-    if edge > max_rows or len(levels) < 2:
-        return None
-    q25, q75 = np.percentile(levels, [25, 75])
-    return edge if q75 - q25 <= level_spread * contrast else None
+
+    def edge_at(step_share):
+        hits = (steps > step_share * contrast).mean(axis=0)
+        candidates = np.flatnonzero(hits >= agree_share)
+        if candidates.size == 0:
+            return None
+        # the first row of steps only: below it, a row of particle edges could pass for one
+        around = np.arange(int(candidates[0]), min(int(candidates[0]) + 2 * w, height))
+        edge = int(around[np.argmax(np.median(steps[:, around], axis=0))])  # the centre of the step
+        levels = [float(np.median(p[t:edge - w])) for p, t in zip(profiles, tops) if edge - w - t >= min_rows]
+        if edge > max_rows or len(levels) < 2:
+            return None
+        q25, q75 = np.percentile(levels, [25, 75])
+        return edge if q75 - q25 <= level_spread * contrast else None
+
+    return [edge_at(share) for share in step_shares]
 
 
-def find_cap(slices, *, block_px=16, window_px=4, step_share=0.08, min_rows=4, agree_share=0.6, max_share=0.5,
-             level_spread=0.15, min_slices=0.75, drift_px=8):
-    """The protective cap on top of the section: rows ``[0, edge)`` of the first slice, or None.
+def find_cap(slices, *, band=None, block_px=16, window_px=4, step_share=0.08, min_rows=4, agree_share=0.6,
+             max_share=0.5, level_spread=0.15, min_slices=0.75, drift_px=8, band_tolerance_px=8):
+    """The protective cap on top of the section: rows ``[0, edge)`` of the first slice, `band`, or None.
 
     A cap is a band of one material (one grey level, fine grain, maybe a fiducial mark milled in
     it) from the top of the section down to a straight horizontal edge across the whole width:
@@ -214,15 +219,23 @@ def find_cap(slices, *, block_px=16, window_px=4, step_share=0.08, min_rows=4, a
     `step_share` (a cap over a particle of nearly its grey) is not taken: a warning names its rows
     for the user to state (``processing.cap_rows``).
 
+    With a `band`, rows found z-invariant over the slices (:func:`cap_of_band`), the cap is that band
+    where the look finds a cap whose edge is within `band_tolerance_px` of the band's lower edge;
+    else the band is kept as sample (a warning: large particles that barely change are z-invariant
+    too) and the cap is what the look finds alone (a fine-grained cap under sub-pixel drift or fixed
+    curtains may not be z-invariant).
+
     Parameters
     ----------
     slices : sequence of (Y, X) ndarray
         Calibration slices (raw), of one shape; the rows returned are in the first one's frame.
+    band : (int, int) or None, optional
+        Rows ``[y0, y1)`` of the first slice found z-invariant, or None.
     block_px, window_px : int, optional
         Width of the column blocks (>= 4) and height of the row windows (>= 2), pixels.
     step_share, level_spread : float, optional
         Shares (0..1) of the slice's contrast, see above.
-    min_rows, drift_px : int, optional
+    min_rows, drift_px, band_tolerance_px : int, optional
         Rows, pixels (see above).
     agree_share, max_share, min_slices : float, optional
         Shares (0..1), see above.
@@ -230,7 +243,8 @@ def find_cap(slices, *, block_px=16, window_px=4, step_share=0.08, min_rows=4, a
     Returns
     -------
     (int, int) or None
-        ``(0, edge)``: the rows of the first slice above the sample (the top flat margin too).
+        ``(0, edge)``: the rows of the first slice above the sample (the top flat margin too), or
+        `band` where the look agrees with it.
     """
     slices = [np.asarray(s) for s in ([slices] if isinstance(slices, np.ndarray) and slices.ndim == 2 else slices)]
     if not slices or any(s.ndim != 2 or s.shape != slices[0].shape for s in slices):
@@ -245,30 +259,74 @@ def find_cap(slices, *, block_px=16, window_px=4, step_share=0.08, min_rows=4, a
             raise ValueError(f"{name}: expected 0 < share <= 1, got {value!r}")
     height = slices[0].shape[0]
 
-    def edges(share):
-        found = [_cap_edge(s, block_px=int(block_px), step_share=share, min_rows=int(min_rows),
-                           agree_share=agree_share, level_spread=level_spread, max_rows=max_share * height,
-                           window_px=int(window_px)) for s in slices]
-        # the same cap in the other slices: its edge moved by the drift only
-        seen = 0.0 if found[0] is None else sum(e is not None and abs(e - found[0]) <= drift_px for e in found)
-        return found[0], seen / len(found)
+    # a cap over a particle of nearly its grey has a faint edge: the edges at half the step too
+    found = [_cap_edges(s, block_px=int(block_px), step_shares=(step_share, step_share / 2), min_rows=int(min_rows),
+                        agree_share=agree_share, level_spread=level_spread, max_rows=max_share * height,
+                        window_px=int(window_px)) for s in slices]
 
-    edge, share = edges(step_share)
-    if share >= min_slices:
-        return 0, int(edge)
-    # a cap over a particle of nearly its grey: its edge is faint in most blocks. Found at half the
-    # step, it is only reported: at that step a row of the cap's own grain, a fiducial's arm or a row
-    # of particles can pass for the edge (one of the real slices, 2_phase, has one at row 28), so
-    # the rows are left to the user
-    faint, faint_share = edges(step_share / 2)
-    if faint_share >= min_slices:
-        log.warning("rows 0-%d may be a protective cap whose edge is faint (a straight edge across the width at "
-                    "half the step a cap needs, in %.0f %% of %d slices; a row of particles can pass for one): "
-                    "not taken for a cap, so they count as sample and are registered on as such; state "
-                    "processing.cap_rows = %d if they are cap", faint, 100 * faint_share, len(slices), faint)
-    elif edge is not None or share:
-        log.info("no cap: a band on top with a straight edge in %.0f %% of %d slices (need %.0f %%, the first "
-                 "among them)", 100 * share, len(slices), 100 * min_slices)
+    def edges(k):
+        """The first slice's edge at the k-th step share, and the share of the slices that show it."""
+        first = found[0][k]
+        # the same cap in the other slices: its edge moved by the drift only
+        seen = 0.0 if first is None else sum(e[k] is not None and abs(e[k] - first) <= drift_px for e in found)
+        return first, seen / len(found)
+
+    edge, share = edges(0)
+    rows = (0, int(edge)) if share >= min_slices else None
+    if rows is None:
+        # a cap over a particle of nearly its grey: its edge is faint in most blocks. Found at half the
+        # step, it is only reported: at that step a row of the cap's own grain, a fiducial's arm or a row
+        # of particles can pass for the edge (one of the real slices, 2_phase, has one at row 28), so
+        # the rows are left to the user
+        faint, faint_share = edges(1)
+        if faint_share >= min_slices:
+            log.warning("rows 0-%d may be a protective cap whose edge is faint (a straight edge across the width "
+                        "at half the step a cap needs, in %.0f %% of %d slices; a row of particles can pass for "
+                        "one): not taken for a cap, so they count as sample and are registered on as such; state "
+                        "processing.cap_rows = %d if they are cap", faint, 100 * faint_share, len(slices), faint)
+        elif edge is not None or share:
+            log.info("no cap: a band on top with a straight edge in %.0f %% of %d slices (need %.0f %%, the first "
+                     "among them)", 100 * share, len(slices), 100 * min_slices)
+    if band is None:
+        return rows
+    band = (int(band[0]), int(band[1]))
+    if rows is not None and abs(rows[1] - band[1]) <= band_tolerance_px:
+        return band
+    log.warning("z-invariant rows %d-%d do not look like a cap (one material above a straight edge): kept as "
+                "sample; state processing.cap_rows if they are cap", *band)
+    return rows
+
+
+def cap_of_band(first, band, *, top_share=0.02):
+    """The rows of the cap that a z-invariant `band` lies in, or None.
+
+    A band found z-invariant by comparing slices (:func:`processing.align.find_reference_band`)
+    is a core of the cap or fiducial strip, grown here to the rows that look like it
+    (:func:`grow_rows`). The cap is on top of the section: a band that does not reach it (below
+    any black margin, within `top_share` of the height) is slowly changing sample (a large
+    particle), neither cap nor reference.
+
+    Parameters
+    ----------
+    first : (Y, X) ndarray
+        The first slice (raw), in the frame of the band.
+    band : sequence of int
+        ``(y0, y1, ...)``: the band's rows ``[y0, y1)`` first (an ROI's columns may follow).
+    top_share : float, optional
+        Share (0..1) of the height within which the grown band must start below the top.
+
+    Returns
+    -------
+    (int, int) or None
+        The grown rows, or None for a band that does not reach the top.
+    """
+    rows = grow_rows(first, (band[0], band[1]))
+    margin = flat_margins(first).all(axis=1)
+    top = int(np.argmin(margin)) if not margin.all() else 0
+    if rows[0] <= top + top_share * first.shape[0]:
+        return rows
+    log.warning("z-invariant rows %d-%d do not reach the top of the section: sample changing slowly, not a "
+                "cap", *rows)
     return None
 
 
