@@ -180,10 +180,11 @@ def _balanced_thresholds(mu, sigma, weight):
     """Grey level between neighbouring components where each takes as many pixels of the other as
     it gives up: ``w_i P(x > t | i) = w_(i+1) P(x < t | i+1)``, so noise does not bias the phase
     fractions. The Bayes threshold (equal weighted densities, the fewest errors) lies further into
-    the smaller phase and takes its pixels (measured, seeds 0-15 of ``bench_label_chain.py``: the
-    two noisiest scenarios 7 and 13 gain 2.1 and 7.6 points of accuracy and lose 2.3 and 10.7
-    points of bias; the others within 0.4 point). Where the counts cannot balance between the
-    two levels (a tiny phase beside a wide one), the Bayes threshold."""
+    the smaller phase and takes its pixels. Measured on seeds 0-15 of ``bench_label_chain.py``:
+    seeds 7 and 13 (noise 25 and 21 % of the contrast) gain 2.1 and 7.6 points of accuracy and
+    lose 2.3 and 10.7 points of bias; the others stay within 0.4 point of accuracy and 0.3 of bias,
+    but seed 14's bias is 0.9 point worse. Where the counts cannot balance between the two levels
+    (a tiny phase beside a wide one), the Bayes threshold."""
     out = []
     for i, bayes in enumerate(_bayes_thresholds(mu, sigma, weight)):
 
