@@ -206,6 +206,8 @@ def _segment(grey, model, neighbours, valid, marker_margin_sigma, edge_gradient_
             labels = _nearest_marker_phase(labels, markers, rim)
     if model.label_values:  # fewer classes in the data than phase names: the classes' labels
         labels = np.array((0, *model.label_values), dtype=np.uint8)[labels]
+    if model.thin_label:
+        labels[model.thin_dark(image)] = model.thin_label
     uncertain = np.zeros(smooth.shape, dtype=bool)
     for lo, hi in model.uncertain_bounds:
         uncertain |= (smooth >= lo) & (smooth <= hi)
