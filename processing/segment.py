@@ -368,7 +368,7 @@ class PhaseModel:
     def n_phases(self):
         return len(self.levels)
 
-    def segment(self, pixels, *, valid=None):
+    def segment(self, pixels, *, valid=None, lines_in=None):
         """Label one (corrected, aligned) slice.
 
         Parameters
@@ -377,6 +377,10 @@ class PhaseModel:
             Grey levels in the calibration's units.
         valid : (Y, X) bool ndarray, optional
             Pixels to label (the aligned slice's coverage); others get 0.
+        lines_in : (Y, X) ndarray, optional
+            The slice in which the thin dark phase's lines are looked for (default `pixels`): the
+            slice itself when `pixels` is its average along z, which fades lines that move from
+            slice to slice.
 
         Returns
         -------
@@ -437,18 +441,33 @@ class PhaseModel:
         if self.label_values:
             labels = np.array((0, *self.label_values), dtype=np.uint8)[labels]
         if self.thin_label:
-            labels[self.thin_dark(pixels)] = self.thin_label
+            self.label_thin_dark(labels, pixels if lines_in is None else lines_in)
         if valid is not None:
             np.multiply(labels, valid, out=labels)
         return SegmentedSlice(labels, n_uncertain / n_counted if n_counted else 0.0)
 
-    def thin_dark(self, pixels):
-        """(Y, X) bool: the pixels of the thin dark phase (dark lines below the darkest class's
-        level; all False without `thin_label`)."""
+    def label_thin_dark(self, labels, pixels):
+        """Give the thin dark phase its pixels, in place: the dark lines below the darkest class's
+        level (nothing without `thin_label`).
+
+        A blurred dark line also pulls its neighbours' grey down, by about a quarter of its
+        depth at blur 1 px: a bright phase beside it falls into the next darker class (measured
+        on the generator's seed 8, slice 1: 4886 of the 30233 active pixels labelled
+        electrolyte, all at 1 px from a pore). So the pixels touching a line (8-neighbours) take
+        the label of the nearest pixel beyond them.
+        """
         if not self.thin_label:
-            return np.zeros(np.shape(pixels), dtype=bool)
+            return
         response, grey = dark_ridges(pixels)
-        return (response > self.ridge_threshold) & (grey < self.ridge_level)
+        thin = (response > self.ridge_threshold) & (grey < self.ridge_level)
+        if not thin.any():
+            return
+        beside = ndimage.binary_dilation(thin, structure=np.ones((3, 3), bool)) & ~thin
+        beyond = ~(beside | thin)
+        if beyond.any():
+            nearest = ndimage.distance_transform_edt(~beyond, return_distances=False, return_indices=True)
+            labels[beside] = labels[nearest[0][beside], nearest[1][beside]]
+        labels[thin] = self.thin_label
 
     def _quantisation(self):
         """(base, scale) of the rounding ``(grey - base) * scale`` to 256 steps.
