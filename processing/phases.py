@@ -13,6 +13,14 @@ other phases, not a phase. :func:`check_phases` compares the result with the nam
 says, in words, what does not fit (more or fewer classes than names, a halo class given a name,
 a role that the dark-to-bright order gives to a class the data show is something else). It never
 relabels silently: the caller decides (the chain leaves a phase the data do not show empty).
+
+Which name is missing when the data show fewer classes than names is decided from evidence where
+there is some: a phase one or two pixels thin between brighter ones (pores at particle
+interfaces) has no histogram mode once blurred, but shows as dark lines below the darkest class,
+which no blur of the classes found can make (:class:`DarkRidges`); then the darkest name is that
+thin phase, labelled on the lines, and the classes take the other names. Without such evidence the
+names follow the mixture's levels or the dark-to-bright order, and the warning says the choice is
+unsure and what the other reading would be.
 """
 
 from __future__ import annotations
