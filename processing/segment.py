@@ -299,13 +299,17 @@ def dark_ridges(image, *, sigma=DARK_RIDGE_SIGMA_PX):
     grey : (Y, X) ndarray of float32
         The slice smoothed at `sigma` (the grey level at the ridge).
     """
+    # Gaussian derivatives (a 1-D pass per axis, shared): central differences of a binomial
+    # smoothing are 8 times faster but noisier and anisotropic: they found dark lines on 1.5-1.9 %
+    # of the pixels of the synthetic slices without any (tests/test_phases.py), these at most 0.4 %
     image = np.asarray(image, dtype=np.float32)
-    d_rr = ndimage.gaussian_filter(image, sigma, order=(2, 0), mode="nearest")
-    d_cc = ndimage.gaussian_filter(image, sigma, order=(0, 2), mode="nearest")
-    d_rc = ndimage.gaussian_filter(image, sigma, order=(1, 1), mode="nearest")
+    across = [ndimage.gaussian_filter1d(image, sigma, axis=1, order=k, mode="nearest") for k in (0, 1, 2)]
+    d_rr = ndimage.gaussian_filter1d(across[0], sigma, axis=0, order=2, mode="nearest")
+    d_rc = ndimage.gaussian_filter1d(across[1], sigma, axis=0, order=1, mode="nearest")
+    d_cc = ndimage.gaussian_filter1d(across[2], sigma, axis=0, order=0, mode="nearest")
     half = 0.5 * (d_rr - d_cc)
     response = 0.5 * (d_rr + d_cc) + np.sqrt(half * half + d_rc * d_rc)
-    return response, ndimage.gaussian_filter(image, sigma, mode="nearest")
+    return response, ndimage.gaussian_filter1d(across[0], sigma, axis=0, order=0, mode="nearest")
 
 
 def _classify(image, thresholds):
@@ -462,11 +466,17 @@ class PhaseModel:
         thin = (response > self.ridge_threshold) & (grey < self.ridge_level)
         if not thin.any():
             return
-        beside = ndimage.binary_dilation(thin, structure=np.ones((3, 3), bool)) & ~thin
+        beside = (_square_reduce(thin.view(np.uint8), 3, np.maximum) > 0) & ~thin
         beyond = ~(beside | thin)
-        if beyond.any():
-            nearest = ndimage.distance_transform_edt(~beyond, return_distances=False, return_indices=True)
-            labels[beside] = labels[nearest[0][beside], nearest[1][beside]]
+        # each pixel beside a line takes the label one step further from the line (the side
+        # neighbours first, then the diagonal ones); one with none keeps its own
+        todo = beside.copy()
+        for dy, dx in ((0, 1), (0, -1), (1, 0), (-1, 0), (1, 1), (-1, -1), (1, -1), (-1, 1)):
+            away = todo & _seen_along(beyond, dy, dx, 1) & _seen_along(thin, -dy, -dx, 1)
+            if away.any():
+                ys, xs = np.nonzero(away)
+                labels[ys, xs] = labels[ys + dy, xs + dx]
+                todo &= ~away
         labels[thin] = self.thin_label
 
     def _quantisation(self):
