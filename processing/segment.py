@@ -457,8 +457,8 @@ class PhaseModel:
         A blurred dark line also pulls its neighbours' grey down, by about a quarter of its
         depth at blur 1 px: a bright phase beside it falls into the next darker class (measured
         on the generator's seed 8, slice 1: 4886 of the 30233 active pixels labelled
-        electrolyte, all at 1 px from a pore). So the pixels touching a line (8-neighbours) take
-        the label of the nearest pixel beyond them.
+        electrolyte, all at 1 px from a pore). So a pixel touching a line (8-neighbours) takes
+        the label of the pixel one step further from the line, if that one touches no line.
         """
         if not self.thin_label:
             return
