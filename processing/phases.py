@@ -378,7 +378,14 @@ def estimate_grey_classes(slices, *, valid=None, smooth_px=1.0, max_classes=5, m
     from scipy import ndimage
 
     from processing.errors import CalibrationError, SliceShapeError
-    from processing.segment import DARK_RIDGE_Z, _bayes_thresholds, _histogram, _smooth, dark_ridges, fit_gray_mixture
+    from processing.segment import (
+        DARK_RIDGE_Z,
+        _bayes_thresholds,
+        _histogram,
+        _smooth,
+        dark_ridges,
+        fit_gray_mixture,
+    )
 
     if not (isinstance(max_classes, (int, np.integer)) and 1 <= max_classes <= 8):
         raise ValueError(f"max_classes: expected an integer 1..8, got {max_classes!r}")

@@ -209,7 +209,7 @@ def test_auto_pre_filter_does_not_take_leftover_stripes_for_a_phase():
     # smoothed at 3 px the stripes become a plateau of their own, a third class weakly separated
     # from the bright phase (D about 2.1) that no narrower pre-filter shows; with a third name
     # free, trusting it named the stripes 'electrolyte'. Two phases are rendered: two are found.
-    from processing.segment import AUTO_SMOOTH_PX, _CLEAR_SEPARATION, calibrate_phases
+    from processing.segment import _CLEAR_SEPARATION, AUTO_SMOOTH_PX, calibrate_phases
 
     slices, truth = _striped_two_phase()
     at_widest = estimate_grey_classes(slices, smooth_px=AUTO_SMOOTH_PX[-1])
