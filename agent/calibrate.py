@@ -137,7 +137,8 @@ class CalibrationReport:
                  "phases as the run will label them:"]
         for i, name in enumerate(self.names):
             lines.append(f"  {i + 1} {name:<16} {100 * self.shares.get(name, 0.0):5.1f} %"
-                         + ("  (empty: the data show no class for it)" if name in self.check.empty_names else ""))
+                         + ("  (empty: the data show no class for it)" if name in self.check.empty_names else "")
+                         + ("  (no class: thin dark lines)" if name == self.check.thin_name else ""))
         if self.check.notes:
             lines += ["notes:"] + [f"  - {n}" for n in self.check.notes]
         lines += ["warnings:"] + [f"  - {w}" for w in self.check.warnings] if self.check.warnings else \

@@ -181,7 +181,7 @@ def _segment(grey, model, neighbours, valid, marker_margin_sigma, edge_gradient_
     else:
         image = grey
     if boundaries == "thresholds":
-        return model.segment(image, valid=valid)
+        return model.segment(image, valid=valid, lines_in=grey)
     smooth = _smooth(image, model.smooth_px)
     labels = _classify(smooth, model.thresholds)
 
@@ -206,6 +206,7 @@ def _segment(grey, model, neighbours, valid, marker_margin_sigma, edge_gradient_
             labels = _nearest_marker_phase(labels, markers, rim)
     if model.label_values:  # fewer classes in the data than phase names: the classes' labels
         labels = np.array((0, *model.label_values), dtype=np.uint8)[labels]
+    model.label_thin_dark(labels, grey)
     uncertain = np.zeros(smooth.shape, dtype=bool)
     for lo, hi in model.uncertain_bounds:
         uncertain |= (smooth >= lo) & (smooth <= hi)

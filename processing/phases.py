@@ -13,6 +13,14 @@ other phases, not a phase. :func:`check_phases` compares the result with the nam
 says, in words, what does not fit (more or fewer classes than names, a halo class given a name,
 a role that the dark-to-bright order gives to a class the data show is something else). It never
 relabels silently: the caller decides (the chain leaves a phase the data do not show empty).
+
+Which name is missing when the data show fewer classes than names is decided from evidence where
+there is some: a phase one or two pixels thin between brighter ones (pores at particle
+interfaces) has no histogram mode once blurred, but shows as dark lines below the darkest class,
+which no blur of the classes found can make (:class:`DarkRidges`); then the darkest name is that
+thin phase, labelled on the lines, and the classes take the other names. Without such evidence the
+names follow the mixture's levels or the dark-to-bright order, and the warning says the choice is
+unsure and what the other reading would be.
 """
 
 from __future__ import annotations
@@ -28,6 +36,7 @@ __all__ = [
     "Phases",
     "GreyClass",
     "ClassEstimate",
+    "DarkRidges",
     "PhaseCheck",
     "estimate_grey_classes",
     "check_phases",
@@ -137,6 +146,51 @@ class GreyClass:
 
 
 @dataclass(frozen=True)
+class DarkRidges:
+    """Evidence for a darker phase that has no histogram mode: dark lines below the darkest class.
+
+    A phase one or two pixels thin between brighter ones (pores at particle interfaces), once
+    blurred, has no grey-level mode: its pixels fall inside the next phase's range. What shows it
+    is that its pixels are darker than both sides across the line (a Hessian "valley",
+    :func:`processing.segment.dark_ridges`) *and* darker than the darkest class found, which no
+    blur of the classes found can make.
+
+    Attributes
+    ----------
+    share : float
+        Share (0..1) of the valid pixels that are dark ridges below `level`.
+    threshold : float
+        Hessian response (grey / px^2) above which a pixel is a ridge: the median response plus
+        :data:`processing.segment.DARK_RIDGE_Z` robust spreads of the calibration slices'.
+    level : float
+        The darkest grey class's level (grey units): the ridge's grey must be below it.
+    grey : float
+        Median grey level (at the detector's scale) of those ridge pixels (nan without any).
+    """
+
+    share: float
+    threshold: float
+    level: float
+    grey: float
+
+    @property
+    def strong(self) -> bool:
+        """Enough dark ridges to be a phase (more than noise ridges make: at most 0.5 % of the pixels
+        on synthetic slices without a thin dark phase, noise 3-16 grey levels, blur 0.8-1.5 px)."""
+        return self.share >= STRONG_DARK_RIDGES
+
+    @property
+    def some(self) -> bool:
+        """More dark ridges than noise makes, but too few to call them a phase."""
+        return WEAK_DARK_RIDGES <= self.share < STRONG_DARK_RIDGES
+
+
+# Shares of the valid pixels in dark ridges (see DarkRidges).
+WEAK_DARK_RIDGES = 0.007
+STRONG_DARK_RIDGES = 0.015
+
+
+@dataclass(frozen=True)
 class ClassEstimate:
     """The grey classes the calibration slices show, with the evidence.
 
@@ -159,6 +213,8 @@ class ClassEstimate:
         The histogram the mixtures were fitted to (for plots).
     saturated_share : float
         Share of the valid pixels at the largest value of an integer input (a saturated phase).
+    dark_ridges : DarkRidges or None
+        Dark lines below the darkest class (None with fewer than 2 classes).
     """
 
     classes: tuple
@@ -170,6 +226,7 @@ class ClassEstimate:
     centres: np.ndarray = field(repr=False)
     counts: np.ndarray = field(repr=False)
     saturated_share: float = 0.0
+    dark_ridges: DarkRidges | None = None
 
     @property
     def phase_classes(self) -> tuple:
@@ -194,6 +251,11 @@ class ClassEstimate:
         if self.separation:
             lines.append("  separation (Ashman's D, > 2 is clean): " + ", ".join(f"{d:.1f}" for d in self.separation))
         lines.append("  BIC k=1..%d: " % len(self.bic) + ", ".join(f"{b:.4g}" for b in self.bic))
+        if self.dark_ridges is not None:
+            r = self.dark_ridges
+            lines.append(f"  dark lines below the darkest class (level {r.level:.1f}): {100 * r.share:.2f} % of the pixels"
+                         + (f", median grey {r.grey:.1f}" if r.share else "")
+                         + (" <- a thin dark phase without a histogram mode" if r.strong else ""))
         return "\n".join(lines)
 
 
@@ -216,6 +278,9 @@ class PhaseCheck:
         Names that no class of the data takes.
     notes : tuple of str
         What is worth knowing but is no mismatch (a halo class that takes no name).
+    thin_name : str or None
+        The darkest name when it takes no class but shows as dark lines below the darkest class
+        (:class:`DarkRidges`): labelled on those lines (:class:`processing.segment.PhaseModel`).
     """
 
     estimate: ClassEstimate
@@ -224,6 +289,7 @@ class PhaseCheck:
     label_values: tuple
     empty_names: tuple = ()
     notes: tuple = ()
+    thin_name: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -312,7 +378,14 @@ def estimate_grey_classes(slices, *, valid=None, smooth_px=1.0, max_classes=5, m
     from scipy import ndimage
 
     from processing.errors import CalibrationError, SliceShapeError
-    from processing.segment import _bayes_thresholds, _histogram, _smooth, fit_gray_mixture
+    from processing.segment import (
+        DARK_RIDGE_Z,
+        _bayes_thresholds,
+        _histogram,
+        _smooth,
+        dark_ridges,
+        fit_gray_mixture,
+    )
 
     if not (isinstance(max_classes, (int, np.integer)) and 1 <= max_classes <= 8):
         raise ValueError(f"max_classes: expected an integer 1..8, got {max_classes!r}")
@@ -360,6 +433,7 @@ def estimate_grey_classes(slices, *, valid=None, smooth_px=1.0, max_classes=5, m
         mu, sigma, weight = _merge(mu, sigma, weight, i)
     thresholds = _bayes_thresholds(mu, sigma, weight) if mu.size > 1 else []
     edge_share, core_share = np.zeros(mu.size), np.ones(mu.size)
+    ridges = []  # (response, grey) of the valid pixels of the slices looked at
     if mu.size > 1:
         near, core, total = np.zeros(mu.size), np.zeros(mu.size), np.zeros(mu.size)
         contrast = float(mu[-1] - mu[0])
@@ -377,11 +451,23 @@ def estimate_grey_classes(slices, *, valid=None, smooth_px=1.0, max_classes=5, m
             near += np.bincount(cls[edges[m]], minlength=mu.size)
             for k in range(mu.size):
                 core[k] += np.count_nonzero(ndimage.binary_erosion(cls_image == k) & m)
+            response, grey = dark_ridges(s)
+            ridges.append((response[m], grey[m]))
         edge_share, core_share = near / np.maximum(total, 1), core / np.maximum(total, 1)
     classes = tuple(GreyClass(float(mu[i]), float(sigma[i]), float(weight[i]), float(edge_share[i]),
                               float(core_share[i]), bool(edge_share[i] > halo_share or core_share[i] < min_core))
                     for i in range(mu.size))
     n_classes = sum(not c.halo for c in classes)
+    evidence = None
+    if ridges and n_classes:
+        response = np.concatenate([r for r, _ in ridges])
+        grey = np.concatenate([g for _, g in ridges])
+        median = float(np.median(response))
+        threshold = median + DARK_RIDGE_Z * 1.4826 * float(np.median(np.abs(response - median)))
+        level = next(c.level for c in classes if not c.halo)
+        dark = (response > threshold) & (grey < level)
+        evidence = DarkRidges(share=float(np.count_nonzero(dark) / max(dark.size, 1)), threshold=threshold,
+                              level=level, grey=float(np.median(grey[dark])) if dark.any() else float("nan"))
     return ClassEstimate(
         classes=classes,
         n_classes=int(n_classes),
@@ -392,6 +478,7 @@ def estimate_grey_classes(slices, *, valid=None, smooth_px=1.0, max_classes=5, m
         centres=centres,
         counts=counts,
         saturated_share=saturated,
+        dark_ridges=evidence,
     )
 
 
@@ -444,7 +531,7 @@ def check_phases(estimate: ClassEstimate, phases: Phases, *, model_levels=None, 
              for c in estimate.classes if c.halo]
     # a halo is a mismatch when a grey-level model with one class per name would give it a name
     warnings = list(notes) if notes and m < n <= len(estimate.classes) else []
-    n_fit, label_values, empty = n, tuple(range(1, n + 1)), ()
+    n_fit, label_values, empty, thin_name = n, tuple(range(1, n + 1)), (), None
     if m > n:
         brightest = found[-1]
         warnings.append(
@@ -456,16 +543,41 @@ def check_phases(estimate: ClassEstimate, phases: Phases, *, model_levels=None, 
             + f". Name {m} phases dark to bright (e.g. add carbon-binder or a bright phase), or mask what is "
             "not sample ([mask], processing.cap_rows); the histogram of `revwatch calibrate` shows the classes.")
     elif 2 <= m < n:
-        if model_levels is not None and len(model_levels) == n:
-            slots = _ordered_match([c.level for c in found], list(model_levels))
-        else:
-            slots = list(range(m - 1)) + [n - 1]
+        ridges = estimate.dark_ridges
+        # dark lines below the darkest class: the darkest name is a thin phase, not one of the classes
+        first = 1 if ridges is not None and ridges.strong else 0
+
+        def name_classes(first):
+            if model_levels is not None and len(model_levels) == n:
+                return [first + s for s in _ordered_match([c.level for c in found], list(model_levels)[first:])]
+            return list(range(first, first + m - 1)) + [n - 1]  # the extremes kept
+
+        slots = name_classes(first)
         n_fit, label_values = m, tuple(s + 1 for s in slots)
-        empty = tuple(names[i] for i in range(n) if i not in slots)
-        warnings.append(
-            f"the data show {m} separable grey classes (levels {levels}) but {n} phases are named "
-            f"({', '.join(names)}): no phase is invented; {', '.join(repr(e) for e in empty)} stay(s) empty "
-            f"and the classes are called {', '.join(names[s] for s in slots)}.")
+        thin_name = names[0] if first else None
+        empty = tuple(names[i] for i in range(first, n) if i not in slots)
+        text = (f"the data show {m} separable grey classes (levels {levels}) but {n} phases are named "
+                f"({', '.join(names)}): no phase is invented; ")
+        if thin_name:
+            text += (f"'{thin_name}' has no grey class but shows as thin dark lines ({100 * ridges.share:.1f} % of the "
+                     f"pixels darker than both sides across a line and than the darkest class, level "
+                     f"{ridges.level:.0f}; median grey {ridges.grey:.0f}), which no blur of the classes makes: it is "
+                     "labelled on those lines (their centres: thin lines fainter than the noise are missed)")
+            text += f"; {', '.join(repr(e) for e in empty)} stay(s) empty" if empty else ""
+            warnings.append(text + f"; the classes are called {', '.join(names[s] for s in slots)}.")
+        else:
+            # which name is missing is a guess: say so, and what the other reading would be
+            other = name_classes(0 if names[0] not in [names[s] for s in slots] else 1)
+            basis = ("the nearest levels of a mixture of one class per name" if model_levels is not None
+                     and len(model_levels) == n else "the dark-to-bright order, darkest and brightest names kept")
+            seen = (f" (dark lines below the darkest class on {100 * ridges.share:.1f} % of the pixels: too few to be "
+                    f"a thin phase)" if ridges is not None and ridges.some else "")
+            warnings.append(
+                text + f"{', '.join(repr(e) for e in empty)} stay(s) empty and the classes are called "
+                f"{', '.join(names[s] for s in slots)}, by {basis}. That choice is UNSURE: nothing in the data shows "
+                f"which named phase is missing{seen}; if the classes are really "
+                f"{', '.join(names[s] for s in other)}, every role-based metric is computed on the wrong phase. "
+                "Name only the phases in view, or check the classes with `revwatch calibrate`.")
     elif m < 2:
         warnings.append(f"the data show {m} separable grey class(es): a blank, charging or single-phase slice; "
                         f"the {n} named phases cannot be checked")
@@ -487,5 +599,6 @@ def check_phases(estimate: ClassEstimate, phases: Phases, *, model_levels=None, 
                 warnings.append(f"phase '{name}' (role {role}) is a class of only {100 * c.share:.2f} % of the "
                                 "pixels: is the order of the names right?")
     return PhaseCheck(estimate=estimate, warnings=tuple(warnings), n_fit=n_fit, label_values=label_values,
-                      empty_names=empty, notes=tuple(note for note in notes if note not in warnings))
+                      empty_names=empty, notes=tuple(note for note in notes if note not in warnings),
+                      thin_name=thin_name)
 

@@ -209,7 +209,7 @@ def test_auto_pre_filter_does_not_take_leftover_stripes_for_a_phase():
     # smoothed at 3 px the stripes become a plateau of their own, a third class weakly separated
     # from the bright phase (D about 2.1) that no narrower pre-filter shows; with a third name
     # free, trusting it named the stripes 'electrolyte'. Two phases are rendered: two are found.
-    from processing.segment import AUTO_SMOOTH_PX, _CLEAR_SEPARATION, calibrate_phases
+    from processing.segment import _CLEAR_SEPARATION, AUTO_SMOOTH_PX, calibrate_phases
 
     slices, truth = _striped_two_phase()
     at_widest = estimate_grey_classes(slices, smooth_px=AUTO_SMOOTH_PX[-1])
@@ -235,3 +235,53 @@ def test_auto_pre_filter_still_finds_a_phase_only_smoothing_separates():
     assert model.smooth_px > 1.0 and check.estimate.n_classes == 3 and check.ok, check.warnings
     labels = np.array([model.segment(s).labels for s in slices])
     assert np.mean(labels == acq.labels) >= 0.9
+
+
+def _thin_dark_layer(seed, *, layer=True, noise=4.0, blur=0.8, n=6, size=160):
+    """Active particles (150) in electrolyte (105) and, with `layer`, a pore layer (40) one pixel
+    thick around every particle (the electrolyte pixels touching it), blurred: the pore has no
+    histogram mode of its own (known by construction: the truth labels)."""
+    lab = generate_microstructure((n, size + 24, size + 24), particle_radius_um=0.3, rng=seed)
+    active = lab == 3
+    truth = np.where(active, 3, 2).astype(np.uint8)
+    if layer:
+        truth[np.array([ndimage.binary_dilation(a) for a in active]) & ~active] = 1
+    return render_acquisition(truth, levels=(40, 105, 150), drift_px=np.zeros((n, 2)), field_shape=(size, size),
+                              noise_sigma=noise, blur_px=blur, rng=seed)
+
+
+@pytest.mark.parametrize("seed, noise", [(1, 4.0), (2, 8.0)])
+def test_a_thin_dark_layer_without_a_mode_is_the_missing_name_and_is_labelled(seed, noise):
+    from dataclasses import replace
+
+    from processing.segment import PhaseModel, calibrate_phases
+
+    acq = _thin_dark_layer(seed, noise=noise)
+    model, check = calibrate_phases(acq.slices[:3], Phases())
+    assert len(check.estimate.phase_classes) == 2  # the layer has no mode: two classes for three names
+    assert check.estimate.dark_ridges.strong
+    assert check.thin_name == "pore" and check.label_values == (2, 3) and check.empty_names == ()
+    warning = next(w for w in check.warnings if "phases are named" in w)
+    assert "thin dark lines" in warning and "called electrolyte, active" in warning
+    truth = acq.labels[3:]
+    labels = np.array([model.segment(s).labels for s in acq.slices[3:]])
+    # the same model without the cue: the darker class named pore by the dark-to-bright order
+    by_order = replace(model, thin_label=0, label_values=(1, 3))
+    before = np.array([by_order.segment(s).labels for s in acq.slices[3:]])
+    accuracy, accuracy_before = np.mean(labels == truth), np.mean(before == truth)
+    assert accuracy_before < 0.6 and accuracy >= 0.93, (accuracy_before, accuracy)
+    pore = labels == 1
+    assert np.mean(truth[pore] == 1) >= 0.6 and np.mean(pore[truth == 1]) >= 0.45
+    bias = [100 * (np.mean(labels == k) - np.mean(truth == k)) for k in (1, 2, 3)]
+    assert max(abs(b) for b in bias) <= 6.0, bias
+    again = PhaseModel.from_dict(model.to_dict())
+    assert np.array_equal(again.segment(acq.slices[3]).labels, labels[0])
+
+
+def test_without_a_thin_dark_layer_the_missing_name_is_an_unsure_warning():
+    acq = _thin_dark_layer(1, layer=False)
+    check = check_phases(estimate_grey_classes(acq.slices[:3]), Phases())
+    assert check.estimate.dark_ridges.share < 0.007  # noise alone: no dark lines below the darkest class
+    assert check.thin_name is None and check.empty_names == ("electrolyte",)
+    warning = next(w for w in check.warnings if "phases are named" in w)
+    assert "UNSURE" in warning and "if the classes are really electrolyte, active" in warning
