@@ -316,6 +316,13 @@ others                                    the same accuracy and bias as before, 
 ====  ================  ================  =================================================
 
 ``bench_real_slices.py``: every region's share identical (only the timing column differs).
+
+Both merged (balanced thresholds and the thin dark phase, git e3864b1), seeds 0-15, 150 slices,
+load 2-4; accuracy of the median slice / worst-phase bias: 0 96.04/-4.36, 1 97.68/+0.44, 2
+99.22/-0.35, 3 93.23/-2.02, 4 89.25/-2.93, 5 85.31/+3.40, 6 96.17/+1.57, 7 82.75/+12.04, 8
+88.56/+5.37, 9 73.49/-6.81, 10 74.60/+19.00, 11 99.43/-0.18, 12 99.34/+0.07, 13 56.16/+16.92, 14
+68.02/-9.12, 15 96.79/+4.50. Median 91.24 %, mean 87.25 % (84.90 before both), worst 56.16 %
+(48.52); |bias| median 3.88 (4.02), worst 19.00 (36.23); faults flagged 57/57, 1 good slice held.
 """
 
 from __future__ import annotations
