@@ -3,8 +3,8 @@
 :func:`fit_phase_model` calibrates a :class:`PhaseModel` on the first (corrected) slices: a
 1-D Gaussian mixture of the (lightly smoothed) grey levels, initialised with multi-Otsu, gives
 the phase levels and the thresholds between neighbouring phases (balanced: each phase takes as
-many pixels of its neighbour as it loses to it, so noise does not bias the fractions). The thresholds are then
-fixed for the run, so labels are consistent along z. Two refinements that measurably improve
+many pixels of its neighbour as it loses to it, so noise does not bias the fractions). The
+thresholds are then fixed for the run, so labels are consistent along z. Two refinements that measurably improve
 accuracy on blurred, noisy slices (``tests/test_segment.py``):
 
 - a Gaussian pre-filter (``smooth_px``) before thresholding: averages the noise inside phases;
