@@ -21,7 +21,7 @@ REV_METRICS = {
 def metrics_body(depth, active):
     return {"depth_slices": depth, "spacing_um": [0.03, 0.02, 0.02],
             "volume_fraction": {"pore": 0.2, "electrolyte": 0.8 - active, "active": active,
-                                "unassigned": 0.0},
+                                "unassigned": 0.12},
             "tortuosity_geometric": {"pore": {"y+": 1.83, "y-": 1.91}},
             "inner_porosity_share": 0.04}
 
@@ -75,6 +75,9 @@ def test_large_terminal_shows_more_rows_than_small():
     _, state = acquiring_state()
     small, large = screen(state, 80, 24), screen(state, 160, 50)
     assert "inner porosity" in large and "tortuosity pore y-" in large
+    # label 0 (cap, margins, drift borders, held slices) is not read as a phase left unlabelled
+    assert any("no phase (not sample, held)" in line and "12.0 %" in line for line in large.splitlines())
+    assert "unassigned" not in large
     assert "more (larger terminal)" in small or "inner porosity" in small
     assert len(large.splitlines()) > len(small.splitlines())
 
