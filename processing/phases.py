@@ -566,8 +566,9 @@ def check_phases(estimate: ClassEstimate, phases: Phases, *, model_levels=None, 
             text += f"; {', '.join(repr(e) for e in empty)} stay(s) empty" if empty else ""
             warnings.append(text + f"; the classes are called {', '.join(names[s] for s in slots)}.")
         else:
-            # which name is missing is a guess: say so, and what the other reading would be
-            other = name_classes(0 if names[0] not in [names[s] for s in slots] else 1)
+            # which name is missing is a guess: say so, and what the other reading would be (the
+            # darkest name missing, or else the extremes kept)
+            other = name_classes(1) if 0 in slots else list(range(m - 1)) + [n - 1]
             basis = ("the nearest levels of a mixture of one class per name" if model_levels is not None
                      and len(model_levels) == n else "the dark-to-bright order, darkest and brightest names kept")
             seen = (f" (dark lines below the darkest class on {100 * ridges.share:.1f} % of the pixels: too few to be "

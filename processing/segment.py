@@ -466,8 +466,7 @@ class PhaseModel:
             n_uncertain += int(np.count_nonzero(uncertain))
         if self.label_values:
             labels = np.array((0, *self.label_values), dtype=np.uint8)[labels]
-        if self.thin_label:
-            self.label_thin_dark(labels, pixels if lines_in is None else lines_in)
+        self.label_thin_dark(labels, pixels if lines_in is None else lines_in)
         if valid is not None:
             np.multiply(labels, valid, out=labels)
         return SegmentedSlice(labels, n_uncertain / n_counted if n_counted else 0.0)

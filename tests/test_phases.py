@@ -285,3 +285,7 @@ def test_without_a_thin_dark_layer_the_missing_name_is_an_unsure_warning():
     assert check.thin_name is None and check.empty_names == ("electrolyte",)
     warning = next(w for w in check.warnings if "phases are named" in w)
     assert "UNSURE" in warning and "if the classes are really electrolyte, active" in warning
+    # the mixture's levels name the classes electrolyte and active: the other reading keeps the pore
+    by_levels = check_phases(check.estimate, Phases(), model_levels=(40.0, *(c.level for c in check.estimate.phase_classes)))
+    warning = next(w for w in by_levels.warnings if "phases are named" in w)
+    assert "called electrolyte, active" in warning and "if the classes are really pore, active" in warning
