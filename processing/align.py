@@ -1174,6 +1174,7 @@ class DriftTracker:
         self._keyframe = None  # an older aligned slice kept while it still matches (binned)
         self._stale_keyframe = False
         self._shift = (0.0, 0.0)
+        self._held_shift = None  # the cap's shift of the last held slice (:meth:`skip`)
         self._rejected = 0
         self.n_slices = 0
 
@@ -1321,6 +1322,7 @@ class DriftTracker:
             self._raw_box = self._find_raw_box(raw)
         binned = self._masked(_bin(pixels, b))
         prev = self._shift
+        self._held_shift = None
         n = self.n_slices
         predicted, predicted_var = self._joint.prediction(n)
         offset = (int(round(prev[0] / b)), int(round(prev[1] / b)))
@@ -1430,13 +1432,23 @@ class DriftTracker:
                 raise SliceShapeError(f"raw: expected the run's shape {self._shape}, got {raw.shape}")
             self._raw_box = self._find_raw_box(raw)
 
-    def skip(self):
+    def skip(self, pixels=None):
         """The estimate of a slice the caller does not register (a blank or charging slice).
 
-        The last slice's shift (extrapolating the recent motion was worse on the randomised
-        acquisitions: 0.62 against 0.46 px RMS on one with a 1.5 px/slice drift, the error all on
-        the held slices), flagged unreliable, with the prediction's error; the references are
-        unchanged and the next slice is registered as usual.
+        The tracker learns nothing from it: its references, template and motion model are
+        unchanged and the next slice is registered as usual. Its shift is the last slice's
+        (extrapolating the recent motion was worse on the randomised acquisitions: 0.62 against
+        0.46 px RMS on one with a 1.5 px/slice drift, the error all on the held slices), flagged
+        unreliable, with the prediction's error. With a cap and `pixels`, the cap's fit instead
+        (it has a gain and an offset of its own: a slice at a fraction of the brightness still
+        shows the interface and the fiducial, only noisier) where it holds both axes as for a
+        registered slice, or with a smaller error than the prediction's and within three times
+        their joint error of the last shift.
+
+        Parameters
+        ----------
+        pixels : (Y, X) ndarray, optional
+            The slice, for a tracker on a cap.
 
         Returns
         -------
@@ -1445,10 +1457,40 @@ class DriftTracker:
         if self._shape is None:
             return DriftEstimate((0.0, 0.0), (0.0, 0.0), 0.0, False)
         _, predicted_var = self._joint.prediction(self.n_slices)
+        predicted_error = float(np.sqrt(2.0 * (self._error_var + predicted_var)))
+        found = None
+        if pixels is not None and self._cap is not None:
+            found = self._cap_alone(check_slice(pixels), predicted_error)
         self.n_slices += 1
-        residual = float(np.sqrt(2.0 * (self._error_var + predicted_var)))
-        return DriftEstimate(self._shift, (0.0, 0.0), 0.0, False, residual_px=residual,
-                             wander=residual > self.WANDER_PX, cap_lost=self._cap_lost >= self.CAP_LOST_SLICES)
+        if found is None:
+            return DriftEstimate(self._shift, (0.0, 0.0), 0.0, False, residual_px=predicted_error,
+                                 wander=predicted_error > self.WANDER_PX,
+                                 cap_lost=self._cap_lost >= self.CAP_LOST_SLICES)
+        shift, residual = (float(found[0][0]), float(found[0][1])), float(np.hypot(*found[1]))
+        self._held_shift = shift  # where the next held slice is looked for first
+        return DriftEstimate(shift, (shift[0] - self._shift[0], shift[1] - self._shift[1]),
+                             float(np.clip(1.0 - residual / _CapTemplate.MAX_SIGMA_PX, 0, 1)), True,
+                             measured_px=shift, residual_px=residual, wander=residual > self.WANDER_PX)
+
+    def _cap_alone(self, pixels, predicted_error):
+        """The cap's fit ((dy, dx), (sigma_y, sigma_x)) of a slice the tracker does not learn
+        from, or None: see :meth:`skip`."""
+        masked = self._masked_full(pixels)
+        failures = self._cap._failures  # the template's search schedule is the registered slices'
+        found = None
+        # from the last shift, then (a run of held slices: the stage moves on) the last held one's
+        for guess in (self._shift, self._held_shift):
+            fit = None if guess is None else self._cap.measure(masked, guess)
+            if fit is None:
+                continue
+            error = float(np.hypot(*fit[1]))
+            apart = float(np.hypot(*np.subtract(fit[0], self._shift)))
+            if max(fit[1]) < _CapTemplate.MAX_SIGMA_PX or (
+                    error < predicted_error and apart <= 3.0 * np.hypot(error, predicted_error)):
+                found = fit
+                break
+        self._cap._failures = failures
+        return found
 
     def _error_budget(self, results, usable):
         """Per-axis variance (px^2) of the slice's shift: a reference's own variance plus the pair's.

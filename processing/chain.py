@@ -481,8 +481,9 @@ class SliceChain:
             log.warning("slice %d %s: %s", image.index, quality.state, quality.reason)
         t1 = time.perf_counter()
         if not quality.registrable:
-            # a blank or charging slice would mislead the registration: the last shift, its error
-            drift = self.tracker.skip()
+            # a blank or charging slice would mislead the registration: placed by the cap where
+            # one holds, else the last shift, with its error
+            drift = self.tracker.skip(pixels)
         else:
             if self._reframe:
                 self.tracker.reframe(image.pixels)
