@@ -244,6 +244,11 @@ def _binomial_sum(image, order):
     return out
 
 
+# Largest binomial order summed in float32 before normalising: its sum 4**32 times a 16-bit
+# grey stays far below float32's range (at order 64, sigma 4 px, 8-bit slices overflowed to inf)
+_FLOAT_ORDER = 32
+
+
 def _smooth(image, sigma):
     """Gaussian smoothing by its binomial approximation, float32 (for sigma 1 the 5-tap
     [1, 4, 6, 4, 1] / 16, about twice as fast as ``ndimage.gaussian_filter``)."""
@@ -251,7 +256,12 @@ def _smooth(image, sigma):
     if sigma <= 0:
         return image
     order = _binomial_order(sigma)
-    return _binomial_sum(image, order) * np.float32(4.0**-order)
+    # binomials of orders a and b in turn are the binomial of order a + b (both even here)
+    while order:
+        part = min(order, _FLOAT_ORDER)
+        image = _binomial_sum(image, part) * np.float32(4.0**-part)
+        order -= part
+    return image
 
 
 def _seen_along(mask, dy, dx, reach):

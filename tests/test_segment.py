@@ -49,6 +49,23 @@ def test_smoothing_and_rim_fix_each_improve_accuracy():
     assert full > accuracy(rim_fix=False) + 0.005
 
 
+def test_the_widest_pre_filter_allowed_segments_a_very_noisy_slice():
+    """``phases.smooth_px`` goes up to 4 px: its binomial sums overflowed float32 (every grey inf,
+    calibration crashed on an empty histogram). On large particles under noise 60 % of the level
+    step the wide pre-filter labels most pixels right, and the grey it works on is a Gaussian's."""
+    from scipy import ndimage
+
+    from processing.segment import _smooth
+
+    slices, truth = _corrected(3, 256, seed=4, radius_um=1.5, noise=48.0)
+    model = fit_phase_model(slices[:3], smooth_px=4.0)
+    accuracy, _ = _score(np.array([model.segment(s).labels for s in slices]), truth)
+    assert accuracy >= 0.9
+    grey = slices[0].astype(np.float32)
+    np.testing.assert_allclose(_smooth(grey, 4.0)[16:-16, 16:-16],
+                               ndimage.gaussian_filter(grey, 4.0)[16:-16, 16:-16], atol=0.5)
+
+
 def test_rims_between_pores_and_particles_go_without_eating_the_middle_phase():
     """Small particles (radius 10 px, blur 1 px): many middle-phase pixels touch both a pore and
     a particle without lying between them. Only those with a pore on one side and a particle on
