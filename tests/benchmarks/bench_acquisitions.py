@@ -6,8 +6,8 @@ only, ``revwatch run FOLDER --config revwatch.toml --idle-exit-s S`` runs as a s
 the volume is compared with the truth (issues 10 and 11, "Validation"):
 
 - ``acc best``: label accuracy on assigned sample voxels, each slice at its best integer offset
-  within +-48 px (alignment errors do not count; see :func:`best_offset`); ``acc appl``: at the
-  applied shift;
+  within +-48 px of its alignment error (alignment errors do not count; see :func:`best_offset`);
+  ``acc appl``: at the applied shift;
 - ``bias``: phase-fraction bias (points) per phase over the run, the worst phase, counted on the
   compared pixels at the best offset; ``blk``: the worst |bias| of any phase in any block of 100
   slices;
@@ -84,43 +84,52 @@ QUALITY_KEYS = ("flag", "quality_flag", "flagged", "outlier", "brightness_outlie
 RESIDUAL_KEYS = ("drift_residual_px", "residual_px", "shift_residual_px")
 
 
-def best_offset(labels, truth, n_phases):
-    """The integer ``(dy, dx)`` within +-MAX_OFFSET px that best overlays `labels` on `truth`:
-    the peak of the summed cross-correlations of the phases' indicator images (FFT), then the
-    exact agreement count over its 3 x 3 neighbourhood."""
+def best_offset(labels, truth, n_phases, *, centre=(0, 0)):
+    """The integer ``(dy, dx)`` within +-MAX_OFFSET px of `centre` that best overlays `labels`
+    on `truth`: the peak of the summed cross-correlations of the phases' indicator images (FFT,
+    zero-padded: a large offset does not wrap around), then the exact agreement count over its
+    3 x 3 neighbourhood. `centre` is the alignment error (applied minus true shift, px) where it
+    is known: alignment errors, however large, do not count."""
     h, w = truth.shape
-    corr = np.zeros((h, w))
+    shape = (2 * h, 2 * w)
+    corr = np.zeros(shape)
     for k in range(1, n_phases + 1):
-        corr += np.fft.irfft2(np.fft.rfft2(labels == k) * np.conj(np.fft.rfft2(truth == k)), s=(h, w))
+        corr += np.fft.irfft2(np.fft.rfft2(labels == k, s=shape) * np.conj(np.fft.rfft2(truth == k, s=shape)), s=shape)
     m = MAX_OFFSET
-    offsets = [(oy, ox) for oy in range(-m, m + 1) for ox in range(-m, m + 1)]
-    oy, ox = max(offsets, key=lambda o: corr[o[0] % h, o[1] % w])
+    cy, cx = (int(np.clip(round(float(c)), -(n - 2), n - 2)) for c, n in zip(centre, (h, w)))
+    offsets = [(oy, ox) for oy in range(cy - m, cy + m + 1) for ox in range(cx - m, cx + m + 1)
+               if abs(oy) < h - 1 and abs(ox) < w - 1]
+    oy, ox = max(offsets, key=lambda o: corr[o[0] % shape[0], o[1] % shape[1]])
+
     def agreement(offset):
         correct, compared, _, _ = _overlay(labels, truth, offset)
         return correct / max(compared, 1)
 
-    return max(((oy + a, ox + b) for a in (-1, 0, 1) for b in (-1, 0, 1)), key=agreement)
+    return max(((oy + a, ox + b) for a in (-1, 0, 1) for b in (-1, 0, 1)
+                if abs(oy + a) < h - 1 and abs(ox + b) < w - 1), key=agreement)
 
 
 def _overlay(labels, truth, offset):
     """(correct, compared, labels crop, truth crop) with labels[y + dy, x + dx] over truth[y, x],
-    a margin of the offset plus one pixel removed on every side."""
+    on the overlap of the two less one pixel along its edges."""
     h, w = truth.shape
-    p = max(abs(offset[0]), abs(offset[1])) + 1
-    t = truth[p:h - p, p:w - p]
-    a = labels[p + offset[0]:h - p + offset[0], p + offset[1]:w - p + offset[1]]
+    dy, dx = offset
+    y0, y1, x0, x1 = max(0, -dy) + 1, h - max(0, dy) - 1, max(0, -dx) + 1, w - max(0, dx) - 1
+    t = truth[y0:y1, x0:x1]
+    a = labels[y0 + dy:y1 + dy, x0 + dx:x1 + dx]
     valid = (a > 0) & (t > 0)
     return int(np.count_nonzero(valid & (a == t))), int(valid.sum()), a, t
 
 
-def compare_slice(labels, truth, n_phases):
-    """Labels against the truth at their best offset, so that alignment errors do not count.
+def compare_slice(labels, truth, n_phases, *, centre=(0, 0)):
+    """Labels against the truth at their best offset (searched around `centre`, the alignment
+    error where it is known: :func:`best_offset`), so that alignment errors do not count.
 
     Returns a dict: ``correct`` and ``compared`` (assigned sample pixels), the per-phase pixel
     counts of each over the compared pixels (``agent_counts``, ``truth_counts``), and the
     sample pixels (``inside``) left unassigned (``unassigned``), all at the best offset.
     """
-    offset = best_offset(labels, truth, n_phases)
+    offset = best_offset(labels, truth, n_phases, centre=centre)
     correct, compared, a, t = _overlay(labels, truth, offset)
     valid = (a > 0) & (t > 0)
     return {
@@ -171,7 +180,9 @@ def evaluate(root, volume_path, rc, elapsed_s, stderr_tail):
         if not 0 <= k < n:
             continue
         a, t = labels_all[z], truth.labels[k]
-        best = compare_slice(a, t, n_ph)
+        shift = np.asarray(record.get("shift_px", (np.nan, np.nan)), dtype=float)
+        error = shift - truth.drift_px[k]
+        best = compare_slice(a, t, n_ph, centre=tuple(np.nan_to_num(error)))
         c, m = best["correct"], best["compared"]
         correct_best, compared_best = correct_best + c, compared_best + m
         valid = (a > 0) & (t > 0)
@@ -183,8 +194,7 @@ def evaluate(root, volume_path, rc, elapsed_s, stderr_tail):
         truth_counts.append(best["truth_counts"])
         ks.append(k)
         per_slice_acc.append(c / m if m else np.nan)
-        shift = np.asarray(record.get("shift_px", (np.nan, np.nan)), dtype=float)
-        drift_err.append(shift - truth.drift_px[k])
+        drift_err.append(error)
         est = next((record[key] for key in RESIDUAL_KEYS if record.get(key) is not None), None)
         if est is not None:
             resid_est.append((float(np.hypot(*np.broadcast_to(est, (2,)))) if np.ndim(est) else float(est),

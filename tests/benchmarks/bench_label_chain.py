@@ -388,7 +388,7 @@ def run_scenario(seed, n_slices, processing=None):
     pooled = np.zeros(4, dtype=np.int64)  # correct, compared, inside, unassigned over every slice
     for p in out:
         drift_error.append(np.subtract(p.drift.shift_px, rendered.truth.drift_px[p.index - 1]))
-        c = compare_slice(p.labels, rendered.truth.labels[p.index - 1], k)
+        c = compare_slice(p.labels, rendered.truth.labels[p.index - 1], k, centre=drift_error[-1])
         pooled += (c["correct"], c["compared"], c["inside"], c["unassigned"])  # held slices: all unassigned
         if p.flag == "held" or c["compared"] < 100:
             continue
