@@ -6,8 +6,9 @@ here seeded by the scenario number itself), rendered in memory and pushed throug
 only, without the agent, files or subprocess. Per scenario: label accuracy on assigned sample
 pixels of each slice at its best offset (:func:`bench_acquisitions.compare_slice`; held slices
 left out), median and worst slice; the phase-fraction bias (points) of the worst phase over the
-run; the unassigned share inside the sample (median slice); slices held; re-calibrations of the
-phase model; the RMS of the applied drift against the true shift (px, every slice, held ones
+run; the quality the chain publishes for each slice (``qual``: ``1 - uncertain_share``, halved
+when renormalised; median slice), its own estimate of the accuracy; the unassigned share inside
+the sample (median slice); slices held; re-calibrations of the phase model; the RMS of the applied drift against the true shift (px, every slice, held ones
 too). Then median and worst over the scenarios. The two ``pooled`` columns are
 ``bench_acquisitions.py``'s ``acc best`` and ``unas``: over every compared pixel of the run (held
 slices count as unassigned), where ``acc med`` and ``unas`` are of the median slice.
@@ -349,6 +350,15 @@ slices), on the whole overlap less one pixel (it was cropped by the offset on ev
 15 96.39/+4.95. Median 91.23 %, worst 56.11 %; |bias| median 3.88, worst 19.21 points; faults
 57/57, 1 good slice held. The larger overlap takes in the slices' edge pixels (seeds 1, 10, 12,
 15: 0.2-0.6 point lower).
+
+Does the chain say when it is unsure? The quality it publishes per slice (``qual``) against the
+accuracy of the median slice, seeds 0-15, 150 slices, on c9532c7 (``/work/scratch/s10/unsure.py``,
+the same figures as this file's ``qual`` column): quality / accuracy 0 96.2/96.0, 1 97.8/97.1, 2
+97.7/99.2, 3 85.4/93.2, 4 92.6/89.2, 5 65.3/85.1, 6 96.2/96.2, 7 77.0/82.7, 8 89.6/88.6, 9
+73.6/73.5, 10 62.3/74.0, 11 99.6/99.4, 12 99.4/99.2, 13 1.7/56.1 (and a warning: one separable
+class), 14 71.9/82.9, 15 98.6/96.4. Quality minus accuracy: median +0.1 point, most
+over-confident +3.4 (seed 4), and on every seed whose accuracy is below 90 % the quality is too
+(at most +3.4 above it, on seed 4: 92.6 for 89.2): the weak scenarios are not silent.
 """
 
 from __future__ import annotations
@@ -395,7 +405,7 @@ def run_scenario(seed, n_slices, processing=None):
     k = len(scenario.phase_names)
     faults = {i + 1 for i in (*rendered.truth.drop_slices, *rendered.truth.charging_slices)}
     flags = {p.index: p.flag for p in out}
-    accuracy, unassigned, drift_error = [], [], []
+    accuracy, unassigned, drift_error, quality = [], [], [], []
     agent_counts, truth_counts = np.zeros(k), np.zeros(k)
     pooled = np.zeros(4, dtype=np.int64)  # correct, compared, inside, unassigned over every slice
     for p in out:
@@ -405,12 +415,14 @@ def run_scenario(seed, n_slices, processing=None):
         if p.flag == "held" or c["compared"] < 100:
             continue
         accuracy.append(c["correct"] / c["compared"])
+        quality.append(p.quality)
         unassigned.append(c["unassigned"] / max(c["inside"], 1))
         agent_counts += c["agent_counts"]
         truth_counts += c["truth_counts"]
     bias = 100 * (agent_counts / max(agent_counts.sum(), 1) - truth_counts / max(truth_counts.sum(), 1))
     return {
         "seed": seed, "describe": scenario.describe(), "accuracy": np.array(accuracy), "bias": bias,
+        "quality": float(np.median(quality)) if quality else float("nan"),
         "unassigned": float(np.median(unassigned)) if unassigned else float("nan"),
         # bench_acquisitions' "acc best" and "unas": pooled over the run
         "accuracy_pooled": pooled[0] / max(pooled[1], 1), "unassigned_pooled": pooled[3] / max(pooled[2], 1),
@@ -441,7 +453,7 @@ def main(argv=None):
         parser.error(f"--set: only processing.KEY=VALUE is used here, got {args.set}")
     processing = overrides.get("processing", {})
     logging.basicConfig(level=logging.ERROR)
-    print(f"{'seed':>4} {'acc med':>7} {'worst':>6} {'pooled':>6} {'bias':>6}  {'per phase':<24} {'unas':>5} {'pooled':>6} {'held':>4} "
+    print(f"{'seed':>4} {'acc med':>7} {'qual':>5} {'worst':>6} {'pooled':>6} {'bias':>6}  {'per phase':<24} {'unas':>5} {'pooled':>6} {'held':>4} "
           f"{'flagged':>7} {'f.held':>6} {'recal':>5} {'drift':>5} {'s':>4}  scenario")
     results = []
     for seed in range(*args.seeds):
@@ -449,16 +461,19 @@ def main(argv=None):
         results.append(r)
         acc = r["accuracy"] if r["accuracy"].size else np.array([np.nan])
         worst_phase = r["bias"][np.argmax(np.abs(r["bias"]))]
-        print(f"{seed:4d} {100 * np.median(acc):7.2f} {100 * acc.min():6.2f} {100 * r['accuracy_pooled']:6.2f} "
+        print(f"{seed:4d} {100 * np.median(acc):7.2f} {100 * r['quality']:5.1f} {100 * acc.min():6.2f} {100 * r['accuracy_pooled']:6.2f} "
               f"{worst_phase:+6.2f}  {'/'.join(f'{b:+.1f}' for b in r['bias']):<24} {100 * r['unassigned']:5.2f} "
               f"{100 * r['unassigned_pooled']:6.2f} {r['held']:4d} "
               f"{r['flagged']:>3d}/{r['faults']:<3d} {r['false_held']:6d} {r['recalibrations']:5d} {r['drift_rms_px']:5.2f} {r['elapsed_s']:4.0f}  {r['describe']}", flush=True)
     medians = np.array([np.median(r["accuracy"]) if r["accuracy"].size else np.nan for r in results])
     worst_bias = np.array([np.abs(r["bias"]).max() for r in results])
+    quality = np.array([r["quality"] for r in results])
     print(f"over {len(results)} scenarios: accuracy (median slice) median {100 * np.nanmedian(medians):.2f} % "
           f"worst {100 * np.nanmin(medians):.2f} %; worst-phase |bias| median {np.median(worst_bias):.2f} "
           f"worst {worst_bias.max():.2f} points; injected faults flagged {sum(r['flagged'] for r in results)}/"
-          f"{sum(r['faults'] for r in results)}, good slices held {sum(r['false_held'] for r in results)}")
+          f"{sum(r['faults'] for r in results)}, good slices held {sum(r['false_held'] for r in results)}; the "
+          f"published quality (median slice) minus the accuracy: median {100 * np.nanmedian(quality - medians):+.1f}, "
+          f"most over-confident {100 * np.nanmax(quality - medians):+.1f} points")
     for r in results:
         if r["missed"]:
             print(f"seed {r['seed']}: faults not flagged at slices {r['missed']}")
