@@ -1459,7 +1459,7 @@ class DriftTracker:
         _, predicted_var = self._joint.prediction(self.n_slices)
         predicted_error = float(np.sqrt(2.0 * (self._error_var + predicted_var)))
         found = None
-        if pixels is not None and self._cap is not None:
+        if pixels is not None and self._cap is not None and self._raw_box is not None:  # (resumed: not yet)
             found = self._cap_alone(check_slice(pixels), predicted_error)
         self.n_slices += 1
         if found is None:

@@ -394,6 +394,13 @@ def test_a_held_slice_is_placed_by_the_cap_though_dimmed_and_keeps_the_last_shif
         assert not hidden[k].reliable and hidden[k].shift_px == hidden[19].shift_px
         assert hidden[k].residual_px == blind[k].residual_px
 
+    # resumed after a restart, a held first slice keeps the stored shift (its margins are found
+    # on the next registered slice)
+    resumed = DriftTracker(interface_row=CAP_PX)
+    resumed.resume(slices[19], (1.0, 2.0))
+    first = resumed.skip(slices[20])
+    assert first.shift_px == (1.0, 2.0) and not first.reliable
+
 
 def _cap_hidden_over_a_jump(*, fiducial, seed=7, n=45, hidden=range(15, 27), jump=(-5.0, 8.0)):
     """A cap whose rows are hidden (a flat bright band: charging over the cap) on slices `hidden`,
