@@ -1314,9 +1314,7 @@ class DriftTracker:
         if self._shape is None:
             self._start(pixels, raw)
             return DriftEstimate((0.0, 0.0), (0.0, 0.0), 1.0, True, None)
-        if pixels.shape != self._shape:
-            raise SliceShapeError(
-                f"slice shape {pixels.shape} differs from the run's canvas {self._shape} (first slice)")
+        self._on_canvas(pixels)
         b = self._bin
         if self._raw_box is None:  # resumed: the margins are found on the first raw slice
             self._raw_box = self._find_raw_box(raw)
@@ -1453,14 +1451,21 @@ class DriftTracker:
         Returns
         -------
         DriftEstimate
+
+        Raises
+        ------
+        SliceShapeError
+            When `pixels` has another shape than the first slice.
         """
         if self._shape is None:
             return DriftEstimate((0.0, 0.0), (0.0, 0.0), 0.0, False)
         _, predicted_var = self._joint.prediction(self.n_slices)
         predicted_error = float(np.sqrt(2.0 * (self._error_var + predicted_var)))
         found = None
+        if pixels is not None:
+            pixels = self._on_canvas(check_slice(pixels))
         if pixels is not None and self._cap is not None and self._raw_box is not None:  # (resumed: not yet)
-            found = self._cap_alone(check_slice(pixels), predicted_error)
+            found = self._cap_alone(pixels, predicted_error)
         self.n_slices += 1
         if found is None:
             return DriftEstimate(self._shift, (0.0, 0.0), 0.0, False, residual_px=predicted_error,
@@ -1471,6 +1476,13 @@ class DriftTracker:
         return DriftEstimate(shift, (shift[0] - self._shift[0], shift[1] - self._shift[1]),
                              float(np.clip(1.0 - residual / _CapTemplate.MAX_SIGMA_PX, 0, 1)), True,
                              measured_px=shift, residual_px=residual, wander=residual > self.WANDER_PX)
+
+    def _on_canvas(self, pixels):
+        """`pixels`, of the first slice's shape, else SliceShapeError."""
+        if pixels.shape != self._shape:
+            raise SliceShapeError(
+                f"slice shape {pixels.shape} differs from the run's canvas {self._shape} (first slice)")
+        return pixels
 
     def _cap_alone(self, pixels, predicted_error):
         """The cap's fit ((dy, dx), (sigma_y, sigma_x)) of a slice the tracker does not learn

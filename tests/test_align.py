@@ -183,6 +183,8 @@ def test_slice_of_another_size_names_both_shapes():
     tracker.update(np.zeros((64, 80), np.uint8) + np.arange(80, dtype=np.uint8))
     with pytest.raises(SliceShapeError, match=r"\(64, 70\).*\(64, 80\)"):
         tracker.update(np.zeros((64, 70), np.uint8))
+    with pytest.raises(SliceShapeError, match=r"\(64, 70\).*\(64, 80\)"):
+        tracker.skip(np.zeros((64, 70), np.uint8))  # a held slice too
 
 
 def test_huge_jump_is_recovered():
