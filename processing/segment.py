@@ -952,6 +952,10 @@ def calibrate_phases(slices, phases, *, valid=None, training_labels=None, rng=0,
             note = ("one mixture component per name put a level on an edge halo or two levels on one class (levels "
                     + ", ".join(f"{v:.0f}" for v in levels) + "): the model starts from the classes found instead")
             check = replace(check, notes=(*check.notes, note))
+    if check.n_fit != n and start is None and len(found) == check.n_fit:
+        # fewer (or more) classes than names: the model's levels are the classes the names were
+        # given to (a mixture started anew may put its levels elsewhere: on a halo, two on a class)
+        start = ([c.level for c in found], [c.level for c in estimate.classes if c.halo])
     if check.n_fit != n or start is not None:
         model = fit_phase_model(slices, n_phases=check.n_fit, valid=valid, start=start, **options)
         if check.n_fit != n:
