@@ -126,10 +126,12 @@ class ProcessingConfig(_Section):
     curtain_angle_deg: float | Literal["auto"] = Field(
         "auto", description="curtain angle from vertical in degrees (within +-45); 'auto' = estimated on every "
         "slice within +-15; stripes are removed only where that reduces them")
-    curtain_reference: Literal["phases", "neighbours"] = Field(
+    curtain_reference: Literal["phases", "neighbours", "auto"] = Field(
         "phases", description="what curtain stripes are measured against: 'phases' = each pixel's phase level "
         "(after the brightness map); 'neighbours' = first each pixel's neighbours along the row on the raw slice's "
-        "valid region (stripes stronger than half the smallest level gap, black margins), then the phase levels")
+        "valid region (stripes stronger than half the smallest level gap, black margins), then the phase levels; "
+        "'auto' = chosen at calibration from the calibration slices (neighbours only for stripes of at least a "
+        "quarter of the smallest level gap that it leaves weaker by both measures, without merging grey classes)")
     outlier_z: float = Field(
         6.0, gt=0, description="robust z-score beyond which a slice's brightness, contrast or evenness is flagged "
         "against the recent good slices (renormalised, or held back with labels 0)")
