@@ -1439,7 +1439,8 @@ class CurtainChoice:
         slices corrected with each reference against the *other* model's levels (neither is
         measured by its own yardstick).
     classes : dict of str to (int, float)
-        Separable grey classes shown by the slices corrected with each reference, and their
+        Separable grey classes shown by the slices corrected with each reference (at most the
+        model's levels: its brightness map and stripe residual merge the others), and their
         weakest separation (Ashman's D; 0 for a single class).
     reason : str
         The choice and its evidence, in words.
@@ -1466,8 +1467,8 @@ def choose_curtain_reference(slices, phases, neighbours, *, valid=None):
       corrected against the phases, both against the row neighbours and against the other
       model's levels, and less than the raw slices by either measure (a correction never makes
       the stripes worse);
-    - they show at least as many separable grey classes, and with as many, a weakest separation
-      at least as large (removing stripes must not merge phases).
+    - they show at least as many separable grey classes (counted up to the model's levels), and
+      with as many, a weakest separation at least as large (removing stripes must not merge phases).
 
     Parameters
     ----------
@@ -1517,7 +1518,9 @@ def choose_curtain_reference(slices, phases, neighbours, *, valid=None):
     for name, out in corrected.items():
         try:
             e = estimate_grey_classes([c.pixels for c in out], valid=any_mask)
-            classes[name] = (int(e.n_classes), float(min(e.separation)) if e.separation else 0.0)
+            # a model maps and measures against its levels: more classes than levels are merged
+            classes[name] = (min(int(e.n_classes), len(models[name].levels)),
+                             float(min(e.separation)) if e.separation else 0.0)
         except CalibrationError:
             classes[name] = (0, 0.0)
     figures = (f"stripes {stripes:.2f} of the smallest level gap; left against the row neighbours "
