@@ -1368,6 +1368,13 @@ def fit_correction(slices, *, n_phases=3, brightness=True, curtaining="column", 
     phases, usable = _fit_correction(slices, curtain_reference="phases", **options)
     if curtaining is None:
         return replace(phases, curtain_choice="phases: curtaining removal is off")
+    # weak stripes (most acquisitions) decide it before the row-neighbour reference is fitted
+    pick = [usable[i] for i in _evidence(slices[i] for i in usable)]
+    _, stripes = _raw_stripes([slices[i] for i in pick], [None if valid is None else valid[i] for i in pick], phases)
+    if stripes < _NEIGHBOURS_MIN_STRIPES:
+        reason = f"phases: stripes {stripes:.2f} of the smallest level gap, weaker than {_NEIGHBOURS_MIN_STRIPES}"
+        logger.info("curtain reference: %s", reason)
+        return replace(phases, curtain_choice=reason)
     try:
         neighbours, _ = _fit_correction(slices, curtain_reference="neighbours", **options)
     except CalibrationError as exc:
@@ -1418,6 +1425,24 @@ def _fit_correction(slices, *, n_phases, brightness, curtaining, curtain_angle, 
                             curtain_passes=curtain_passes, curtain_reference=curtain_reference,
                             background=background, background_order=background_order)
     return model, kept
+
+
+def _evidence(slices):
+    """Indices of the calibration slices the curtain reference is chosen on
+    (:func:`processing.phases.evidence_slices`)."""
+    from processing.phases import evidence_slices
+
+    return evidence_slices([np.asarray(s).size for s in slices])
+
+
+def _raw_stripes(raw, masks, phases):
+    """The raw slices' curtains measured against their row neighbours (:func:`remove_curtaining`
+    without levels, the settings of `phases`), and the median stripe amplitude where its held-out
+    test passed (0 elsewhere), in smallest level gaps of `phases` (the calibration slices' own
+    modes, so the raw grey units)."""
+    coarse = [phases._remove_curtaining(s, None, v, phases.curtain_angle) for s, v in zip(raw, masks)]
+    stripes = float(np.median([c.amplitude_before if c.applied else 0.0 for c in coarse]))
+    return coarse, stripes / float(np.min(np.diff(phases.levels)))
 
 
 @dataclass(frozen=True)
@@ -1489,32 +1514,27 @@ def choose_curtain_reference(slices, phases, neighbours, *, valid=None):
     -------
     CurtainChoice
     """
-    from processing.phases import estimate_grey_classes, evidence_slices
+    from processing.phases import estimate_grey_classes
 
     if phases.curtain_reference != "phases" or neighbours.curtain_reference != "neighbours":
         raise ValueError(f"phases, neighbours: expected models with those references, got "
                          f"{phases.curtain_reference!r}, {neighbours.curtain_reference!r}")
-    pick = evidence_slices([np.asarray(s).size for s in slices])
+    pick = _evidence(slices)
     raw = [np.asarray(slices[i]) for i in pick]
     masks = [None if valid is None else valid[i] for i in pick]
     any_mask = None if any(m is None for m in masks) else masks
     models = {"phases": phases, "neighbours": neighbours}
     corrected = {name: [m.apply(s, valid=v) for s, v in zip(raw, masks)] for name, m in models.items()}
     width = phases.curtain_width_px
-    # raw grey units (each corrected slice mapped back by its own brightness map)
-    gap = float(np.min(np.diff(phases.levels)))
-    gaps = [gap / c.gain for c in corrected["phases"]]
-    coarse = [neighbours._remove_curtaining(s, None, v, phases.curtain_angle) for s, v in zip(raw, masks)]
+    coarse, stripes = _raw_stripes(raw, masks, phases)
     angles = [c.angle_deg for c in coarse]
-
-    def median(values):
-        return float(np.median([v / g for v, g in zip(values, gaps)]))
+    gap = float(np.min(np.diff(phases.levels)))
 
     def amplitudes(images, levels):
-        return median([stripe_amplitude(im, levels=levels, angle_deg=a, width_px=width, valid=v)
-                       for im, a, v in zip(images, angles, masks)])
+        # raw grey units (corrected slices mapped back by their own brightness map), in level gaps
+        return float(np.median([stripe_amplitude(im, levels=levels, angle_deg=a, width_px=width, valid=v)
+                                for im, a, v in zip(images, angles, masks)])) / gap
 
-    stripes = median([c.amplitude_before if c.applied else 0.0 for c in coarse])
     unmapped = {name: [(c.pixels - np.float32(c.offset)) / np.float32(c.gain) for c in out]
                 for name, out in corrected.items()}
     rows = {"raw": amplitudes(raw, None), **{name: amplitudes(u, None) for name, u in unmapped.items()}}

@@ -459,9 +459,12 @@ def test_auto_reference_keeps_the_phases_when_the_row_neighbours_leave_a_name_wi
     slices = [_four_phase_slice(seed, stripes=10.0, margin_px=24, levels=(60.0, 60.0, 160.0, 160.0))[0]
               for seed in (7, 8)]
     valid = [s > 0 for s in slices]
+    phases = fit_correction(slices, n_phases=3, valid=valid)
+    neighbours = fit_correction(slices, n_phases=3, valid=valid, curtain_reference="neighbours")
+    choice = choose_curtain_reference(slices, phases, neighbours, valid=valid)
+    assert choice.reference == "phases" and "2 levels for 3 named phases" in choice.reason
     auto = fit_correction(slices, n_phases=3, valid=valid, curtain_reference="auto")
-    assert auto.curtain_reference == "phases" and "2 levels for 3 named phases" in auto.curtain_choice
-    assert auto.levels == fit_correction(slices, n_phases=3, valid=valid).levels
+    assert auto.curtain_reference == "phases" and auto.levels == phases.levels
 
 
 def test_auto_reference_evidence_is_measured_by_both_yardsticks():
