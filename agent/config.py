@@ -127,7 +127,7 @@ class ProcessingConfig(_Section):
         "auto", description="curtain angle from vertical in degrees (within +-45); 'auto' = estimated on every "
         "slice within +-15; stripes are removed only where that reduces them")
     curtain_reference: Literal["phases", "neighbours", "auto"] = Field(
-        "phases", description="what curtain stripes are measured against: 'phases' = each pixel's phase level "
+        "auto", description="what curtain stripes are measured against: 'phases' = each pixel's phase level "
         "(after the brightness map); 'neighbours' = first each pixel's neighbours along the row on the raw slice's "
         "valid region (stripes stronger than half the smallest level gap, black margins), then the phase levels; "
         "'auto' = chosen at calibration from the calibration slices (neighbours only for stripes of at least a "
