@@ -374,9 +374,10 @@ slice (``/work/scratch/curtainauto/raise.py``, every slice of seeds 9 and 10 und
 model): stripe amplitude after/before against the phase levels median 0.48 and 0.36, largest 0.86
 and 0.62; against the row neighbours 0.23 and 0.15, largest 0.37 and 0.29: raised on none of 300.
 ``bench_real_slices.py --set processing.curtain_reference=auto``: "phases" chosen on every case
-(stripes 0.00 gap), region shares identical to the default's; calibration 6.7-9.0 s against 1.3-3.3 s
-at load 2.6 (before the weak-stripe shortcut; with it ``choose.py`` fits 0.4-1.1 s on weak stripes,
-about 2.5 s on strong ones, 256 x 256 px). ``bench_corrections.py --quick --curtain-reference auto``:
+(stripes 0.00 gap), region shares identical to the default's; the calibration of 4 slices took 6.7-9.0 s
+against 1.3-3.3 s ("phases", load 2.3-2.6), and 2.4-5.2 s (load 3.5) once weak stripes are decided
+before the row-neighbour reference is fitted (git 8f64e0c on; ``choose.py``: the whole fit 0.4-1.1 s
+on weak stripes, about 2.5 s on strong ones, 10 slices of 256 x 256 px). ``bench_corrections.py --quick --curtain-reference auto``:
 every figure identical to the default's (generator straight 0.26, tilted 0.16; real slices 1.00;
 pystack3d x1.000 in --quick, as with "phases"). "auto" is now the default.
 """
