@@ -379,7 +379,8 @@ against 1.3-3.3 s ("phases", load 2.3-2.6), and 2.4-5.2 s (load 3.5) once weak s
 before the row-neighbour reference is fitted (git 8f64e0c on; ``choose.py``: the whole fit 0.4-1.1 s
 on weak stripes, about 2.5 s on strong ones, 10 slices of 256 x 256 px). ``bench_corrections.py --quick --curtain-reference auto``:
 every figure identical to the default's (generator straight 0.26, tilted 0.16; real slices 1.00;
-pystack3d x1.000 in --quick, as with "phases"). "auto" is now the default.
+pystack3d x1.000 in --quick, as with "phases"). "auto" is now the default: this file re-run without
+``--set`` at git c714e99 (load 3-7): all 16 rows identical to the "auto" column above.
 """
 
 from __future__ import annotations
