@@ -120,6 +120,9 @@ class CalibrationReport:
     labels : (Y, X) ndarray of uint8
         Labels of the slice shown in the overlay (the middle calibration slice), on the canvas.
     histogram_png, overlay_png : Path or None
+    curtain : str
+        What the curtains are measured against, and why when the calibration chose it
+        (``processing.curtain_reference = "auto"``); "" with curtaining removal off.
     """
 
     check: object
@@ -130,6 +133,7 @@ class CalibrationReport:
     labels: np.ndarray
     histogram_png: Path | None = None
     overlay_png: Path | None = None
+    curtain: str = ""
 
     def describe(self) -> str:
         e = self.check.estimate
@@ -143,6 +147,8 @@ class CalibrationReport:
             lines += ["notes:"] + [f"  - {n}" for n in self.check.notes]
         lines += ["warnings:"] + [f"  - {w}" for w in self.check.warnings] if self.check.warnings else \
             ["the named phases match the grey classes of the data"]
+        if self.curtain:
+            lines.append(f"curtains measured against the {self.curtain}")
         for p in (self.histogram_png, self.overlay_png):
             if p is not None:
                 lines.append(f"wrote {p}")
@@ -190,8 +196,10 @@ def calibrate_slices(images, config, *, out=None):
         pngs = {"histogram_png": _plot_histogram(chain.phase_check, chain.phase_model, phases,
                                                  out / "calibration_histogram.png"),
                 "overlay_png": _plot_overlay(middle, phases, out / "calibration_overlay.png")}
+    c = chain.correction
+    curtain = "" if c is None or c.curtaining is None else (c.curtain_choice or c.curtain_reference)
     return CalibrationReport(check=chain.phase_check, model=chain.phase_model, names=phases.names, shares=shares,
-                             masked_share=float(1 - valid.mean()), labels=middle.labels, **pngs)
+                             masked_share=float(1 - valid.mean()), labels=middle.labels, curtain=curtain, **pngs)
 
 
 def _plot_histogram(check, model, phases, path: Path) -> Path:

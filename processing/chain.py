@@ -115,10 +115,12 @@ class SliceChain:
         Corrections applied before alignment and segmentation.
     curtain_angle : "auto" or float, optional
         Curtain angle from vertical (degrees), "auto" = estimated on every slice.
-    curtain_reference : {"phases", "neighbours"}, optional
+    curtain_reference : {"phases", "neighbours", "auto"}, optional
         What the stripes are measured against (:class:`processing.correct.CorrectionModel`);
         with "neighbours" the valid region of each raw slice (the region mask) is where the
-        curtains are fitted and the phase modes found.
+        curtains are fitted and the phase modes found; "auto": chosen at each calibration from
+        the calibration slices (:func:`processing.correct.choose_curtain_reference`; the choice
+        and its evidence are logged and kept in ``correction.curtain_choice``).
     outlier_z : float, optional
         Robust z-score beyond which a slice's brightness, contrast or evenness is an outlier
         against the recent good slices (:class:`processing.correct.BrightnessMonitor`).
@@ -439,8 +441,10 @@ class SliceChain:
         self.correction = fit_correction(usable, n_phases=len(self.phases.names), min_structure=_MIN_CONTRAST,
                                          valid=[self._specimen(u) for u in usable], **self.correction_options)
         self.monitor = BrightnessMonitor(self.correction.levels, z_limit=self.outlier_z)
-        log.info("calibrated on %d usable of %d held slices: levels %s", len(usable), len(self._held),
-                 ", ".join(f"{v:.1f}" for v in self.correction.levels))
+        log.info("calibrated on %d usable of %d held slices: levels %s; curtains against the %s%s", len(usable),
+                 len(self._held), ", ".join(f"{v:.1f}" for v in self.correction.levels),
+                 self.correction.curtain_reference,
+                 f" ({self.correction.curtain_choice})" if self.correction.curtain_choice else "")
         aligned = [self._correct_and_align(image) for image, _ in self._held]
         good = [a for a in aligned if a[4].state != "held"] or aligned  # the model needs slices
         self.phase_model, self.phase_check = calibrate_phases(

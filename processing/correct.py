@@ -47,6 +47,8 @@ __all__ = [
     "slice_structure",
     "stripe_angle",
     "CorrectionModel",
+    "CurtainChoice",
+    "choose_curtain_reference",
     "fit_correction",
     "find_levels",
     "match_brightness",
@@ -65,6 +67,10 @@ _ANGLE_CROP = 512  # px: central crop whose spectrum gives the stripe angle (abo
 _MAX_CONTRAST = 20.0  # level gap over binned noise beyond which contrast is not compared
 _BACKGROUND_METHODS = (None, "polynomial")
 _CURTAIN_REFERENCES = ("neighbours", "phases")
+# "auto" takes the row neighbours only where the stripes (RMS) reach this share of the smallest
+# level gap: the phase-level residual is clipped at half a gap, so stripes whose extremes (about
+# 2 RMS) pass it push pixels into the neighbouring phase and are underestimated.
+_NEIGHBOURS_MIN_STRIPES = 0.25
 
 
 def _histogram(pixels, step, valid=None):
@@ -903,6 +909,9 @@ class CorrectionModel:
         Background flattening method.
     background_order : int
         Polynomial order of the background.
+    curtain_choice : str
+        Why `curtain_reference` was chosen, with the evidence, when :func:`fit_correction` chose
+        it (``curtain_reference="auto"``); "" when it was given.
     """
 
     levels: tuple
@@ -915,6 +924,7 @@ class CorrectionModel:
     curtain_reference: str = "phases"
     background: str | None = None
     background_order: int = 2
+    curtain_choice: str = ""
 
     def __post_init__(self):
         object.__setattr__(self, "levels", tuple(float(v) for v in self.levels))
@@ -1315,13 +1325,15 @@ def fit_correction(slices, *, n_phases=3, brightness=True, curtaining="column", 
         Number of phases (2 to 4).
     brightness, curtaining, curtain_angle, curtain_max_angle_deg, curtain_width_px, curtain_passes
         See :class:`CorrectionModel`.
-    curtain_reference : {"phases", "neighbours"}, optional
+    curtain_reference : {"phases", "neighbours", "auto"}, optional
         See :class:`CorrectionModel`; with ``"neighbours"`` the levels are found on the slices'
         `valid` pixels without their stripes (strong curtains widen every phase's mode until a
         small phase is lost between its neighbours, and a black margin is a mode of its own), as
         many as the separable grey classes they show (:func:`processing.phases.estimate_grey_classes`,
         2 to `n_phases`): a named phase not in view yet must not make the brightness map split
-        another phase's mode in two.
+        another phase's mode in two. ``"auto"``: both are fitted and the evidence on the
+        calibration slices decides (:func:`choose_curtain_reference`); the model says which and
+        why (:attr:`CorrectionModel.curtain_choice`).
     background, background_order
         See :class:`CorrectionModel`.
     min_structure : float, optional
@@ -1344,11 +1356,45 @@ def fit_correction(slices, *, n_phases=3, brightness=True, curtaining="column", 
         raise CalibrationError("fit_correction: no slices given")
     if valid is not None and len(valid) != len(slices):
         raise ValueError(f"valid: expected one mask per slice ({len(slices)}), got {len(valid)}")
+    if curtain_reference not in (*_CURTAIN_REFERENCES, "auto"):
+        raise ValueError(f"curtain_reference: expected one of {(*_CURTAIN_REFERENCES, 'auto')}, "
+                         f"got {curtain_reference!r}")
+    options = dict(n_phases=n_phases, brightness=brightness, curtaining=curtaining, curtain_angle=curtain_angle,
+                   curtain_max_angle_deg=curtain_max_angle_deg, curtain_width_px=curtain_width_px,
+                   curtain_passes=curtain_passes, background=background, background_order=background_order,
+                   min_structure=min_structure, valid=valid)
+    if curtain_reference != "auto":
+        return _fit_correction(slices, curtain_reference=curtain_reference, **options)[0]
+    phases, usable = _fit_correction(slices, curtain_reference="phases", **options)
+    if curtaining is None:
+        return replace(phases, curtain_choice="phases: curtaining removal is off")
+    # weak stripes (most acquisitions) decide it before the row-neighbour reference is fitted
+    pick = [usable[i] for i in _evidence(slices[i] for i in usable)]
+    _, stripes = _raw_stripes([slices[i] for i in pick], [None if valid is None else valid[i] for i in pick], phases)
+    if stripes < _NEIGHBOURS_MIN_STRIPES:
+        reason = f"phases: stripes {stripes:.2f} of the smallest level gap, weaker than {_NEIGHBOURS_MIN_STRIPES}"
+        logger.info("curtain reference: %s", reason)
+        return replace(phases, curtain_choice=reason)
+    try:
+        neighbours, _ = _fit_correction(slices, curtain_reference="neighbours", **options)
+    except CalibrationError as exc:
+        return replace(phases, curtain_choice=f"phases: the row-neighbour reference could not be fitted ({exc})")
+    choice = choose_curtain_reference([slices[i] for i in usable], phases, neighbours,
+                                      valid=None if valid is None else [valid[i] for i in usable])
+    logger.info("curtain reference: %s", choice.reason)
+    chosen = neighbours if choice.reference == "neighbours" else phases
+    return replace(chosen, curtain_choice=choice.reason)
+
+
+def _fit_correction(slices, *, n_phases, brightness, curtaining, curtain_angle, curtain_max_angle_deg,
+                    curtain_width_px, curtain_passes, curtain_reference, background, background_order,
+                    min_structure, valid):
+    """:func:`fit_correction` with one given reference; returns (model, indices of the usable slices)."""
     # levels stay at 0..1: nothing is mapped, only the stripes removed
     destripe = CorrectionModel((0.0, 1.0), brightness=False, curtaining=curtaining, curtain_angle=curtain_angle,
                                curtain_max_angle_deg=curtain_max_angle_deg, curtain_width_px=curtain_width_px,
                                curtain_passes=curtain_passes, curtain_reference=curtain_reference)
-    usable, structure = [], []
+    usable, kept, structure = [], [], []
     for i, s in enumerate(slices):
         check_slice(s, f"slices[{i}]")
         structure.append(slice_structure(s))
@@ -1357,6 +1403,7 @@ def fit_correction(slices, *, n_phases=3, brightness=True, curtaining="column", 
         if curtaining is not None and curtain_reference == "neighbours":
             s = destripe.apply(s, valid=None if valid is None else valid[i]).pixels
         usable.append((s, None if valid is None else valid[i]))
+        kept.append(i)
     n_levels = n_phases
     if curtain_reference == "neighbours" and usable:
         n_levels = _classes_shown(usable, n_phases)
@@ -1373,7 +1420,151 @@ def fit_correction(slices, *, n_phases=3, brightness=True, curtaining="column", 
     levels = np.median(np.array(found), axis=0)
     if not np.all(np.diff(levels) > 0):
         raise CalibrationError(f"fit_correction: phase levels are not distinct: {levels.tolist()}")
-    return CorrectionModel(tuple(levels), brightness=brightness, curtaining=curtaining, curtain_angle=curtain_angle,
-                           curtain_max_angle_deg=curtain_max_angle_deg, curtain_width_px=curtain_width_px,
-                           curtain_passes=curtain_passes, curtain_reference=curtain_reference, background=background,
-                           background_order=background_order)
+    model = CorrectionModel(tuple(levels), brightness=brightness, curtaining=curtaining, curtain_angle=curtain_angle,
+                            curtain_max_angle_deg=curtain_max_angle_deg, curtain_width_px=curtain_width_px,
+                            curtain_passes=curtain_passes, curtain_reference=curtain_reference,
+                            background=background, background_order=background_order)
+    return model, kept
+
+
+def _evidence(slices):
+    """Indices of the calibration slices the curtain reference is chosen on
+    (:func:`processing.phases.evidence_slices`)."""
+    from processing.phases import evidence_slices
+
+    return evidence_slices([np.asarray(s).size for s in slices])
+
+
+def _raw_stripes(raw, masks, phases):
+    """The raw slices' curtains measured against their row neighbours (:func:`remove_curtaining`
+    without levels, the settings of `phases`), and the median stripe amplitude where its held-out
+    test passed (0 elsewhere), in smallest level gaps of `phases` (the calibration slices' own
+    modes, so the raw grey units)."""
+    coarse = [phases._remove_curtaining(s, None, v, phases.curtain_angle) for s, v in zip(raw, masks)]
+    stripes = float(np.median([c.amplitude_before if c.applied else 0.0 for c in coarse]))
+    return coarse, stripes / float(np.min(np.diff(phases.levels)))
+
+
+@dataclass(frozen=True)
+class CurtainChoice:
+    """Which curtain reference the calibration slices call for, and the evidence (medians over
+    the slices, stripe amplitudes in smallest level gaps of the "phases" model).
+
+    Attributes
+    ----------
+    reference : {"phases", "neighbours"}
+    stripes : float
+        Stripe amplitude of the raw slices against their row neighbours where the stripes are
+        real (the held-out test of :func:`remove_curtaining` passed; 0 where it failed).
+    rows : dict of str to float
+        Stripe amplitude against the row neighbours of the raw slices (``"raw"``) and of the
+        slices corrected with each reference (``"phases"``, ``"neighbours"``).
+    levels : dict of str to float
+        The same against phase levels: the raw slices against the "phases" model's levels, the
+        slices corrected with each reference against the *other* model's levels (neither is
+        measured by its own yardstick; reported, and the row neighbours' compared with raw).
+    classes : dict of str to (int, float)
+        Separable grey classes shown by the slices corrected with each reference (at most the
+        model's levels: its brightness map and stripe residual merge the others), and their
+        weakest separation (Ashman's D; 0 for a single class; reported, not compared).
+    reason : str
+        The choice and its evidence, in words.
+    """
+
+    reference: str
+    stripes: float
+    rows: dict
+    levels: dict
+    classes: dict
+    reason: str
+
+
+def choose_curtain_reference(slices, phases, neighbours, *, valid=None):
+    """Choose between two fitted corrections the curtain reference for an acquisition.
+
+    The row neighbours are taken only when all of these hold on the calibration slices, else the
+    phase levels (the reference that was the default):
+
+    - their calibration finds a level for every named phase: with fewer (a phase not in view, or
+      lost between its neighbours) the phase model changes too (a name left empty, the others
+      named by their order), which the stripe figures cannot judge (``bench_label_chain.py``:
+      a three-phase run whose pore is out of view at calibration lost 6 points of accuracy);
+    - the stripes are strong: at least :data:`_NEIGHBOURS_MIN_STRIPES` of the smallest level
+      gap (weaker stripes stay within half a gap of their phase's level, where the phase levels
+      measure them well);
+    - the slices corrected against the row neighbours keep less stripe amplitude against the row
+      neighbours than those corrected against the phases, and less than the raw slices both
+      against the row neighbours and against the "phases" model's levels (a correction never
+      makes the stripes worse). The phase-level measure is not used to rank the two: it wraps at
+      half a level gap, so it misses the stripes the row neighbours are chosen for (on slices with
+      stripes of 0.6 gap RMS it ranked the phases first although they left 7 times the stripes);
+    - they show at least as many separable grey classes (counted up to the model's levels;
+      removing stripes must not merge phases).
+
+    Parameters
+    ----------
+    slices : sequence of (Y, X) ndarray
+        The raw calibration slices (not blank).
+    phases, neighbours : CorrectionModel
+        Fitted on them with ``curtain_reference`` "phases" and "neighbours".
+    valid : sequence of (Y, X) bool ndarray, optional
+        The specimen's pixels of each slice.
+
+    Returns
+    -------
+    CurtainChoice
+    """
+    from processing.phases import estimate_grey_classes
+
+    if phases.curtain_reference != "phases" or neighbours.curtain_reference != "neighbours":
+        raise ValueError(f"phases, neighbours: expected models with those references, got "
+                         f"{phases.curtain_reference!r}, {neighbours.curtain_reference!r}")
+    pick = _evidence(slices)
+    raw = [np.asarray(slices[i]) for i in pick]
+    masks = [None if valid is None else valid[i] for i in pick]
+    any_mask = None if any(m is None for m in masks) else masks
+    models = {"phases": phases, "neighbours": neighbours}
+    corrected = {name: [m.apply(s, valid=v) for s, v in zip(raw, masks)] for name, m in models.items()}
+    width = phases.curtain_width_px
+    coarse, stripes = _raw_stripes(raw, masks, phases)
+    angles = [c.angle_deg for c in coarse]
+    gap = float(np.min(np.diff(phases.levels)))
+
+    def amplitudes(images, levels):
+        # raw grey units (corrected slices mapped back by their own brightness map), in level gaps
+        return float(np.median([stripe_amplitude(im, levels=levels, angle_deg=a, width_px=width, valid=v)
+                                for im, a, v in zip(images, angles, masks)])) / gap
+
+    unmapped = {name: [(c.pixels - np.float32(c.offset)) / np.float32(c.gain) for c in out]
+                for name, out in corrected.items()}
+    rows = {"raw": amplitudes(raw, None), **{name: amplitudes(u, None) for name, u in unmapped.items()}}
+    levels = {"raw": amplitudes(raw, phases.levels), "phases": amplitudes(unmapped["phases"], neighbours.levels),
+              "neighbours": amplitudes(unmapped["neighbours"], phases.levels)}
+    classes = {}
+    for name, out in corrected.items():
+        try:
+            e = estimate_grey_classes([c.pixels for c in out], valid=any_mask)
+            # a model maps and measures against its levels: more classes than levels are merged
+            classes[name] = (min(int(e.n_classes), len(models[name].levels)),
+                             float(min(e.separation)) if e.separation else 0.0)
+        except CalibrationError:
+            classes[name] = (0, 0.0)
+    figures = (f"stripes {stripes:.2f} of the smallest level gap; left against the row neighbours "
+               f"{rows['raw']:.3f} raw, {rows['phases']:.3f} phases, {rows['neighbours']:.3f} neighbours; against "
+               f"the other's levels {levels['raw']:.3f} raw, {levels['phases']:.3f} phases, "
+               f"{levels['neighbours']:.3f} neighbours; classes (D) {classes['phases'][0]} ({classes['phases'][1]:.2f}) "
+               f"phases, {classes['neighbours'][0]} ({classes['neighbours'][1]:.2f}) neighbours")
+    if len(neighbours.levels) < len(phases.levels):
+        why = (f"phases: the row neighbours' calibration finds {len(neighbours.levels)} levels for "
+               f"{len(phases.levels)} named phases, which changes the phase model, not only the stripes")
+    elif stripes < _NEIGHBOURS_MIN_STRIPES:
+        why = f"phases: stripes weaker than {_NEIGHBOURS_MIN_STRIPES} of the smallest level gap"
+    elif not rows["neighbours"] < min(rows["phases"], rows["raw"]):
+        why = "phases: the row neighbours do not leave fewer stripes"
+    elif not levels["neighbours"] < levels["raw"]:
+        why = "phases: the row neighbours would raise the stripes measured against the phase levels"
+    elif classes["neighbours"][0] < classes["phases"][0]:
+        why = "phases: the row neighbours leave fewer separable grey classes"
+    else:
+        why = "neighbours: strong stripes, fewer left, none raised, as many grey classes"
+    return CurtainChoice(why.split(":")[0], stripes, rows, levels, classes, f"{why} ({figures})")

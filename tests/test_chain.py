@@ -418,8 +418,8 @@ def test_strong_curtains_and_black_margins_on_four_phases_with_the_neighbours_re
     slices = acq.slices.copy()
     slices[:, :, :20] = 0  # black margin on the left
     phases = Phases(names=("pore", "carbon-binder", "electrolyte", "active"))
-    accuracy = {}
-    for reference in ("phases", "neighbours"):
+    accuracy, chosen = {}, {}
+    for reference in ("phases", "neighbours", "auto"):
         chain = SliceChain(phases=phases, calibration_slices=4, curtain_reference=reference)
         done = sorted(push_all(chain, slices) + chain.flush(), key=lambda p: p.index)
         out = np.array([p.labels for p in done])
@@ -427,5 +427,8 @@ def test_strong_curtains_and_black_margins_on_four_phases_with_the_neighbours_re
         truth = np.array([apply_shift(acq.labels[p.index - 1], p.drift.shift_px, order=0)[0] for p in done])
         inside = (out > 0) & (truth > 0)
         accuracy[reference] = float(np.mean(out[inside] == truth[inside]))
+        chosen[reference] = chain.correction.curtain_reference
     # measured: 97.1 % against 88.5 %
     assert accuracy["neighbours"] > 0.95 and accuracy["neighbours"] > accuracy["phases"] + 0.05, accuracy
+    # chosen at calibration from these slices: the row neighbours, with the same labels
+    assert chosen["auto"] == "neighbours" and accuracy["auto"] == accuracy["neighbours"], (chosen, accuracy)

@@ -47,6 +47,7 @@ def test_overrides_win_over_file(tmp_path):
         ("[processing]\nroi = [10, 5, 0, 4]\n", "processing.roi", "y0 < y1"),
         ("[publish]\nendpoint = '127.0.0.1:5556'\n", "publish.endpoint", "ZeroMQ endpoint"),
         ("[analysis]\ntransport_axis = 'w'\n", "analysis.transport_axis", "'y'"),
+        ("[processing]\ncurtain_reference = 'rows'\n", "processing.curtain_reference", "'auto'"),
     ],
 )
 def test_bad_values_are_refused_with_key_value_and_expectation(tmp_path, text, key, fragment):

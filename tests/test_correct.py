@@ -11,6 +11,7 @@ from scipy import ndimage
 from processing.correct import (
     BrightnessMonitor,
     CorrectionModel,
+    choose_curtain_reference,
     fit_correction,
     flatten_background,
     remove_curtaining,
@@ -421,3 +422,63 @@ def test_a_named_phase_not_in_view_gets_no_level_of_its_own():
     assert len(model.levels) == 2 and np.allclose(model.levels, (60.0, 160.0), atol=8.0)
     # the phases reference keeps the margin in the histogram: its mode is the third level
     assert fit_correction(slices, n_phases=3, valid=valid).levels[0] < 20.0
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_auto_reference_takes_the_row_neighbours_for_strong_stripes_only(seed):
+    # levels 40 apart: stripes of 25 grey levels RMS (0.6 of the smallest gap) wrap into the
+    # neighbouring phase, 3 levels RMS (0.08 of it) stay within their phase; no stripes at all
+    levels = (40.0, 80.0, 140.0, 200.0)
+    for stripes, expected in ((25.0, "neighbours"), (3.0, "phases"), (0.0, "phases")):
+        pairs = [_four_phase_slice(10 * seed + k, stripes=stripes, levels=levels) for k in range(3)]
+        slices = [p[0] for p in pairs]
+        valid = [np.ones(s.shape, bool) for s in slices]
+        auto = fit_correction(slices, n_phases=4, brightness=False, valid=valid, curtain_reference="auto")
+        assert auto.curtain_reference == expected, auto.curtain_choice
+        assert auto.curtain_choice.startswith(expected + ":")
+        # the model chosen is the one fitted with that reference, the choice kept in its dict
+        given = fit_correction(slices, n_phases=4, brightness=False, valid=valid, curtain_reference=expected)
+        assert np.allclose(auto.levels, given.levels)
+        assert CorrectionModel.from_dict(json.loads(json.dumps(auto.to_dict()))) == auto
+        # never worse: the true stripes left (against the slice without noise or narrow stripes)
+        # are no larger than the raw slice's, nor than the other reference's by more than noise
+        other = fit_correction(slices, n_phases=4, brightness=False, valid=valid,
+                               curtain_reference="phases" if expected == "neighbours" else "neighbours")
+        for (image, target), v in zip(pairs, valid):
+            raw = _left_over(image, target, v)
+            chosen = _left_over(auto.apply(image, valid=v).pixels, target, v)
+            assert chosen <= raw + 1e-6
+            assert chosen <= _left_over(other.apply(image, valid=v).pixels, target, v) + 0.25
+            if stripes >= 25.0:
+                assert chosen < 0.6 * raw
+
+
+def test_auto_reference_keeps_the_phases_when_the_row_neighbours_leave_a_name_without_level():
+    # three names, two grey classes in view (and a black margin): the row neighbours' calibration
+    # finds two levels, which would change the phase model as well as the stripes
+    slices = [_four_phase_slice(seed, stripes=10.0, margin_px=24, levels=(60.0, 60.0, 160.0, 160.0))[0]
+              for seed in (7, 8)]
+    valid = [s > 0 for s in slices]
+    phases = fit_correction(slices, n_phases=3, valid=valid)
+    neighbours = fit_correction(slices, n_phases=3, valid=valid, curtain_reference="neighbours")
+    choice = choose_curtain_reference(slices, phases, neighbours, valid=valid)
+    assert choice.reference == "phases" and "2 levels for 3 named phases" in choice.reason
+    auto = fit_correction(slices, n_phases=3, valid=valid, curtain_reference="auto")
+    assert auto.curtain_reference == "phases" and auto.levels == phases.levels
+
+
+def test_auto_reference_evidence_is_measured_by_both_yardsticks():
+    slices = [_four_phase_slice(k, stripes=25.0)[0] for k in range(3)]
+    valid = [np.ones(s.shape, bool) for s in slices]
+    phases = fit_correction(slices, n_phases=4, brightness=False, valid=valid, curtain_reference="phases")
+    neighbours = fit_correction(slices, n_phases=4, brightness=False, valid=valid, curtain_reference="neighbours")
+    choice = choose_curtain_reference(slices, phases, neighbours, valid=valid)
+    # 25 grey levels RMS against a smallest gap of about 40 (the fitted levels are pulled inwards)
+    assert 0.45 < choice.stripes < 0.9
+    assert choice.rows["neighbours"] < choice.rows["phases"] < choice.rows["raw"]
+    assert choice.levels["neighbours"] < choice.levels["raw"]
+    assert choice.reference == "neighbours" and choice.classes["neighbours"][0] >= choice.classes["phases"][0]
+    with pytest.raises(ValueError, match="phases, neighbours"):
+        choose_curtain_reference(slices, neighbours, phases)
+    with pytest.raises(ValueError, match="curtain_reference"):
+        fit_correction(slices, n_phases=4, curtain_reference="rows")

@@ -17,7 +17,7 @@
 Only the curtaining step runs in parts 1 and 2 (no brightness map), so before/after differ by
 it alone. Run from the repository root::
 
-    PYTHONPATH=$PWD python tests/benchmarks/bench_corrections.py [--quick] [--curtain-reference neighbours]
+    PYTHONPATH=$PWD python tests/benchmarks/bench_corrections.py [--quick] [--curtain-reference neighbours|auto]
 
 ``--compare-with CHECKOUT`` also runs the curtaining of another checkout's
 ``processing/correct.py`` (e.g. the main branch) on the same slices, as a third column.
@@ -278,7 +278,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer and smaller cases")
     parser.add_argument("--compare-with", type=Path, help="another checkout whose processing/correct.py is compared")
-    parser.add_argument("--curtain-reference", choices=("phases", "neighbours"), default=None,
+    parser.add_argument("--curtain-reference", choices=("phases", "neighbours", "auto"), default=None,
                         help="curtain_reference of every fit in parts 1-3 (default: fit_correction's)")
     args = parser.parse_args(argv)
     if args.curtain_reference is not None:

@@ -14,7 +14,8 @@ sample (labelled 0 by the valid-region mask).
   grey-level model can tell them apart: the user masks it (a mask image of the inner disc, as they
   would draw it: radius 210 px about the centre). Named ``matrix, particle``.
 
-Run: ``PYTHONPATH=. python tests/benchmarks/bench_real_slices.py``
+Run: ``PYTHONPATH=. python tests/benchmarks/bench_real_slices.py [--set processing.KEY=VALUE ...]`` (``--set``:
+configuration keys for every case, e.g. ``processing.curtain_reference=auto``).
 """
 
 from __future__ import annotations
@@ -67,9 +68,10 @@ def ct_sample_disc(shape):
 
 
 def calibrate_image(image, names, folder, *, slices=4, smooth_px="auto", corrections=True, mask_image=None,
-                    out=None):
+                    out=None, settings=()):
     """Write `image` as a stack of `slices` and run the calibration of a run on it (`corrections`:
-    the default brightness normalisation and curtain removal, else none)."""
+    the default brightness normalisation and curtain removal, else none; `settings`: more
+    ``KEY=VALUE`` overrides)."""
     from agent.calibrate import calibrate_folder
     from agent.config import load_config
     from processing.io import write_slice
@@ -85,7 +87,7 @@ def calibrate_image(image, names, folder, *, slices=4, smooth_px="auto", correct
 
         tifffile.imwrite(folder / "mask.tif", mask_image.astype(np.uint8))
         overrides.append(f'mask.image="{(folder / "mask.tif").as_posix()}"')
-    config = load_config(None, overrides)
+    config = load_config(None, overrides + list(settings))
     return calibrate_folder(folder / "slices", config, slices=slices, out=out)
 
 
@@ -101,22 +103,28 @@ def region_scores(labels, regions, expected, names):
     return out
 
 
-def run_case(name, *, smooth_px="auto", corrections=True, mask_ring=False, out=None):
+def run_case(name, *, smooth_px="auto", corrections=True, mask_ring=False, out=None, settings=()):
     """Calibrate one real image as a run would; returns (report, seconds, region scores)."""
     image, regions = load(name)
     names, expected = CASES[name]
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
         report = calibrate_image(image, names, tmp, smooth_px=smooth_px, corrections=corrections, out=out,
-                                 mask_image=ct_sample_disc(image.shape) if mask_ring else None)
+                                 mask_image=ct_sample_disc(image.shape) if mask_ring else None, settings=settings)
         seconds = time.perf_counter() - t0
     return report, seconds, region_scores(report.labels, regions, expected, names)
 
 
-def main():
+def main(argv=None):
+    import argparse
     import os
 
-    print(f"real slices from {DATA.resolve()}; load average {os.getloadavg()[0]:.2f}")
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="a configuration key for every case (repeatable, values as in TOML)")
+    settings = parser.parse_args(argv).set
+    print(f"real slices from {DATA.resolve()}; load average {os.getloadavg()[0]:.2f}"
+          + (f"; {' '.join(settings)}" if settings else ""))
     header = (f"{'image':<8} {'corr.':>5} {'smooth_px':>9} {'ring mask':>9} {'classes':>7} {'masked %':>8} {'s':>5}"
               "  region(first row): % in class")
     print(header)
@@ -127,7 +135,7 @@ def main():
             for smooth_px in (1.0, 2.0, "auto"):
                 for mask_ring in ((False, True) if name == "3_phase" else (False,)):
                     report, seconds, scores = run_case(name, smooth_px=smooth_px, corrections=corrections,
-                                                       mask_ring=mask_ring)
+                                                       mask_ring=mask_ring, settings=settings)
                     cells = "  ".join(f"{r}{rect[0]}:{100 * s:5.1f}" for r, rect, s in scores)
                     used = report.model.smooth_px if hasattr(report.model, "smooth_px") else smooth_px
                     shown = f"auto:{used:g}" if smooth_px == "auto" else f"{smooth_px:.1f}"
@@ -135,6 +143,8 @@ def main():
                           f"{report.check.estimate.n_classes:>7} {100 * report.masked_share:>8.1f} {seconds:>5.1f}  {cells}")
                     for w in report.check.warnings:
                         print(f"{'':>8} warning: {w}")
+                    if report.curtain:
+                        print(f"{'':>8} curtains against the {report.curtain}")
                     worst[(name, corrections, smooth_px, mask_ring)] = min(s for _, _, s in scores)
     print("worst region per case (target >= 95 %):")
     for (name, corrections, smooth_px, mask_ring), v in worst.items():
