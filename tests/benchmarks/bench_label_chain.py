@@ -428,7 +428,7 @@ every figure identical to the default's (generator straight 0.26, tilted 0.16; r
 pystack3d x1.000 in --quick, as with "phases"). "auto" is now the default: this file re-run without
 ``--set`` at git c714e99 (load 3-7): all 16 rows identical to the "auto" column above.
 
-All of this round merged (git 8b1f2c0: held slices on the cap, the comparison around the alignment
+All of this round merged (git 04746d5: held slices on the cap, the comparison around the alignment
 error, the darkest-class rule, "auto"), seeds 0-15, 150 slices, this file without ``--set`` (load
 3-5): accuracy of the median slice / worst-phase bias / published quality: 0 96.04/-4.37/96.2, 1
 97.10/-0.35/97.8, 2 99.22/-0.35/97.7, 3 93.23/-2.02/85.4, 4 89.23/-3.02/92.6, 5 85.11/+3.38/65.3,
