@@ -1464,8 +1464,8 @@ class DriftTracker:
         found = None
         if pixels is not None:
             pixels = self._on_canvas(check_slice(pixels))
-        if pixels is not None and self._cap is not None and self._raw_box is not None:  # (resumed: not yet)
-            found = self._cap_alone(pixels, predicted_error)
+            if self._cap is not None and self._raw_box is not None:  # (resumed: not yet)
+                found = self._cap_alone(pixels, predicted_error)
         self.n_slices += 1
         if found is None:
             return DriftEstimate(self._shift, (0.0, 0.0), 0.0, False, residual_px=predicted_error,
