@@ -33,6 +33,10 @@ _MAX_HELD_PER_CALIBRATION_SLICE = 4  # slices without contrast held while waitin
 # A named phase may not be in view yet (large particles): calibration waits for it up to this
 # many calibration windows, then goes on with the classes the data show (no invented phase).
 PHASE_WAIT_WINDOWS = 6
+# While the data show a single grey class (one particle filling the view), there is nothing to
+# calibrate on: slices are held up to this many bytes of raw pixels, then the model is fitted on
+# what there is and watched for the classes to come (as for a named phase not in view).
+SINGLE_CLASS_HOLD_BYTES = 512 << 20
 # fewer cap rows than this hold no usable cap features: register on the band as a region
 _MIN_CAP_ROWS = 16
 
@@ -116,9 +120,9 @@ class SliceChain:
     curtain_angle : "auto" or float, optional
         Curtain angle from vertical (degrees), "auto" = estimated on every slice.
     curtain_reference : {"phases", "neighbours", "auto"}, optional
-        What the stripes are measured against (:class:`processing.correct.CorrectionModel`);
-        with "neighbours" the valid region of each raw slice (the region mask) is where the
-        curtains are fitted and the phase modes found; "auto": chosen at each calibration from
+        What the stripes are measured against (:class:`processing.correct.CorrectionModel`;
+        with either, the valid region of each raw slice (the region mask) is where the curtains
+        are fitted and the phase modes found); "auto": chosen at each calibration from
         the calibration slices (:func:`processing.correct.choose_curtain_reference`; the choice
         and its evidence are logged and kept in ``correction.curtain_choice``).
     outlier_z : float, optional
@@ -193,6 +197,7 @@ class SliceChain:
         self.phases = phases
         self.calibration_slices = int(calibration_slices)
         self._calibrate_at = self.calibration_slices  # usable slices at the next calibration attempt
+        self._fit_from = 0  # the first usable held slice the next calibration attempt fits on
         self.correction_options = {
             "brightness": bool(brightness_normalisation),
             "curtaining": "column" if curtaining_removal else None,
@@ -205,6 +210,7 @@ class SliceChain:
         self._good_uncertain: deque = deque(maxlen=25)  # recent good slices' uncertain shares
         self._contrast: list[float] = []  # of the held slices, while calibrating
         self._missing_phases: tuple = ()  # named phases not seen by the last calibration attempt
+        self._single_class = False  # the last calibration attempt saw one grey class
         self._recent: deque = deque(maxlen=self.calibration_slices)  # raw slices, while names are empty
         self._since_check = 0  # good slices since the last look for a phase come into view
         self.recalibrations: list[dict] = []  # each re-calibration: slice index, phases before and after
@@ -300,6 +306,8 @@ class SliceChain:
         usable = sum(c >= _MIN_CONTRAST for c in self._contrast)
         if usable < len(self._contrast):
             return f"calibrating: waiting for contrast ({len(self._held)} slices held, {usable} usable)"
+        if self._single_class:
+            return f"calibrating: waiting for a second grey class, one phase fills the view ({usable} slices held)"
         if self._missing_phases:
             return (f"calibrating: waiting for {', '.join(self._missing_phases)} to come into view "
                     f"({usable} slices held)")
@@ -381,22 +389,28 @@ class SliceChain:
                     self._held, self._contrast = [], []
                 return []
             usable = sum(c >= _MIN_CONTRAST for c in self._contrast)
-            self._missing_phases = self.phase_check.empty_names if self.phase_check is not None else ()
-            if (self._missing_phases and not final
-                    and usable + self.calibration_slices <= PHASE_WAIT_WINDOWS * self.calibration_slices):
-                log.info("calibration: %s not in view in %d slices; waiting for %d more",
-                         ", ".join(self._missing_phases), usable, self.calibration_slices)
+            check = self.phase_check
+            self._missing_phases = check.empty_names if check is not None else ()
+            self._single_class = check is not None and len(check.estimate.phase_classes) < 2
+            held_bytes = sum(image.pixels.nbytes for image, _ in self._held)
+            if not final and (self._single_class and held_bytes <= SINGLE_CLASS_HOLD_BYTES
+                              or self._missing_phases
+                              and usable + self.calibration_slices <= PHASE_WAIT_WINDOWS * self.calibration_slices):
+                log.info("calibration: %s in %d slices; waiting for %d more", "one grey class only"
+                         if self._single_class else f"{', '.join(self._missing_phases)} not in view",
+                         usable, self.calibration_slices)
                 self._forget_calibration()
                 self._calibrate_at = usable + self.calibration_slices
+                self._fit_from = usable if self._single_class else 0
                 return []
-            self._missing_phases = ()
+            self._missing_phases, self._single_class = (), False
             for warning in self.phase_check.warnings if self.phase_check is not None else ():
                 log.warning("phase model: %s", warning)
             for note in self.phase_check.notes if self.phase_check is not None else ():
                 log.info("phase model: %s", note)
         else:
             aligned = [self._correct_and_align(image) for image, _ in self._held]
-        held, self._held, self._contrast = self._held, [], []
+        held, self._held, self._contrast, self._fit_from = self._held, [], [], 0
         return [done for (image, arrival), a in zip(held, aligned) for done in self._segment(image, arrival, *a)]
 
     def _forget_calibration(self):
@@ -409,7 +423,10 @@ class SliceChain:
     def _calibrate(self):
         """Fit the corrections and the phase model on the held slices that are not blank; returns
         the held slices corrected and aligned. Raises CalibrationError."""
-        usable = [image.pixels for (image, _), c in zip(self._held, self._contrast) if c >= _MIN_CONTRAST]
+        fit = [i for i, c in enumerate(self._contrast) if c >= _MIN_CONTRAST]
+        # after a single-class attempt, the slices since then (the single class would outweigh them)
+        fit = fit[self._fit_from:] or fit
+        usable = [self._held[i][0].pixels for i in fit]
         if not usable:
             raise CalibrationError(f"none of the {len(self._held)} held slices shows structure above noise")
         if self.tracker is None:
@@ -445,8 +462,15 @@ class SliceChain:
                  len(self._held), ", ".join(f"{v:.1f}" for v in self.correction.levels),
                  self.correction.curtain_reference,
                  f" ({self.correction.curtain_choice})" if self.correction.curtain_choice else "")
+        if self._fit_from:
+            # the held slices before the fit window may show one phase only, which fits no
+            # brightness map: they start from the window's
+            first = usable[0]
+            corrected = self.correction.apply(first, valid=self._specimen(first))
+            self._brightness = (corrected.gain, corrected.offset)
         aligned = [self._correct_and_align(image) for image, _ in self._held]
-        good = [a for a in aligned if a[4].state != "held"] or aligned  # the model needs slices
+        window = [aligned[i] for i in fit] if self._fit_from else aligned
+        good = [a for a in window if a[4].state != "held"] or window  # the model needs slices
         self.phase_model, self.phase_check = calibrate_phases(
             [grey for grey, *_ in good], self.phases, valid=[valid for _, valid, *_ in good],
             training_labels=self.training_labels, smooth_px=self.smooth_px,
@@ -524,14 +548,16 @@ class SliceChain:
 
     def _watch_for_new_phase(self, image: SliceImage) -> list[ProcessedSlice]:
         """Re-calibrate when a named phase left empty comes into view: the grey classes of the
-        last `calibration_slices` raw slices outnumber the phase model's.
+        last `calibration_slices` raw slices outnumber the phase model's (or, for a model fitted
+        where the data showed a single class, that one).
 
         The brightness correction is re-fitted with the phase model (its reference levels were
         fitted on the classes seen so far, and the new phase's mode would make every later slice
         a brightness outlier). The slices waiting in the 3-D context are decided first, with the
         old model; returns them."""
         check = self.phase_check
-        if not isinstance(self.phase_model, PhaseModel) or check is None or not check.empty_names:
+        seen = 0 if check is None else len(check.estimate.phase_classes)
+        if not isinstance(self.phase_model, PhaseModel) or check is None or not check.empty_names and seen >= 2:
             return []
         self._recent.append(np.asarray(image.pixels))
         self._since_check += 1
@@ -540,7 +566,7 @@ class SliceChain:
         self._since_check = 0
         raw = list(self._recent)
         valid = [self._frame_valid(pixels) for pixels in raw]
-        before = self.phase_model.n_phases
+        before = self.phase_model.n_phases if seen >= 2 else seen
         estimate = estimate_grey_classes(raw, valid=valid, smooth_px=self.phase_model.smooth_px)
         if len(estimate.phase_classes) <= before:
             return []
@@ -558,8 +584,8 @@ class SliceChain:
         if model.n_phases <= before:
             return []
         message = (f"phase model re-calibrated at slice {image.index}: the last {len(raw)} slices show "
-                   f"{model.n_phases} grey classes where the model had {before} "
-                   f"(empty phases before: {', '.join(check.empty_names)}; now: "
+                   f"{model.n_phases} grey classes where the model was fitted on {before} "
+                   f"(empty phases before: {', '.join(check.empty_names) or 'none'}; now: "
                    f"{', '.join(new_check.empty_names) or 'none'}); slices decided before keep their labels")
         log.warning(message)
         self.recalibrations.append({"index": image.index, "classes_before": before, "classes_after": model.n_phases,

@@ -172,6 +172,38 @@ def test_a_named_phase_that_comes_into_view_after_the_wait_recalibrates_the_mode
     assert _accuracy(done[:late], acq.labels) > 0.95  # the slices before keep their (right) labels
 
 
+def test_calibration_waits_while_one_phase_fills_the_view_then_fits_on_the_slices_with_contrast(caplog):
+    # a particle larger than the field: its slices show one grey class, and a model fitted on them
+    # split it between two names at random (a 300-slice scenario at 62 %, every later slice held)
+    from processing.chain import PHASE_WAIT_WINDOWS
+    from processing.synthetic import generate_microstructure, render_acquisition
+
+    n, late = 60, PHASE_WAIT_WINDOWS * 4 + 12
+    labels = generate_microstructure((n, 152, 152), spacing_um=(0.05, 0.02, 0.02), particle_radius_um=0.4, rng=7)
+    labels[:late] = 3
+    # a slow brightness drift (one phase fits no gain: the slices before the fit start from its map)
+    acq = render_acquisition(labels, field_shape=(128, 128), drift_px=np.zeros((n, 2)), brightness_drift=0.002,
+                             rng=7)
+    acq.slices[:, :, -20:] = 0  # a black margin: the single-phase slices show structure, not blank
+    chain = SliceChain(phases=Phases(), calibration_slices=4)
+    done = push_all(chain, acq.slices[:late])
+    assert done == [] and chain.calibrating
+    assert chain.calibration_state == (f"calibrating: waiting for a second grey class, one phase fills the view "
+                                       f"({late} slices held)")
+    with caplog.at_level("WARNING", logger="processing.chain"):
+        done += push_all(chain, acq.slices[late:], start=late + 1) + chain.flush()
+    assert [p.index for p in done] == list(range(1, n + 1))
+    # fitted on the slices since the last single-class attempt: all three phases, no re-calibration
+    assert chain.phase_check.empty_names == () and chain.recalibrations == []
+    # the single-phase slices keep the brightness map of the first fitted slice (one grey mode fits
+    # none): labelled, right; the sudden change of content after them is held until the brightness
+    # monitor takes it as the new normal (here abrupt; a particle's end is gradual over slices)
+    assert _accuracy(done[:late], acq.labels) > 0.99 and not any(p.flag == "held" for p in done[:late])
+    held = [p.index for p in done if p.flag == "held"]
+    assert all(late < i <= late + 14 for i in held), held
+    assert _accuracy([p for p in done[late:] if p.flag != "held"], acq.labels) > 0.95
+
+
 def test_a_two_phase_sample_is_never_recalibrated_into_an_invented_phase():
     acq = _rendered(60, 96, seed=3, levels=(60, 60, 190))
     chain = SliceChain(phases=Phases(), calibration_slices=4)
