@@ -120,9 +120,9 @@ class SliceChain:
     curtain_angle : "auto" or float, optional
         Curtain angle from vertical (degrees), "auto" = estimated on every slice.
     curtain_reference : {"phases", "neighbours", "auto"}, optional
-        What the stripes are measured against (:class:`processing.correct.CorrectionModel`;
-        with either, the valid region of each raw slice (the region mask) is where the curtains
-        are fitted and the phase modes found); "auto": chosen at each calibration from
+        What the stripes are measured against (:class:`processing.correct.CorrectionModel`);
+        with "neighbours" the valid region of each raw slice (the region mask) is where the
+        curtains are fitted and the phase modes found; "auto": chosen at each calibration from
         the calibration slices (:func:`processing.correct.choose_curtain_reference`; the choice
         and its evidence are logged and kept in ``correction.curtain_choice``).
     outlier_z : float, optional

@@ -65,9 +65,6 @@ _CURTAIN_METHODS = (None, "column")
 _MIN_BAND_STRENGTH = 3.0
 _ANGLE_CROP = 512  # px: central crop whose spectrum gives the stripe angle (about 0.06 degree once refined)
 _MAX_CONTRAST = 20.0  # level gap over binned noise beyond which contrast is not compared
-# Level gap over the pixel noise below which a brightness map is implausible: no histogram
-# separates phases closer than that (the split noise of one phase fits such a map).
-_MIN_MAPPED_CONTRAST = 2.0
 _BACKGROUND_METHODS = (None, "polynomial")
 _CURTAIN_REFERENCES = ("neighbours", "phases")
 # "auto" takes the row neighbours only where the stripes (RMS) reach this share of the smallest
@@ -197,17 +194,13 @@ def _map_with_phases_missing(found, weights, levels, prior):
     return float(gain0), float(offset0), float(np.abs(gain0 * found[ok] + offset0 - levels[ok]).max() / gap)
 
 
-def _fit_brightness(pixels, levels, prior, step, valid=None, noise=None):
+def _fit_brightness(pixels, levels, prior, step, valid=None):
     """(gain, offset, misfit, found modes) of a slice; misfit as in :func:`_map_modes`.
 
     The mixture starts from the previous slice's levels; when that fit is poor (a sudden drop
     moves the modes far from where they were) it is redone from the slice's own quantiles and
     the better fit kept. When neither maps every phase, the slice may lack a phase
-    (:func:`_map_with_phases_missing`). A slice that one phase fills fits no map (the mixture
-    splits its noise into modes that fit a steep one): where the map found would leave the level
-    gap under :data:`_MIN_MAPPED_CONTRAST` times the slice's `noise` (standard deviation, grey
-    units), the previous map is kept, checked by the strongest mode's distance from its nearest
-    level.
+    (:func:`_map_with_phases_missing`).
     """
     levels = np.asarray(levels, dtype=float)
     gain0, offset0 = (float(v) for v in prior)
@@ -221,11 +214,7 @@ def _fit_brightness(pixels, levels, prior, step, valid=None, noise=None):
         cold = _map_modes(cold_found, cold_weights, levels, (gain0, offset0))
         if cold is not None and (fit is None or cold[2] < fit[2]):
             fit, found = cold, cold_found
-    gap = float(np.min(np.diff(levels)))
-    if fit is not None and noise is not None and gap < _MIN_MAPPED_CONTRAST * fit[0] * noise:
-        strongest = warm[0][np.argmax(warm[1])]
-        fit = gain0, offset0, float(np.abs(gain0 * strongest + offset0 - levels).min() / gap)
-    elif fit is None or fit[2] > 0.25:
+    if fit is None or fit[2] > 0.25:
         # the modes of the warm start sit where the previous map expects them
         missing = _map_with_phases_missing(*warm, levels, (gain0, offset0))
         if missing is not None and missing[2] <= 0.25 and (fit is None or missing[2] < fit[2]):
@@ -962,9 +951,11 @@ class CorrectionModel:
             A recent good slice's brightness map (:attr:`CorrectedSlice.gain`, ``.offset``); it
             guides the search of the phase modes.
         valid : (Y, X) bool ndarray, optional
-            The specimen's pixels (without black margins or the outside of a field): the phase
-            modes are found and the curtains fitted and removed there only (a black margin makes
-            a grey mode of its own, which would be taken for a phase).
+            The specimen's pixels (without black margins or the outside of a field), used with
+            ``curtain_reference="neighbours"``: the phase modes are found and the curtains fitted
+            and removed there only (a black margin makes a grey mode of its own, which would be
+            taken for a phase). Ignored with ``"phases"`` (the behaviour before it existed: with
+            a named phase not in view yet, a margin's mode has stood in for it).
 
         Returns
         -------
@@ -979,8 +970,8 @@ class CorrectionModel:
             coarse = self._remove_curtaining(pixels, None, valid, self.curtain_angle)
             destriped = coarse.pixels
         if self.brightness:
-            gain, offset, misfit, _ = _fit_brightness(destriped, self.levels, prior, 2, valid,
-                                                      noise=_noise_sigma(destriped))
+            gain, offset, misfit, _ = _fit_brightness(destriped, self.levels, prior, 2,
+                                                      valid if coarse is not None else None)
         else:
             gain, offset, misfit = 1.0, 0.0, 0.0
         structure, sigma = _structure_and_noise(pixels)
@@ -997,7 +988,7 @@ class CorrectionModel:
         if self.curtaining is not None:
             # what is left (or all of it, with the phases as reference) against the phase levels
             angle = coarse.angle_deg if coarse is not None and coarse.applied else self.curtain_angle
-            curtain = self._remove_curtaining(image, self.levels, valid, angle)
+            curtain = self._remove_curtaining(image, self.levels, valid if coarse is not None else None, angle)
             if coarse is not None and coarse.applied:
                 # the figures of both steps: the stripes of the mapped raw slice before
                 mapped = pixels.astype(np.float32) * np.float32(gain) + np.float32(offset)
@@ -1348,8 +1339,8 @@ def fit_correction(slices, *, n_phases=3, brightness=True, curtaining="column", 
     min_structure : float, optional
         Smallest :func:`slice_structure` of a usable slice.
     valid : sequence of (Y, X) bool ndarray, optional
-        The specimen's pixels of each slice (see :meth:`CorrectionModel.apply`): the levels are
-        found there.
+        The specimen's pixels of each slice (see :meth:`CorrectionModel.apply`; used with
+        ``curtain_reference="neighbours"``).
 
     Returns
     -------
@@ -1418,7 +1409,7 @@ def _fit_correction(slices, *, n_phases, brightness, curtaining, curtain_angle, 
         n_levels = _classes_shown(usable, n_phases)
     found = []
     for s, inside in usable:
-        levels, _ = find_levels(s, n_levels, valid=inside)
+        levels, _ = find_levels(s, n_levels, valid=inside if curtain_reference == "neighbours" else None)
         if np.all(np.isfinite(levels)):
             found.append(levels)
     if not found:
