@@ -71,6 +71,10 @@ _CURTAIN_REFERENCES = ("neighbours", "phases")
 # level gap: the phase-level residual is clipped at half a gap, so stripes whose extremes (about
 # 2 RMS) pass it push pixels into the neighbouring phase and are underestimated.
 _NEIGHBOURS_MIN_STRIPES = 0.25
+# ... and only where their calibration keeps every level gap at least this share of the phase
+# levels' smallest: two levels closer than that are one class split in two (a phase model of its
+# own, which the stripe figures cannot judge).
+_NEIGHBOURS_MIN_GAP = 0.5
 
 
 def _histogram(pixels, step, valid=None):
@@ -1489,6 +1493,9 @@ def choose_curtain_reference(slices, phases, neighbours, *, valid=None):
       lost between its neighbours) the phase model changes too (a name left empty, the others
       named by their order), which the stripe figures cannot judge (``bench_label_chain.py``:
       a three-phase run whose pore is out of view at calibration lost 6 points of accuracy);
+    - none of their level gaps is under :data:`_NEIGHBOURS_MIN_GAP` of the phase levels' smallest
+      (one class split in two for a name: on a 300-slice four-phase acquisition, levels 207.8 and
+      213.3 for a class at 214, and every slice held as off the reference);
     - the stripes are strong: at least :data:`_NEIGHBOURS_MIN_STRIPES` of the smallest level
       gap (weaker stripes stay within half a gap of their phase's level, where the phase levels
       measure them well);
@@ -1557,6 +1564,10 @@ def choose_curtain_reference(slices, phases, neighbours, *, valid=None):
     if len(neighbours.levels) < len(phases.levels):
         why = (f"phases: the row neighbours' calibration finds {len(neighbours.levels)} levels for "
                f"{len(phases.levels)} named phases, which changes the phase model, not only the stripes")
+    elif np.min(np.diff(neighbours.levels)) < _NEIGHBOURS_MIN_GAP * gap:
+        why = (f"phases: the row neighbours' calibration puts two levels "
+               f"{np.min(np.diff(neighbours.levels)):.1f} apart, under {_NEIGHBOURS_MIN_GAP} of the phase levels' "
+               f"smallest gap ({gap:.1f}): one class split in two")
     elif stripes < _NEIGHBOURS_MIN_STRIPES:
         why = f"phases: stripes weaker than {_NEIGHBOURS_MIN_STRIPES} of the smallest level gap"
     elif not rows["neighbours"] < min(rows["phases"], rows["raw"]):

@@ -1,6 +1,7 @@
 """Corrections measured against the generator's truth (gain/offset, clean rendering, labels), real
 slices (never made worse) and pystack3d's curtains; the slice-quality flags on known outliers."""
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -465,6 +466,21 @@ def test_auto_reference_keeps_the_phases_when_the_row_neighbours_leave_a_name_wi
     assert choice.reference == "phases" and "2 levels for 3 named phases" in choice.reason
     auto = fit_correction(slices, n_phases=3, valid=valid, curtain_reference="auto")
     assert auto.curtain_reference == "phases" and auto.levels == phases.levels
+
+
+def test_auto_reference_keeps_the_phases_when_the_row_neighbours_split_a_class_in_two():
+    # strong stripes, where the row neighbours win on every stripe figure; their calibration
+    # with one class split in two (levels 5 apart, as found on a 300-slice acquisition) is another
+    # phase model, which the stripe figures cannot judge
+    slices = [_four_phase_slice(k, stripes=25.0)[0] for k in range(3)]
+    valid = [np.ones(s.shape, bool) for s in slices]
+    phases = fit_correction(slices, n_phases=4, brightness=False, valid=valid, curtain_reference="phases")
+    neighbours = fit_correction(slices, n_phases=4, brightness=False, valid=valid, curtain_reference="neighbours")
+    assert choose_curtain_reference(slices, phases, neighbours, valid=valid).reference == "neighbours"
+    low, mid, high = neighbours.levels[0], neighbours.levels[2], neighbours.levels[3]
+    split = dataclasses.replace(neighbours, levels=(low, mid, high - 5.0, high))
+    choice = choose_curtain_reference(slices, phases, split, valid=valid)
+    assert choice.reference == "phases" and "5.0 apart" in choice.reason and "split in two" in choice.reason
 
 
 def test_auto_reference_evidence_is_measured_by_both_yardsticks():
