@@ -33,10 +33,13 @@ _MAX_HELD_PER_CALIBRATION_SLICE = 4  # slices without contrast held while waitin
 # A named phase may not be in view yet (large particles): calibration waits for it up to this
 # many calibration windows, then goes on with the classes the data show (no invented phase).
 PHASE_WAIT_WINDOWS = 6
-# While the data show a single grey class (one particle filling the view), there is nothing to
-# calibrate on: slices are held up to this many bytes of raw pixels, then the model is fitted on
-# what there is and watched for the classes to come (as for a named phase not in view).
-SINGLE_CLASS_HOLD_BYTES = 512 << 20
+# While the data show a single grey class (one particle filling the view, or phases that noise
+# and blur do not separate), there is nothing to calibrate on: slices are held up to this many
+# calibration windows, then the model is fitted on what there is and watched for the classes to
+# come (as for a named phase not in view).
+SINGLE_CLASS_WAIT_WINDOWS = 12
+# Either wait holds at most this many bytes of raw slices (64 slices of 2048 x 2048 x 16 bit).
+CALIBRATION_HOLD_BYTES = 512 << 20
 # fewer cap rows than this hold no usable cap features: register on the band as a region
 _MIN_CAP_ROWS = 16
 
@@ -393,9 +396,10 @@ class SliceChain:
             self._missing_phases = check.empty_names if check is not None else ()
             self._single_class = check is not None and len(check.estimate.phase_classes) < 2
             held_bytes = sum(image.pixels.nbytes for image, _ in self._held)
-            if not final and (self._single_class and held_bytes <= SINGLE_CLASS_HOLD_BYTES
-                              or self._missing_phases
-                              and usable + self.calibration_slices <= PHASE_WAIT_WINDOWS * self.calibration_slices):
+            windows = SINGLE_CLASS_WAIT_WINDOWS if self._single_class else PHASE_WAIT_WINDOWS
+            if (not final and (self._single_class or self._missing_phases)
+                    and usable + self.calibration_slices <= windows * self.calibration_slices
+                    and held_bytes <= CALIBRATION_HOLD_BYTES):
                 log.info("calibration: %s in %d slices; waiting for %d more", "one grey class only"
                          if self._single_class else f"{', '.join(self._missing_phases)} not in view",
                          usable, self.calibration_slices)
