@@ -112,7 +112,10 @@ class SliceChain:
         contrast) do not count, so calibration waits for usable ones. While the data show fewer
         grey classes than named phases, it also waits (a phase may come into view later), trying
         again every `calibration_slices` slices, up to :data:`PHASE_WAIT_WINDOWS` times as many
-        slices. Once calibrated, the held slices are all processed (those without contrast are
+        slices; while they show a single class (a particle filling the view), up to
+        :data:`SINGLE_CLASS_WAIT_WINDOWS` times as many, each attempt fitting on the slices since
+        the last (the single class would outweigh them); either wait holds at most
+        :data:`CALIBRATION_HOLD_BYTES` of slices. Once calibrated, the held slices are all processed (those without contrast are
         held: labels 0, flagged). While named phases are still empty, the grey classes of the last
         `calibration_slices` slices are estimated again every `calibration_slices` slices; when
         they show more classes than the model, the corrections and the phase model are
@@ -167,7 +170,8 @@ class SliceChain:
         After calibration: the configured phases compared with the grey classes of the data
         (its ``warnings`` say every mismatch); replaced at a re-calibration.
     recalibrations : list of dict
-        Every re-calibration after a named phase came into view (``index``:
+        Every re-calibration after a named phase came into view, or more grey classes than the
+        single one the model was fitted on (``index``:
         the slice that triggered it, ``classes_before``, ``classes_after``, ``empty_before``,
         ``empty_after``, ``message``). Labels of slices decided before it are not changed.
     """
@@ -227,6 +231,7 @@ class SliceChain:
             roi = tuple(int(v) for v in roi)
         self.roi = roi
         self._nonsample_rows: tuple[int, int] | None = None  # the cap found with roi "auto"
+        self._find_region = roi == "auto"
         self.tracker = None if roi == "auto" else self._new_tracker()
         self.context_slices = int(context_slices)
         self.boundaries = boundaries
@@ -387,25 +392,36 @@ class SliceChain:
             except CalibrationError as exc:
                 log.warning("calibration attempt on %d held slices failed: %s", len(self._held), exc)
                 self._forget_calibration()
+                self._missing_phases, self._single_class = (), False
                 if final:
                     self.dropped.extend((image, f"not processed: {exc}") for image, _ in self._held)
-                    self._held, self._contrast = [], []
+                    self._held, self._contrast, self._fit_from = [], [], 0
+                    self._calibrate_at = self.calibration_slices
                 return []
             usable = sum(c >= _MIN_CONTRAST for c in self._contrast)
             check = self.phase_check
             self._missing_phases = check.empty_names if check is not None else ()
-            self._single_class = check is not None and len(check.estimate.phase_classes) < 2
+            # (a pixel classifier is trained on the first slice, its labels drawn there)
+            self._single_class = (check is not None and len(check.estimate.phase_classes) < 2
+                                  and self.training_labels is None)
+            # the wait for a missing name counts from the slices that show more than one class
+            windows, since = ((SINGLE_CLASS_WAIT_WINDOWS, 0) if self._single_class
+                              else (PHASE_WAIT_WINDOWS, self._fit_from))
             held_bytes = sum(image.pixels.nbytes for image, _ in self._held)
-            windows = SINGLE_CLASS_WAIT_WINDOWS if self._single_class else PHASE_WAIT_WINDOWS
+            with_next = held_bytes * (1 + self.calibration_slices / len(self._held))  # the next window's too
             if (not final and (self._single_class or self._missing_phases)
-                    and usable + self.calibration_slices <= windows * self.calibration_slices
-                    and held_bytes <= CALIBRATION_HOLD_BYTES):
+                    and usable - since + self.calibration_slices <= windows * self.calibration_slices
+                    and with_next <= CALIBRATION_HOLD_BYTES):
                 log.info("calibration: %s in %d slices; waiting for %d more", "one grey class only"
                          if self._single_class else f"{', '.join(self._missing_phases)} not in view",
                          usable, self.calibration_slices)
                 self._forget_calibration()
                 self._calibrate_at = usable + self.calibration_slices
-                self._fit_from = usable if self._single_class else 0
+                if self._single_class:
+                    # the next attempt fits on the slices to come, and finds the cap on them too
+                    self._fit_from = usable
+                    if self._find_region:
+                        self.tracker, self.roi, self._nonsample_rows = None, "auto", None
                 return []
             self._missing_phases, self._single_class = (), False
             for warning in self.phase_check.warnings if self.phase_check is not None else ():
@@ -425,8 +441,9 @@ class SliceChain:
         self._brightness = (1.0, 0.0)
 
     def _calibrate(self):
-        """Fit the corrections and the phase model on the held slices that are not blank; returns
-        the held slices corrected and aligned. Raises CalibrationError."""
+        """Fit the corrections and the phase model on the held slices that are not blank (from
+        `_fit_from` on, after a single-class attempt); returns the held slices corrected and
+        aligned. Raises CalibrationError."""
         fit = [i for i, c in enumerate(self._contrast) if c >= _MIN_CONTRAST]
         # after a single-class attempt, the slices since then (the single class would outweigh them)
         fit = fit[self._fit_from:] or fit

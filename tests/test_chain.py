@@ -190,11 +190,12 @@ def test_calibration_waits_while_one_phase_fills_the_view_then_fits_on_the_slice
     assert done == [] and chain.calibrating
     assert chain.calibration_state == (f"calibrating: waiting for a second grey class, one phase fills the view "
                                        f"({late} slices held)")
-    with caplog.at_level("WARNING", logger="processing.chain"):
+    with caplog.at_level("INFO", logger="processing.chain"):
         done += push_all(chain, acq.slices[late:], start=late + 1) + chain.flush()
     assert [p.index for p in done] == list(range(1, n + 1))
     # fitted on the slices since the last single-class attempt: all three phases, no re-calibration
     assert chain.phase_check.empty_names == () and chain.recalibrations == []
+    assert any(f"calibrated on 4 usable of {late + 4} held slices" in r.getMessage() for r in caplog.records)
     assert _accuracy(done[late:], acq.labels) > 0.95
     # one grey mode (and the margin's) fits no brightness map: the single-phase slices are
     # flagged and say they are unsure, below every good slice
