@@ -39,6 +39,12 @@ drift RMS, cap visible (px)            2.2 / 105.9      2.2 / 104.6      0.3
 depth error                            0.00 %           0.00 %           1 %
 =====================================  ===============  ===============  ==========
 
+Session 11 (git cd2e518, the default set stopped after scenario 15: 16 scenarios of 300 slices,
+load 2-3): accuracy 93.49 / 52.71 %, |bias| 3.31 / 27.68 points, worst block 4.36 / 29.26, unassigned
+0.42 / 22.41 %, drops and charging 58/58, drift RMS with a cap or fiducial 0.19 / 104.28 px, depth
+0.00 %; scenario 12 (one particle filling the view for ~70 slices) 61.52 -> 98.61 % since the
+calibration waits for a second grey class.
+
 No crash, no slice skipped. Seed 4 (four phases, 108 px particles, a cap) holds both the worst
 unassigned share and the 105 px drift.
 
