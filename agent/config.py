@@ -132,8 +132,8 @@ class ProcessingConfig(_Section):
         "valid region (stripes stronger than half the smallest level gap, black margins), then the phase levels; "
         "'auto' = chosen at calibration from the calibration slices (neighbours only where the stripes reach a "
         "quarter of the smallest level gap, it leaves fewer and raises none, keeps as many grey classes and finds a "
-        "level for every named phase; the choice and its evidence are logged; not the default: on one randomised "
-        "300-slice run it took a split class for a fourth phase and every slice was held)")
+        "level for every named phase without splitting a class in two; the choice and its evidence are logged; not "
+        "the default: the two runs it helps at 150 slices keep the phases at 300, see the README)")
     outlier_z: float = Field(
         6.0, gt=0, description="robust z-score beyond which a slice's brightness, contrast or evenness is flagged "
         "against the recent good slices (renormalised, or held back with labels 0)")

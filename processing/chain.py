@@ -115,8 +115,8 @@ class SliceChain:
         slices; while they show a single class (a particle filling the view), up to
         :data:`SINGLE_CLASS_WAIT_WINDOWS` times as many, each attempt fitting on the slices since
         the last (the single class would outweigh them); either wait holds at most
-        :data:`CALIBRATION_HOLD_BYTES` of slices. Once calibrated, the held slices are all processed (those without contrast are
-        held: labels 0, flagged). While named phases are still empty, the grey classes of the last
+        :data:`CALIBRATION_HOLD_BYTES` of slices. Once calibrated, the held slices are all
+        processed (those without contrast are held: labels 0, flagged). While named phases are still empty, the grey classes of the last
         `calibration_slices` slices are estimated again every `calibration_slices` slices; when
         they show more classes than the model, the corrections and the phase model are
         re-calibrated on them (:attr:`recalibrations`, a logged warning); slices decided before
@@ -578,7 +578,7 @@ class SliceChain:
         old model; returns them."""
         check = self.phase_check
         seen = 0 if check is None else len(check.estimate.phase_classes)
-        if not isinstance(self.phase_model, PhaseModel) or check is None or not check.empty_names and seen >= 2:
+        if not isinstance(self.phase_model, PhaseModel) or check is None or (not check.empty_names and seen >= 2):
             return []
         self._recent.append(np.asarray(image.pixels))
         self._since_check += 1

@@ -1564,9 +1564,8 @@ def choose_curtain_reference(slices, phases, neighbours, *, valid=None):
     if len(neighbours.levels) < len(phases.levels):
         why = (f"phases: the row neighbours' calibration finds {len(neighbours.levels)} levels for "
                f"{len(phases.levels)} named phases, which changes the phase model, not only the stripes")
-    elif np.min(np.diff(neighbours.levels)) < _NEIGHBOURS_MIN_GAP * gap:
-        why = (f"phases: the row neighbours' calibration puts two levels "
-               f"{np.min(np.diff(neighbours.levels)):.1f} apart, under {_NEIGHBOURS_MIN_GAP} of the phase levels' "
+    elif (closest := float(np.min(np.diff(neighbours.levels)))) < _NEIGHBOURS_MIN_GAP * gap:
+        why = (f"phases: the row neighbours' calibration puts two levels {closest:.1f} apart, under {_NEIGHBOURS_MIN_GAP} of the phase levels' "
                f"smallest gap ({gap:.1f}): one class split in two")
     elif stripes < _NEIGHBOURS_MIN_STRIPES:
         why = f"phases: stripes weaker than {_NEIGHBOURS_MIN_STRIPES} of the smallest level gap"
