@@ -127,7 +127,7 @@ from processing.correct import stripe_angle
 from processing.errors import SliceShapeError, check_slice
 from processing.mask import flat_margins
 
-__all__ = ["DriftEstimate", "DriftTracker", "apply_shift", "find_reference_band", "phase_correlate"]
+__all__ = ["DriftEstimate", "DriftTracker", "apply_shift", "find_reference_band", "phase_correlate", "rows_keep_content"]
 
 logger = logging.getLogger(__name__)
 
@@ -1903,6 +1903,52 @@ def _band_correlation(reference, moving):
     return float((a * b).sum() / den) if den > 0 else 0.0
 
 
+def _kept(near, far):
+    """The share of its correlation with the next slice a window keeps with a later one (0 when
+    it does not match even the next: nothing to keep)."""
+    return far / near if near > 0.05 else 0.0
+
+
+def rows_keep_content(slices, rows, *, tolerance=0.8):
+    """Whether rows ``[y0, y1)`` keep their content along z while as many rows below them change.
+
+    The evidence that a band on top of the section is a protective cap (z-invariant, maybe of
+    the grey of the particles under it) and not sample: each band registered on its own (a
+    wandering whole-slice registration does not count), the correlation of the last slice with
+    the first is compared with that of the second with the first, for the rows (below any flat
+    margin on top) and for the same number of rows under them. A single slice, or slices that
+    do not change at all, give no such evidence.
+
+    Parameters
+    ----------
+    slices : sequence of (Y, X) arrays
+        The first slices of a run (raw, of one shape); fewer than 3 give False.
+    rows : (int, int)
+        Rows ``[y0, y1)`` of the first slice.
+    tolerance : float, optional
+        The rows keep their content when the ratio is at least `tolerance` (0..1), and the rows
+        under them change when theirs is below it.
+
+    Returns
+    -------
+    bool
+    """
+    if len(slices) < 3:
+        return False
+    first, near, far = (np.asarray(s, dtype=np.float32) for s in (slices[0], slices[1], slices[-1]))
+    margin = flat_margins(first).all(axis=1)
+    y0 = max(int(rows[0]), int(np.argmin(margin)) if not margin.all() else 0)
+    y1 = int(rows[1])
+    below = min(first.shape[0], y1 + (y1 - y0))
+    if y1 - y0 < 8 or below - y1 < 8:
+        return False
+    kept, changed = (_kept(_band_correlation(first[a:b], near[a:b]), _band_correlation(first[a:b], far[a:b]))
+                     for a, b in ((y0, y1), (y1, below)))
+    logger.info("rows %d-%d keep %.0f %% of their correlation along %d slices, the %d rows under them %.0f %%",
+                y0, y1, 100 * kept, len(slices), below - y1, 100 * changed)
+    return kept >= tolerance > changed
+
+
 def find_reference_band(slices, *, band_rows=16, tolerance=0.8, min_rows=24):
     """Rows of the canvas whose content does not change along z (protective cap, fiducial).
 
@@ -2000,6 +2046,5 @@ def _band_ratios(slices, band_rows):
                 continue
             moving = slices[k][y0 - oy:y0 - oy + band_rows, c0 - ox:c1 - ox]
             corr.append(_band_correlation(first[y0:y0 + band_rows, c0:c1], moving))
-        near, far = corr
-        ratio.append(far / near if near > 0.05 else 0.0)
+        ratio.append(_kept(*corr))
     return list(starts), ratio

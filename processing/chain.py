@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from processing.align import DriftEstimate, DriftTracker, apply_shift, find_reference_band
+from processing.align import DriftEstimate, DriftTracker, apply_shift, find_reference_band, rows_keep_content
 from processing.context import DepthContext
 from processing.correct import BrightnessMonitor, CorrectionModel, fit_correction, slice_structure
 from processing.errors import CalibrationError, SliceShapeError
@@ -464,7 +464,8 @@ class SliceChain:
                         log.info("the cap found in the top half of the slice: rows %d-%d", *band)
                         self.roi = (top[0], top[1], 0, usable[0].shape[1])
                 # whether the slices show a cap, and whether the band is it: find_cap decides (by its look)
-                rows = find_cap(usable, band=band) if self.region.auto else band
+                rows = (find_cap(usable, band=band, keeps_content=lambda rows: rows_keep_content(usable, rows))
+                        if self.region.auto else band)
                 if band is None or rows != band:
                     band = None
                     self.roi = None  # registered on the whole slice

@@ -201,7 +201,7 @@ def _cap_edges(pixels, *, block_px, step_shares, min_rows, agree_share, level_sp
 
 
 def find_cap(slices, *, band=None, block_px=16, window_px=4, step_share=0.08, min_rows=4, agree_share=0.6,
-             max_share=0.5, level_spread=0.15, min_slices=0.75, drift_px=8, band_tolerance_px=8):
+             max_share=0.5, level_spread=0.15, min_slices=0.75, drift_px=8, band_tolerance_px=8, keeps_content=None):
     """The protective cap on top of the section: rows ``[0, edge)`` of the first slice, `band`, or None.
 
     A cap is a band of one material (one grey level, fine grain, maybe a fiducial mark milled in
@@ -216,8 +216,9 @@ def find_cap(slices, *, band=None, block_px=16, window_px=4, step_share=0.08, mi
     material, not a row of particles). The edge must lie in the top `max_share` of the height,
     and a cap must be found so in at least `min_slices` of the slices, the first among them (the
     cap is in every slice; a chance row of steps in one is not). An edge found so only at half
-    `step_share` (a cap over a particle of nearly its grey) is not taken: a warning names its rows
-    for the user to state (``processing.cap_rows``).
+    `step_share` (a cap over a particle of nearly its grey) is taken where `keeps_content` shows
+    its rows z-invariant while the sample under them changes; else a warning names its rows for
+    the user to state (``processing.cap_rows``).
 
     With a `band`, rows found z-invariant over the slices (:func:`cap_of_band`), the cap is that band
     where the look finds a cap whose edge is within `band_tolerance_px` of the band's lower edge;
@@ -239,6 +240,11 @@ def find_cap(slices, *, band=None, block_px=16, window_px=4, step_share=0.08, mi
         Rows, pixels (see above).
     agree_share, max_share, min_slices : float, optional
         Shares (0..1), see above.
+    keeps_content : callable or None, optional
+        ``keeps_content((y0, y1)) -> bool``: whether rows ``[y0, y1)`` of the first slice keep
+        their content along the slices while the rows under them change
+        (:func:`processing.align.rows_keep_content` on these slices); None: a faint edge is never
+        taken.
 
     Returns
     -------
@@ -274,12 +280,18 @@ def find_cap(slices, *, band=None, block_px=16, window_px=4, step_share=0.08, mi
     edge, share = edges(0)
     rows = (0, int(edge)) if share >= min_slices else None
     if rows is None:
-        # a cap over a particle of nearly its grey: its edge is faint in most blocks. Found at half the
-        # step, it is only reported: at that step a row of the cap's own grain, a fiducial's arm or a row
-        # of particles can pass for the edge (one of the real slices, 2_phase, has one at row 28), so
-        # the rows are left to the user
+        # a cap over a particle of nearly its grey: its edge is faint in most blocks. At half the step a
+        # row of the cap's own grain, a fiducial's arm or a row of particles can pass for the edge (one
+        # of the real slices, 2_phase, has one at row 28): taken only where the rows keep their content
+        # along z while the sample under them changes (the deposit's grain; no single slice shows it),
+        # else left to the user
         faint, faint_share = edges(1)
-        if faint_share >= min_slices:
+        if faint_share >= min_slices and keeps_content is not None and keeps_content((0, faint)):
+            rows = (0, int(faint))
+            log.warning("rows 0-%d taken for a protective cap whose edge is faint (a straight edge across the width "
+                        "at half the step a cap needs, in %.0f %% of %d slices): they keep their content along z "
+                        "while the sample under them changes", faint, 100 * faint_share, len(slices))
+        elif faint_share >= min_slices:
             log.warning("rows 0-%d may be a protective cap whose edge is faint (a straight edge across the width "
                         "at half the step a cap needs, in %.0f %% of %d slices; a row of particles can pass for "
                         "one): not taken for a cap, so they count as sample and are registered on as such; state "
