@@ -42,6 +42,9 @@ SINGLE_CLASS_WAIT_WINDOWS = 12
 CALIBRATION_HOLD_BYTES = 512 << 20
 # fewer cap rows than this hold no usable cap features: register on the band as a region
 _MIN_CAP_ROWS = 16
+# Most a slice may claim (quality) while the phase names are a guess: fewer grey classes than
+# names, and nothing shows which name is missing (the labels may be named after the other reading).
+_GUESSED_NAMES_QUALITY = 0.5
 
 
 @dataclass(frozen=True, eq=False)
@@ -77,7 +80,9 @@ class ProcessedSlice:
     flag_reason : str
         What was found ("" when good).
     quality : float
-        0 (held) .. 1: ``1 - uncertain_share`` for a good slice, half that for a renormalised one.
+        0 (held) .. 1: ``1 - uncertain_share`` for a good slice, half that for a renormalised one;
+        at most 0.5 while the phase names given to the classes are a guess (fewer grey classes
+        than names, :attr:`processing.phases.PhaseCheck.naming_unsure`).
     curtain : dict or None
         Curtaining removal: ``applied``, ``angle_deg``, ``amplitude_before``, ``amplitude_after``
         (grey units), ``reason`` when skipped; None when off.
@@ -240,6 +245,7 @@ class SliceChain:
         self.training_labels = training_labels
         self.smooth_px = smooth_px if smooth_px == "auto" else float(smooth_px)
         self.phase_check = None
+        self._resumed_names_guessed = False  # a resumed run's, until it calibrates again
         self._brightness = (1.0, 0.0)  # the previous slice's (gain, offset): guides the next match
         self._held: list[tuple[SliceImage, float]] = []
         self._reframe = False  # the raw frame changed: the tracker finds the margins again
@@ -278,6 +284,7 @@ class SliceChain:
                                    "is not stored): write a new volume (volume.path)")
         if state.get("nonsample_rows"):
             chain._nonsample_rows = tuple(state["nonsample_rows"])
+        chain._resumed_names_guessed = bool(state.get("names_guessed"))
         if state.get("phase_model") and state.get("correction"):
             chain.phase_model = PhaseModel.from_dict(state["phase_model"])
             chain.correction = CorrectionModel.from_dict(state["correction"])
@@ -299,7 +306,13 @@ class SliceChain:
                 self.phase_model.to_dict() if isinstance(self.phase_model, PhaseModel) else {"pixel_classifier": True}),
             "nonsample_rows": None if self._nonsample_rows is None else list(self._nonsample_rows),
             "correction": None if self.correction is None else self.correction.to_dict(),
+            "names_guessed": self._names_guessed,
         }
+
+    @property
+    def _names_guessed(self) -> bool:
+        """Whether the phase names given to the grey classes are a guess (PhaseCheck.naming_unsure)."""
+        return self.phase_check.naming_unsure if self.phase_check is not None else self._resumed_names_guessed
 
     @property
     def calibrating(self) -> bool:
@@ -647,6 +660,8 @@ class SliceChain:
                 if self._good_uncertain:
                     uncertain = max(uncertain, float(np.median(self._good_uncertain)))
                 score = 0.5 * (1.0 - uncertain)
+            if self._names_guessed:
+                score = min(score, _GUESSED_NAMES_QUALITY)
         return ProcessedSlice(
             index=image.index,
             source=image.source,

@@ -13,7 +13,8 @@ Each step is optional and measured in ``tests/test_correct.py``:
   (straight or tilted by a few degrees; the angle is found from the slice's 2-D spectrum). Their
   profile is a robust (Huber) location, per sheared column, of the within-phase residual
   ``pixel - level of its phase`` (so a column crossing many bright particles does not count as a
-  stripe), with a slope along y (stripes that fade or strengthen down the slice), high-passed
+  stripe; the phase is the one most of the pixel's row neighbours are nearest to, so a stripe
+  deeper than half a level gap is not read as the neighbouring phase), with a slope along y (stripes that fade or strengthen down the slice), high-passed
   along x (wider variations are shading). It is subtracted only where it reduces the stripes: the
   top half's profile must explain the bottom half's stripes and vice versa (structure and noise
   differ between the halves, curtains do not), and the stripe amplitude is measured before and
@@ -60,6 +61,9 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 _CURTAIN_METHODS = (None, "column")
+# Share of a pixel's row neighbours that must be nearest to one phase for the stripe residual to
+# take that phase's level (:func:`_row_phase`).
+_ROW_VOTE_SHARE = 0.6
 # Spectral strength of the stripe direction (1 to 1.5 on clean generated and real slices, up to 2.3
 # on pystack3d slices without curtains, 3.3 to 8 with curtains) needed for band profiles.
 _MIN_BAND_STRENGTH = 3.0
@@ -298,12 +302,35 @@ def _structure_and_noise(pixels):
     return (spread / max(sigma, 0.3) if spread > 0 else 0.0), sigma
 
 
+def _row_phase(image, levels, width_px):
+    """Index of each pixel's phase for the stripe residual, (Y, X) int: the phase most of its row
+    neighbours (``2 width_px + 1`` px) are nearest to, where at least :data:`_ROW_VOTE_SHARE` of
+    them agree; elsewhere its own nearest level.
+
+    A stripe deeper than half a level gap pushes its pixels to the neighbouring phase's level, and
+    their residual against that level hides the stripe: the robust fit settles on the pushed
+    pixels (more passes do not undo it; on a randomised 150-slice acquisition a quarter of a
+    bright phase under dark stripes stayed labelled as the phase below). Stripes are narrower than
+    `width_px`, so the row around them outvotes them; where the row is mixed (small particles,
+    boundaries) the pixel's own level is kept.
+    """
+    levels = np.asarray(levels, dtype=np.float32)
+    own = np.searchsorted(0.5 * (levels[1:] + levels[:-1]), image)
+    size = 2 * int(width_px) + 1
+    votes = np.stack([ndimage.uniform_filter1d((own == i).astype(np.float32), size, axis=1, mode="nearest")
+                      for i in range(levels.size)])
+    return np.where(votes.max(axis=0) >= _ROW_VOTE_SHARE, np.argmax(votes, axis=0), own)
+
+
 def _stripe_residual(image, levels, width_px, valid=None):
-    """What the stripes are measured on: ``pixel - level of its phase`` (clipped to half the
-    smallest level gap), or without levels the pixels minus their smoothing along x over `width_px`
-    (over the `valid` pixels only: a black margin's edge is no stripe); 0 outside `valid`."""
+    """What the stripes are measured on: ``pixel - level of its phase`` (the phase by its row,
+    :func:`_row_phase`; clipped to half the smallest level gap), or without levels the pixels minus
+    their smoothing along x over `width_px` (over the `valid` pixels only: a black margin's edge is
+    no stripe); 0 outside `valid`."""
     if levels is not None:
-        res = _residual(image, levels, _default_clip(levels))
+        image = np.asarray(image, dtype=np.float32)
+        clip = _default_clip(levels)
+        res = np.clip(image - np.asarray(levels, dtype=np.float32)[_row_phase(image, levels, width_px)], -clip, clip)
         return res if valid is None else np.where(valid, res, np.float32(0))
     image = np.asarray(image, dtype=np.float32)
     if valid is None:

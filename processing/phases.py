@@ -286,6 +286,9 @@ class PhaseCheck:
     thin_name : str or None
         The darkest name when it takes no class but shows as dark lines below the darkest class
         (:class:`DarkRidges`): labelled on those lines (:class:`processing.segment.PhaseModel`).
+    naming_unsure : bool
+        Fewer classes than names and nothing in the data shows which name is missing: the names
+        given to the classes are a guess (the warning gives the other reading).
     """
 
     estimate: ClassEstimate
@@ -295,6 +298,7 @@ class PhaseCheck:
     empty_names: tuple = ()
     notes: tuple = ()
     thin_name: str | None = None
+    naming_unsure: bool = False
 
     @property
     def ok(self) -> bool:
@@ -544,7 +548,7 @@ def check_phases(estimate: ClassEstimate, phases: Phases, *, model_levels=None, 
              for c in estimate.classes if c.halo]
     # a halo is a mismatch when a grey-level model with one class per name would give it a name
     warnings = list(notes) if notes and m < n <= len(estimate.classes) else []
-    n_fit, label_values, empty, thin_name = n, tuple(range(1, n + 1)), (), None
+    n_fit, label_values, empty, thin_name, unsure = n, tuple(range(1, n + 1)), (), None, False
     if m > n:
         brightest = found[-1]
         warnings.append(
@@ -582,6 +586,7 @@ def check_phases(estimate: ClassEstimate, phases: Phases, *, model_levels=None, 
             # which name is missing is a guess: say so, and what the other reading would be (the
             # darkest name missing, or else the extremes kept)
             other = name_classes(1) if 0 in slots else list(range(m - 1)) + [n - 1]
+            unsure = True
             basis = ("the nearest levels of a mixture of one class per name" if model_levels is not None
                      and len(model_levels) == n else "the dark-to-bright order, darkest and brightest names kept")
             seen = (f" (dark lines below the darkest class on {100 * ridges.share:.1f} % of the pixels: too few to be "
@@ -614,5 +619,5 @@ def check_phases(estimate: ClassEstimate, phases: Phases, *, model_levels=None, 
                                 "pixels: is the order of the names right?")
     return PhaseCheck(estimate=estimate, warnings=tuple(warnings), n_fit=n_fit, label_values=label_values,
                       empty_names=empty, notes=tuple(note for note in notes if note not in warnings),
-                      thin_name=thin_name)
+                      thin_name=thin_name, naming_unsure=unsure)
 

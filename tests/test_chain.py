@@ -5,6 +5,7 @@ import re
 import numpy as np
 import pytest
 
+from agent.config import ProcessingConfig
 from processing.chain import SliceChain
 from processing.errors import SliceShapeError
 from processing.io import SliceImage
@@ -245,6 +246,15 @@ def test_a_two_phase_sample_calibrates_after_the_wait_without_an_invented_phase(
     assert not chain.calibrating and done
     assert len(chain.phase_check.empty_names) == 1
     assert set(np.unique(np.array([p.labels for p in done]))) <= {0, *chain.phase_check.label_values}
+    # which of the three names is missing is a guess: no slice claims more than half a quality, also
+    # after a resume (the uncertain share alone would say 0.9 or more)
+    assert chain.phase_check.naming_unsure and max(p.quality for p in done) <= 0.5
+    assert min(p.uncertain_share for p in done if p.flag is None) < 0.1
+    config = ProcessingConfig(calibration_slices=4)
+    resumed = SliceChain.resume(chain.state(), config=config, phases=Phases(), last_aligned=done[-1].grey,
+                                last_shift_px=done[-1].drift.shift_px)
+    after = push_all(resumed, acq.slices[-2:], start=len(acq.slices) + 1) + resumed.flush()
+    assert after and max(p.quality for p in after) <= 0.5
 
 
 def test_a_long_blank_start_drops_the_oldest_blank_slices_and_says_so():
@@ -456,7 +466,7 @@ def test_pystack3d_stack_dimmed_slices_are_flagged_and_curtains_reduced():
 def test_strong_curtains_and_black_margins_on_four_phases_with_the_neighbours_reference():
     # four phases 40-60 grey levels apart under stripes of about 25 grey levels RMS (more than half
     # the smallest gap) and a black margin: measured against the row neighbours on the valid region
-    # first, the stripes go and the margin makes no phase mode; against the phase levels they stay.
+    # first, the stripes go and the margin makes no phase mode; against the phase levels some stay.
     # Features of about 50 px (the row neighbours need structure wider than the stripes' 16 px; with
     # features of about 25 px both references give 83-84 %)
     from scipy import ndimage
@@ -482,7 +492,8 @@ def test_strong_curtains_and_black_margins_on_four_phases_with_the_neighbours_re
         inside = (out > 0) & (truth > 0)
         accuracy[reference] = float(np.mean(out[inside] == truth[inside]))
         chosen[reference] = chain.correction.curtain_reference
-    # measured: 97.1 % against 88.5 %
-    assert accuracy["neighbours"] > 0.95 and accuracy["neighbours"] > accuracy["phases"] + 0.05, accuracy
+    # measured: 97.1 % against 95.1 % (88.5 % before a pixel's phase was the one of its row)
+    assert accuracy["neighbours"] > 0.95 and accuracy["neighbours"] > accuracy["phases"] + 0.01, accuracy
+    assert accuracy["phases"] > 0.93, accuracy
     # chosen at calibration from these slices: the row neighbours, with the same labels
     assert chosen["auto"] == "neighbours" and accuracy["auto"] == accuracy["neighbours"], (chosen, accuracy)

@@ -368,8 +368,9 @@ def test_stripes_stronger_than_half_a_level_gap_are_removed(seed):
     rows = remove_curtaining(image, angle_deg=0.0)
     phases = remove_curtaining(image, levels=(40.0, 80.0, 140.0, 200.0), angle_deg=0.0)
     assert rows.applied and _left_over(rows.pixels, target, valid) < 0.6 * before
-    # against the true levels, the phases' residual wraps at half a gap and keeps most of them
-    assert _left_over(phases.pixels, target, valid) > 0.8 * before
+    # against the true levels, with each pixel's phase taken from its row (the pushed pixels are
+    # outvoted): a phase residual per pixel wrapped at half a gap and left more than 80 % of them
+    assert _left_over(phases.pixels, target, valid) < 0.7 * before
 
 
 def test_black_margins_are_left_as_they_are_and_not_taken_for_stripes():

@@ -285,6 +285,7 @@ def test_a_thin_dark_layer_without_a_mode_is_the_missing_name_and_is_labelled(se
     assert len(check.estimate.phase_classes) == 2  # the layer has no mode: two classes for three names
     assert check.estimate.dark_ridges.strong
     assert check.thin_name == "pore" and check.label_values == (2, 3) and check.empty_names == ()
+    assert not check.naming_unsure  # the dark lines say which name it is
     warning = next(w for w in check.warnings if "phases are named" in w)
     assert "thin dark lines" in warning and "called electrolyte, active" in warning
     truth = acq.labels[3:]
@@ -309,6 +310,7 @@ def test_without_a_thin_dark_layer_the_missing_name_is_an_unsure_warning():
     assert check.thin_name is None and check.empty_names == ("electrolyte",)
     warning = next(w for w in check.warnings if "phases are named" in w)
     assert "UNSURE" in warning and "if the classes are really electrolyte, active" in warning
+    assert check.naming_unsure
     # the mixture's levels name the classes electrolyte and active: the other reading keeps the pore
     by_levels = check_phases(check.estimate, Phases(), model_levels=(40.0, *(c.level for c in check.estimate.phase_classes)))
     warning = next(w for w in by_levels.warnings if "phases are named" in w)
