@@ -496,7 +496,7 @@ class Agent:
                                        "message": event["message"], "critical": False})
             if self._store is not None:
                 state = self._chain.state()
-                self._store.update_run_attrs({key: state[key] for key in ("phase_model", "correction")})
+                self._store.update_run_attrs({key: state[key] for key in ("phase_model", "correction", "names_guessed")})
         self._recalibrations_reported = len(recalibrations)
 
     def _append(self, processed) -> None:

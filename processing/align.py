@@ -1910,7 +1910,8 @@ def _kept(near, far):
 
 
 def rows_keep_content(slices, rows, *, tolerance=0.8):
-    """Whether rows ``[y0, y1)`` keep their content along z while as many rows below them change.
+    """Whether rows ``[y0, y1)`` keep their content along z while as many rows below them change
+    (or have none to keep: flat, a correlation with the next slice under 0.05).
 
     The evidence that a band on top of the section is a protective cap (z-invariant, maybe of
     the grey of the particles under it) and not sample: each band registered on its own (a

@@ -73,7 +73,8 @@ _BACKGROUND_METHODS = (None, "polynomial")
 _CURTAIN_REFERENCES = ("neighbours", "phases")
 # "auto" takes the row neighbours only where the stripes (RMS) reach this share of the smallest
 # level gap: the phase-level residual is clipped at half a gap, so stripes whose extremes (about
-# 2 RMS) pass it push pixels into the neighbouring phase and are underestimated.
+# 2 RMS) pass it push pixels into the neighbouring phase and are underestimated where their row
+# does not outvote them (:func:`_row_phase`).
 _NEIGHBOURS_MIN_STRIPES = 0.25
 # ... and only where their calibration keeps every level gap at least this share of the phase
 # levels' smallest: two levels closer than that are one class split in two (a phase model of its
@@ -302,24 +303,32 @@ def _structure_and_noise(pixels):
     return (spread / max(sigma, 0.3) if spread > 0 else 0.0), sigma
 
 
-def _row_phase(image, levels, width_px):
+def _row_phase(image, levels, width_px, valid=None):
     """Index of each pixel's phase for the stripe residual, (Y, X) int: the phase most of its row
-    neighbours (``2 width_px + 1`` px) are nearest to, where at least :data:`_ROW_VOTE_SHARE` of
-    them agree; elsewhere its own nearest level.
+    neighbours on the specimen (``2 width_px + 1`` px, `valid` pixels only) are nearest to, where at
+    least :data:`_ROW_VOTE_SHARE` of them agree; elsewhere its own nearest level.
 
     A stripe deeper than half a level gap pushes its pixels to the neighbouring phase's level, and
     their residual against that level hides the stripe: the robust fit settles on the pushed
     pixels (more passes do not undo it; on a randomised 150-slice acquisition a quarter of a
     bright phase under dark stripes stayed labelled as the phase below). Stripes are narrower than
-    `width_px`, so the row around them outvotes them; where the row is mixed (small particles,
-    boundaries) the pixel's own level is kept.
+    `width_px`, so the row around them outvotes them; where the row is mixed (boundaries, several
+    features in the window) the pixel's own level is kept. A feature narrower than about 40 % of
+    the window in a row of one other phase is outvoted too: its residual is then clipped at half
+    a gap, and the Huber weights keep its pull on the column's profile small.
     """
     levels = np.asarray(levels, dtype=np.float32)
     own = np.searchsorted(0.5 * (levels[1:] + levels[:-1]), image)
     size = 2 * int(width_px) + 1
-    votes = np.stack([ndimage.uniform_filter1d((own == i).astype(np.float32), size, axis=1, mode="nearest")
-                      for i in range(levels.size)])
-    return np.where(votes.max(axis=0) >= _ROW_VOTE_SHARE, np.argmax(votes, axis=0), own)
+    inside = np.ones(own.shape, np.float32) if valid is None else np.asarray(valid, dtype=np.float32)
+    seen = np.maximum(ndimage.uniform_filter1d(inside, size, axis=1, mode="nearest"), np.float32(1e-6))
+    best = np.zeros(own.shape, np.float32)
+    voted = np.zeros(own.shape, own.dtype)
+    for i in range(levels.size):
+        share = ndimage.uniform_filter1d((own == i) * inside, size, axis=1, mode="nearest") / seen
+        more = share > best
+        best[more], voted[more] = share[more], i
+    return np.where(best >= _ROW_VOTE_SHARE, voted, own)
 
 
 def _stripe_residual(image, levels, width_px, valid=None):
@@ -330,7 +339,8 @@ def _stripe_residual(image, levels, width_px, valid=None):
     if levels is not None:
         image = np.asarray(image, dtype=np.float32)
         clip = _default_clip(levels)
-        res = np.clip(image - np.asarray(levels, dtype=np.float32)[_row_phase(image, levels, width_px)], -clip, clip)
+        res = np.clip(image - np.asarray(levels, dtype=np.float32)[_row_phase(image, levels, width_px, valid)],
+                      -clip, clip)
         return res if valid is None else np.where(valid, res, np.float32(0))
     image = np.asarray(image, dtype=np.float32)
     if valid is None:
@@ -920,10 +930,11 @@ class CorrectionModel:
         they reduce the stripes (see :func:`remove_curtaining`).
     curtain_reference : {"neighbours", "phases"}
         What the stripes are measured against. ``"phases"``: each pixel against the level of its
-        phase, after the brightness map; stripes stronger than half the smallest level gap push
-        pixels into the neighbouring phase and are underestimated, and the levels are found on
-        the striped slices (measured on the four-phase scenarios of ``bench_label_chain.py``:
-        30-40 % of the stripe profile removed). ``"neighbours"``: first against each pixel's
+        phase (the phase most of its row neighbours are nearest to), after the brightness map;
+        stripes stronger than half the smallest level gap push pixels into the neighbouring
+        phase, which their row gives back where it outvotes them, and the levels are found on the
+        striped slices (measured on the four-phase scenarios of ``bench_label_chain.py`` before
+        the row vote: 30-40 % of the stripe profile removed). ``"neighbours"``: first against each pixel's
         neighbours along the row (no phase level needed), on the raw slice before its phase modes
         are found, then what is left against the phases (60-75 %); the row neighbours alone leave
         the stripes that structure finer than `curtain_width_px` hides.
@@ -1530,8 +1541,9 @@ def choose_curtain_reference(slices, phases, neighbours, *, valid=None):
       neighbours than those corrected against the phases, and less than the raw slices both
       against the row neighbours and against the "phases" model's levels (a correction never
       makes the stripes worse). The phase-level measure is not used to rank the two: it wraps at
-      half a level gap, so it misses the stripes the row neighbours are chosen for (on slices with
-      stripes of 0.6 gap RMS it ranked the phases first although they left 7 times the stripes);
+      half a level gap where the row does not outvote the pushed pixels, so it misses stripes the
+      row neighbours are chosen for (on slices with stripes of 0.6 gap RMS, before the row vote,
+      it ranked the phases first although they left 7 times the stripes);
     - they show at least as many separable grey classes (counted up to the model's levels;
       removing stripes must not merge phases).
 

@@ -217,7 +217,7 @@ def find_cap(slices, *, band=None, block_px=16, window_px=4, step_share=0.08, mi
     and a cap must be found so in at least `min_slices` of the slices, the first among them (the
     cap is in every slice; a chance row of steps in one is not). An edge found so only at half
     `step_share` (a cap over a particle of nearly its grey) is taken where `keeps_content` shows
-    its rows z-invariant while the sample under them changes; else a warning names its rows for
+    its rows z-invariant while the sample under them changes or is flat; else a warning names its rows for
     the user to state (``processing.cap_rows``).
 
     With a `band`, rows found z-invariant over the slices (:func:`cap_of_band`), the cap is that band
@@ -290,7 +290,7 @@ def find_cap(slices, *, band=None, block_px=16, window_px=4, step_share=0.08, mi
             rows = (0, int(faint))
             log.warning("rows 0-%d taken for a protective cap whose edge is faint (a straight edge across the width "
                         "at half the step a cap needs, in %.0f %% of %d slices): they keep their content along z "
-                        "while the sample under them changes", faint, 100 * faint_share, len(slices))
+                        "while the sample under them changes or is flat", faint, 100 * faint_share, len(slices))
         elif faint_share >= min_slices:
             log.warning("rows 0-%d may be a protective cap whose edge is faint (a straight edge across the width "
                         "at half the step a cap needs, in %.0f %% of %d slices; a row of particles can pass for "

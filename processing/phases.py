@@ -287,8 +287,9 @@ class PhaseCheck:
         The darkest name when it takes no class but shows as dark lines below the darkest class
         (:class:`DarkRidges`): labelled on those lines (:class:`processing.segment.PhaseModel`).
     naming_unsure : bool
-        Fewer classes than names and nothing in the data shows which name is missing: the names
-        given to the classes are a guess (the warning gives the other reading).
+        Fewer classes than names and nothing in the data shows which name is missing (a thin
+        dark phase accounts for one missing name only): the names given to the classes are a
+        guess.
     """
 
     estimate: ClassEstimate
@@ -573,6 +574,7 @@ def check_phases(estimate: ClassEstimate, phases: Phases, *, model_levels=None, 
         n_fit, label_values = m, tuple(s + 1 for s in slots)
         thin_name = names[0] if first else None
         empty = tuple(names[i] for i in range(first, n) if i not in slots)
+        unsure = bool(empty)  # which of the names the classes take is a guess (the thin name is not)
         text = (f"the data show {m} separable grey classes (levels {levels}) but {n} phases are named "
                 f"({', '.join(names)}): no phase is invented; ")
         if thin_name:
@@ -586,7 +588,6 @@ def check_phases(estimate: ClassEstimate, phases: Phases, *, model_levels=None, 
             # which name is missing is a guess: say so, and what the other reading would be (the
             # darkest name missing, or else the extremes kept)
             other = name_classes(1) if 0 in slots else list(range(m - 1)) + [n - 1]
-            unsure = True
             basis = ("the nearest levels of a mixture of one class per name" if model_levels is not None
                      and len(model_levels) == n else "the dark-to-bright order, darkest and brightest names kept")
             seen = (f" (dark lines below the darkest class on {100 * ridges.share:.1f} % of the pixels: too few to be "
