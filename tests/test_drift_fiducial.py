@@ -218,6 +218,7 @@ def test_cap_with_changing_grain_registers_on_its_fiducial():
     assert _rms(error) / 3 <= reported <= 3 * _rms(error)
 
 
+@pytest.mark.slow  # 10-17 s: keeps the default run under 10 minutes
 def test_wander_is_flagged_on_an_evolving_sample_and_not_on_a_static_one():
     rng = np.random.default_rng(22)
     n, size = 80, 256
@@ -302,6 +303,7 @@ def _sheared_sample_under_a_plain_cap(n, *, apparent_px, seed):
     return changing_cap(acq, CAP_PX, fiducial=False, rng=rng), d
 
 
+@pytest.mark.slow  # 10-17 s: keeps the default run under 10 minutes
 def test_an_axis_nothing_lasting_measures_is_held_not_run_away_with_an_honest_error():
     # issue 11, randomised seed 11: no fiducial, the cap's grain changes, large inclined
     # particles: the correlation's x ran away to 62 px while the stage stayed within 14 px

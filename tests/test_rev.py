@@ -295,6 +295,7 @@ def test_blocks_do_not_depend_on_the_update_schedule():
 # --------------------------------------------------------------------------- streaming tracker
 
 
+@pytest.mark.slow  # 10-17 s: keeps the default run under 10 minutes
 def test_tracker_stops_near_the_reference_rule_on_white_noise():
     # Independent slices of sd 0.5 around 1: the reference rule z se(d) <= 5 % with the true
     # variance; the tracker estimates the variance and the slope, so it stops somewhat later.

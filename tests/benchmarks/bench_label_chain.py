@@ -450,7 +450,7 @@ blur never separate: "one class" too, held 120 slices, then as unsure as before)
 54.05/+20.39, quality 1.5; median 91.23 %, worst 54.05 %; |bias| median 3.87, worst 20.39 points;
 faults flagged 57/57, no good slice held.
 
-A pixel's phase for the curtain residual taken from its row (git dec89c9: the phase most of its row
+A pixel's phase for the curtain residual taken from its row (git dec89c9, every row identical at ac066e3: the phase most of its row
 neighbours are nearest to, where 60 % of a 33 px window agree), and the quality capped at 0.5 while
 the phase names are a guess; ``--seeds 0 16 --slices 150`` (load 2-3), accuracy of the median slice
 / worst-phase bias / quality, before -> after: 0 96.04/-4.37 -> 98.73/-3.25/98.5, 4 89.23 -> 90.71,
