@@ -128,7 +128,8 @@ class ProcessingConfig(_Section):
         "slice within +-15; stripes are removed only where that reduces them")
     curtain_reference: Literal["phases", "neighbours", "auto"] = Field(
         "phases", description="what curtain stripes are measured against: 'phases' = each pixel's phase level "
-        "(after the brightness map; the phase most of its row neighbours are nearest to); 'neighbours' = first each pixel's neighbours along the row on the raw slice's "
+        "(after the brightness map; the phase most of its row neighbours are nearest to); 'neighbours' = first "
+        "each pixel's neighbours along the row on the raw slice's "
         "valid region (stripes stronger than half the smallest level gap, black margins), then the phase levels; "
         "'auto' = chosen at calibration from the calibration slices (neighbours only where the stripes reach a "
         "quarter of the smallest level gap, it leaves fewer and raises none, keeps as many grey classes and finds a "

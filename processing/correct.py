@@ -14,8 +14,8 @@ Each step is optional and measured in ``tests/test_correct.py``:
   profile is a robust (Huber) location, per sheared column, of the within-phase residual
   ``pixel - level of its phase`` (so a column crossing many bright particles does not count as a
   stripe; the phase is the one most of the pixel's row neighbours are nearest to, so a stripe
-  deeper than half a level gap is not read as the neighbouring phase), with a slope along y (stripes that fade or strengthen down the slice), high-passed
-  along x (wider variations are shading). It is subtracted only where it reduces the stripes: the
+  deeper than half a level gap is not read as the neighbouring phase), with a slope along y
+  (stripes that fade or strengthen down the slice), high-passed along x (wider variations are shading). It is subtracted only where it reduces the stripes: the
   top half's profile must explain the bottom half's stripes and vice versa (structure and noise
   differ between the halves, curtains do not), and the stripe amplitude is measured before and
   after on every slice. pystack3d uses VSNR (Gabor-filter variational destriping) or a

@@ -201,7 +201,8 @@ def _cap_edges(pixels, *, block_px, step_shares, min_rows, agree_share, level_sp
 
 
 def find_cap(slices, *, band=None, block_px=16, window_px=4, step_share=0.08, min_rows=4, agree_share=0.6,
-             max_share=0.5, level_spread=0.15, min_slices=0.75, drift_px=8, band_tolerance_px=8, keeps_content=None):
+             max_share=0.5, level_spread=0.15, min_slices=0.75, drift_px=8, band_tolerance_px=8,
+             keeps_content=None):
     """The protective cap on top of the section: rows ``[0, edge)`` of the first slice, `band`, or None.
 
     A cap is a band of one material (one grey level, fine grain, maybe a fiducial mark milled in
