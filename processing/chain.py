@@ -484,8 +484,8 @@ class SliceChain:
                     self.roi = None  # registered on the whole slice
                 if rows is not None:
                     self._nonsample_rows = rows
-                    log.warning("not sample: rows %d-%d, the protective cap (one material above a straight edge"
-                                "%s); state processing.cap_rows or set mask.auto = false to override", *rows,
+                    log.warning("not sample: rows %d-%d, the protective cap (one material on top of the section%s); "
+                                "state processing.cap_rows or set mask.auto = false to override", *rows,
                                 ", z-invariant" if band is not None else "")
             log.info("alignment region: %s",
                      "whole slice" if self.roi is None else f"rows {self.roi[0]}-{self.roi[1]}")

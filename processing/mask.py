@@ -200,6 +200,26 @@ def _cap_edges(pixels, *, block_px, step_shares, min_rows, agree_share, level_sp
     return [edge_at(share) for share in step_shares]
 
 
+def _one_level(pixels, rows, *, block_px, level_spread):
+    """Whether rows ``[y0, y1)`` of a slice are of one grey level across the width: the median
+    grey of their column blocks (flat margins left out) spreads (interquartile) by at most
+    `level_spread` of the slice's contrast (5th to 95th percentile), as above a cap's edge."""
+    values = np.asarray(pixels, dtype=np.float32)
+    seen = ~flat_margins(pixels)
+    lo, hi = np.percentile(values[seen][:: max(1, int(seen.sum()) // 65536)], [5, 95])
+    band, inside = values[rows[0]:rows[1]], seen[rows[0]:rows[1]]
+    n_blocks = max(1, values.shape[1] // block_px)
+    levels = []
+    for b in range(n_blocks):
+        cols = slice(b * values.shape[1] // n_blocks, (b + 1) * values.shape[1] // n_blocks)
+        if inside[:, cols].mean() >= 0.5:
+            levels.append(float(np.median(band[:, cols][inside[:, cols]])))
+    if len(levels) < 2:
+        return False
+    q25, q75 = np.percentile(levels, [25, 75])
+    return bool(q75 - q25 <= level_spread * max(float(hi - lo), 1e-6))
+
+
 def find_cap(slices, *, band=None, block_px=16, window_px=4, step_share=0.08, min_rows=4, agree_share=0.6,
              max_share=0.5, level_spread=0.15, min_slices=0.75, drift_px=8, band_tolerance_px=8,
              keeps_content=None):
@@ -222,10 +242,13 @@ def find_cap(slices, *, band=None, block_px=16, window_px=4, step_share=0.08, mi
     the user to state (``processing.cap_rows``).
 
     With a `band`, rows found z-invariant over the slices (:func:`cap_of_band`), the cap is that band
-    where the look finds a cap whose edge is within `band_tolerance_px` of the band's lower edge;
-    else the band is kept as sample (a warning: large particles that barely change are z-invariant
-    too) and the cap is what the look finds alone (a fine-grained cap under sub-pixel drift or fixed
-    curtains may not be z-invariant).
+    where the look finds a cap whose edge is within `band_tolerance_px` of the band's lower edge,
+    or where no edge shows (a cap of nearly the grey of the sample under it) but the band is of one
+    level across the width (`level_spread`) and `keeps_content` shows its rows keeping their content
+    while the rows under them change; else the band is kept as sample (a warning: large particles
+    that barely change are z-invariant too, but of several phases across) and the cap is what the
+    look finds alone (a fine-grained cap under sub-pixel drift or fixed curtains may not be
+    z-invariant).
 
     Parameters
     ----------
@@ -244,8 +267,8 @@ def find_cap(slices, *, band=None, block_px=16, window_px=4, step_share=0.08, mi
     keeps_content : callable or None, optional
         ``keeps_content((y0, y1)) -> bool``: whether rows ``[y0, y1)`` of the first slice keep
         their content along the slices while the rows under them change
-        (:func:`processing.align.rows_keep_content` on these slices); None: a faint edge is never
-        taken.
+        (:func:`processing.align.rows_keep_content` on these slices); None: a faint edge, or a
+        `band` without an edge, is never taken.
 
     Returns
     -------
@@ -280,6 +303,20 @@ def find_cap(slices, *, band=None, block_px=16, window_px=4, step_share=0.08, mi
 
     edge, share = edges(0)
     rows = (0, int(edge)) if share >= min_slices else None
+    if band is not None:
+        band = (int(band[0]), int(band[1]))
+        if rows is not None and abs(rows[1] - band[1]) <= band_tolerance_px:
+            return band
+        if (keeps_content is not None and _one_level(slices[0], band, block_px=int(block_px), level_spread=level_spread)
+                and keeps_content(band)):
+            # a cap of nearly the grey of the sample under it shows no edge to the look, but its rows
+            # are of one level across the width and keep their content while the rows under them
+            # change: sample that barely changes (large particles) is of several phases across
+            log.warning("rows %d-%d taken for a protective cap: z-invariant from the top of the section, of one "
+                        "level across the width, they keep their content along z while the sample under them "
+                        "changes (no straight edge across the width shows: the cap is of nearly the sample's grey)",
+                        *band)
+            return band
     if rows is None:
         # a cap over a particle of nearly its grey: its edge is faint in most blocks. At half the step a
         # row of the cap's own grain, a fiducial's arm or a row of particles can pass for the edge (one
@@ -302,10 +339,26 @@ def find_cap(slices, *, band=None, block_px=16, window_px=4, step_share=0.08, mi
                      "among them)", 100 * share, len(slices), 100 * min_slices)
     if band is None:
         return rows
+    if rows is not None and abs(rows[1] - band[1]) <= band_tolerance_px:
+        return band
+    log.warning("z-invariant rows %d-%d do not look like a cap (one material above a straight edge, or of one "
+                "level across the width keeping their content while the sample under them changes): kept as "
+                "sample; state processing.cap_rows if they are cap", *band)
+    return rows
     band = (int(band[0]), int(band[1]))
     if rows is not None and abs(rows[1] - band[1]) <= band_tolerance_px:
         return band
-    log.warning("z-invariant rows %d-%d do not look like a cap (one material above a straight edge): kept as "
+    if (keeps_content is not None and _one_level(slices[0], band, block_px=int(block_px), level_spread=level_spread)
+            and keeps_content(band)):
+        # a cap of nearly the grey of the sample under it shows no edge to the look, but its rows
+        # are of one level across the width and keep their content while the rows under them
+        # change: sample that barely changes (large particles) is of several phases across
+        log.warning("rows %d-%d taken for a protective cap: z-invariant from the top of the section, they keep "
+                    "their content along z while the sample under them changes (no straight edge across the "
+                    "width shows: the cap is of nearly the sample's grey)", *band)
+        return band
+    log.warning("z-invariant rows %d-%d do not look like a cap (one material above a straight edge, or of one "
+                "level across the width keeping their content while the sample under them changes): kept as "
                 "sample; state processing.cap_rows if they are cap", *band)
     return rows
 
