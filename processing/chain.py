@@ -476,7 +476,8 @@ class SliceChain:
                     if band is not None:
                         log.info("the cap found in the top half of the slice: rows %d-%d", *band)
                         self.roi = (top[0], top[1], 0, usable[0].shape[1])
-                # whether the slices show a cap, and whether the band is it: find_cap decides (by its look)
+                # whether the slices show a cap, and whether the band is it: find_cap decides (by its look,
+                # or the band's content along z where no edge shows)
                 rows = (find_cap(usable, band=band, keeps_content=lambda rows: rows_keep_content(usable, rows))
                         if self.region.auto else band)
                 if band is None or rows != band:

@@ -345,22 +345,6 @@ def find_cap(slices, *, band=None, block_px=16, window_px=4, step_share=0.08, mi
                 "level across the width keeping their content while the sample under them changes): kept as "
                 "sample; state processing.cap_rows if they are cap", *band)
     return rows
-    band = (int(band[0]), int(band[1]))
-    if rows is not None and abs(rows[1] - band[1]) <= band_tolerance_px:
-        return band
-    if (keeps_content is not None and _one_level(slices[0], band, block_px=int(block_px), level_spread=level_spread)
-            and keeps_content(band)):
-        # a cap of nearly the grey of the sample under it shows no edge to the look, but its rows
-        # are of one level across the width and keep their content while the rows under them
-        # change: sample that barely changes (large particles) is of several phases across
-        log.warning("rows %d-%d taken for a protective cap: z-invariant from the top of the section, they keep "
-                    "their content along z while the sample under them changes (no straight edge across the "
-                    "width shows: the cap is of nearly the sample's grey)", *band)
-        return band
-    log.warning("z-invariant rows %d-%d do not look like a cap (one material above a straight edge, or of one "
-                "level across the width keeping their content while the sample under them changes): kept as "
-                "sample; state processing.cap_rows if they are cap", *band)
-    return rows
 
 
 def cap_of_band(first, band, *, top_share=0.02):
