@@ -591,7 +591,7 @@ class PhaseModel:
 
 
 def fit_phase_model(slices, *, n_phases=3, smooth_px=1.0, method="gmm", rim_fix=True, rim_px=2,
-                    certainty=0.95, valid=None, start=None):
+                    certainty=0.95, valid=None, start=None, equal_sigma=True):
     """Calibrate the phase model on the first (corrected) slices.
 
     Parameters
@@ -617,6 +617,11 @@ def fit_phase_model(slices, *, n_phases=3, smooth_px=1.0, method="gmm", rim_fix=
         with one more component at each edge-halo level, fitted alongside and then left out of the
         model (its pixels go to its neighbours by the thresholds): a blurred-edge rim is then not
         taken for a phase, nor does it pull a phase's level towards it.
+    equal_sigma : bool, optional
+        One common standard deviation for the mixture's components (see
+        :func:`fit_gray_mixture`); False lets a class widened by partial volume (small pores under
+        blur) keep its width instead of lending it to two narrow neighbours, which a common width
+        can merge into one.
 
     Returns
     -------
@@ -660,7 +665,7 @@ def fit_phase_model(slices, *, n_phases=3, smooth_px=1.0, method="gmm", rim_fix=
             raise ValueError(f"start: expected {n_phases} phase levels, got {phase_levels!r}")
         init = sorted(phase_levels + halo_levels)
         halo = np.isin(init, halo_levels) & ~np.isin(init, phase_levels)
-    mu, sigma, weight = fit_gray_mixture(centres, counts, init)
+    mu, sigma, weight = fit_gray_mixture(centres, counts, init, equal_sigma=equal_sigma)
     if halo.any():
         # EM keeps the order of components started apart; the halo's pixels go to its neighbours
         mu, sigma, weight = mu[~halo], sigma[~halo], weight[~halo] / weight[~halo].sum()
@@ -861,6 +866,14 @@ def _auto_smoothing(slices, valid, n_names):
     return smooth_px, estimate
 
 
+def _separations(model):
+    """Ashman's D between the neighbouring levels of a grey-level phase model."""
+    from processing.phases import _ashman_d
+
+    return [_ashman_d(a, sa, b, sb) for a, sa, b, sb in zip(model.levels[:-1], model.sigmas[:-1], model.levels[1:],
+                                                            model.sigmas[1:])]
+
+
 def calibrate_phases(slices, phases, *, valid=None, training_labels=None, rng=0, **options):
     """Fit the segmentation model on the calibration slices and check it against the data.
 
@@ -903,7 +916,7 @@ def calibrate_phases(slices, phases, *, valid=None, training_labels=None, rng=0,
     """
     from dataclasses import replace
 
-    from processing.phases import _ashman_d, check_phases, estimate_grey_classes, evidence_slices
+    from processing.phases import check_phases, estimate_grey_classes, evidence_slices
 
     slices = [np.asarray(s) for s in ([slices] if isinstance(slices, np.ndarray) and slices.ndim == 2 else slices)]
     n = len(phases.names)
@@ -966,8 +979,17 @@ def calibrate_phases(slices, phases, *, valid=None, training_labels=None, rng=0,
                             ridge_level=ridges.level)
     elif model is None:
         model = fit_phase_model(slices, n_phases=n, valid=valid, **options)  # raises with the reason
-    d = [_ashman_d(a, sa, b, sb) for a, sa, b, sb in zip(model.levels[:-1], model.sigmas[:-1], model.levels[1:],
-                                                         model.sigmas[1:])]
+    d = _separations(model)
+    if d and min(d) < _DEGENERATE_SEPARATION and start is None and check.n_fit == n == len(found):
+        # one common width merged two narrow classes the estimate separates (their neighbour widened
+        # by partial volume): each class its own width, from the classes found
+        refit = fit_phase_model(slices, n_phases=n, valid=valid, equal_sigma=False,
+                                start=([c.level for c in found], [c.level for c in estimate.classes if c.halo]),
+                                **options)
+        if min(_separations(refit)) >= _DEGENERATE_SEPARATION:
+            note = (f"one width for all classes merged two of them (Ashman's D {min(d):.1f}): fitted from the "
+                    "classes found, each with its own width")
+            model, d, check = refit, _separations(refit), replace(check, notes=(*check.notes, note))
     if d and min(d) < _DEGENERATE_SEPARATION:
         i = int(np.argmin(d))
         warning = (f"the fitted phase levels {model.levels[i]:.1f} and {model.levels[i + 1]:.1f} are not separable "
