@@ -274,7 +274,7 @@ def find_cap(slices, *, band=None, block_px=16, window_px=4, step_share=0.08, mi
     -------
     (int, int) or None
         ``(0, edge)``: the rows of the first slice above the sample (the top flat margin too), or
-        `band` where the look agrees with it.
+        `band` where the look agrees with it or its content shows it a cap.
     """
     slices = [np.asarray(s) for s in ([slices] if isinstance(slices, np.ndarray) and slices.ndim == 2 else slices)]
     if not slices or any(s.ndim != 2 or s.shape != slices[0].shape for s in slices):
