@@ -243,7 +243,7 @@ def find_cap(slices, *, band=None, block_px=16, window_px=4, step_share=0.08, mi
 
     With a `band`, rows found z-invariant over the slices (:func:`cap_of_band`), the cap is that band
     where the look finds a cap whose edge is within `band_tolerance_px` of the band's lower edge,
-    or where no edge shows (a cap of nearly the grey of the sample under it) but the band is of one
+    or where no cap edge shows at all (a cap of nearly the grey of the sample under it) but the band is of one
     level across the width (`level_spread`) and `keeps_content` shows its rows keeping their content
     while the rows under them change; else the band is kept as sample (a warning: large particles
     that barely change are z-invariant too, but of several phases across) and the cap is what the
@@ -307,11 +307,14 @@ def find_cap(slices, *, band=None, block_px=16, window_px=4, step_share=0.08, mi
         band = (int(band[0]), int(band[1]))
         if rows is not None and abs(rows[1] - band[1]) <= band_tolerance_px:
             return band
-        if (keeps_content is not None and _one_level(slices[0], band, block_px=int(block_px), level_spread=level_spread)
+        if (rows is None and keeps_content is not None
+                and _one_level(slices[0], band, block_px=int(block_px), level_spread=level_spread)
                 and keeps_content(band)):
             # a cap of nearly the grey of the sample under it shows no edge to the look, but its rows
             # are of one level across the width and keep their content while the rows under them
-            # change: sample that barely changes (large particles) is of several phases across
+            # change: sample that barely changes (large particles) is of several phases across. Where
+            # the look does find an edge above the band's, the band runs on into a particle that
+            # barely changes (one spanning the width under the cap is of one level too): the edge holds
             log.warning("rows %d-%d taken for a protective cap: z-invariant from the top of the section, of one "
                         "level across the width, they keep their content along z while the sample under them "
                         "changes (no straight edge across the width shows: the cap is of nearly the sample's grey)",
