@@ -344,9 +344,13 @@ def find_cap(slices, *, band=None, block_px=16, window_px=4, step_share=0.08, mi
         return rows
     if rows is not None and abs(rows[1] - band[1]) <= band_tolerance_px:
         return band
-    log.warning("z-invariant rows %d-%d do not look like a cap (one material above a straight edge, or of one "
-                "level across the width keeping their content while the sample under them changes): kept as "
-                "sample; state processing.cap_rows if they are cap", *band)
+    if rows is not None and rows[1] < band[1]:
+        log.warning("z-invariant rows %d-%d run on past the cap's edge at row %d (sample under the cap that barely "
+                    "changes): the cap is rows 0-%d; state processing.cap_rows if it is not", *band, rows[1], rows[1])
+    else:
+        log.warning("z-invariant rows %d-%d do not look like a cap (one material above a straight edge, or of one "
+                    "level across the width keeping their content while the sample under them changes): kept as "
+                    "sample; state processing.cap_rows if they are cap", *band)
     return rows
 
 

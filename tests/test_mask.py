@@ -231,7 +231,7 @@ def test_a_z_invariant_cap_of_the_samples_mean_grey_is_taken_on_its_content(seed
     assert "taken for a protective cap: z-invariant from the top" in caplog.text and "faint" not in caplog.text
 
 
-def test_a_cap_edge_the_look_finds_holds_against_a_band_that_runs_on_into_a_particle():
+def test_a_cap_edge_the_look_finds_holds_against_a_band_that_runs_on_into_a_particle(caplog):
     # validation scenario 0 (300 slices, particles of 120 px): the look finds the cap's edge at row
     # 44, the z-invariant band runs on to row 64 through a particle spanning the width under the cap
     # that barely changes (of one level too, and keeping its content): taking the band masked 20 rows
@@ -247,8 +247,11 @@ def test_a_cap_edge_the_look_finds_holds_against_a_band_that_runs_on_into_a_part
     band = (0, cap_px + 20)  # as the z-invariance of the band finder gave it there
     assert _one_level(slices[0], band, block_px=16, level_spread=0.15)  # the cap and the particle
     for evidence in (None, lambda r: True):  # with the content's evidence or without: the edge
-        rows = find_cap(slices, band=band, keeps_content=evidence)
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="processing.mask"):
+            rows = find_cap(slices, band=band, keeps_content=evidence)
         assert rows is not None and rows[0] == 0 and abs(rows[1] - cap_px) <= 1, (rows, band)
+        assert f"rows 0-{band[1]} run on past the cap's edge at row {rows[1]}" in caplog.text
 
 
 @pytest.mark.parametrize("radius_um", [0.2, 1.5])
