@@ -630,7 +630,14 @@ class SliceChain:
         decided = self.decide_waiting()
         self.correction, self.phase_model, self.phase_check = correction, model, new_check
         self.monitor = BrightnessMonitor(correction.levels, z_limit=self.outlier_z)
+        # the window's slices before this one seed the new running reference, and the last good
+        # one guides the next map: a sudden drop among them (validation scenario 13, a drop on the
+        # slice of re-calibration) would else become the reference, unflagged, and flag the good
+        # slices after it
         self._brightness = (corrected[-1].gain, corrected[-1].offset)
+        for earlier in corrected[:-1]:
+            if self.monitor.check(earlier)[0].state == "good":
+                self._brightness = (earlier.gain, earlier.offset)
         self._context = DepthContext(model, context_slices=self.context_slices, boundaries=self.boundaries)
         self._recent.clear()
         return decided

@@ -173,6 +173,22 @@ def test_a_named_phase_that_comes_into_view_after_the_wait_recalibrates_the_mode
     assert _accuracy(done[:late], acq.labels) > 0.95  # the slices before keep their (right) labels
 
 
+def test_a_sudden_drop_on_the_slice_of_re_calibration_is_flagged_and_not_the_reference():
+    # validation scenario 13: drops on the slice of a re-calibration and the next were labelled
+    # unflagged (the new brightness monitor started empty, took the drop for its reference) and
+    # the good slices after them were flagged as jumps of x0.54
+    acq, late = _late_middle_phase()
+    index = 40  # 1-based: where the re-calibration happens without the drops (slice late + 4)
+    slices = acq.slices.copy()
+    slices[index - 1:index + 1] = (slices[index - 1:index + 1] * 0.45).astype(slices.dtype)
+    chain = SliceChain(phases=Phases(), calibration_slices=4)
+    done = push_all(chain, slices) + chain.flush()
+    assert late == 36 and chain.recalibrations[0]["index"] == index
+    flags = {p.index: p.flag for p in done}
+    assert flags[index] is not None and flags[index + 1] is not None, flags
+    assert all(flags[k] is None for k in range(index + 2, index + 10)), flags
+
+
 def test_calibration_waits_while_one_phase_fills_the_view_then_fits_on_the_slices_with_contrast(caplog):
     # a particle larger than the field: its slices show one grey class, and a model fitted on them
     # split it between two names at random (a 300-slice scenario at 62 %, every later slice held)
