@@ -58,6 +58,17 @@ px) 63.41 %, 18 (r8 px, pores at interfaces with strong shine-through: the darke
 the pixels along edges, taken for a halo) 40.50 %, bias +50 points, 19 (r113 px) 73.72 %, worst
 slice 13.9 % (the pore leaves the view: brightness maps x1.46 flagged "renormalised").
 
+Session 13, the whole default set (scenarios 1-9 on git e0ca8f9, 0 and 10-19 on bd312a4: a cap that
+shows no edge taken where its z-invariant rows are of one level across the width and keep their content;
+the first such set after session 12's row-phase curtains; load 2-4), median / worst: accuracy 91.33 /
+40.22 %, |bias| 2.43 / 50.23 points, worst block 4.28 / 51.93, unassigned 0.36 / 11.81 %, drops and
+charging 74/75 (one silent in scenario 13: a drop on the slice of a phase-model re-calibration, fixed in
+44ce6f7), drift RMS with a cap or fiducial 0.06 / 5.40 px (9 of 11 within 0.3: 8 1.32 -> 0.02, 16 0.63
+-> 0.06), without 18.32 / 85.92 px, residual estimate over the true 0.90 / 2.55, depth 0.00 %. No crash,
+no slice skipped. Against session 12: 10 66.52 -> 89.46 %, 13 52.43 -> 61.42, 14 84.57 -> 90.37, 19
+73.72 -> 79.83, 4 88.21 -> 92.29; 17 63.41 -> 48.36 % (two classes of 19 and 16 % dismissed as rims by
+the one-pixel-erosion rule, 1 % of their pixels near edges).
+
 The agent stores the labels ``bench_label_chain.py`` gets from the chain alone at the same
 ``--slices`` (``tests/test_agent_chain.py``; seed 4 at 300 slices: identical voxels). A scenario's
 structure is generated for the whole run, so a seed at 150 slices is another acquisition than at
