@@ -151,11 +151,9 @@ def _cap_edges(pixels, *, block_px, step_shares, min_rows, agree_share, level_sp
     """
     values = np.asarray(pixels, dtype=np.float32)
     flat = flat_margins(pixels)
-    sample = values[~flat]
-    if sample.size < 100:
+    if np.count_nonzero(~flat) < 100:
         return [None] * len(step_shares)
-    lo, hi = np.percentile(sample[:: max(1, sample.size // 65536)], [5, 95])
-    contrast = max(float(hi - lo), 1e-6)
+    contrast = _contrast(values, flat)
     smooth = ndimage.gaussian_filter(values, 1.0)
     height, width = values.shape
     n_blocks = max(1, width // block_px)
@@ -192,32 +190,44 @@ def _cap_edges(pixels, *, block_px, step_shares, min_rows, agree_share, level_sp
         around = np.arange(int(candidates[0]), min(int(candidates[0]) + 2 * w, height))
         edge = int(around[np.argmax(np.median(steps[:, around], axis=0))])  # the centre of the step
         levels = [float(np.median(p[t:edge - w])) for p, t in zip(profiles, tops) if edge - w - t >= min_rows]
-        if edge > max_rows or len(levels) < 2:
+        if edge > max_rows:
             return None
-        q25, q75 = np.percentile(levels, [25, 75])
-        return edge if q75 - q25 <= level_spread * contrast else None
+        return edge if _of_one_level(levels, level_spread * contrast) else None
 
     return [edge_at(share) for share in step_shares]
 
 
+def _contrast(values, flat):
+    """The slice's contrast: its 5th to 95th percentile outside the flat margins (from at most
+    65536 pixels)."""
+    sample = values[~flat]
+    lo, hi = np.percentile(sample[:: max(1, sample.size // 65536)], [5, 95])
+    return max(float(hi - lo), 1e-6)
+
+
+def _of_one_level(levels, spread):
+    """Whether the column blocks' `levels` (two at least) are one material: their interquartile
+    spread at most `spread` (grey units)."""
+    if len(levels) < 2:
+        return False
+    q25, q75 = np.percentile(levels, [25, 75])
+    return bool(q75 - q25 <= spread)
+
+
 def _one_level(pixels, rows, *, block_px, level_spread):
-    """Whether rows ``[y0, y1)`` of a slice are of one grey level across the width: the median
-    grey of their column blocks (flat margins left out) spreads (interquartile) by at most
-    `level_spread` of the slice's contrast (5th to 95th percentile), as above a cap's edge."""
+    """Whether rows ``[y0, y1)`` of a slice are of one grey level across the width, as above a
+    cap's edge: the median grey of their column blocks (flat margins left out) within
+    `level_spread` of the slice's contrast (:func:`_of_one_level`)."""
     values = np.asarray(pixels, dtype=np.float32)
-    seen = ~flat_margins(pixels)
-    lo, hi = np.percentile(values[seen][:: max(1, int(seen.sum()) // 65536)], [5, 95])
-    band, inside = values[rows[0]:rows[1]], seen[rows[0]:rows[1]]
+    flat = flat_margins(pixels)
+    band, inside = values[rows[0]:rows[1]], ~flat[rows[0]:rows[1]]
     n_blocks = max(1, values.shape[1] // block_px)
     levels = []
     for b in range(n_blocks):
         cols = slice(b * values.shape[1] // n_blocks, (b + 1) * values.shape[1] // n_blocks)
         if inside[:, cols].mean() >= 0.5:
             levels.append(float(np.median(band[:, cols][inside[:, cols]])))
-    if len(levels) < 2:
-        return False
-    q25, q75 = np.percentile(levels, [25, 75])
-    return bool(q75 - q25 <= level_spread * max(float(hi - lo), 1e-6))
+    return _of_one_level(levels, level_spread * _contrast(values, flat))
 
 
 def find_cap(slices, *, band=None, block_px=16, window_px=4, step_share=0.08, min_rows=4, agree_share=0.6,
@@ -305,8 +315,6 @@ def find_cap(slices, *, band=None, block_px=16, window_px=4, step_share=0.08, mi
     rows = (0, int(edge)) if share >= min_slices else None
     if band is not None:
         band = (int(band[0]), int(band[1]))
-        if rows is not None and abs(rows[1] - band[1]) <= band_tolerance_px:
-            return band
         if (rows is None and keeps_content is not None
                 and _one_level(slices[0], band, block_px=int(block_px), level_spread=level_spread)
                 and keeps_content(band)):

@@ -955,20 +955,21 @@ def calibrate_phases(slices, phases, *, valid=None, training_labels=None, rng=0,
         model, levels = None, None
     check = check_phases(estimate, phases, model_levels=levels)
     found = estimate.phase_classes
+    from_classes = ([c.level for c in found], [c.level for c in estimate.classes if c.halo])  # halos fitted aside
     start = None
     if levels is not None and len(found) == check.n_fit == n and len(found) < len(estimate.classes):
         # one component per name took the edge halo for a phase, or put two levels on one class:
         # the classes found, halo apart, are the phases; start from them, the halo fitted aside
         nearest = [min(range(len(estimate.classes)), key=lambda k: abs(estimate.classes[k].level - v)) for v in levels]
         if len(set(nearest)) < n or any(estimate.classes[k].halo for k in nearest):
-            start = ([c.level for c in found], [c.level for c in estimate.classes if c.halo])
+            start = from_classes
             note = ("one mixture component per name put a level on an edge halo or two levels on one class (levels "
                     + ", ".join(f"{v:.0f}" for v in levels) + "): the model starts from the classes found instead")
             check = replace(check, notes=(*check.notes, note))
     if check.n_fit != n and start is None and len(found) == check.n_fit:
         # fewer (or more) classes than names: the model's levels are the classes the names were
         # given to (a mixture started anew may put its levels elsewhere: on a halo, two on a class)
-        start = ([c.level for c in found], [c.level for c in estimate.classes if c.halo])
+        start = from_classes
     if check.n_fit != n or start is not None:
         model = fit_phase_model(slices, n_phases=check.n_fit, valid=valid, start=start, **options)
         if check.n_fit != n:
@@ -983,13 +984,15 @@ def calibrate_phases(slices, phases, *, valid=None, training_labels=None, rng=0,
     if d and min(d) < _DEGENERATE_SEPARATION and start is None and check.n_fit == n == len(found):
         # one common width merged two narrow classes the estimate separates (their neighbour widened
         # by partial volume): each class its own width, from the classes found
-        refit = fit_phase_model(slices, n_phases=n, valid=valid, equal_sigma=False,
-                                start=([c.level for c in found], [c.level for c in estimate.classes if c.halo]),
-                                **options)
-        if min(_separations(refit)) >= _DEGENERATE_SEPARATION:
+        try:
+            refit = fit_phase_model(slices, n_phases=n, valid=valid, equal_sigma=False, start=from_classes, **options)
+        except CalibrationError:
+            refit = None  # the degenerate model stands, with its warning
+        d_refit = None if refit is None else _separations(refit)
+        if d_refit is not None and min(d_refit) >= _DEGENERATE_SEPARATION:
             note = (f"one width for all classes merged two of them (Ashman's D {min(d):.1f}): fitted from the "
                     "classes found, each with its own width")
-            model, d, check = refit, _separations(refit), replace(check, notes=(*check.notes, note))
+            model, d, check = refit, d_refit, replace(check, notes=(*check.notes, note))
     if d and min(d) < _DEGENERATE_SEPARATION:
         i = int(np.argmin(d))
         warning = (f"the fitted phase levels {model.levels[i]:.1f} and {model.levels[i + 1]:.1f} are not separable "

@@ -211,8 +211,8 @@ def test_a_z_invariant_cap_of_the_samples_mean_grey_is_taken_on_its_content(seed
     # grey (the mean of the two brightest phases) is within 12 % of the contrast of the fine
     # sample's mean under it, so no straight edge shows in enough column blocks, and the fiducial's
     # arm passes for a faint one. The z-invariant band from the top was kept as sample and the run
-    # registered on the whole slice: 0.49 and 0.84 px RMS off the true shifts; on the cap, 0.06 and
-    # 0.02 px. The band is of one level across the width and keeps its content while the sample
+    # registered on the whole slice: 0.63 and 1.32 px RMS off the true shifts (through `revwatch run`);
+    # on the cap, 0.06 and 0.02 px. The band is of one level across the width and keeps its content while the sample
     # under it changes: that is a cap (sample that barely changes is of several phases across;
     # see test_a_z_invariant_band_of_sample_on_top_is_not_a_cap)
     labels = generate_microstructure((10, 300, 300), spacing_um=(0.05, 0.02, 0.02), particle_radius_um=0.15, rng=seed)
