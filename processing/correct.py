@@ -565,7 +565,10 @@ def _stripe_angle(image, levels, max_angle_deg, width_px, fixed=None, valid=None
     ky, kx = -k[None, :] * np.sin(t) * ch + ch // 2, k[None, :] * np.cos(t) * cw
     polar = ndimage.map_coordinates(power, [ky.ravel(), kx.ravel()], order=1).reshape(ky.shape)
     score = (polar / np.maximum(np.median(polar, axis=0, keepdims=True), 1e-30)).mean(axis=1)
-    score /= np.median(score)
+    typical = np.median(score)
+    if not typical > 0:
+        return (fixed or 0.0), 1.0  # most directions carry no power: no spectrum to judge stripes on
+    score /= typical
     at = lambda a: float(score[np.argmin(np.abs(angles - a))])  # noqa: E731
     if fixed is not None:
         return float(fixed), at(fixed)
